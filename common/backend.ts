@@ -1,0 +1,76 @@
+import type { InstanceAddress, NetworkMode } from './types.js'
+
+/** What the pool manager asks a backend to start: one generic runtime server. */
+export interface InstanceRequest {
+  /** Unique, also used as the container / process label. */
+  id: string
+  runtime: string
+  /** Pool this instance is started for (`generic:<runtime>` or `fn:<name>`); a label only. */
+  pool: string
+  memoryMb: number
+  cpu: number
+  /** Max processes/threads in the instance. */
+  pidsLimit: number
+  network: NetworkMode
+  /** Starts the instance in the quarantine group (load guard). */
+  quarantine?: boolean
+  image?: string | undefined
+  /** Function environment visible from the start (only when started for a known function). */
+  env?: Record<string, string>
+}
+
+/** A started instance as the backend describes it. */
+export interface InstanceHandle {
+  id: string
+  runtime: string
+  pool: string
+  address: InstanceAddress
+  /** Host pid of the runtime server process (process backend) or container main pid, when known. */
+  pid?: number | undefined
+  /** Backend-specific cgroup locations, for the load guard. */
+  cgroup?: CgroupRef | undefined
+  startedAt: number
+}
+
+export interface CgroupRef {
+  version: 1 | 2
+  /** v1: controller name → absolute directory; v2: `unified` → absolute directory. */
+  paths: Record<string, string>
+}
+
+/** Why an instance went away, as far as the backend can tell. */
+export type ExitReason = 'exited' | 'crashed' | 'oom' | 'killed' | 'stopped'
+
+export interface InstanceExit {
+  id: string
+  reason: ExitReason
+  code?: number | null
+  signal?: string | null
+}
+
+/**
+ * A place instances run: `process` (child processes + cgroups), `docker`, `kubernetes`.
+ * Implementations wrap their client's failures as `KdlError('KDL_ERR_BACKEND', …, {cause})`.
+ */
+export interface ContainerBackend {
+  readonly name: string
+  /** Start one generic instance; resolves once its runtime server answers `GET /_/health`. */
+  start(req: InstanceRequest): Promise<InstanceHandle>
+  /** Stop and remove an instance. Idempotent: stopping an unknown or dead instance resolves. */
+  stop(id: string): Promise<void>
+  /** Instances this backend can see that carry Kindling's labels (including ones left by an earlier run). */
+  list(): Promise<Array<{ id: string; pool: string; runtime: string }>>
+  /**
+   * Make a content-addressed code directory (on the platform's host) readable by the instance;
+   * returns the path the runtime server must load it from.
+   */
+  prepareCode(id: string, hostCodeDir: string): Promise<string>
+  /** Subscribe to instance exits that the platform did not ask for (crash, OOM). */
+  onExit(listener: (exit: InstanceExit) => void): void
+  /** Why an instance died, when the call that was running on it failed. */
+  exitReason(id: string): Promise<ExitReason | undefined>
+  /** Change an instance's CPU quota (load guard throttle). */
+  setCpu?(id: string, cpu: number): Promise<void>
+  /** Stop everything this backend started and release its clients. */
+  close(): Promise<void>
+}

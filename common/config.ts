@@ -1,0 +1,60 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Ajv } from 'ajv'
+import { KdlError } from './errors.js'
+
+/**
+ * Configuration of `kindling up` (and, later, of each component's main.ts).
+ * Keys are the environment variable names; defaults live here; the Helm chart's `env:` uses the same names.
+ */
+export const ConfigSchema = Type.Object({
+  /** Address the HTTP server binds. @default 127.0.0.1 */
+  KINDLING_HOST: Type.String({ default: '127.0.0.1' }),
+  /** Port of the one HTTP server (API, invocations, metrics). @default 8080 */
+  KINDLING_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+  /** Where the file store, code cache and instance sockets live. @default ./.kindling */
+  KINDLING_DATA_DIR: Type.String({ minLength: 1, default: '.kindling' }),
+  /** Container backend. @default process */
+  KINDLING_BACKEND: Type.Union([Type.Literal('process'), Type.Literal('docker')], { default: 'process' }),
+  /** Store of specs. @default file */
+  KINDLING_STORE: Type.Union([Type.Literal('file')], { default: 'file' }),
+  /** When set, `/v1` requires `Authorization: Bearer <token>`. */
+  KINDLING_API_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
+  /** pino level. @default info */
+  KINDLING_LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  /** Generic instances of the built-in `node` runtime kept warm until the runtime is configured otherwise. @default 2 */
+  KINDLING_POOL_SIZE: Type.Integer({ minimum: 0, maximum: 256, default: 2 }),
+  /** Largest invocation body, bytes. @default 6291456 (6 MiB) */
+  KINDLING_MAX_BODY_BYTES: Type.Integer({ minimum: 1, default: 6 * 1024 * 1024 }),
+  /** Largest deploy request (inline code or base64 archive), bytes. @default 52428800 (50 MiB) */
+  KINDLING_MAX_DEPLOY_BYTES: Type.Integer({ minimum: 1, default: 50 * 1024 * 1024 }),
+  /** Largest unpacked code archive, bytes. @default 268435456 (256 MiB) */
+  KINDLING_MAX_UNPACKED_BYTES: Type.Integer({ minimum: 1, default: 256 * 1024 * 1024 }),
+  /** Max processes/threads per instance (pids cgroup). @default 64 */
+  KINDLING_PIDS_LIMIT: Type.Integer({ minimum: 8, default: 64 }),
+  /** uid:gid instances run as when the platform runs as root. @default 65534:65534 */
+  KINDLING_INSTANCE_USER: Type.String({ pattern: '^[0-9]+:[0-9]+$', default: '65534:65534' }),
+  /** How long an instance may take to start and answer its health check, ms. @default 10000 */
+  KINDLING_START_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 10_000 }),
+  /** Memory all instances together may use, MiB (adaptive pools stay inside it). @default 4096 */
+  KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
+  /** Path of the `node` binary instances run (process backend). @default the platform's own */
+  KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
+})
+export type Config = Readonly<Static<typeof ConfigSchema>>
+
+const ajv = new Ajv({ useDefaults: true, coerceTypes: true, allErrors: true, strict: false })
+const check = ajv.compile(ConfigSchema)
+
+/** Reads `KINDLING_*` from an environment; a bad value stops start-up with a message naming the variable. */
+export function loadConfig(env: Record<string, string | undefined>, overrides: Partial<Record<keyof Config, string | number>> = {}): Config {
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    const v = overrides[key as keyof Config] ?? env[key]
+    if (v !== undefined && v !== '') raw[key] = v
+  }
+  if (!check(raw)) {
+    const msg = (check.errors ?? []).map((e) => `${e.instancePath.slice(1) || 'config'} ${e.message ?? 'is invalid'}`).join('; ')
+    throw new KdlError('KDL_ERR_BAD_REQUEST', `invalid configuration: ${msg}`)
+  }
+  return Object.freeze(raw as Static<typeof ConfigSchema>)
+}

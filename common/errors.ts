@@ -1,0 +1,80 @@
+/**
+ * The one error class of the platform and its frozen code table.
+ * A shipped code is never renamed or reused; callers match on `err.code`, not `instanceof`.
+ */
+
+export interface ErrorCodeInfo {
+  /** HTTP status the code is answered with. */
+  readonly status: number
+  /** One line for the docs and for `GET /v1/errors`-style tooling. */
+  readonly description: string
+}
+
+export const ERROR_CODES = Object.freeze({
+  KDL_ERR_BAD_REQUEST: { status: 400, description: 'The request is malformed (bad JSON, bad parameters).' },
+  KDL_ERR_BAD_SPEC: { status: 400, description: 'A function or runtime spec fails validation.' },
+  KDL_ERR_BAD_ARCHIVE: { status: 400, description: 'A code archive is not a valid .tar.gz or holds a hostile entry (absolute path, "..", escaping link, device).' },
+  KDL_ERR_UNAUTHORIZED: { status: 401, description: 'KINDLING_API_TOKEN is set and the request lacks the matching bearer token.' },
+  KDL_ERR_FN_NOT_FOUND: { status: 404, description: 'No function of that name is deployed.' },
+  KDL_ERR_RUNTIME_NOT_FOUND: { status: 404, description: 'No runtime of that name is configured.' },
+  KDL_ERR_NOT_FOUND: { status: 404, description: 'No such route.' },
+  KDL_ERR_PAYLOAD_TOO_LARGE: { status: 413, description: 'The request body (invocation or deploy) exceeds the configured limit.' },
+  KDL_ERR_LOAD_FAILED: { status: 422, description: 'The function code does not load (syntax error, missing entrypoint, throwing module).' },
+  KDL_ERR_SATURATED: { status: 429, description: 'All instances the function may use are busy and the queue wait ran out; retry after Retry-After.' },
+  KDL_ERR_FN_ERROR: { status: 500, description: 'The handler threw or rejected (x-kindling-error: handled).' },
+  KDL_ERR_INTERNAL: { status: 500, description: 'A platform fault; the log has the details.' },
+  KDL_ERR_FN_CRASHED: { status: 502, description: 'The instance died during the call (process.exit, signal, lost socket).' },
+  KDL_ERR_FN_OOM: { status: 502, description: 'The instance was killed for exceeding its memory limit.' },
+  KDL_ERR_NO_CAPACITY: { status: 503, description: 'No instance could be started (backend failure or memory budget exhausted).' },
+  KDL_ERR_SHUTTING_DOWN: { status: 503, description: 'The platform is stopping and takes no new calls.' },
+  KDL_ERR_FN_TIMEOUT: { status: 504, description: 'The call exceeded the function timeoutMs; the instance was replaced.' },
+  KDL_ERR_BACKEND: { status: 500, description: 'The container backend (process, docker, kubernetes) failed; `cause` holds the original error.' },
+} as const satisfies Record<string, ErrorCodeInfo>)
+
+export type ErrorCode = keyof typeof ERROR_CODES
+
+export interface KdlErrorOptions {
+  cause?: unknown
+  /** Extra fields sent to the client beside `{statusCode, code, error, message}`. */
+  details?: Record<string, unknown>
+  /** Extra response headers (e.g. `retry-after`, `x-kindling-error`). */
+  headers?: Record<string, string>
+}
+
+export class KdlError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+  readonly details: Record<string, unknown> | undefined
+  readonly headers: Record<string, string> | undefined
+
+  constructor(code: ErrorCode, message: string, options: KdlErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'KdlError'
+    this.code = code
+    this.statusCode = ERROR_CODES[code].status
+    this.details = options.details
+    this.headers = options.headers
+  }
+}
+
+/** True for anything carrying a known KDL_ERR_* code (match on code, not class). */
+export function isKdlError(err: unknown): err is KdlError {
+  return typeof err === 'object' && err !== null && typeof (err as { code?: unknown }).code === 'string' &&
+    Object.hasOwn(ERROR_CODES, (err as { code: string }).code) && typeof (err as { statusCode?: unknown }).statusCode === 'number'
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 413: 'Payload Too Large', 422: 'Unprocessable Entity',
+  429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+}
+
+/** The JSON body every error answer has: `{statusCode, code, error, message, ...details}`. */
+export function errorBody(err: KdlError): Record<string, unknown> {
+  return {
+    statusCode: err.statusCode,
+    code: err.code,
+    error: STATUS_TEXT[err.statusCode] ?? 'Error',
+    message: err.message,
+    ...err.details,
+  }
+}

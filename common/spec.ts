@@ -1,0 +1,118 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Ajv, type ErrorObject } from 'ajv'
+import { KdlError } from './errors.js'
+import type { FunctionSpec, RuntimeSpec } from './types.js'
+
+/** Function and runtime names are DNS labels, so they can name pods, cgroups and files alike. */
+export const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'
+const nameRe = new RegExp(NAME_PATTERN)
+
+export const FunctionBody = Type.Object({
+  runtime: Type.String({ pattern: NAME_PATTERN }),
+  code: Type.Optional(Type.String({ minLength: 1 })),
+  archive: Type.Optional(Type.String({ minLength: 1, description: 'base64 of a .tar.gz' })),
+  entrypoint: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
+  mode: Type.Optional(Type.Union([Type.Literal('ephemeral'), Type.Literal('recycle'), Type.Literal('persistent')])),
+  prewarm: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 })),
+  concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  maxInstances: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  queueTimeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
+  timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 900_000 })),
+  memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 65_536 })),
+  cpu: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 64 })),
+  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')])),
+  maxInvocations: Type.Optional(Type.Integer({ minimum: 1 })),
+  maxAgeMs: Type.Optional(Type.Integer({ minimum: 1 })),
+  idleTimeoutMs: Type.Optional(Type.Integer({ minimum: 1 })),
+}, { additionalProperties: false })
+export type FunctionBody = Static<typeof FunctionBody>
+
+export const RuntimeBody = Type.Object({
+  poolSize: Type.Optional(Type.Integer({ minimum: 0, maximum: 256 })),
+  memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 65_536 })),
+  cpu: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 64 })),
+  image: Type.Optional(Type.String({ minLength: 1 })),
+}, { additionalProperties: false })
+export type RuntimeBody = Static<typeof RuntimeBody>
+
+/** Defaults a function spec takes when the deploy leaves a field out. */
+export const FUNCTION_DEFAULTS = Object.freeze({
+  mode: 'recycle',
+  prewarm: 0,
+  concurrency: 1,
+  maxInstances: 10,
+  queueTimeoutMs: 10_000,
+  timeoutMs: 30_000,
+  network: 'none',
+  maxInvocations: 1000,
+  maxAgeMs: 3_600_000,
+  idleTimeoutMs: 300_000,
+} as const)
+
+const ajv = new Ajv({ allErrors: true, strict: false })
+const checkFunction = ajv.compile<FunctionBody>(FunctionBody)
+const checkRuntime = ajv.compile<RuntimeBody>(RuntimeBody)
+
+function describe(errors: ErrorObject[] | null | undefined): string {
+  return (errors ?? []).map((e) => {
+    const where = e.instancePath === '' ? 'spec' : e.instancePath.slice(1).replaceAll('/', '.')
+    if (e.keyword === 'additionalProperties') return `unknown field "${String(e.params['additionalProperty'])}"`
+    return `${where} ${e.message ?? 'is invalid'}`
+  }).join('; ')
+}
+
+export function assertName(kind: 'function' | 'runtime', name: string): void {
+  if (!nameRe.test(name)) {
+    throw new KdlError('KDL_ERR_BAD_SPEC', `${kind} name "${name}" must be a DNS label: lower-case letters, digits and "-", at most 63 characters`)
+  }
+}
+
+/** Validates a deploy body; throws KDL_ERR_BAD_SPEC naming every bad field. */
+export function parseFunctionBody(body: unknown): FunctionBody {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new KdlError('KDL_ERR_BAD_SPEC', 'function spec must be a JSON object')
+  }
+  if (!checkFunction(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid function spec: ${describe(checkFunction.errors)}`)
+  if ((body.code === undefined) === (body.archive === undefined)) {
+    throw new KdlError('KDL_ERR_BAD_SPEC', 'a function needs exactly one of "code" (an ES module as a string) or "archive" (base64 .tar.gz)')
+  }
+  return body
+}
+
+/** The stored spec of a body: every default filled in. */
+export function functionSpecOf(body: FunctionBody): FunctionSpec {
+  const d = FUNCTION_DEFAULTS
+  return {
+    runtime: body.runtime,
+    entrypoint: body.entrypoint ?? (body.code !== undefined ? 'index.mjs' : 'index.js'),
+    mode: body.mode ?? d.mode,
+    prewarm: body.prewarm ?? d.prewarm,
+    concurrency: body.concurrency ?? d.concurrency,
+    maxInstances: body.maxInstances ?? d.maxInstances,
+    queueTimeoutMs: body.queueTimeoutMs ?? d.queueTimeoutMs,
+    timeoutMs: body.timeoutMs ?? d.timeoutMs,
+    memoryMb: body.memoryMb,
+    cpu: body.cpu,
+    env: body.env ?? {},
+    network: body.network ?? d.network,
+    maxInvocations: body.maxInvocations ?? d.maxInvocations,
+    maxAgeMs: body.maxAgeMs ?? d.maxAgeMs,
+    idleTimeoutMs: body.idleTimeoutMs ?? d.idleTimeoutMs,
+  }
+}
+
+export function parseRuntimeBody(name: string, body: unknown, current: RuntimeSpec | undefined): RuntimeSpec {
+  assertName('runtime', name)
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new KdlError('KDL_ERR_BAD_SPEC', 'runtime spec must be a JSON object')
+  }
+  if (!checkRuntime(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid runtime spec: ${describe(checkRuntime.errors)}`)
+  return {
+    name,
+    poolSize: body.poolSize ?? current?.poolSize ?? 2,
+    memoryMb: body.memoryMb ?? current?.memoryMb ?? 128,
+    cpu: body.cpu ?? current?.cpu ?? 1,
+    image: body.image ?? current?.image,
+  }
+}
