@@ -1,0 +1,201 @@
+import { readdir, readFile, stat } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { Option, type Command } from 'commander'
+import { create as createTar } from 'tar'
+import { envOption, headerOption, intOption, numberOption, type Runner } from './args.js'
+import { CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
+import { cell, formatJson, formatTable, isRecord, listOf, pick, type CliContext } from './output.js'
+
+/** Deploy options whose commander names equal the body fields of `PUT /v1/functions/:name`. */
+const SPEC_FIELDS = [
+  'entrypoint', 'mode', 'prewarm', 'concurrency', 'maxInstances', 'queueTimeoutMs', 'timeoutMs',
+  'memoryMb', 'cpu', 'network', 'maxInvocations', 'maxAgeMs', 'idleTimeoutMs',
+] as const
+
+interface DeployOptions {
+  runtime: string
+  code: string
+  entrypoint?: string
+  env?: Record<string, string>
+  [field: string]: unknown
+}
+
+interface InvokeOptions {
+  request?: string
+  data?: string
+  header?: Array<[string, string]>
+  path?: string
+  include?: boolean
+}
+
+export function registerFnCommands(program: Command, run: Runner): void {
+  const fn = program.command('fn').description('deploy, invoke and manage functions')
+
+  fn.command('deploy')
+    .description('create or update a function (PUT /v1/functions/NAME)')
+    .argument('<name>', 'function name (a DNS label)')
+    .requiredOption('--runtime <runtime>', 'runtime, e.g. node')
+    .requiredOption('--code <path>', 'an ES module file, a .tar.gz/.tgz archive, or a directory to pack')
+    .option('--entrypoint <file>', 'module to load (directory default: index.js, or index.mjs when only that exists)')
+    .addOption(new Option('--mode <mode>', 'persistence mode').choices(['ephemeral', 'recycle', 'persistent']))
+    .option('--prewarm <n>', 'code-loaded instances kept warm', intOption)
+    .option('--concurrency <n>', 'concurrent calls per instance', intOption)
+    .option('--max-instances <n>', 'instances the function may use', intOption)
+    .option('--queue-timeout-ms <ms>', 'how long a call may wait for an instance', intOption)
+    .option('--timeout-ms <ms>', 'call timeout', intOption)
+    .option('--memory-mb <mb>', 'memory limit per instance, MiB', intOption)
+    .option('--cpu <cores>', 'CPU quota per instance, cores', numberOption)
+    .option('--env <KEY=VALUE>', 'environment variable (repeatable)', envOption)
+    .addOption(new Option('--network <network>', 'network access').choices(['none', 'egress']))
+    .option('--max-invocations <n>', 'recycle an instance after this many calls', intOption)
+    .option('--max-age-ms <ms>', 'recycle an instance after this age', intOption)
+    .option('--idle-timeout-ms <ms>', 'stop an idle instance after this long', intOption)
+    .action((name: string, opts: DeployOptions) => run((ctx, client) => deploy(ctx, client, name, opts)))
+
+  fn.command('invoke')
+    .description('call a function (ANY /fn/NAME[/path]) and print its answer')
+    .argument('<name>', 'function name')
+    .option('-X, --request <method>', 'HTTP method (default GET, or POST with -d)')
+    .option('-d, --data <body>', 'request body, or @file to send a file')
+    .option('-H, --header <header>', "request header 'name: value' (repeatable)", headerOption)
+    .option('--path <path>', 'sub-path after /fn/NAME (becomes event.path)')
+    .option('-i, --include', 'print the status line and headers before the body')
+    .action((name: string, opts: InvokeOptions) => run((ctx, client) => invoke(ctx, client, name, opts)))
+
+  fn.command('list')
+    .description('list functions')
+    .option('--json', 'print the raw JSON answer')
+    .action((opts: { json?: boolean }) => run((ctx, client) => list(ctx, client, opts.json === true)))
+
+  fn.command('get')
+    .description('show one function: spec and status')
+    .argument('<name>', 'function name')
+    .action((name: string) => run(async (ctx, client) => {
+      const { data } = await client.call('GET', `/v1/functions/${encodeURIComponent(name)}`)
+      ctx.stdout.write(formatJson(data))
+    }))
+
+  fn.command('delete')
+    .description('delete a function (drains in-flight calls)')
+    .argument('<name>', 'function name')
+    .action((name: string) => run(async (ctx, client) => {
+      await client.call('DELETE', `/v1/functions/${encodeURIComponent(name)}`)
+      ctx.stdout.write(`deleted ${name}\n`)
+    }))
+}
+
+/** The code part of a deploy body, from a file, an archive or a directory. */
+export async function codeBody(path: string, entrypoint: string | undefined): Promise<{ code?: string; archive?: string; entrypoint?: string }> {
+  const info = await stat(path).catch((err: NodeJS.ErrnoException) => {
+    throw new CliError(`error: --code ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`)
+  })
+  const withEntry = <T extends object>(b: T): T & { entrypoint?: string } => (entrypoint === undefined ? b : { ...b, entrypoint })
+  if (info.isDirectory()) {
+    // .git is never part of a function; everything else (node_modules included) is.
+    const entries = (await readdir(path)).filter((e) => e !== '.git').sort()
+    if (entries.length === 0) throw new CliError(`error: --code ${path} is an empty directory`)
+    const chunks: Buffer[] = []
+    for await (const chunk of createTar({ gzip: true, cwd: path, portable: true }, entries)) chunks.push(chunk as Buffer)
+    const fallback = !existsSync(join(path, 'index.js')) && existsSync(join(path, 'index.mjs')) ? 'index.mjs' : 'index.js'
+    return { archive: Buffer.concat(chunks).toString('base64'), entrypoint: entrypoint ?? fallback }
+  }
+  if (/\.(tar\.gz|tgz)$/i.test(path)) return withEntry({ archive: (await readFile(path)).toString('base64') })
+  const code = await readFile(path, 'utf8')
+  if (code.length === 0) throw new CliError(`error: --code ${path} is empty`)
+  return withEntry({ code })
+}
+
+async function deploy(ctx: CliContext, client: ApiClient, name: string, opts: DeployOptions): Promise<void> {
+  const body: Record<string, unknown> = { runtime: opts.runtime, ...(await codeBody(opts.code, opts.entrypoint)) }
+  for (const field of SPEC_FIELDS) {
+    if (field !== 'entrypoint' && opts[field] !== undefined) body[field] = opts[field]
+  }
+  if (opts.env !== undefined) body['env'] = opts.env
+  const { data } = await client.call('PUT', `/v1/functions/${encodeURIComponent(name)}`, body)
+  const version = isRecord(data) ? pick(data, 'version') : undefined
+  ctx.stdout.write(`deployed ${name} version ${cell(version)}\n`)
+}
+
+function invokePath(name: string, sub: string | undefined): string {
+  const base = `/fn/${encodeURIComponent(name)}`
+  if (sub === undefined || sub === '' || sub === '/') return base
+  return base + (sub.startsWith('/') || sub.startsWith('?') ? sub : `/${sub}`)
+}
+
+async function invoke(ctx: CliContext, client: ApiClient, name: string, opts: InvokeOptions): Promise<number> {
+  const headers: Record<string, string | string[]> = {}
+  for (const [k, v] of opts.header ?? []) {
+    const prev = headers[k]
+    headers[k] = prev === undefined ? v : [...(Array.isArray(prev) ? prev : [prev]), v]
+  }
+  let body: string | Buffer | undefined
+  if (opts.data !== undefined) {
+    const fromFile = opts.data.startsWith('@')
+    body = fromFile
+      ? await readFile(opts.data.slice(1)).catch((err: Error) => { throw new CliError(`error: -d ${opts.data}: ${err.message}`) })
+      : opts.data
+    if (!hasHeader(headers, 'content-type')) {
+      headers['content-type'] = parseJson(Buffer.from(body)) !== undefined
+        ? 'application/json'
+        : fromFile ? 'application/octet-stream' : 'text/plain; charset=utf-8'
+    }
+  }
+  const method = opts.request ?? (body === undefined ? 'GET' : 'POST')
+  const res = await client.send(method, invokePath(name, opts.path), { headers, body })
+  if (opts.include === true) {
+    let head = `HTTP/1.1 ${statusLine(res.status)}\n`
+    for (const [k, v] of Object.entries(res.headers)) {
+      for (const one of Array.isArray(v) ? v : v === undefined ? [] : [v]) head += `${k}: ${one}\n`
+    }
+    ctx.stdout.write(head + '\n')
+  }
+  if (res.body.length > 0) {
+    ctx.stdout.write(res.body)
+    if (ctx.stdout.isTTY === true && res.body[res.body.length - 1] !== 0x0a) ctx.stdout.write('\n')
+  }
+  const ok = res.status >= 200 && res.status <= 299
+  const kerr = ok ? undefined : kindlingError(parseJson(res.body))
+  if (kerr !== undefined) ctx.stderr.write(`error ${kerr.code}: ${kerr.message}\n`)
+  return ok ? 0 : 1
+}
+
+/** `instances by state` rendered compactly: `idle=1 busy=2`, a count, or `-`. */
+export function instancesCell(value: unknown): string {
+  if (typeof value === 'number') return String(value)
+  if (Array.isArray(value)) return String(value.length)
+  if (isRecord(value)) {
+    const parts = Object.entries(value).filter(([, n]) => typeof n === 'number' && n !== 0).map(([k, n]) => `${k}=${String(n)}`)
+    return parts.length === 0 ? '0' : parts.join(' ')
+  }
+  return cell(value)
+}
+
+/** A field of a function record, whether flat or nested under `spec` / `status`. */
+function field(item: Record<string, unknown>, key: string): unknown {
+  const own = item[key]
+  if (own !== undefined && own !== null) return own
+  for (const nest of ['spec', 'status']) {
+    const n = item[nest]
+    if (isRecord(n) && n[key] !== undefined && n[key] !== null) return n[key]
+  }
+  return undefined
+}
+
+async function list(ctx: CliContext, client: ApiClient, json: boolean): Promise<void> {
+  const { data } = await client.call('GET', '/v1/functions')
+  const items = listOf(data, 'functions')
+  if (json || items === undefined || !items.every(isRecord)) {
+    ctx.stdout.write(formatJson(data))
+    return
+  }
+  if (items.length === 0) {
+    ctx.stderr.write('no functions deployed\n')
+    return
+  }
+  const rows = items.map((it) => [
+    cell(field(it, 'name')), cell(field(it, 'runtime')), cell(field(it, 'version')),
+    cell(field(it, 'mode')), cell(field(it, 'prewarm')), instancesCell(field(it, 'instances')),
+  ])
+  ctx.stdout.write(formatTable(['NAME', 'RUNTIME', 'VERSION', 'MODE', 'PREWARM', 'INSTANCES'], rows))
+}

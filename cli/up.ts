@@ -1,0 +1,73 @@
+import { Option, type Command } from 'commander'
+import { intOption, type Runner } from './args.js'
+
+interface UpOptions {
+  backend?: string
+  port?: number
+  host?: string
+  dataDir?: string
+}
+
+interface Overrides {
+  KINDLING_BACKEND?: string
+  KINDLING_PORT?: number
+  KINDLING_HOST?: string
+  KINDLING_DATA_DIR?: string
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const
+
+/** The next SIGINT / SIGTERM; `cancel()` gives the signals back to their default behaviour. */
+function nextSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
+  let on: (sig: NodeJS.Signals) => void = () => {}
+  const cancel = (): void => {
+    for (const s of SIGNALS) process.off(s, on)
+  }
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
+    on = (sig) => {
+      cancel()
+      resolve(sig)
+    }
+    for (const s of SIGNALS) process.on(s, on)
+  })
+  return { signal, cancel }
+}
+
+export function registerUpCommand(program: Command, run: Runner): void {
+  program.command('up')
+    .description('run the whole platform in this process (API, invocations, pools) on one port')
+    .addOption(new Option('--backend <backend>', 'where instances run').choices(['process', 'docker']))
+    .option('--port <port>', 'port to listen on (KINDLING_PORT, default 8080)', intOption)
+    .option('--host <host>', 'address to bind (KINDLING_HOST, default 127.0.0.1)')
+    .option('--data-dir <dir>', 'state, code cache and sockets (KINDLING_DATA_DIR, default ./.kindling)')
+    .action((opts: UpOptions) => run(async (ctx) => {
+      const overrides: Overrides = {}
+      if (opts.backend !== undefined) overrides.KINDLING_BACKEND = opts.backend
+      if (opts.port !== undefined) overrides.KINDLING_PORT = opts.port
+      if (opts.host !== undefined) overrides.KINDLING_HOST = opts.host
+      if (opts.dataDir !== undefined) overrides.KINDLING_DATA_DIR = opts.dataDir
+      // Loaded on demand so the client commands never pay for loading the platform.
+      const { startEmbedded } = await import('../embedded/main.js')
+      // Listen before starting: a signal during start-up still shuts the platform down cleanly.
+      const { signal, cancel } = nextSignal()
+      let platform: { url: string; close(): Promise<void> }
+      try {
+        platform = await startEmbedded({ env: ctx.env, overrides })
+      } catch (err) {
+        cancel()
+        throw err
+      }
+      const backend = opts.backend ?? ctx.env['KINDLING_BACKEND'] ?? 'process'
+      ctx.stdout.write(`kindling listening on ${platform.url} (backend ${backend})\n`)
+      const sig = await signal
+      ctx.stderr.write(`kindling: ${sig} received, stopping (press Ctrl-C again to force)\n`)
+      const force = (): void => process.exit(130)
+      for (const s of SIGNALS) process.once(s, force)
+      try {
+        await platform.close()
+      } finally {
+        for (const s of SIGNALS) process.off(s, force)
+      }
+      return 0
+    }))
+}
