@@ -1,0 +1,196 @@
+import { randomBytes } from 'node:crypto'
+import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { KdlError } from '../common/errors.js'
+import { assertName, NAME_PATTERN } from '../common/spec.js'
+import type { Store } from '../common/store.js'
+import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
+
+export interface FileStoreOptions {
+  /** Data directory; records live in `functions/<name>.json` and `runtimes/<name>.json`. Created on first write. */
+  dir: string
+}
+
+type Kind = 'function' | 'runtime'
+
+const FOLDER: Record<Kind, string> = { function: 'functions', runtime: 'runtimes' }
+/** Only files named like a record are read; temp files (`.<name>.json.<pid>.<rand>.tmp`) never match. */
+const RECORD_FILE = new RegExp(`${NAME_PATTERN.slice(0, -1)}\\.json$`)
+
+/**
+ * The embedded store: one JSON file per record. A write goes to a temp file in the same directory, is
+ * fsynced, renamed over the record and the directory fsynced, so a reader (or a restart after a crash)
+ * sees either the old record or the new one, never a torn file. Concurrent writes to one name: the
+ * last rename wins.
+ */
+export class FileStore implements Store {
+  readonly #dir: string
+  readonly #pending = new Set<Promise<unknown>>()
+  #closed = false
+
+  constructor(options: FileStoreOptions) {
+    this.#dir = options.dir
+  }
+
+  async getFunction(name: string): Promise<FunctionRecord | undefined> {
+    return this.#read<FunctionRecord>('function', name)
+  }
+
+  async listFunctions(): Promise<FunctionRecord[]> {
+    return this.#list<FunctionRecord>('function')
+  }
+
+  async putFunction(record: FunctionRecord): Promise<void> {
+    return this.#write('function', record.name, record)
+  }
+
+  async deleteFunction(name: string): Promise<boolean> {
+    return this.#track(this.#delete('function', name))
+  }
+
+  async getRuntime(name: string): Promise<RuntimeSpec | undefined> {
+    return this.#read<RuntimeSpec>('runtime', name)
+  }
+
+  async listRuntimes(): Promise<RuntimeSpec[]> {
+    return this.#list<RuntimeSpec>('runtime')
+  }
+
+  async putRuntime(spec: RuntimeSpec): Promise<void> {
+    return this.#write('runtime', spec.name, spec)
+  }
+
+  /** Waits for in-flight writes; later calls fail with KDL_ERR_SHUTTING_DOWN. */
+  async close(): Promise<void> {
+    this.#closed = true
+    await Promise.allSettled([...this.#pending])
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the store is closed')
+  }
+
+  #folder(kind: Kind): string {
+    return join(this.#dir, FOLDER[kind])
+  }
+
+  #file(kind: Kind, name: string): string {
+    assertName(kind, name)
+    return join(this.#folder(kind), `${name}.json`)
+  }
+
+  async #read<T>(kind: Kind, name: string): Promise<T | undefined> {
+    this.#assertOpen()
+    const file = this.#file(kind, name)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return undefined
+      throw new KdlError('KDL_ERR_INTERNAL', `reading ${FOLDER[kind]}/${name}.json failed`, { cause: err })
+    }
+    return parseRecord<T>(kind, name, text)
+  }
+
+  async #list<T>(kind: Kind): Promise<T[]> {
+    this.#assertOpen()
+    let files: string[]
+    try {
+      files = await readdir(this.#folder(kind))
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return []
+      throw new KdlError('KDL_ERR_INTERNAL', `listing ${FOLDER[kind]} failed`, { cause: err })
+    }
+    const names = files.filter((f) => RECORD_FILE.test(f)).map((f) => f.slice(0, -'.json'.length)).sort()
+    const records: T[] = []
+    for (const name of names) {
+      // A record deleted between readdir and read is simply not listed.
+      const record = await this.#read<T>(kind, name)
+      if (record !== undefined) records.push(record)
+    }
+    return records
+  }
+
+  #write(kind: Kind, name: string, value: unknown): Promise<void> {
+    this.#assertOpen()
+    const file = this.#file(kind, name)
+    return this.#track(atomicWrite(this.#folder(kind), file, `${JSON.stringify(value, null, 2)}\n`, name))
+  }
+
+  async #delete(kind: Kind, name: string): Promise<boolean> {
+    this.#assertOpen()
+    const file = this.#file(kind, name)
+    try {
+      await unlink(file)
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false
+      throw new KdlError('KDL_ERR_INTERNAL', `deleting ${FOLDER[kind]}/${name}.json failed`, { cause: err })
+    }
+    await syncDir(this.#folder(kind))
+    return true
+  }
+
+  #track<T>(work: Promise<T>): Promise<T> {
+    this.#pending.add(work)
+    const done = (): void => { this.#pending.delete(work) }
+    work.then(done, done)
+    return work
+  }
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
+}
+
+function parseRecord<T>(kind: Kind, name: string, text: string): T {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new KdlError('KDL_ERR_INTERNAL', `stored ${kind} record ${FOLDER[kind]}/${name}.json is not valid JSON`, { cause: err })
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || (value as { name?: unknown }).name !== name) {
+    throw new KdlError('KDL_ERR_INTERNAL', `stored ${kind} record ${FOLDER[kind]}/${name}.json does not hold the ${kind} "${name}"`)
+  }
+  return value as T
+}
+
+/** temp file in the same dir → write → fsync → rename over `file` → fsync the dir. */
+async function atomicWrite(folder: string, file: string, text: string, name: string): Promise<void> {
+  try {
+    await mkdir(folder, { recursive: true, mode: 0o700 })
+  } catch (err) {
+    throw new KdlError('KDL_ERR_INTERNAL', `creating ${folder} failed`, { cause: err })
+  }
+  const tmp = join(folder, `.${name}.json.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
+  try {
+    // 0600: function records hold the deployer's env values.
+    const handle = await open(tmp, 'wx', 0o600)
+    try {
+      await handle.writeFile(text, 'utf8')
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await rename(tmp, file)
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined)
+    throw new KdlError('KDL_ERR_INTERNAL', `writing ${file} failed`, { cause: err })
+  }
+  await syncDir(folder)
+}
+
+/** Makes a rename or unlink durable. Filesystems that cannot fsync a directory are tolerated. */
+async function syncDir(folder: string): Promise<void> {
+  let handle
+  try {
+    handle = await open(folder, 'r')
+    await handle.sync()
+  } catch (err) {
+    if (!(isErrno(err, 'EINVAL') || isErrno(err, 'EISDIR') || isErrno(err, 'EPERM'))) {
+      throw new KdlError('KDL_ERR_INTERNAL', `syncing ${folder} failed`, { cause: err })
+    }
+  } finally {
+    await handle?.close()
+  }
+}
