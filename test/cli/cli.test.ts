@@ -290,6 +290,22 @@ t.test('pools prints generic and function pools as a table', async (t) => {
   ].join('\n'))
 })
 
+t.test('pools reads a list of pool snapshots labelled by the pool manager', async (t) => {
+  const api = await fakeApi(t, () => ({
+    body: [
+      { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 2, idle: 2, starting: 0 },
+      { pool: 'fn:hello', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
+    ],
+  }))
+  const r = await cli(['pools'], { KINDLING_URL: api.url })
+  t.equal(r.stdout, [
+    'POOL          IDLE  BUSY  STARTING  TARGET',
+    'generic:node  2     -     0         2',
+    'fn:hello      0     -     1         1',
+    '',
+  ].join('\n'))
+})
+
 t.test('pools prints JSON when the answer has a shape it does not know', async (t) => {
   const body = { memoryBudgetMb: 4096, something: [1, 2] }
   const api = await fakeApi(t, () => ({ body }))
@@ -300,16 +316,34 @@ t.test('pools prints JSON when the answer has a shape it does not know', async (
 
 t.test('events prints time, type, function and the remaining fields', async (t) => {
   const api = await fakeApi(t, () => ({
-    body: { events: [{ at: '2025-01-01T00:00:00.000Z', type: 'throttle', fn: 'hog', message: 'cpu over limit', cpu: 0.95 }] },
+    body: [
+      { id: 7, at: '2025-01-01T00:00:00.000Z', type: 'throttle', function: 'hog', instance: 'i-1', message: 'cpu over limit', data: { cpu: 0.95 } },
+      { id: 8, at: '2025-01-01T00:00:01.000Z', type: 'recycle', function: 'calm', message: 'max invocations' },
+    ],
   }))
   const r = await cli(['events'], { KINDLING_URL: api.url })
   t.equal(r.code, 0)
   t.equal(only(api.requests).url, '/v1/events')
   t.equal(r.stdout, [
     'TIME                      TYPE      FUNCTION  DETAILS',
-    '2025-01-01T00:00:00.000Z  throttle  hog       cpu over limit cpu=0.95',
+    '2025-01-01T00:00:00.000Z  throttle  hog       cpu over limit instance=i-1 cpu=0.95',
+    '2025-01-01T00:00:01.000Z  recycle   calm      max invocations',
     '',
   ].join('\n'))
+})
+
+t.test('events --fn and --limit are sent as query and applied to the answer', async (t) => {
+  const api = await fakeApi(t, () => ({
+    body: [
+      { id: 1, at: 'a', type: 'crash', function: 'one', message: 'm1' },
+      { id: 2, at: 'b', type: 'crash', function: 'two', message: 'm2' },
+      { id: 3, at: 'c', type: 'crash', function: 'one', message: 'm3' },
+      { id: 4, at: 'd', type: 'crash', function: 'one', message: 'm4' },
+    ],
+  }))
+  const r = await cli(['events', '--fn', 'one', '--limit', '2'], { KINDLING_URL: api.url })
+  t.equal(only(api.requests).url, '/v1/events?fn=one&limit=2')
+  t.strictSame(r.stdout.trimEnd().split('\n').slice(1).map((l) => l.split(/\s+/)[3]), ['m3', 'm4'])
 })
 
 t.test('runtimes set PUTs only the given fields', async (t) => {
