@@ -351,8 +351,9 @@ function parseTar(tar: Buffer, maxEntries: number, maxUnpackedBytes: number): Pr
       if (item.kind === 'file') {
         const file = item
         const chunks: Buffer[] = []
-        entry.on('data', (c: Buffer) => chunks.push(c))
+        // 'end' first: adding a 'data' listener resumes the entry, which may end it synchronously.
         entry.on('end', () => { file.body = Buffer.concat(chunks) })
+        entry.on('data', (c: Buffer) => chunks.push(c))
       } else {
         entry.resume()
       }
