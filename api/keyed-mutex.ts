@@ -1,0 +1,16 @@
+/** Serialises async work per key (one deploy of a name at a time), without blocking other keys. */
+export class KeyedMutex {
+  readonly #tails = new Map<string, Promise<unknown>>()
+
+  async run<T>(key: string, work: () => Promise<T>): Promise<T> {
+    const prev = this.#tails.get(key) ?? Promise.resolve()
+    const next = prev.then(work, work)
+    const tail = next.catch(() => {})
+    this.#tails.set(key, tail)
+    try {
+      return await next
+    } finally {
+      if (this.#tails.get(key) === tail) this.#tails.delete(key)
+    }
+  }
+}

@@ -1,0 +1,50 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+
+/**
+ * Every `kindling_*` metric, registered on a Registry that the composition root creates
+ * (no default registry: two platforms in one test process must not share counters).
+ */
+export class Metrics {
+  readonly registry: Registry
+  readonly invocations: Counter<'function' | 'code'>
+  readonly invocationDuration: Histogram<'function'>
+  readonly coldStarts: Counter<'kind'>
+  readonly coldStartPhase: Histogram<'phase'>
+  readonly poolInstances: Gauge<'pool' | 'state'>
+  readonly recycles: Counter<'reason'>
+  #poolSource: (() => Array<{ pool: string; idle: number; starting: number; target: number }>) | undefined
+
+  /** Where `kindling_pool_instances` reads its numbers at scrape time. */
+  setPoolSource(source: () => Array<{ pool: string; idle: number; starting: number; target: number }>): void {
+    this.#poolSource = source
+  }
+
+  constructor(registry: Registry) {
+    this.registry = registry
+    const registers = [registry]
+    this.invocations = new Counter({ name: 'kindling_invocations_total', help: 'Invocations by function and answer code (HTTP status or KDL_ERR_*).', labelNames: ['function', 'code'], registers })
+    this.invocationDuration = new Histogram({
+      name: 'kindling_invocation_duration_seconds', help: 'Time from request to response end, through the router.', labelNames: ['function'], registers,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    })
+    this.coldStarts = new Counter({ name: 'kindling_cold_starts_total', help: 'Calls that needed an instance not yet serving the function, by how it was found.', labelNames: ['kind'], registers })
+    this.coldStartPhase = new Histogram({
+      name: 'kindling_cold_start_phase_seconds', help: 'Cold-start phases: queue wait, instance start, code load.', labelNames: ['phase'], registers,
+      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    })
+    const poolGauge: Gauge<'pool' | 'state'> = new Gauge({
+      name: 'kindling_pool_instances', help: 'Instances per pool and state.', labelNames: ['pool', 'state'], registers,
+      collect: () => {
+        if (this.#poolSource === undefined) return
+        poolGauge.reset()
+        for (const p of this.#poolSource()) {
+          poolGauge.set({ pool: p.pool, state: 'idle' }, p.idle)
+          poolGauge.set({ pool: p.pool, state: 'starting' }, p.starting)
+          poolGauge.set({ pool: p.pool, state: 'target' }, p.target)
+        }
+      },
+    })
+    this.poolInstances = poolGauge
+    this.recycles = new Counter({ name: 'kindling_recycles_total', help: 'Instances unloaded/reloaded or replaced, by reason.', labelNames: ['reason'], registers })
+  }
+}

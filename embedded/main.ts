@@ -1,0 +1,129 @@
+import { spawnSync } from 'node:child_process'
+import { mkdir } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { pino, type Logger } from 'pino'
+import { Registry } from 'prom-client'
+import { apiPlugin } from '../api/plugin.js'
+import { CodeStore } from '../builder/code-store.js'
+import type { ContainerBackend } from '../common/backend.js'
+import { loadConfig, type Config } from '../common/config.js'
+import { KdlError } from '../common/errors.js'
+import { EventLog } from '../common/events.js'
+import { Metrics } from '../common/metrics.js'
+import type { RuntimeSpec } from '../common/types.js'
+import { Executor } from '../executor/executor.js'
+import { ProcessBackend } from '../poolmgr/backends/process.js'
+import { detectCgroups } from '../poolmgr/cgroups/index.js'
+import { PoolManager } from '../poolmgr/pool-manager.js'
+import { buildRouter } from '../router/app.js'
+import { FileStore } from '../store/file-store.js'
+
+/** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
+const here = dirname(fileURLToPath(import.meta.url))
+const repoRoot = resolve(here, here.includes(`${'/'}dist${'/'}`) || here.endsWith('/dist/embedded') ? '../..' : '..')
+export const NODE_SERVER_DIR = join(repoRoot, 'runtimes', 'node')
+/** Runtime kinds this build can start. */
+export const RUNTIME_KINDS = ['node'] as const
+
+export interface EmbeddedOptions {
+  env: Record<string, string | undefined>
+  overrides?: Partial<Record<keyof Config, string | number>>
+  /** A logger to use instead of a new pino (tests pass a silent one). */
+  log?: Logger
+}
+
+export interface Embedded {
+  url: string
+  port: number
+  config: Config
+  pools: PoolManager
+  executor: Executor
+  close(): Promise<void>
+}
+
+/**
+ * The composition root of `kindling up`: every component in one process, on one port.
+ * The only place (with the CLI entry) that reads the environment and constructs clients.
+ */
+export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
+  const config = loadConfig(opts.env, opts.overrides)
+  const log = opts.log ?? pino({ level: config.KINDLING_LOG_LEVEL })
+  const dataDir = resolve(config.KINDLING_DATA_DIR)
+  const runDir = join(dataDir, 'run')
+  for (const d of [dataDir, join(dataDir, 'store'), join(dataDir, 'code'), runDir]) await mkdir(d, { recursive: true, mode: 0o755 })
+
+  const store = new FileStore({ dir: join(dataDir, 'store') })
+  const codeStore = new CodeStore({ root: join(dataDir, 'code'), maxUnpackedBytes: config.KINDLING_MAX_UNPACKED_BYTES, maxEntries: 10_000 })
+  const backend = await createBackend(config, runDir, join(dataDir, 'code'), log)
+  const registry = new Registry()
+  const metrics = new Metrics(registry)
+  const events = new EventLog()
+  const pools = new PoolManager({ backend, log: log.child({ component: 'poolmgr' }), pidsLimit: config.KINDLING_PIDS_LIMIT })
+  await pools.reapOrphans()
+
+  for (const kind of RUNTIME_KINDS) {
+    let spec: RuntimeSpec | undefined = await store.getRuntime(kind)
+    if (spec === undefined) {
+      spec = { name: kind, poolSize: config.KINDLING_POOL_SIZE, memoryMb: 128, cpu: 1 }
+      await store.putRuntime(spec)
+    }
+    pools.setRuntime(spec)
+  }
+
+  const executor = new Executor({ store, pools, codeDirOf: (h) => codeStore.dirOf(h), log: log.child({ component: 'executor' }), metrics, events })
+  await executor.restore()
+  const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  await app.register(apiPlugin, {
+    store, codeStore, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
+  })
+  metrics.setPoolSource(() => pools.snapshot())
+
+  try {
+    await app.listen({ host: config.KINDLING_HOST, port: config.KINDLING_PORT })
+  } catch (err) {
+    await pools.close()
+    throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
+  }
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
+  const host = config.KINDLING_HOST.includes(':') ? `[${config.KINDLING_HOST}]` : config.KINDLING_HOST
+  log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
+
+  let closing: Promise<void> | undefined
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    config,
+    pools,
+    executor,
+    close: () => {
+      closing ??= (async () => {
+        await app.close()
+        await pools.close()
+        await store.close()
+      })()
+      return closing
+    },
+  }
+}
+
+async function createBackend(config: Config, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
+  const isRoot = process.getuid?.() === 0
+  const [uid, gid] = config.KINDLING_INSTANCE_USER.split(':').map(Number) as [number, number]
+  const cgroups = isRoot ? await detectCgroups() : undefined
+  const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--mount-proc', '--', '/bin/true']).status === 0
+  log.info({ cgroups: cgroups?.version ?? 'none', namespaces, user: isRoot ? `${uid}:${gid}` : 'platform' }, 'process backend isolation')
+  const backend = new ProcessBackend({
+    runDir,
+    codeRoot,
+    runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs' } },
+    cgroups,
+    user: isRoot ? { uid, gid } : undefined,
+    namespaces,
+    startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
+    log: log.child({ component: 'backend', backend: 'process' }),
+  })
+  await backend.init()
+  return backend
+}

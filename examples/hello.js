@@ -1,0 +1,5 @@
+// The smallest Kindling function: an ES module whose default export answers each call.
+export default async function hello(event) {
+  const name = event.query.name ?? 'world'
+  return { status: 200, headers: { 'content-type': 'text/plain' }, body: `hello, ${name}\n` }
+}

@@ -1,0 +1,57 @@
+import type { Dispatcher } from 'undici'
+import type { PersistenceMode, StartKind } from '../common/types.js'
+
+/**
+ * The only executor file the router imports: what the data plane may ask of the control plane.
+ * In `kindling up` the Executor implements it in-process; a cluster router gets a remote one.
+ */
+
+/** What the router needs to route and limit calls to one function version. */
+export interface RouteSpec {
+  name: string
+  version: number
+  mode: PersistenceMode
+  concurrency: number
+  maxInstances: number
+  queueTimeoutMs: number
+  timeoutMs: number
+  idleTimeoutMs: number
+}
+
+/** A loaded instance handed to the router until it is released. */
+export interface Lease {
+  instanceId: string
+  dispatcher: Dispatcher
+  fn: string
+  version: number
+  /** How this instance was found: `prewarmed` (code-loaded pool), `specialized` (generic + load), `cold` (started + load). */
+  kind: Exclude<StartKind, 'warm'>
+  /** Milliseconds spent starting the instance and loading the code for this lease. */
+  startMs: number
+  loadMs: number
+}
+
+/**
+ * - `ok`: the call finished; the mode decides (ephemeral: destroy, recycle: unload + load afresh).
+ * - `timeout` / `crashed`: the instance can no longer be trusted: destroy.
+ * - `retire`: a newer version is deployed or the function was deleted: destroy.
+ * - `idle`: persistent instance unused for `idleTimeoutMs`: destroy.
+ */
+export type ReleaseOutcome = 'ok' | 'timeout' | 'crashed' | 'retire' | 'idle'
+
+export type ExecutorEvent =
+  | { type: 'function-changed'; name: string }
+  | { type: 'instance-gone'; name: string; instanceId: string; reason: string }
+
+export interface ExecutorClient {
+  /** The function's current route spec; KDL_ERR_FN_NOT_FOUND when it is not deployed. */
+  resolve(name: string): Promise<RouteSpec>
+  /** A loaded instance of this version: prewarmed, else specialized, else cold. */
+  acquire(name: string, version: number): Promise<Lease>
+  /** Gives an instance back after a call; resolves true when the same instance is loaded and ready again. */
+  release(lease: Lease, outcome: ReleaseOutcome): Promise<boolean>
+  /** Why a call on this lease failed at the transport level: `oom` or `crashed`. */
+  diagnose(lease: Lease): Promise<'oom' | 'crashed'>
+  /** Function changes and instance losses, so the router's table never points at a dead or stale instance. */
+  subscribe(listener: (e: ExecutorEvent) => void): () => void
+}

@@ -1,0 +1,191 @@
+import type { Logger } from 'pino'
+import { KdlError } from '../common/errors.js'
+import type { EventLog } from '../common/events.js'
+import type { Metrics } from '../common/metrics.js'
+import type { Store } from '../common/store.js'
+import type { FunctionRecord } from '../common/types.js'
+import type { Instance } from '../poolmgr/instance.js'
+import type { PoolManager } from '../poolmgr/pool-manager.js'
+import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from './client.js'
+
+export interface ExecutorOptions {
+  store: Store
+  pools: PoolManager
+  /** Host directory of a content-addressed code hash. */
+  codeDirOf: (hash: string) => string
+  log: Logger
+  metrics: Metrics
+  events: EventLog
+}
+
+/**
+ * The control plane of invocations: turns a function into a loaded instance (prewarmed → specialized →
+ * cold) and applies the persistence mode when the router gives the instance back.
+ */
+export class Executor implements ExecutorClient {
+  readonly #o: ExecutorOptions
+  readonly #records = new Map<string, FunctionRecord>()
+  readonly #leased = new Map<string, Instance>()
+  readonly #listeners = new Set<(e: ExecutorEvent) => void>()
+
+  constructor(opts: ExecutorOptions) {
+    this.#o = opts
+    opts.pools.onInstanceGone((inst, exit) => {
+      this.#leased.delete(inst.id)
+      if (inst.fn !== undefined) {
+        opts.events.add({ type: exit.reason === 'oom' ? 'instance-oom' : 'instance-crashed', function: inst.fn, instance: inst.id, message: `instance ${exit.reason}`, data: { code: exit.code, signal: exit.signal } })
+        this.#emit({ type: 'instance-gone', name: inst.fn, instanceId: inst.id, reason: exit.reason })
+      }
+    })
+  }
+
+  /** Start-up: prewarm pools of every stored function. */
+  async restore(): Promise<void> {
+    for (const record of await this.#o.store.listFunctions()) {
+      this.#records.set(record.name, record)
+      if (record.prewarm > 0 && this.#o.pools.runtime(record.runtime) !== undefined) {
+        this.#o.pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash))
+      }
+    }
+  }
+
+  async resolve(name: string): Promise<RouteSpec> {
+    const r = await this.#record(name)
+    return {
+      name: r.name, version: r.version, mode: r.mode, concurrency: r.concurrency, maxInstances: r.maxInstances,
+      queueTimeoutMs: r.queueTimeoutMs, timeoutMs: r.timeoutMs, idleTimeoutMs: r.idleTimeoutMs,
+    }
+  }
+
+  async acquire(name: string, version: number): Promise<Lease> {
+    const record = await this.#record(name)
+    if (record.version !== version) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" version ${version} is no longer deployed`)
+    const pools = this.#o.pools
+    const m = this.#o.metrics
+    let kind: Lease['kind'] = 'prewarmed'
+    let startMs = 0
+    let loadMs = 0
+    let inst = pools.takePrewarmed(name, version)
+    if (inst === undefined) {
+      const res = pools.resourcesOf(record)
+      const codeDir = this.#o.codeDirOf(record.codeHash)
+      inst = pools.takeGeneric(record.runtime, res)
+      kind = 'specialized'
+      if (inst === undefined) {
+        kind = 'cold'
+        inst = await pools.start(record.runtime, `fn:${name}`, res)
+        startMs = inst.startMs
+        m.coldStartPhase.observe({ phase: 'start' }, startMs / 1000)
+      }
+      loadMs = await pools.load(inst, record, codeDir)
+      m.coldStartPhase.observe({ phase: 'load' }, loadMs / 1000)
+    }
+    m.coldStarts.inc({ kind })
+    inst.state = 'leased'
+    this.#leased.set(inst.id, inst)
+    return { instanceId: inst.id, dispatcher: inst.dispatcher, fn: name, version, kind, startMs, loadMs }
+  }
+
+  async release(lease: Lease, outcome: ReleaseOutcome): Promise<boolean> {
+    const inst = this.#leased.get(lease.instanceId)
+    if (inst === undefined) return false
+    inst.invocations++
+    inst.lastUsed = Date.now()
+    const record = this.#records.get(lease.fn)
+    const pools = this.#o.pools
+    const retire = async (reason: string): Promise<false> => {
+      this.#leased.delete(inst.id)
+      this.#o.metrics.recycles.inc({ reason })
+      await pools.destroy(inst)
+      return false
+    }
+    if (outcome !== 'ok') return retire(outcome)
+    if (record === undefined || record.version !== lease.version) return retire('retire')
+    if (record.mode === 'ephemeral') return retire('ephemeral')
+    if (record.mode === 'persistent') return true
+    if (inst.invocations >= record.maxInvocations) return retire('max-invocations')
+    if (Date.now() - inst.startedAt >= record.maxAgeMs) return retire('max-age')
+    try {
+      await pools.reload(inst, record, this.#o.codeDirOf(record.codeHash))
+    } catch (err) {
+      this.#leased.delete(inst.id)
+      this.#o.log.warn({ err, fn: record.name, instance: inst.id }, 'recycle reload failed')
+      return false
+    }
+    this.#o.metrics.recycles.inc({ reason: 'unload' })
+    if (this.#records.get(lease.fn)?.version !== lease.version) return retire('retire')
+    inst.state = 'leased'
+    return true
+  }
+
+  async diagnose(lease: Lease): Promise<'oom' | 'crashed'> {
+    const reason = await this.#o.pools.backend.exitReason(lease.instanceId)
+    return reason === 'oom' ? 'oom' : 'crashed'
+  }
+
+  subscribe(listener: (e: ExecutorEvent) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  /**
+   * Deploy-time trial: loads the candidate version into a fresh instance. Resolves with the loaded
+   * instance (kept as the first prewarmed one when the function wants prewarm); a load failure throws
+   * KDL_ERR_LOAD_FAILED with the runtime's message, and nothing is stored.
+   */
+  async trialLoad(record: FunctionRecord): Promise<Instance> {
+    const pools = this.#o.pools
+    if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
+    const res = pools.resourcesOf(record)
+    const inst = pools.takeGeneric(record.runtime, res) ?? await pools.start(record.runtime, `fn:${record.name}`, res)
+    await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
+    return inst
+  }
+
+  /** A new version is stored: route to it from now on; old instances drain and retire. */
+  deployed(record: FunctionRecord, trial: Instance | undefined): void {
+    this.#records.set(record.name, record)
+    const pools = this.#o.pools
+    if (record.prewarm > 0) {
+      pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash), trial)
+    } else {
+      pools.removePrewarm(record.name)
+      if (trial !== undefined) void pools.destroy(trial)
+    }
+    this.#o.events.add({ type: 'deployed', function: record.name, message: `version ${record.version} deployed`, data: { version: record.version } })
+    this.#emit({ type: 'function-changed', name: record.name })
+  }
+
+  /** The function was deleted: stop routing to it; in-flight calls finish, then their instances go. */
+  removed(name: string): void {
+    this.#records.delete(name)
+    this.#o.pools.removePrewarm(name)
+    this.#o.events.add({ type: 'deleted', function: name, message: 'function deleted' })
+    this.#emit({ type: 'function-changed', name })
+  }
+
+  /** Instances by state for one function (GET /v1/functions/:name). */
+  instancesOf(name: string): Record<string, number> {
+    const out: Record<string, number> = {}
+    for (const inst of this.#o.pools.instances()) {
+      if (inst.fn !== name) continue
+      out[inst.state] = (out[inst.state] ?? 0) + 1
+    }
+    return out
+  }
+
+  async #record(name: string): Promise<FunctionRecord> {
+    const cached = this.#records.get(name)
+    if (cached !== undefined) return cached
+    const stored = await this.#o.store.getFunction(name)
+    if (stored === undefined) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
+    this.#records.set(name, stored)
+    return stored
+  }
+
+  #emit(e: ExecutorEvent): void {
+    for (const l of this.#listeners) {
+      try { l(e) } catch (err) { this.#o.log.error({ err }, 'executor listener failed') }
+    }
+  }
+}

@@ -1,0 +1,292 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { isAbsolute, join, relative } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { Logger } from 'pino'
+import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
+import { KdlError } from '../../common/errors.js'
+import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
+import { dispatcherFor, health } from '../runtime-client.js'
+import { waitForSocket } from './readiness.js'
+
+export const CGROUP_PARENT = 'kindling'
+export const QUARANTINE_PARENT = 'kindling-quarantine'
+
+/** How to run one runtime's server: `node <serverDir>/server.mjs` for the node runtime. */
+export interface RuntimeCommand {
+  /** Interpreter binary (outside any data directory: it is run by path in every namespace). */
+  command: string
+  /** Host directory holding the runtime server's files. */
+  serverDir: string
+  /** The server's file within `serverDir`. */
+  serverFile: string
+}
+
+export interface ProcessBackendOptions {
+  /** Per-instance directories (socket, private tmp, meta.json) live here. */
+  runDir: string
+  /** Host directory of the content-addressed code cache (mounted read-only into each instance). */
+  codeRoot: string
+  /** Command of each runtime's server. */
+  runtimes: Record<string, RuntimeCommand>
+  /** cgroup driver when the host lets us create groups; without it instances run unlimited. */
+  cgroups?: CgroupDriver | undefined
+  /** uid/gid instances run as; only honoured when the platform runs as root. */
+  user?: { uid: number; gid: number } | undefined
+  /** Run each instance in its own pid/mount/ipc namespaces with a private /tmp (needs root + unshare). */
+  namespaces: boolean
+  startTimeoutMs: number
+  log: Logger
+}
+
+interface Meta {
+  id: string
+  pool: string
+  runtime: string
+  pid: number
+  cgroup?: CgroupRef | undefined
+}
+
+interface Live {
+  meta: Meta
+  child: ChildProcess
+  stopping: boolean
+  exited: Promise<void>
+  reason?: ExitReason
+}
+
+const SH = '/bin/sh'
+const UNSHARE = '/usr/bin/unshare'
+const SETPRIV = '/usr/bin/setpriv'
+/**
+ * Where an instance sees its own directory, the code cache and the runtime server inside its mount
+ * namespace. Fixed paths, because the private /tmp would hide a data directory that lives under /tmp.
+ */
+export const NS_ROOT = '/run/kindling'
+const NS_INSTANCE = `${NS_ROOT}/instance`
+const NS_CODE = `${NS_ROOT}/code`
+const NS_RUNTIME = `${NS_ROOT}/runtime`
+/** Inside the new mount namespace: bind the three directories, then the instance's own tmp over /tmp. */
+const MOUNT_NS = [
+  `mount --bind "$1" ${NS_INSTANCE}`,
+  `mount --bind -o ro "$2" ${NS_CODE}`,
+  `mount --bind -o ro "$3" ${NS_RUNTIME}`,
+  'mount --bind "$1/tmp" /tmp',
+  'shift 3',
+  'exec "$@"',
+].join(' && ')
+
+/**
+ * The embedded default backend: each instance is a child process (SOCK-style lean container) in its own
+ * cgroup, namespaces and /tmp, as an unprivileged user, listening on a Unix socket in its own directory.
+ */
+export class ProcessBackend implements ContainerBackend {
+  readonly name = 'process'
+  readonly #opts: ProcessBackendOptions
+  readonly #live = new Map<string, Live>()
+  readonly #exitListeners: Array<(exit: InstanceExit) => void> = []
+  readonly #reasons = new Map<string, ExitReason>()
+
+  constructor(opts: ProcessBackendOptions) {
+    this.#opts = opts
+  }
+
+  /** Creates the fixed mount points the namespaces bind onto (empty directories, once per host). */
+  async init(): Promise<void> {
+    if (!this.#opts.namespaces) return
+    for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
+    if (this.#opts.cgroups !== undefined) {
+      await this.#opts.cgroups.ensureParent(CGROUP_PARENT)
+      await this.#opts.cgroups.ensureParent(QUARANTINE_PARENT, { cpuShares: 64 })
+    }
+  }
+
+  async start(req: InstanceRequest): Promise<InstanceHandle> {
+    const rt = this.#opts.runtimes[req.runtime]
+    if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${req.runtime}" has no server command on the process backend`)
+    const dir = join(this.#opts.runDir, req.id)
+    const tmp = join(dir, 'tmp')
+    const socketPath = join(dir, 'rt.sock')
+    const user = this.#opts.user
+    await mkdir(tmp, { recursive: true, mode: 0o755 })
+    if (user !== undefined) {
+      await chown(dir, user.uid, user.gid)
+      await chown(tmp, user.uid, user.gid)
+    }
+
+    let cgroup: CgroupRef | undefined
+    const cg = this.#opts.cgroups
+    if (cg !== undefined) {
+      cgroup = await cg.create(req.quarantine === true ? QUARANTINE_PARENT : CGROUP_PARENT, req.id, {
+        cpu: req.cpu,
+        memoryBytes: req.memoryMb * 1024 * 1024,
+        pidsLimit: req.pidsLimit,
+      })
+    }
+
+    const ns = this.#opts.namespaces
+    const env: Record<string, string> = {
+      ...req.env,
+      PATH: '/usr/local/bin:/usr/bin:/bin',
+      HOME: ns ? '/tmp' : tmp,
+      TMPDIR: ns ? '/tmp' : tmp,
+      KINDLING_LISTEN: `unix:${ns ? `${NS_INSTANCE}/rt.sock` : socketPath}`,
+    }
+    let argv = [rt.command, join(ns ? NS_RUNTIME : rt.serverDir, rt.serverFile), `--kindling-instance=${req.id}`]
+    if (user !== undefined) argv = [SETPRIV, `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', ...argv]
+    if (ns) {
+      argv = [UNSHARE, '--pid', '--fork', '--kill-child', '--mount', '--ipc', '--mount-proc', '--', SH, '-c', MOUNT_NS, 'kindling-ns', dir, this.#opts.codeRoot, rt.serverDir, ...argv]
+    }
+    let [command, ...args] = argv as [string, ...string[]]
+    // Joins the cgroups before exec: nothing of the instance runs unlimited, not even for a moment.
+    if (cgroup !== undefined && cg !== undefined) ({ command, args } = wrapCommand(cg.procsFiles(cgroup), command, args))
+    const child = spawn(command, args, { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    const startFailed = new AbortController()
+    const exited = once(child, 'exit').then(() => undefined, () => undefined)
+    child.once('error', (err) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `cannot spawn ${command}`, { cause: err })))
+    child.once('exit', (code, signal) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`)))
+    const meta: Meta = { id: req.id, pool: req.pool, runtime: req.runtime, pid: child.pid ?? -1, cgroup }
+    const live: Live = { meta, child, stopping: false, exited }
+    this.#live.set(req.id, live)
+    this.#pipeLogs(child, req.id)
+    await writeFile(join(dir, 'meta.json'), JSON.stringify(meta))
+
+    const t0 = performance.now()
+    try {
+      await waitForSocket(socketPath, this.#opts.startTimeoutMs, startFailed.signal)
+      const probe = dispatcherFor({ socketPath })
+      try { await health(probe, this.#opts.startTimeoutMs) } finally { await probe.close() }
+    } catch (err) {
+      await this.stop(req.id)
+      throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
+    }
+    this.#opts.log.debug({ instance: req.id, pool: req.pool, ms: Math.round(performance.now() - t0) }, 'instance started')
+    child.once('exit', (code, signal) => { void this.#onExit(live, code, signal) })
+    return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
+  }
+
+  async #onExit(live: Live, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+    if (live.stopping) return
+    const id = live.meta.id
+    let reason: ExitReason = code === 0 ? 'exited' : 'crashed'
+    if (live.meta.cgroup !== undefined && this.#opts.cgroups !== undefined) {
+      const stats = await this.#opts.cgroups.stats(live.meta.cgroup).catch(() => undefined)
+      if (stats !== undefined && stats.oomKills > 0) reason = 'oom'
+    }
+    this.#remember(id, reason)
+    this.#opts.log.warn({ instance: id, code, signal, reason }, 'instance exited')
+    await this.stop(id)
+    for (const l of this.#exitListeners) l({ id, reason, code, signal })
+  }
+
+  #remember(id: string, reason: ExitReason): void {
+    this.#reasons.set(id, reason)
+    if (this.#reasons.size > 1000) {
+      const oldest = this.#reasons.keys().next().value
+      if (oldest !== undefined) this.#reasons.delete(oldest)
+    }
+  }
+
+  #pipeLogs(child: ChildProcess, instance: string): void {
+    const log = this.#opts.log
+    for (const [stream, level] of [[child.stdout, 'info'], [child.stderr, 'warn']] as const) {
+      if (stream === null) continue
+      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+        log[level]({ instance, stream: level === 'info' ? 'stdout' : 'stderr', line: line.slice(0, 8192) }, 'instance output')
+      })
+    }
+  }
+
+  async stop(id: string): Promise<void> {
+    const live = this.#live.get(id)
+    const dir = join(this.#opts.runDir, id)
+    let meta = live?.meta
+    if (meta === undefined) meta = await readMeta(dir)
+    if (live !== undefined) live.stopping = true
+    if (meta?.cgroup !== undefined && this.#opts.cgroups !== undefined) {
+      await this.#opts.cgroups.destroy(meta.cgroup)
+    }
+    if (live !== undefined) {
+      if (live.child.exitCode === null && live.child.signalCode === null) {
+        try { process.kill(-live.meta.pid, 'SIGKILL') } catch { /* already gone */ }
+      }
+      await live.exited
+      this.#live.delete(id)
+    } else if (meta !== undefined && meta.pid > 0 && await isOurs(meta.pid, id)) {
+      try { process.kill(-meta.pid, 'SIGKILL') } catch { try { process.kill(meta.pid, 'SIGKILL') } catch { /* gone */ } }
+    }
+    await rm(dir, { recursive: true, force: true })
+  }
+
+  async list(): Promise<Array<{ id: string; pool: string; runtime: string }>> {
+    const out: Array<{ id: string; pool: string; runtime: string }> = []
+    let names: string[] = []
+    try { names = await readdir(this.#opts.runDir) } catch { return out }
+    for (const name of names) {
+      const meta = this.#live.get(name)?.meta ?? await readMeta(join(this.#opts.runDir, name))
+      out.push({ id: name, pool: meta?.pool ?? 'unknown', runtime: meta?.runtime ?? 'unknown' })
+    }
+    const cg = this.#opts.cgroups
+    if (cg !== undefined) {
+      for (const parent of [CGROUP_PARENT, QUARANTINE_PARENT]) {
+        for (const name of await cg.list(parent).catch(() => [] as string[])) {
+          if (!out.some((o) => o.id === name)) out.push({ id: name, pool: 'unknown', runtime: 'unknown' })
+        }
+      }
+    }
+    return out
+  }
+
+  /** Reaps a cgroup left without a run directory (the platform died between creating it and writing meta). */
+  async reapGroup(name: string): Promise<void> {
+    const cg = this.#opts.cgroups
+    if (cg === undefined) return
+    for (const parent of [CGROUP_PARENT, QUARANTINE_PARENT]) await cg.destroy(cg.refFor(parent, name))
+  }
+
+  async prepareCode(_id: string, hostCodeDir: string): Promise<string> {
+    if (!this.#opts.namespaces) return hostCodeDir
+    const rel = relative(this.#opts.codeRoot, hostCodeDir)
+    if (rel.startsWith('..') || isAbsolute(rel)) throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} is outside the code cache`)
+    return join(NS_CODE, rel)
+  }
+
+  onExit(listener: (exit: InstanceExit) => void): void {
+    this.#exitListeners.push(listener)
+  }
+
+  async exitReason(id: string): Promise<ExitReason | undefined> {
+    const known = this.#reasons.get(id)
+    if (known !== undefined) return known
+    const live = this.#live.get(id)
+    if (live === undefined) return undefined
+    // The call failed before the exit event was processed: wait for it (bounded by the kill below).
+    await Promise.race([live.exited, new Promise((r) => setTimeout(r, 2000).unref())])
+    await new Promise((r) => setImmediate(r))
+    if (live.meta.cgroup !== undefined && this.#opts.cgroups !== undefined) {
+      const stats = await this.#opts.cgroups.stats(live.meta.cgroup).catch(() => undefined)
+      if (stats !== undefined && stats.oomKills > 0) return 'oom'
+    }
+    return this.#reasons.get(id) ?? (live.child.exitCode === null && live.child.signalCode === null ? undefined : 'crashed')
+  }
+
+  async setCpu(id: string, cpu: number): Promise<void> {
+    const meta = this.#live.get(id)?.meta
+    if (meta?.cgroup === undefined || this.#opts.cgroups === undefined) return
+    await this.#opts.cgroups.setCpu(meta.cgroup, cpu)
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
+  }
+}
+
+async function readMeta(dir: string): Promise<Meta | undefined> {
+  try { return JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as Meta } catch { return undefined }
+}
+
+/** Guards against pid reuse: the process must still carry the instance id on its command line. */
+async function isOurs(pid: number, id: string): Promise<boolean> {
+  try { return (await readFile(`/proc/${pid}/cmdline`, 'utf8')).includes(`--kindling-instance=${id}`) } catch { return false }
+}

@@ -1,0 +1,35 @@
+import type { Dispatcher } from 'undici'
+import type { InstanceHandle } from '../common/backend.js'
+
+export type InstanceState = 'generic' | 'loading' | 'loaded' | 'leased' | 'recycling' | 'dead'
+
+/** One runtime server the pool manager started, and what it holds now. */
+export class Instance {
+  readonly id: string
+  readonly runtime: string
+  readonly handle: InstanceHandle
+  readonly dispatcher: Dispatcher
+  readonly startedAt: number
+  /** Milliseconds the backend took to start it (the `start` cold-start phase). */
+  readonly startMs: number
+  state: InstanceState = 'generic'
+  /** Function and version loaded, once specialised; an instance never serves another function. */
+  fn: string | undefined
+  version: number | undefined
+  /** Invocations served since start (recycle mode replaces the instance after `maxInvocations`). */
+  invocations = 0
+  lastUsed: number
+  /** Placed in the quarantine group by the load guard. */
+  quarantined: boolean
+
+  constructor(handle: InstanceHandle, dispatcher: Dispatcher, startMs: number, quarantined = false) {
+    this.id = handle.id
+    this.runtime = handle.runtime
+    this.handle = handle
+    this.dispatcher = dispatcher
+    this.startedAt = handle.startedAt
+    this.startMs = startMs
+    this.lastUsed = handle.startedAt
+    this.quarantined = quarantined
+  }
+}

@@ -1,0 +1,127 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Logger } from 'pino'
+import { errorBody, isKdlError, KdlError } from '../common/errors.js'
+import type { Metrics } from '../common/metrics.js'
+import type { ExecutorClient } from '../executor/client.js'
+import { InstanceTable, type Granted } from './instance-table.js'
+import { forward, sendError } from './proxy.js'
+
+export interface RouterDeps {
+  executor: ExecutorClient
+  metrics: Metrics
+  log: Logger
+}
+
+export interface RouterConfig {
+  /** Largest invocation body in bytes (413 beyond). */
+  maxBodyBytes: number
+  /** Largest management request body (deploys carry code). */
+  maxApiBodyBytes: number
+}
+
+export interface Router {
+  app: FastifyInstance
+  table: InstanceTable
+}
+
+const FN_PREFIX = '/fn/'
+
+/**
+ * The HTTP front: `/fn/:name[/*]` invocations and `/metrics`. It never listens by itself; the
+ * composition root registers the management API on the same app and calls `listen`.
+ */
+export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
+  const app = Fastify({ loggerInstance: deps.log as FastifyBaseLogger, disableRequestLogging: true, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true })
+  const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
+  const { metrics } = deps
+
+  app.setErrorHandler((err, request, reply) => {
+    const kdl = toKdlError(err)
+    if (kdl.statusCode >= 500) request.log.error({ err }, 'request failed')
+    else request.log.info({ code: kdl.code, url: request.url }, 'request refused')
+    void reply.code(kdl.statusCode).headers(kdl.headers ?? {}).send(errorBody(kdl))
+  })
+  app.setNotFoundHandler((request, reply) => {
+    const err = new KdlError('KDL_ERR_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)
+    void reply.code(404).send(errorBody(err))
+  })
+
+  app.get('/metrics', async (_request, reply) => {
+    void reply.header('content-type', metrics.registry.contentType)
+    return metrics.registry.metrics()
+  })
+
+  void app.register(async (fn) => {
+    // Invocation bodies stay unread streams: the proxy forwards them as they arrive.
+    fn.removeAllContentTypeParsers()
+    fn.addContentTypeParser('*', (_request, _payload, done) => done(null))
+
+    const invoke = (request: FastifyRequest<{ Params: { name: string } }>, reply: FastifyReply): void => {
+      reply.hijack()
+      void handleInvocation(request.params.name, request.raw, reply.raw, request.log)
+    }
+    fn.all('/fn/:name', invoke)
+    fn.all('/fn/:name/*', invoke)
+  })
+
+  async function handleInvocation(name: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
+    const t0 = performance.now()
+    let granted: Granted | undefined
+    const warm = table.tryWarm(name)
+    if (warm !== undefined) {
+      granted = { entry: warm.entry, slot: warm.slot, kind: 'warm' }
+    } else {
+      try {
+        granted = await table.acquire(name)
+      } catch (err) {
+        const kdl = toKdlError(err)
+        if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
+        metrics.invocations.inc({ function: name, code: kdl.code })
+        sendError(res, kdl)
+        return
+      }
+    }
+    const { entry, slot, kind } = granted
+    const url = req.url ?? '/'
+    const rest = url.slice(FN_PREFIX.length + name.length)
+    const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
+    const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
+    if (result.outcome === 'ok') {
+      table.done(entry, slot, 'ok')
+      metrics.invocations.inc({ function: name, code: String(result.status) })
+    } else if (result.outcome === 'client-gone') {
+      // The handler may still be running on the instance: it can't take another call safely.
+      table.done(entry, slot, 'retire')
+    } else if (result.outcome === 'timeout') {
+      table.done(entry, slot, 'timeout')
+      const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
+      metrics.invocations.inc({ function: name, code: err.code })
+      sendError(res, err, { 'x-kindling-error': 'unhandled' })
+    } else {
+      const why = await deps.executor.diagnose(slot.lease)
+      table.done(entry, slot, 'crashed')
+      const err = why === 'oom'
+        ? new KdlError('KDL_ERR_FN_OOM', `function "${name}" exceeded its memory limit; its instance was killed`)
+        : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
+      log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
+      metrics.invocations.inc({ function: name, code: err.code })
+      sendError(res, err, { 'x-kindling-error': 'unhandled' })
+    }
+    metrics.invocationDuration.observe({ function: name }, (performance.now() - t0) / 1000)
+  }
+
+  app.addHook('onClose', async () => table.close())
+  return { app, table }
+}
+
+/** Fastify's own errors (body too large, bad JSON) mapped onto the platform's codes. */
+export function toKdlError(err: unknown): KdlError {
+  if (isKdlError(err)) return err
+  const e = err as { code?: string; statusCode?: number; message?: string }
+  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', e.message ?? 'request body too large', { cause: err })
+  if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) {
+    return new KdlError('KDL_ERR_BAD_REQUEST', e.message ?? 'bad request', { cause: err })
+  }
+  return new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
+}

@@ -1,0 +1,316 @@
+import type { Logger } from 'pino'
+import { KdlError } from '../common/errors.js'
+import type { Metrics } from '../common/metrics.js'
+import type { StartKind } from '../common/types.js'
+import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from '../executor/client.js'
+
+/** One instance the router holds for a function, and the calls it carries now. */
+export class Slot {
+  readonly lease: Lease
+  inflight = 0
+  /** May take new calls (false while recycling, after an ephemeral call, when retiring). */
+  usable = true
+  recycling = false
+  retiring = false
+  removed = false
+  lastUsed = Date.now()
+
+  constructor(lease: Lease) {
+    this.lease = lease
+  }
+}
+
+export interface Granted {
+  entry: RouteEntry
+  slot: Slot
+  kind: StartKind
+}
+
+interface Waiter {
+  resolve: (g: Granted) => void
+  reject: (err: unknown) => void
+  timer: NodeJS.Timeout
+  since: number
+}
+
+/** The router's view of one function version: its slots, its bounded queue, its pending acquisitions. */
+export class RouteEntry {
+  readonly spec: RouteSpec
+  readonly slots: Slot[] = []
+  readonly waiters: Waiter[] = []
+  pending = 0
+  stale = false
+
+  constructor(spec: RouteSpec) {
+    this.spec = spec
+  }
+
+  /** A slot with a free call, or undefined. The warm path: no allocation, no await. */
+  pick(): Slot | undefined {
+    const max = this.spec.concurrency
+    for (const s of this.slots) if (s.usable && s.inflight < max) return s
+    return undefined
+  }
+}
+
+export interface InstanceTableOptions {
+  executor: ExecutorClient
+  log: Logger
+  metrics: Metrics
+  /** Calls a function may have waiting at once before 429 without waiting. @default 1000 */
+  maxQueue?: number
+  /** How often idle instances are looked for. @default 1000 */
+  sweepMs?: number
+}
+
+/**
+ * The router-local table of instances per function. A warm call is `get` + `pick` here and never
+ * reaches the executor; the executor is asked only for a new instance or told when one is done with.
+ */
+export class InstanceTable {
+  readonly #executor: ExecutorClient
+  readonly #log: Logger
+  readonly #metrics: Metrics
+  readonly #maxQueue: number
+  readonly #entries = new Map<string, RouteEntry>()
+  readonly #resolving = new Map<string, Promise<RouteEntry>>()
+  readonly #byInstance = new Map<string, { entry: RouteEntry; slot: Slot }>()
+  readonly #unsubscribe: () => void
+  readonly #sweeper: NodeJS.Timeout
+
+  constructor(opts: InstanceTableOptions) {
+    this.#executor = opts.executor
+    this.#log = opts.log
+    this.#metrics = opts.metrics
+    this.#maxQueue = opts.maxQueue ?? 1000
+    this.#unsubscribe = opts.executor.subscribe((e) => this.#onExecutorEvent(e))
+    this.#sweeper = setInterval(() => this.#sweepIdle(), opts.sweepMs ?? 1000)
+    this.#sweeper.unref()
+  }
+
+  /** The warm path: a slot with a free call on an already-known function, synchronously. */
+  tryWarm(name: string): { entry: RouteEntry; slot: Slot } | undefined {
+    const entry = this.#entries.get(name)
+    if (entry === undefined || entry.waiters.length > 0) return undefined
+    const slot = entry.pick()
+    if (slot === undefined) return undefined
+    this.#use(entry, slot)
+    return { entry, slot }
+  }
+
+  /** Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. */
+  async acquire(name: string): Promise<Granted> {
+    const entry = this.#entries.get(name) ?? await this.#resolve(name)
+    if (entry.waiters.length === 0) {
+      const slot = entry.pick()
+      if (slot !== undefined) {
+        this.#use(entry, slot)
+        return { entry, slot, kind: 'warm' }
+      }
+    }
+    if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)
+    return new Promise<Granted>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve, reject, since: performance.now(),
+        timer: setTimeout(() => {
+          const i = entry.waiters.indexOf(waiter)
+          if (i >= 0) entry.waiters.splice(i, 1)
+          reject(saturated(entry.spec, `function "${name}" is saturated: no instance was free within ${entry.spec.queueTimeoutMs} ms`))
+        }, entry.spec.queueTimeoutMs),
+      }
+      entry.waiters.push(waiter)
+      this.#scale(entry)
+    })
+  }
+
+  /** A call on `slot` ended; `outcome` says whether the instance can still be trusted. */
+  done(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
+    slot.inflight--
+    slot.lastUsed = Date.now()
+    if (slot.removed) return
+    if (outcome !== 'ok') {
+      this.#remove(entry, slot, outcome)
+      this.#scale(entry)
+      return
+    }
+    if (slot.retiring || entry.stale) {
+      if (slot.inflight === 0) this.#remove(entry, slot, 'retire')
+      return
+    }
+    switch (entry.spec.mode) {
+      case 'persistent':
+        this.#serveWaiters(entry, slot, 'warm')
+        return
+      case 'ephemeral':
+        if (slot.inflight === 0) this.#remove(entry, slot, 'ok')
+        this.#scale(entry)
+        return
+      case 'recycle':
+        slot.usable = false
+        if (slot.inflight > 0) return
+        slot.recycling = true
+        this.#executor.release(slot.lease, 'ok').then((again) => {
+          slot.recycling = false
+          if (slot.removed) return
+          if (!again || slot.retiring || entry.stale) {
+            this.#forget(entry, slot)
+            if (again) void this.#executor.release(slot.lease, 'retire')
+          } else {
+            slot.usable = true
+            this.#serveWaiters(entry, slot, 'warm')
+          }
+          this.#scale(entry)
+        }, (err: unknown) => {
+          this.#log.error({ err, fn: entry.spec.name }, 'recycle failed')
+          slot.recycling = false
+          this.#forget(entry, slot)
+          this.#scale(entry)
+        })
+    }
+  }
+
+  /** Slots and waiters per function (for /v1/pools and tests). */
+  snapshot(): Array<{ function: string; version: number; instances: number; busy: number; waiting: number; pending: number }> {
+    return [...this.#entries.values()].map((e) => ({
+      function: e.spec.name, version: e.spec.version, instances: e.slots.length,
+      busy: e.slots.filter((s) => s.inflight > 0).length, waiting: e.waiters.length, pending: e.pending,
+    }))
+  }
+
+  close(): void {
+    clearInterval(this.#sweeper)
+    this.#unsubscribe()
+    for (const entry of this.#entries.values()) {
+      for (const w of entry.waiters.splice(0)) {
+        clearTimeout(w.timer)
+        w.reject(new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping'))
+      }
+    }
+  }
+
+  #use(entry: RouteEntry, slot: Slot): void {
+    slot.inflight++
+    if (entry.spec.mode === 'ephemeral') slot.usable = false
+  }
+
+  #resolve(name: string): Promise<RouteEntry> {
+    let p = this.#resolving.get(name)
+    if (p === undefined) {
+      p = this.#executor.resolve(name).then((spec) => {
+        const entry = this.#entries.get(name) ?? new RouteEntry(spec)
+        this.#entries.set(name, entry)
+        return entry
+      }).finally(() => this.#resolving.delete(name))
+      this.#resolving.set(name, p)
+    }
+    return p
+  }
+
+  /**
+   * Asks for as many new instances as the waiting calls need — never more than the capacity that is
+   * already coming (pending acquisitions, recycling slots) covers, never beyond `maxInstances`.
+   */
+  #scale(entry: RouteEntry): void {
+    if (entry.stale) return
+    const { concurrency, maxInstances } = entry.spec
+    let recycling = 0
+    for (const s of entry.slots) if (s.recycling) recycling++
+    while (entry.waiters.length > (entry.pending + recycling) * concurrency && entry.slots.length + entry.pending < maxInstances) {
+      entry.pending++
+      this.#executor.acquire(entry.spec.name, entry.spec.version).then(
+        (lease) => this.#onLease(entry, lease),
+        (err: unknown) => this.#onAcquireFailed(entry, err),
+      )
+    }
+  }
+
+  #onLease(entry: RouteEntry, lease: Lease): void {
+    entry.pending--
+    if (entry.stale) {
+      void this.#executor.release(lease, 'retire')
+      return
+    }
+    const slot = new Slot(lease)
+    entry.slots.push(slot)
+    this.#byInstance.set(lease.instanceId, { entry, slot })
+    this.#serveWaiters(entry, slot, lease.kind)
+    // Not needed by anyone now (the waiters timed out): keep it; the idle sweep returns it later.
+  }
+
+  #onAcquireFailed(entry: RouteEntry, err: unknown): void {
+    entry.pending--
+    this.#log.warn({ err, fn: entry.spec.name }, 'no instance for a waiting call')
+    // Waiters nothing else will serve get the error now instead of a 429 later.
+    const servable = entry.slots.length > 0 || entry.pending > 0
+    const n = servable ? 1 : entry.waiters.length
+    for (const w of entry.waiters.splice(0, n)) {
+      clearTimeout(w.timer)
+      w.reject(err)
+    }
+  }
+
+  #serveWaiters(entry: RouteEntry, preferred: Slot, kind: StartKind): void {
+    const max = entry.spec.concurrency
+    while (entry.waiters.length > 0) {
+      const slot = preferred.usable && preferred.inflight < max ? preferred : entry.pick()
+      if (slot === undefined) return
+      const w = entry.waiters.shift()
+      if (w === undefined) return
+      clearTimeout(w.timer)
+      this.#metrics.coldStartPhase.observe({ phase: 'queue' }, (performance.now() - w.since) / 1000)
+      this.#use(entry, slot)
+      w.resolve({ entry, slot, kind: slot === preferred ? kind : 'warm' })
+    }
+  }
+
+  #forget(entry: RouteEntry, slot: Slot): void {
+    slot.removed = true
+    slot.usable = false
+    const i = entry.slots.indexOf(slot)
+    if (i >= 0) entry.slots.splice(i, 1)
+    this.#byInstance.delete(slot.lease.instanceId)
+  }
+
+  #remove(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
+    this.#forget(entry, slot)
+    void this.#executor.release(slot.lease, outcome).catch((err: unknown) => this.#log.error({ err }, 'release failed'))
+  }
+
+  #onExecutorEvent(e: ExecutorEvent): void {
+    if (e.type === 'instance-gone') {
+      const hit = this.#byInstance.get(e.instanceId)
+      if (hit === undefined) return
+      this.#forget(hit.entry, hit.slot)
+      this.#scale(hit.entry)
+      return
+    }
+    const entry = this.#entries.get(e.name)
+    if (entry === undefined) return
+    this.#entries.delete(e.name)
+    entry.stale = true
+    for (const slot of [...entry.slots]) {
+      slot.retiring = true
+      slot.usable = false
+      if (slot.inflight === 0 && !slot.recycling) this.#remove(entry, slot, 'retire')
+    }
+    // Calls still waiting are routed to the new version (or get its 404).
+    for (const w of entry.waiters.splice(0)) {
+      clearTimeout(w.timer)
+      this.acquire(e.name).then(w.resolve, w.reject)
+    }
+  }
+
+  #sweepIdle(): void {
+    const now = Date.now()
+    for (const entry of this.#entries.values()) {
+      for (const slot of [...entry.slots]) {
+        if (slot.inflight === 0 && !slot.recycling && now - slot.lastUsed >= entry.spec.idleTimeoutMs) this.#remove(entry, slot, 'idle')
+      }
+    }
+  }
+}
+
+function saturated(spec: RouteSpec, message: string): KdlError {
+  const retryAfter = String(Math.max(1, Math.ceil(spec.queueTimeoutMs / 1000)))
+  return new KdlError('KDL_ERR_SATURATED', message, { headers: { 'retry-after': retryAfter } })
+}

@@ -1,0 +1,114 @@
+import { randomUUID } from 'node:crypto'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { Transform, type Readable } from 'node:stream'
+import type { Dispatcher } from 'undici'
+import { errorBody, KdlError } from '../common/errors.js'
+
+/** Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus what undici sets itself. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
+
+export interface ForwardResult {
+  /** How the call ended for the instance: `ok`, or why the instance can no longer be trusted. */
+  outcome: 'ok' | 'timeout' | 'crashed' | 'client-gone'
+  status: number
+  error?: unknown
+}
+
+/**
+ * Sends one invocation to an instance and streams its answer straight into the client's response.
+ * Request and response bodies are streamed, never buffered; `timeoutMs` bounds the handler (undici's
+ * headers/body timeouts, so the warm path allocates no timer of its own).
+ */
+export async function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  dispatcher: Dispatcher,
+  path: string,
+  timeoutMs: number,
+  maxBodyBytes: number,
+  startKind: string,
+): Promise<ForwardResult> {
+  const invocationId = randomUUID()
+  const headers: Record<string, string | string[]> = {}
+  const inHeaders: IncomingHttpHeaders = req.headers
+  for (const key in inHeaders) {
+    if (HOP_BY_HOP.has(key) || key.startsWith('x-kindling-')) continue
+    const v = inHeaders[key]
+    if (v !== undefined) headers[key] = v
+  }
+  headers['x-kindling-invocation-id'] = invocationId
+  headers['x-kindling-deadline-ms'] = String(Date.now() + timeoutMs)
+
+  const method = req.method ?? 'GET'
+  let body: Readable | null = null
+  if (method !== 'GET' && method !== 'HEAD') {
+    const declared = inHeaders['content-length']
+    if (declared !== undefined) {
+      if (Number(declared) > maxBodyBytes) return tooLarge(res, maxBodyBytes)
+      if (declared !== '0') body = req
+    } else if (inHeaders['transfer-encoding'] !== undefined) {
+      body = req.pipe(limitBytes(maxBodyBytes))
+    }
+  }
+
+  let status = 0
+  try {
+    await dispatcher.stream({ path, method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, opaque: res }, ({ statusCode, headers: upstream, opaque }) => {
+      const out = opaque as ServerResponse
+      status = statusCode
+      const h: Record<string, string | string[]> = {}
+      for (const key in upstream) {
+        if (key === 'connection' || key === 'keep-alive' || key === 'transfer-encoding') continue
+        const v = upstream[key]
+        if (v !== undefined) h[key] = v
+      }
+      h['x-kindling-start'] = startKind
+      h['x-kindling-invocation-id'] = invocationId
+      out.writeHead(statusCode, h)
+      return out
+    })
+    return { outcome: 'ok', status }
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(res, maxBodyBytes)
+    if (res.destroyed || (req.destroyed && !req.complete)) return { outcome: 'client-gone', status: 499, error: err }
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return { outcome: 'timeout', status: 504, error: err }
+    }
+    return { outcome: 'crashed', status: 502, error: err }
+  }
+}
+
+function tooLarge(res: ServerResponse, max: number): ForwardResult {
+  const err = new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', `request body exceeds the ${max}-byte limit`)
+  sendError(res, err)
+  return { outcome: 'ok', status: 413, error: err }
+}
+
+/** A pass-through that fails once more than `max` bytes went through (chunked bodies have no length). */
+function limitBytes(max: number): Transform {
+  let seen = 0
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      seen += chunk.length
+      if (seen > max) cb(new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', `request body exceeds the ${max}-byte limit`))
+      else cb(null, chunk)
+    },
+  })
+}
+
+/** Writes a KdlError as the platform's JSON error body, unless an answer already started. */
+export function sendError(res: ServerResponse, err: KdlError, extraHeaders: Record<string, string> = {}): void {
+  if (res.headersSent) {
+    res.destroy()
+    return
+  }
+  const body = JSON.stringify(errorBody(err))
+  res.writeHead(err.statusCode, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    ...err.headers,
+    ...extraHeaders,
+  })
+  res.end(body)
+}
