@@ -11,7 +11,7 @@ export interface CgroupLimits {
   cpu: number
   /** Memory limit in bytes; swap is pinned to the same limit (v1 memsw) or to 0 (v2 swap.max). */
   memoryBytes: number
-  /** Max tasks in the group. The kernel counts threads, not processes: a bare `node` needs about 11. */
+  /** Max tasks in the group. The kernel counts threads, not processes: a bare `node` uses 7, 11 once the libuv thread pool starts. */
   pidsLimit: number
 }
 
