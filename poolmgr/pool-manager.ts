@@ -268,6 +268,7 @@ export class PoolManager {
         else void this.destroy(inst)
       }, (err: unknown) => {
         pool.starting--
+        if (this.#closed) return
         this.#log.error({ err, runtime }, 'generic instance failed to start')
         this.#retryLater(pool, () => this.#fillGeneric(runtime))
       })
@@ -286,6 +287,7 @@ export class PoolManager {
         else void this.destroy(inst)
       }, (err: unknown) => {
         pool.filling--
+        if (this.#closed) return
         this.#log.error({ err, fn: name }, 'prewarm instance failed to load')
         this.#retryLater(pool, () => this.#fillPrewarm(name))
       })

@@ -7,8 +7,7 @@ import type { Logger } from 'pino'
 import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
-import { dispatcherFor, health } from '../runtime-client.js'
-import { waitForSocket } from './readiness.js'
+import { waitForSocket, waitHealthy } from './readiness.js'
 
 export const CGROUP_PARENT = 'kindling'
 export const QUARANTINE_PARENT = 'kindling-quarantine'
@@ -87,6 +86,8 @@ export class ProcessBackend implements ContainerBackend {
   readonly #live = new Map<string, Live>()
   readonly #exitListeners: Array<(exit: InstanceExit) => void> = []
   readonly #reasons = new Map<string, ExitReason>()
+  readonly #stopping = new Map<string, Promise<void>>()
+  #closed = false
 
   constructor(opts: ProcessBackendOptions) {
     this.#opts = opts
@@ -103,6 +104,7 @@ export class ProcessBackend implements ContainerBackend {
   }
 
   async start(req: InstanceRequest): Promise<InstanceHandle> {
+    if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
     const rt = this.#opts.runtimes[req.runtime]
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${req.runtime}" has no server command on the process backend`)
     const dir = join(this.#opts.runDir, req.id)
@@ -155,8 +157,7 @@ export class ProcessBackend implements ContainerBackend {
     const t0 = performance.now()
     try {
       await waitForSocket(socketPath, this.#opts.startTimeoutMs, startFailed.signal)
-      const probe = dispatcherFor({ socketPath })
-      try { await health(probe, this.#opts.startTimeoutMs) } finally { await probe.close() }
+      await waitHealthy(socketPath, Date.now() + this.#opts.startTimeoutMs, startFailed.signal)
     } catch (err) {
       await this.stop(req.id)
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
@@ -198,7 +199,16 @@ export class ProcessBackend implements ContainerBackend {
     }
   }
 
-  async stop(id: string): Promise<void> {
+  stop(id: string): Promise<void> {
+    let p = this.#stopping.get(id)
+    if (p === undefined) {
+      p = this.#stop(id).finally(() => this.#stopping.delete(id))
+      this.#stopping.set(id, p)
+    }
+    return p
+  }
+
+  async #stop(id: string): Promise<void> {
     const live = this.#live.get(id)
     const dir = join(this.#opts.runDir, id)
     let meta = live?.meta
@@ -278,6 +288,7 @@ export class ProcessBackend implements ContainerBackend {
   }
 
   async close(): Promise<void> {
+    this.#closed = true
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
   }
 }

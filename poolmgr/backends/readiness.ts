@@ -2,6 +2,7 @@ import { watch } from 'node:fs'
 import { access } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
 import { KdlError } from '../../common/errors.js'
+import { dispatcherFor, health } from '../runtime-client.js'
 
 /**
  * Resolves once `socketPath` exists: watches its directory (inotify) instead of polling, so a runtime
@@ -31,4 +32,29 @@ export function waitForSocket(socketPath: string, timeoutMs: number, abort?: Abo
     // The socket may have appeared before the watcher was set up.
     access(socketPath).then(() => finish(), () => {})
   })
+}
+
+/**
+ * Resolves once the runtime server at `socketPath` answers `GET /_/health`. A socket file exists from
+ * bind() on, a moment before listen(): connection refusals in that window are retried with a short,
+ * growing back-off, bounded by the deadline.
+ */
+export async function waitHealthy(socketPath: string, deadline: number, abort?: AbortSignal): Promise<void> {
+  let delay = 1
+  for (;;) {
+    const probe = dispatcherFor({ socketPath })
+    try {
+      await health(probe, Math.max(1, deadline - Date.now()))
+      return
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code !== 'ECONNREFUSED' && code !== 'ENOENT') throw err
+      if (abort?.aborted === true) throw abort.reason
+      if (Date.now() + delay > deadline) throw new KdlError('KDL_ERR_BACKEND', `instance on ${socketPath} refused connections until its start deadline`, { cause: err })
+      await new Promise((r) => setTimeout(r, delay))
+      delay = Math.min(delay * 2, 50)
+    } finally {
+      await probe.close()
+    }
+  }
 }
