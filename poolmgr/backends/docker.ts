@@ -1,0 +1,660 @@
+import { constants as osConstants } from 'node:os'
+import { chmod, chown, copyFile, link, lstat, mkdir, readFile, readdir, readlink, realpath, rm, stat, symlink } from 'node:fs/promises'
+import { join, resolve, sep } from 'node:path'
+import type { Readable } from 'node:stream'
+import type Dockerode from 'dockerode'
+import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
+import { KdlError } from '../../common/errors.js'
+import { IMAGE_PATH } from '../images/rootfs.js'
+import { dispatcherFor, health } from '../runtime-client.js'
+import { waitForSocket } from './readiness.js'
+
+/** The pino subset the backend logs through (a pino `Logger` fits). */
+export interface BackendLog {
+  debug(obj: object, msg: string): void
+  info(obj: object, msg: string): void
+  warn(obj: object, msg: string): void
+  error(obj: object, msg: string): void
+}
+
+export interface DockerBackendOptions {
+  /** A dockerode client (constructed by main.ts). */
+  docker: Dockerode
+  /** Image of runtime instances when the request names none (e.g. `kindling/runtime-node:<version>`). */
+  image: string
+  /** Image per runtime name, taking precedence over `image`. */
+  images?: Record<string, string> | undefined
+  /** Host directory for per-instance directories: `<id>/` (socket, bind-mounted at /run/kindling), `<id>-code/` (at /code). */
+  runDir: string
+  /** Host directory code is prepared from (the code cache); `prepareCode` refuses anything outside it. */
+  codeRoot: string
+  /** uid:gid of the runtime server inside the container. @default 65534:65534 */
+  user?: string | undefined
+  /** How long create + start + socket + health may take, ms. */
+  startTimeoutMs: number
+  /** Size of each instance's tmpfs /tmp, MiB (it counts against the memory limit). @default 64 */
+  tmpfsMb?: number | undefined
+  log?: BackendLog | undefined
+}
+
+/** Container-side paths of the runtime protocol. */
+const SOCKET_DIR = '/run/kindling'
+const SOCKET_NAME = 'rt.sock'
+const CODE_DIR = '/code'
+const QUARANTINE_PARENT = '/kindling-quarantine'
+/** Labels on every instance container; `kindling.instance` is the one list() and the event filter key on. */
+const LABEL = { instance: 'kindling.instance', runtime: 'kindling.runtime', pool: 'kindling.pool', fn: 'kindling.function', quarantine: 'kindling.quarantine' } as const
+/** Instance ids name containers and host directories: no path separators, no dot-dot. */
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
+/** sun_path is 108 bytes including the terminating NUL. */
+const MAX_SOCKET_PATH = 107
+const REMEMBERED = 1024
+/** Bound on how long exitReason() waits for the engine to report a death it has not reported yet. */
+const EXIT_WAIT_MS = 2_000
+
+const noop = (): void => {}
+const silent: BackendLog = { debug: noop, info: noop, warn: noop, error: noop }
+
+interface Live {
+  id: string
+  runtime: string
+  pool: string
+  containerId?: string | undefined
+  /** Set once start() has resolved; a death before that only fails the start. */
+  started: boolean
+  /** Set by the first `die` event (a resubscribed stream may replay it). */
+  exited: boolean
+  stopping: boolean
+  /** Aborted when the container dies (or times out) during start. */
+  startFailed: AbortController
+  /** Resolves when the engine reports the container's death. */
+  died: Promise<void>
+  markDied: () => void
+}
+
+function statusOf(err: unknown): number | undefined {
+  const s = (err as { statusCode?: unknown }).statusCode
+  return typeof s === 'number' ? s : undefined
+}
+
+function backendError(message: string, cause: unknown): KdlError {
+  if (cause instanceof KdlError) return cause
+  const detail = cause instanceof Error ? `: ${cause.message}` : ''
+  return new KdlError('KDL_ERR_BACKEND', `${message}${detail}`, { cause })
+}
+
+const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([name, n]) => [n, name]))
+
+/**
+ * Instances as Docker containers (dockerode, a real engine): one container per instance, labelled `kindling.*`,
+ * limited through HostConfig, read-only root, tmpfs /tmp, no capabilities, no network unless asked for, reached
+ * over a Unix socket in a bind-mounted host directory. `close()` stops every instance this backend started
+ * (containers left by an earlier run are found by `list()` and reaped by the caller through `stop()`).
+ */
+export class DockerBackend implements ContainerBackend {
+  readonly name = 'docker'
+  readonly #docker: Dockerode
+  readonly #opts: DockerBackendOptions
+  readonly #user: { uid: number; gid: number; spec: string }
+  /** Absolute: a relative bind source would name a docker volume instead. */
+  readonly #runDir: string
+  readonly #codeRoot: string
+  readonly #log: BackendLog
+  readonly #live = new Map<string, Live>()
+  readonly #stops = new Map<string, Promise<void>>()
+  readonly #reasons = new Map<string, ExitReason>()
+  readonly #oom = new Set<string>()
+  readonly #listeners: Array<(exit: InstanceExit) => void> = []
+  #events: Readable | undefined
+  #eventsReady: Promise<void> | undefined
+  #closing = false
+  #cgroupMounts: Promise<CgroupMounts> | undefined
+
+  constructor(opts: DockerBackendOptions) {
+    this.#docker = opts.docker
+    this.#opts = opts
+    this.#runDir = resolve(opts.runDir)
+    this.#codeRoot = resolve(opts.codeRoot)
+    this.#log = opts.log ?? silent
+    const spec = opts.user ?? '65534:65534'
+    const m = /^(\d+):(\d+)$/.exec(spec)
+    if (m === null) throw new KdlError('KDL_ERR_BAD_REQUEST', `docker backend user must be "uid:gid", got "${spec}"`)
+    this.#user = { uid: Number(m[1]), gid: Number(m[2]), spec }
+  }
+
+  #socketDir(id: string): string { return join(this.#runDir, id) }
+  #codeDir(id: string): string { return join(this.#runDir, `${id}-code`) }
+
+  async start(req: InstanceRequest): Promise<InstanceHandle> {
+    if (this.#closing) throw new KdlError('KDL_ERR_BACKEND', 'docker backend is closed')
+    checkId(req.id)
+    const socketDir = this.#socketDir(req.id)
+    const socketPath = join(socketDir, SOCKET_NAME)
+    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) {
+      throw new KdlError('KDL_ERR_BACKEND', `instance socket path ${socketPath} exceeds ${MAX_SOCKET_PATH} bytes; use a shorter run directory`)
+    }
+    if (this.#live.has(req.id)) throw new KdlError('KDL_ERR_BACKEND', `instance ${req.id} is already running`)
+    const t0 = performance.now()
+    const image = req.image ?? this.#opts.images?.[req.runtime] ?? this.#opts.image
+    let markDied = noop
+    const died = new Promise<void>((resolve) => { markDied = resolve })
+    const live: Live = { id: req.id, runtime: req.runtime, pool: req.pool, started: false, exited: false, stopping: false, startFailed: new AbortController(), died, markDied }
+    this.#live.set(req.id, live)
+    this.#reasons.delete(req.id)
+    const timer = setTimeout(() => live.startFailed.abort(
+      new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not answer its health check within ${this.#opts.startTimeoutMs} ms`)), this.#opts.startTimeoutMs)
+    const failed = new Promise<never>((_resolve, reject) => {
+      live.startFailed.signal.addEventListener('abort', () => reject(live.startFailed.signal.reason as Error), { once: true })
+    })
+    failed.catch(noop)
+    try {
+      await Promise.race([this.#ensureEvents(), failed])
+      await Promise.race([this.#prepareDirs(req.id), failed])
+      const tCreate = performance.now()
+      const container = await Promise.race([this.#create(req, image), failed])
+      live.containerId = container.id
+      // stop() or close() ran while the container was being created: it could not see it, so remove it here.
+      if (live.stopping || this.#closing) throw new KdlError('KDL_ERR_BACKEND', `instance ${req.id} was stopped while starting`)
+      const tRun = performance.now()
+      await Promise.race([container.start(), failed])
+      const tListen = performance.now()
+      // The start timer (aborting startFailed) fires first: its deadline began before this wait.
+      await waitForSocket(socketPath, this.#opts.startTimeoutMs, live.startFailed.signal)
+      const tHealth = performance.now()
+      await Promise.race([this.#probe(socketPath, live.startFailed.signal), failed])
+      const tDone = performance.now()
+      const info = await Promise.race([container.inspect(), failed])
+      const pid = info.State.Pid > 0 ? info.State.Pid : undefined
+      const cgroup = pid === undefined ? undefined : await this.#cgroupOf(pid, req.id)
+      live.startFailed.signal.throwIfAborted()
+      live.started = true
+      this.#log.debug({
+        instance: req.id, pool: req.pool, backend: this.name, ms: Math.round(performance.now() - t0),
+        createMs: Math.round(tRun - tCreate), runMs: Math.round(tListen - tRun), listenMs: Math.round(tHealth - tListen), healthMs: Math.round(tDone - tHealth),
+      }, 'instance started')
+      return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid, cgroup, startedAt: Date.now() }
+    } catch (err) {
+      const logs = live.containerId === undefined ? '' : await this.#tail(live.containerId)
+      await this.stop(req.id).catch((e: unknown) => this.#log.warn({ instance: req.id, err: e }, 'cannot remove a failed instance'))
+      const base = backendError(`instance ${req.id} (${image}) did not start`, err)
+      if (logs === '') throw base
+      throw new KdlError('KDL_ERR_BACKEND', `${base.message}; container output: ${logs}`, { cause: err })
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async #prepareDirs(id: string): Promise<void> {
+    const socketDir = this.#socketDir(id)
+    const codeDir = this.#codeDir(id)
+    await rm(socketDir, { recursive: true, force: true })
+    await rm(codeDir, { recursive: true, force: true })
+    await mkdir(this.#runDir, { recursive: true, mode: 0o755 })
+    // Only the instance user (and root) may reach the socket.
+    await mkdir(socketDir, { mode: 0o700 })
+    try {
+      await chown(socketDir, this.#user.uid, this.#user.gid)
+    } catch (err) {
+      // A platform that is not root (docker group) cannot chown: the instance user still has to create its socket.
+      if ((err as { code?: unknown }).code !== 'EPERM') throw err
+      await chmod(socketDir, 0o777)
+    }
+    await mkdir(codeDir, { mode: 0o755 })
+  }
+
+  #createOptions(req: InstanceRequest, image: string): Dockerode.ContainerCreateOptions {
+    const env: Record<string, string> = {
+      ...req.env,
+      PATH: IMAGE_PATH,
+      HOME: '/tmp',
+      TMPDIR: '/tmp',
+      KINDLING_LISTEN: `unix:${SOCKET_DIR}/${SOCKET_NAME}`,
+    }
+    const labels: Record<string, string> = { [LABEL.instance]: req.id, [LABEL.runtime]: req.runtime, [LABEL.pool]: req.pool }
+    if (req.pool.startsWith('fn:')) labels[LABEL.fn] = req.pool.slice(3)
+    if (req.quarantine === true) labels[LABEL.quarantine] = 'true'
+    const memory = req.memoryMb * 1024 * 1024
+    return {
+      name: containerName(req.id),
+      Image: image,
+      Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      Labels: labels,
+      User: this.#user.spec,
+      WorkingDir: '/tmp',
+      HostConfig: {
+        Binds: [`${this.#socketDir(req.id)}:${SOCKET_DIR}:rw`, `${this.#codeDir(req.id)}:${CODE_DIR}:ro`],
+        Memory: memory,
+        MemorySwap: memory,
+        NanoCpus: Math.round(req.cpu * 1e9),
+        PidsLimit: req.pidsLimit,
+        ReadonlyRootfs: true,
+        Tmpfs: { '/tmp': `rw,nosuid,nodev,size=${this.#opts.tmpfsMb ?? 64}m,mode=1777` },
+        CapDrop: ['ALL'],
+        SecurityOpt: ['no-new-privileges'],
+        NetworkMode: req.network === 'egress' ? 'bridge' : 'none',
+        IpcMode: 'private',
+        AutoRemove: false,
+        RestartPolicy: { Name: 'no' },
+        // Bounded logs: an instance that prints in a loop must not fill the host's disk.
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
+        ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: 64 } : {}),
+      },
+    }
+  }
+
+  async #create(req: InstanceRequest, image: string): Promise<Dockerode.Container> {
+    const opts = this.#createOptions(req, image)
+    try {
+      return await this.#docker.createContainer(opts)
+    } catch (err) {
+      const status = statusOf(err)
+      if (status === 409) {
+        // A container of that name survived an earlier run (same id): replace it.
+        await this.#remove(req.id)
+        return this.#docker.createContainer(opts)
+      }
+      if (status === 404 && !image.startsWith('kindling/')) {
+        this.#log.info({ image }, 'pulling runtime image')
+        await followPull(this.#docker, await this.#docker.pull(image))
+        return this.#docker.createContainer(opts)
+      }
+      if (status === 404) throw new KdlError('KDL_ERR_BACKEND', `runtime image ${image} is missing (build it with ensureNodeImage)`, { cause: err })
+      throw err
+    }
+  }
+
+  /** GET /_/health over the socket; a connection refused between bind() and listen() is retried until start fails. */
+  async #probe(socketPath: string, failed: AbortSignal): Promise<void> {
+    let backoff = 2
+    for (;;) {
+      const client = dispatcherFor({ socketPath })
+      try {
+        await health(client, this.#opts.startTimeoutMs)
+        return
+      } catch (err) {
+        if (failed.aborted || (err as { code?: unknown }).code !== 'ECONNREFUSED') throw err
+      } finally {
+        await client.close().catch(noop)
+      }
+      await new Promise((resolve) => setTimeout(resolve, backoff))
+      backoff = Math.min(backoff * 2, 50)
+    }
+  }
+
+  /** Stops and removes an instance and its host directories. Idempotent; concurrent calls share one removal. */
+  stop(id: string): Promise<void> {
+    try { checkId(id) } catch (err) { return Promise.reject(err) }
+    const pending = this.#stops.get(id)
+    if (pending !== undefined) return pending
+    const live = this.#live.get(id)
+    if (live !== undefined) live.stopping = true
+    const p = (async () => {
+      try {
+        await this.#remove(id, live?.containerId)
+        // An exit the engine reported first (crash, OOM) keeps its reason.
+        if (live !== undefined && !this.#reasons.has(id)) this.#remember(id, 'stopped')
+        await rm(this.#socketDir(id), { recursive: true, force: true })
+        await rm(this.#codeDir(id), { recursive: true, force: true })
+        this.#live.delete(id)
+      } finally {
+        this.#stops.delete(id)
+      }
+    })()
+    this.#stops.set(id, p)
+    return p
+  }
+
+  /** Force-removes (SIGKILL + remove) the instance's container(s); a missing one is not an error. */
+  async #remove(id: string, containerId?: string): Promise<void> {
+    const ref = containerId ?? containerName(id)
+    try {
+      await this.#docker.getContainer(ref).remove({ force: true })
+      return
+    } catch (err) {
+      const status = statusOf(err)
+      if (status === 409 && /already in progress/i.test(String((err as Error).message))) return
+      if (status !== 404) throw backendError(`cannot remove instance ${id}`, err)
+    }
+    // Not under its usual name (or already gone): a container carrying the instance label still counts.
+    let others: Dockerode.ContainerInfo[]
+    try {
+      others = await this.#docker.listContainers({ all: true, filters: { label: [`${LABEL.instance}=${id}`] } })
+    } catch (err) {
+      throw backendError(`cannot list containers of instance ${id}`, err)
+    }
+    for (const c of others) {
+      try {
+        await this.#docker.getContainer(c.Id).remove({ force: true })
+      } catch (err) {
+        if (statusOf(err) !== 404) throw backendError(`cannot remove instance ${id}`, err)
+      }
+    }
+  }
+
+  async list(): Promise<Array<{ id: string; pool: string; runtime: string }>> {
+    try {
+      const all = await this.#docker.listContainers({ all: true, filters: { label: [LABEL.instance] } })
+      return all.map((c) => ({
+        id: c.Labels[LABEL.instance] ?? '',
+        pool: c.Labels[LABEL.pool] ?? 'unknown',
+        runtime: c.Labels[LABEL.runtime] ?? 'unknown',
+      })).filter((c) => c.id !== '')
+    } catch (err) {
+      throw backendError('cannot list instance containers', err)
+    }
+  }
+
+  /**
+   * Makes `hostCodeDir` visible at /code: its content goes into the instance's bind-mounted code directory,
+   * hard-linked when on the same filesystem and world-readable (free, and the cache is immutable), copied otherwise.
+   */
+  async prepareCode(id: string, hostCodeDir: string): Promise<string> {
+    checkId(id)
+    const dest = this.#codeDir(id)
+    try {
+      const [src, root] = await Promise.all([realpath(hostCodeDir), realpath(this.#codeRoot)])
+      if (src !== root && !src.startsWith(root + sep)) {
+        throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} is outside the code root ${this.#opts.codeRoot}`)
+      }
+      const destStat = await stat(dest).catch(() => undefined)
+      if (destStat === undefined) throw new KdlError('KDL_ERR_BACKEND', `instance ${id} has no code directory (not started by this backend?)`)
+      for (const ent of await readdir(dest)) await rm(join(dest, ent), { recursive: true, force: true })
+      await copyTree(src, dest, (await stat(src)).dev === destStat.dev)
+    } catch (err) {
+      throw backendError(`cannot prepare code for instance ${id}`, err)
+    }
+    return CODE_DIR
+  }
+
+  onExit(listener: (exit: InstanceExit) => void): void {
+    this.#listeners.push(listener)
+  }
+
+  async exitReason(id: string): Promise<ExitReason | undefined> {
+    const known = this.#reasons.get(id)
+    if (known !== undefined) return known
+    const live = this.#live.get(id)
+    if (live !== undefined) {
+      // The call failed before the engine reported the death: wait for it, bounded.
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([live.died, new Promise((resolve) => { timer = setTimeout(resolve, EXIT_WAIT_MS) })])
+      clearTimeout(timer)
+      const now = this.#reasons.get(id)
+      if (now !== undefined) return now
+    }
+    try {
+      const info = await this.#docker.getContainer(live?.containerId ?? containerName(id)).inspect()
+      if (info.State.Running) return undefined
+      return reasonOf(info.State.OOMKilled || this.#oom.has(id), info.State.ExitCode)
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined
+      throw backendError(`cannot inspect instance ${id}`, err)
+    }
+  }
+
+  async setCpu(id: string, cpu: number): Promise<void> {
+    checkId(id)
+    try {
+      await this.#docker.getContainer(this.#live.get(id)?.containerId ?? containerName(id)).update({ NanoCpus: Math.round(cpu * 1e9) })
+    } catch (err) {
+      throw backendError(`cannot change the CPU quota of instance ${id}`, err)
+    }
+  }
+
+  /** Stops every instance this backend started, then the event stream. */
+  async close(): Promise<void> {
+    this.#closing = true
+    const results = await Promise.allSettled([...this.#live.keys()].map((id) => this.stop(id)))
+    this.#events?.destroy()
+    this.#events = undefined
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed !== undefined) throw backendError('cannot stop every instance', failed.reason)
+  }
+
+  // ── engine events ─────────────────────────────────────────────────────────────────────────────
+
+  /** One `GET /events` stream (die and oom of labelled containers), opened before the first container starts. */
+  #ensureEvents(): Promise<void> {
+    this.#eventsReady ??= this.#openEvents(undefined).catch((err: unknown) => {
+      this.#eventsReady = undefined
+      throw backendError('cannot subscribe to docker events', err)
+    })
+    return this.#eventsReady
+  }
+
+  async #openEvents(since: number | undefined): Promise<void> {
+    // The engine subscribes before it answers, so nothing after this resolves is missed.
+    const stream = await this.#docker.getEvents({
+      ...(since === undefined ? {} : { since }),
+      filters: { label: [LABEL.instance], type: ['container'], event: ['die', 'oom'] },
+    }) as Readable
+    if (this.#closing) { stream.destroy(); return }
+    this.#events = stream
+    let buf = ''
+    let last = Math.floor(Date.now() / 1000)
+    stream.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('utf8')
+      let nl: number
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).trim()
+        buf = buf.slice(nl + 1)
+        if (line === '') continue
+        try {
+          const ev = JSON.parse(line) as DockerEvent
+          if (typeof ev.time === 'number') last = ev.time
+          this.#onEvent(ev)
+        } catch (err) {
+          this.#log.warn({ err, line: line.slice(0, 500) }, 'unreadable docker event')
+        }
+      }
+    })
+    stream.on('error', noop)
+    stream.once('close', () => {
+      if (this.#closing || this.#events !== stream) return
+      this.#events = undefined
+      this.#log.warn({ backend: this.name }, 'docker event stream ended; resubscribing')
+      void this.#resubscribe(last)
+    })
+  }
+
+  async #resubscribe(since: number): Promise<void> {
+    for (let backoff = 100; !this.#closing; backoff = Math.min(backoff * 2, 5_000)) {
+      try {
+        await this.#openEvents(since)
+        return
+      } catch (err) {
+        this.#log.warn({ err, backend: this.name }, 'cannot resubscribe to docker events')
+        await new Promise((resolve) => setTimeout(resolve, backoff))
+      }
+    }
+  }
+
+  #onEvent(ev: DockerEvent): void {
+    const attrs = ev.Actor?.Attributes ?? {}
+    const id = attrs[LABEL.instance]
+    if (id === undefined) return
+    const live = this.#live.get(id)
+    // Events of containers this backend did not start (or a previous container of the same id) are not ours.
+    if (live === undefined || (live.containerId !== undefined && ev.Actor?.ID !== undefined && ev.Actor.ID !== live.containerId)) return
+    if (ev.Action === 'oom') {
+      this.#oom.add(id)
+      if (this.#oom.size > REMEMBERED) this.#oom.delete(this.#oom.values().next().value as string)
+      return
+    }
+    if (ev.Action !== 'die' || live.exited) return
+    live.exited = true
+    const code = attrs['exitCode'] === undefined ? null : Number(attrs['exitCode'])
+    if (!live.started || live.stopping) {
+      live.startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${id} exited during start (code ${code})`))
+      live.markDied()
+      return
+    }
+    void this.#onUnexpectedExit(live, code)
+  }
+
+  async #onUnexpectedExit(live: Live, code: number | null): Promise<void> {
+    const id = live.id
+    let oom = this.#oom.has(id)
+    if (!oom && live.containerId !== undefined) {
+      try { oom = (await this.#docker.getContainer(live.containerId).inspect()).State.OOMKilled } catch { /* removed already */ }
+    }
+    const reason = reasonOf(oom, code)
+    const signal = code !== null && code > 128 ? SIGNAL_NAMES.get(code - 128) ?? null : null
+    this.#remember(id, reason)
+    live.markDied()
+    if (live.stopping) return
+    for (const l of this.#listeners) {
+      try { l({ id, reason, code, signal }) } catch (err) { this.#log.error({ err, instance: id }, 'exit listener threw') }
+    }
+    const output = live.containerId === undefined ? '' : await this.#tail(live.containerId)
+    this.#log.warn({ instance: id, pool: live.pool, backend: this.name, code, signal, reason, output }, 'instance exited')
+    await this.stop(id).catch((err: unknown) => this.#log.warn({ err, instance: id }, 'cannot remove an exited instance'))
+  }
+
+  #remember(id: string, reason: ExitReason): void {
+    this.#reasons.delete(id)
+    this.#reasons.set(id, reason)
+    if (this.#reasons.size > REMEMBERED) this.#reasons.delete(this.#reasons.keys().next().value as string)
+  }
+
+  /** The last lines a container printed (for start failures and crash logs), at most 2 KiB. */
+  async #tail(containerId: string): Promise<string> {
+    try {
+      const raw = await this.#docker.getContainer(containerId).logs({ stdout: true, stderr: true, tail: 20, follow: false })
+      const text = demuxLogs(raw).trim()
+      return text.length > 2048 ? `…${text.slice(-2048)}` : text
+    } catch {
+      return ''
+    }
+  }
+
+  // ── cgroups ───────────────────────────────────────────────────────────────────────────────────
+
+  /** The container's cgroup directories, read from /proc/<pid>/cgroup (right for any cgroup driver and parent). */
+  async #cgroupOf(pid: number, id: string): Promise<CgroupRef | undefined> {
+    try {
+      this.#cgroupMounts ??= readCgroupMounts()
+      const mounts = await this.#cgroupMounts
+      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n')
+      const v1: Record<string, string> = {}
+      let unified: string | undefined
+      for (const line of lines) {
+        const m = /^\d+:([^:]*):(.*)$/.exec(line)
+        if (m === null) continue
+        const [, ctrls = '', path = ''] = m
+        if (ctrls === '') {
+          if (mounts.unified !== undefined) unified = join(mounts.unified, path)
+          continue
+        }
+        for (const c of ctrls.split(',')) {
+          const mount = mounts.v1[c]
+          if (mount !== undefined) v1[c] = join(mount, path)
+        }
+      }
+      const ref: CgroupRef | undefined = Object.keys(v1).length > 0
+        ? { version: 1, paths: v1 }
+        : unified !== undefined ? { version: 2, paths: { unified } } : undefined
+      if (ref === undefined) return undefined
+      for (const [ctrl, dir] of Object.entries(ref.paths)) {
+        if (await stat(dir).then(() => false, () => true)) delete ref.paths[ctrl]
+      }
+      return ref
+    } catch (err) {
+      this.#log.warn({ err, instance: id }, 'cannot locate the instance cgroup')
+      return undefined
+    }
+  }
+}
+
+interface DockerEvent {
+  Type?: string
+  Action?: string
+  time?: number
+  Actor?: { ID?: string; Attributes?: Record<string, string> }
+}
+
+interface CgroupMounts {
+  /** v1 controller → mount directory. */
+  v1: Record<string, string>
+  unified?: string | undefined
+}
+
+/** cgroup mounts of this mount namespace, from /proc/self/mountinfo. */
+async function readCgroupMounts(): Promise<CgroupMounts> {
+  const out: CgroupMounts = { v1: {} }
+  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
+    const [pre, post] = line.split(' - ')
+    if (pre === undefined || post === undefined) continue
+    const mountPoint = pre.split(' ')[4]
+    const [fstype, , superOpts = ''] = post.split(' ')
+    if (mountPoint === undefined) continue
+    if (fstype === 'cgroup2') out.unified ??= mountPoint
+    if (fstype !== 'cgroup') continue
+    for (const opt of superOpts.split(',')) {
+      if (['rw', 'ro', 'relatime', 'noatime', 'nosuid', 'nodev', 'noexec', 'clone_children', 'xattr'].includes(opt) || opt.includes('=')) continue
+      out.v1[opt] ??= mountPoint
+    }
+  }
+  return out
+}
+
+function reasonOf(oom: boolean, code: number | null): ExitReason {
+  if (oom) return 'oom'
+  return code === 0 ? 'exited' : 'crashed'
+}
+
+function checkId(id: string): void {
+  if (!ID_RE.test(id)) throw new KdlError('KDL_ERR_BACKEND', `instance id "${id}" must match ${ID_RE.source}`)
+}
+
+function containerName(id: string): string {
+  return `kindling-${id}`
+}
+
+/** Splits the engine's multiplexed log frames (8-byte headers) into text; a TTY log is plain text already. */
+function demuxLogs(raw: Buffer | string): string {
+  const buf = typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw
+  if (buf.length < 8 || buf[0]! > 2 || buf[1] !== 0) return buf.toString('utf8')
+  const parts: Buffer[] = []
+  for (let at = 0; at + 8 <= buf.length;) {
+    const size = buf.readUInt32BE(at + 4)
+    parts.push(buf.subarray(at + 8, at + 8 + size))
+    at += 8 + size
+  }
+  return Buffer.concat(parts).toString('utf8')
+}
+
+function followPull(docker: Dockerode, stream: NodeJS.ReadableStream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    docker.modem.followProgress(stream, (err: Error | null, output: Array<Record<string, unknown>>) => {
+      const failed = output?.find((o) => o['error'] !== undefined)
+      if (err) reject(err)
+      else if (failed !== undefined) reject(new Error(String(failed['error'])))
+      else resolve()
+    })
+  })
+}
+
+/** Recreates `src` under `dest`: hard links where allowed (same filesystem, world-readable files), copies elsewhere. */
+async function copyTree(src: string, dest: string, sameFs: boolean): Promise<void> {
+  for (const ent of await readdir(src, { withFileTypes: true })) {
+    const from = join(src, ent.name)
+    const to = join(dest, ent.name)
+    if (ent.isDirectory()) {
+      const st = await lstat(from)
+      await mkdir(to)
+      await chmod(to, (st.mode & 0o7777) | 0o555)
+      await copyTree(from, to, sameFs)
+    } else if (ent.isSymbolicLink()) {
+      await symlink(await readlink(from), to)
+    } else if (ent.isFile()) {
+      const st = await lstat(from)
+      if (sameFs && (st.mode & 0o004) !== 0) {
+        try { await link(from, to); continue } catch { /* EXDEV / EPERM: copy instead */ }
+      }
+      await copyFile(from, to)
+      await chmod(to, (st.mode & 0o7777) | 0o444)
+    }
+    // Sockets, fifos and devices are never part of code.
+  }
+}
