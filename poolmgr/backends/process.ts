@@ -58,6 +58,7 @@ interface Live {
 const SH = '/bin/sh'
 const UNSHARE = '/usr/bin/unshare'
 const SETPRIV = '/usr/bin/setpriv'
+const ENV = '/usr/bin/env'
 /**
  * Where an instance sees its own directory, the code cache and the runtime server inside its mount
  * namespace. Fixed paths, because the private /tmp would hide a data directory that lives under /tmp.
@@ -135,7 +136,9 @@ export class ProcessBackend implements ContainerBackend {
       TMPDIR: ns ? '/tmp' : tmp,
       KINDLING_LISTEN: `unix:${ns ? `${NS_INSTANCE}/rt.sock` : socketPath}`,
     }
-    let argv = [rt.command, join(ns ? NS_RUNTIME : rt.serverDir, rt.serverFile), `--kindling-instance=${req.id}`]
+    // `env -u`: a spawn wrapper of the platform's own process (test runners, APMs) may inject NODE_OPTIONS
+    // into every child; the instance's environment is the one built above and nothing else.
+    let argv = [ENV, '-u', 'NODE_OPTIONS', '--', rt.command, join(ns ? NS_RUNTIME : rt.serverDir, rt.serverFile), `--kindling-instance=${req.id}`]
     if (user !== undefined) argv = [SETPRIV, `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', ...argv]
     if (ns) {
       argv = [UNSHARE, '--pid', '--fork', '--kill-child', '--mount', '--ipc', '--mount-proc', '--', SH, '-c', MOUNT_NS, 'kindling-ns', dir, this.#opts.codeRoot, rt.serverDir, ...argv]
