@@ -37,7 +37,9 @@ export const ConfigSchema = Type.Object({
   KINDLING_START_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 10_000 }),
   /** Memory all instances together may use, MiB (adaptive pools stay inside it). @default 4096 */
   KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
-  /** Path of the `node` binary instances run (process backend). @default the platform's own */
+  /** Docker engine socket (docker backend). @default /var/run/docker.sock */
+  KINDLING_DOCKER_SOCKET: Type.String({ minLength: 1, default: '/var/run/docker.sock' }),
+  /** Path of the `node` binary instances run (process backend) or copied into the runtime image (docker). @default the platform's own */
   KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
 })
 export type Config = Readonly<Static<typeof ConfigSchema>>

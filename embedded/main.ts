@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process'
+import Dockerode from 'dockerode'
 import { mkdir } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,7 +14,9 @@ import { EventLog } from '../common/events.js'
 import { Metrics } from '../common/metrics.js'
 import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
+import { DockerBackend } from '../poolmgr/backends/docker.js'
 import { ProcessBackend } from '../poolmgr/backends/process.js'
+import { ensureNodeImage } from '../poolmgr/images/node-image.js'
 import { detectCgroups } from '../poolmgr/cgroups/index.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildRouter } from '../router/app.js'
@@ -109,6 +112,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
 }
 
 async function createBackend(config: Config, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
+  if (config.KINDLING_BACKEND === 'docker') return createDockerBackend(config, runDir, codeRoot, log)
   const isRoot = process.getuid?.() === 0
   const [uid, gid] = config.KINDLING_INSTANCE_USER.split(':').map(Number) as [number, number]
   const cgroups = isRoot ? await detectCgroups() : undefined
@@ -126,4 +130,29 @@ async function createBackend(config: Config, runDir: string, codeRoot: string, l
   })
   await backend.init()
   return backend
+}
+
+async function createDockerBackend(config: Config, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
+  const docker = new Dockerode({ socketPath: config.KINDLING_DOCKER_SOCKET })
+  try {
+    await docker.ping()
+  } catch (err) {
+    throw new KdlError('KDL_ERR_BACKEND', `no Docker engine answers on ${config.KINDLING_DOCKER_SOCKET} (run scripts/ensure-docker.sh as root)`, { cause: err })
+  }
+  const imageLog = log.child({ component: 'images' })
+  const image = await ensureNodeImage({
+    docker,
+    serverDir: NODE_SERVER_DIR,
+    nodeBin: config.KINDLING_NODE_BIN,
+    log: (message, fields) => imageLog.info(fields ?? {}, message),
+  })
+  return new DockerBackend({
+    docker,
+    image: image.tag,
+    runDir,
+    codeRoot,
+    user: config.KINDLING_INSTANCE_USER,
+    startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
+    log: log.child({ component: 'backend', backend: 'docker' }),
+  })
 }

@@ -67,17 +67,15 @@ export class Executor implements ExecutorClient {
     let loadMs = 0
     let inst = pools.takePrewarmed(name, version)
     if (inst === undefined) {
-      const res = pools.resourcesOf(record)
-      const codeDir = this.#o.codeDirOf(record.codeHash)
-      inst = pools.takeGeneric(record.runtime, res)
+      const got = await pools.takeOrStart(name, record.runtime, pools.resourcesOf(record))
+      inst = got.inst
       kind = 'specialized'
-      if (inst === undefined) {
+      if (got.started) {
         kind = 'cold'
-        inst = await pools.start(record.runtime, `fn:${name}`, res)
         startMs = inst.startMs
         m.coldStartPhase.observe({ phase: 'start' }, startMs / 1000)
       }
-      loadMs = await pools.load(inst, record, codeDir)
+      loadMs = await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
       m.coldStartPhase.observe({ phase: 'load' }, loadMs / 1000)
     }
     m.coldStarts.inc({ kind })
@@ -136,8 +134,7 @@ export class Executor implements ExecutorClient {
   async trialLoad(record: FunctionRecord): Promise<Instance> {
     const pools = this.#o.pools
     if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
-    const res = pools.resourcesOf(record)
-    const inst = pools.takeGeneric(record.runtime, res) ?? await pools.start(record.runtime, `fn:${record.name}`, res)
+    const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
     await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
     return inst
   }

@@ -61,6 +61,8 @@ export class PoolManager {
   readonly #prewarm = new Map<string, PrewarmPool>()
   readonly #all = new Map<string, Instance>()
   readonly #goneListeners: InstanceGoneListener[] = []
+  /** Functions the load guard quarantined: their new instances start in the quarantine group. */
+  readonly #quarantined = new Set<string>()
   #closed = false
 
   constructor(opts: PoolManagerOptions) {
@@ -101,6 +103,33 @@ export class PoolManager {
     const rt = this.runtime(record.runtime)
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
     return { memoryMb: record.memoryMb ?? rt.memoryMb, cpu: record.cpu ?? rt.cpu }
+  }
+
+  /**
+   * Quarantine (load guard): the function's next instances start in the isolated group, so generic
+   * instances are no longer used for it and its idle prewarmed ones are replaced.
+   */
+  setQuarantined(fn: string, on: boolean): void {
+    if (on === this.#quarantined.has(fn)) return
+    if (on) this.#quarantined.add(fn)
+    else this.#quarantined.delete(fn)
+    const pool = this.#prewarm.get(fn)
+    if (pool !== undefined) {
+      for (const inst of pool.idle.splice(0)) void this.destroy(inst)
+      this.#fillPrewarm(fn)
+    }
+  }
+
+  isQuarantined(fn: string): boolean {
+    return this.#quarantined.has(fn)
+  }
+
+  /** An instance for `fn`: a generic one (unless `fn` is quarantined) or a newly started one. */
+  async takeOrStart(fn: string, runtime: string, res: Resources): Promise<{ inst: Instance; started: boolean }> {
+    const quarantined = this.#quarantined.has(fn)
+    const taken = quarantined ? undefined : this.takeGeneric(runtime, res)
+    if (taken !== undefined) return { inst: taken, started: false }
+    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined), started: true }
   }
 
   /** A started, code-less instance of the runtime with matching resources, or undefined (never waits). */
@@ -296,8 +325,7 @@ export class PoolManager {
 
   /** A generic instance (taken or started) with the function loaded: what a prewarm refill produces. */
   async #prepareLoaded(record: FunctionRecord, codeDir: string): Promise<Instance> {
-    const res = this.resourcesOf(record)
-    const inst = this.takeGeneric(record.runtime, res) ?? await this.start(record.runtime, `fn:${record.name}`, res)
+    const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record))
     await this.load(inst, record, codeDir)
     return inst
   }
