@@ -39,6 +39,12 @@ export const ConfigSchema = Type.Object({
   KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
   /** Docker engine socket (docker backend). @default /var/run/docker.sock */
   KINDLING_DOCKER_SOCKET: Type.String({ minLength: 1, default: '/var/run/docker.sock' }),
+  /** Grow generic pools when they see cold starts, shrink them when calm (OpenWhisk's reactive rule). @default true */
+  KINDLING_POOL_ADAPTIVE: Type.Boolean({ default: true }),
+  /** Upper bound of an adaptive generic pool. @default 8 */
+  KINDLING_POOL_MAX_SIZE: Type.Integer({ minimum: 0, maximum: 256, default: 8 }),
+  /** Window of the adaptive rule, ms. @default 5000 */
+  KINDLING_POOL_ADAPT_INTERVAL_MS: Type.Integer({ minimum: 10, default: 5000 }),
   /** Path of the `node` binary instances run (process backend) or copied into the runtime image (docker). @default the platform's own */
   KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
 })

@@ -62,7 +62,15 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const registry = new Registry()
   const metrics = new Metrics(registry)
   const events = new EventLog()
-  const pools = new PoolManager({ backend, log: log.child({ component: 'poolmgr' }), pidsLimit: config.KINDLING_PIDS_LIMIT })
+  const pools = new PoolManager({
+    backend,
+    log: log.child({ component: 'poolmgr' }),
+    pidsLimit: config.KINDLING_PIDS_LIMIT,
+    memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB,
+    adaptive: config.KINDLING_POOL_ADAPTIVE
+      ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
+      : undefined,
+  })
   await pools.reapOrphans()
 
   for (const kind of RUNTIME_KINDS) {

@@ -72,6 +72,7 @@ export class Executor implements ExecutorClient {
       kind = 'specialized'
       if (got.started) {
         kind = 'cold'
+        pools.noteColdStart(record.runtime)
         startMs = inst.startMs
         m.coldStartPhase.observe({ phase: 'start' }, startMs / 1000)
       }

@@ -12,6 +12,8 @@ export class Instance {
   readonly startedAt: number
   /** Milliseconds the backend took to start it (the `start` cold-start phase). */
   readonly startMs: number
+  /** Memory limit it was started with, MiB (counts against the platform's memory budget). */
+  readonly memoryMb: number
   state: InstanceState = 'generic'
   /** Function and version loaded, once specialised; an instance never serves another function. */
   fn: string | undefined
@@ -22,7 +24,8 @@ export class Instance {
   /** Placed in the quarantine group by the load guard. */
   quarantined: boolean
 
-  constructor(handle: InstanceHandle, dispatcher: Dispatcher, startMs: number, quarantined = false) {
+  constructor(handle: InstanceHandle, dispatcher: Dispatcher, startMs: number, memoryMb: number, quarantined = false) {
+    this.memoryMb = memoryMb
     this.id = handle.id
     this.runtime = handle.runtime
     this.handle = handle

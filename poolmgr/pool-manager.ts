@@ -12,6 +12,22 @@ export interface PoolManagerOptions {
   pidsLimit: number
   /** Retry delay after a failed background start, so a broken backend is not hammered. @default 1000 */
   retryMs?: number
+  /** Memory all instances together may use, MiB. @default Infinity */
+  memoryBudgetMb?: number
+  /** Adaptive generic pools; omitted: pools stay at their configured size. */
+  adaptive?: AdaptiveOptions | undefined
+}
+
+/**
+ * OpenWhisk's reactive prewarm rule: every `intervalMs`, a runtime that saw `cold` cold starts gets
+ * `target = clamp(poolSize + ceil(cold / threshold) × increment, poolSize, maxPoolSize)`; a window without
+ * cold starts shrinks the target one `increment` back toward `poolSize`.
+ */
+export interface AdaptiveOptions {
+  intervalMs: number
+  threshold: number
+  increment: number
+  maxPoolSize: number
 }
 
 /** The resources an instance is started with; generic instances only serve functions that ask for the same. */
@@ -22,6 +38,9 @@ export interface Resources {
 
 interface GenericPool {
   spec: RuntimeSpec
+  /** Current target: `spec.poolSize`, raised by cold starts when adaptive. */
+  target: number
+  coldStarts: number
   idle: Instance[]
   starting: number
   retryTimer: NodeJS.Timeout | undefined
@@ -57,9 +76,14 @@ export class PoolManager {
   readonly #log: Logger
   readonly #pidsLimit: number
   readonly #retryMs: number
+  readonly #budgetMb: number
+  readonly #adaptive: AdaptiveOptions | undefined
+  readonly #adaptTimer: NodeJS.Timeout | undefined
   readonly #generic = new Map<string, GenericPool>()
   readonly #prewarm = new Map<string, PrewarmPool>()
   readonly #all = new Map<string, Instance>()
+  /** Memory of instances being started (not yet in #all), MiB. */
+  #reserved = 0
   readonly #goneListeners: InstanceGoneListener[] = []
   /** Functions the load guard quarantined: their new instances start in the quarantine group. */
   readonly #quarantined = new Set<string>()
@@ -70,7 +94,44 @@ export class PoolManager {
     this.#log = opts.log
     this.#pidsLimit = opts.pidsLimit
     this.#retryMs = opts.retryMs ?? 1000
+    this.#budgetMb = opts.memoryBudgetMb ?? Infinity
+    this.#adaptive = opts.adaptive
     this.backend.onExit((exit) => this.#onExit(exit))
+    if (this.#adaptive !== undefined) {
+      this.#adaptTimer = setInterval(() => this.adapt(), this.#adaptive.intervalMs)
+      this.#adaptTimer.unref()
+    }
+  }
+
+  /** A cold start happened on this runtime (feeds the adaptive pool size). */
+  noteColdStart(runtime: string): void {
+    const pool = this.#generic.get(runtime)
+    if (pool !== undefined) pool.coldStarts++
+  }
+
+  /** One adaptive step for every runtime (runs on the timer; public for tests). */
+  adapt(): void {
+    const a = this.#adaptive
+    if (a === undefined) return
+    for (const [runtime, pool] of this.#generic) {
+      const base = pool.spec.poolSize
+      const max = Math.max(base, a.maxPoolSize)
+      const cold = pool.coldStarts
+      pool.coldStarts = 0
+      const before = pool.target
+      if (cold > 0) pool.target = Math.max(pool.target, Math.min(max, base + Math.ceil(cold / a.threshold) * a.increment))
+      else pool.target = Math.max(base, pool.target - a.increment)
+      if (pool.target < before) for (const inst of pool.idle.splice(pool.target)) void this.destroy(inst)
+      if (pool.target !== before) this.#log.info({ runtime, cold, from: before, to: pool.target }, 'generic pool resized')
+      this.#fillGeneric(runtime)
+    }
+  }
+
+  /** Memory the live instances were started with, MiB. */
+  usedMemoryMb(): number {
+    let mb = 0
+    for (const inst of this.#all.values()) mb += inst.memoryMb
+    return mb
   }
 
   /** Stops instances an earlier run left behind (found by the backend's labels / run directory). */
@@ -85,10 +146,11 @@ export class PoolManager {
   setRuntime(spec: RuntimeSpec): void {
     const pool = this.#generic.get(spec.name)
     if (pool === undefined) {
-      this.#generic.set(spec.name, { spec, idle: [], starting: 0, retryTimer: undefined })
+      this.#generic.set(spec.name, { spec, target: spec.poolSize, coldStarts: 0, idle: [], starting: 0, retryTimer: undefined })
     } else {
       const resized = pool.spec.memoryMb !== spec.memoryMb || pool.spec.cpu !== spec.cpu || pool.spec.image !== spec.image
       pool.spec = spec
+      pool.target = spec.poolSize
       const surplus = resized ? pool.idle.splice(0) : pool.idle.splice(spec.poolSize)
       for (const inst of surplus) void this.destroy(inst)
     }
@@ -125,11 +187,11 @@ export class PoolManager {
   }
 
   /** An instance for `fn`: a generic one (unless `fn` is quarantined) or a newly started one. */
-  async takeOrStart(fn: string, runtime: string, res: Resources): Promise<{ inst: Instance; started: boolean }> {
+  async takeOrStart(fn: string, runtime: string, res: Resources, evict = true): Promise<{ inst: Instance; started: boolean }> {
     const quarantined = this.#quarantined.has(fn)
     const taken = quarantined ? undefined : this.takeGeneric(runtime, res)
     if (taken !== undefined) return { inst: taken, started: false }
-    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined), started: true }
+    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined, evict), started: true }
   }
 
   /** A started, code-less instance of the runtime with matching resources, or undefined (never waits). */
@@ -141,17 +203,28 @@ export class PoolManager {
     return inst
   }
 
-  /** Starts a new generic instance (the `cold` path). */
-  async start(runtime: string, pool: string, res: Resources, quarantine = false): Promise<Instance> {
+  /**
+   * Starts a new generic instance (the `cold` path). Over the memory budget, idle pooled instances are
+   * evicted least-recently-used first (`evict`); when that is not enough: KDL_ERR_NO_CAPACITY.
+   */
+  async start(runtime: string, pool: string, res: Resources, quarantine = false, evict = true): Promise<Instance> {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
     const spec = this.runtime(runtime)
     if (spec === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${runtime}" is not configured`)
+    this.#reserve(res.memoryMb, evict)
     const id = `kdl-${randomBytes(6).toString('hex')}`
     const t0 = performance.now()
-    const handle = await this.backend.start({
-      id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: 'none', quarantine, image: spec.image,
-    })
-    const inst = new Instance(handle, dispatcherFor(handle.address), performance.now() - t0, quarantine)
+    let handle
+    try {
+      handle = await this.backend.start({
+        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: 'none', quarantine, image: spec.image,
+      })
+    } catch (err) {
+      this.#reserved -= res.memoryMb
+      throw err
+    }
+    const inst = new Instance(handle, dispatcherFor(handle.address), performance.now() - t0, res.memoryMb, quarantine)
+    this.#reserved -= res.memoryMb
     this.#all.set(id, inst)
     if (this.#closed) {
       await this.destroy(inst)
@@ -232,6 +305,8 @@ export class PoolManager {
     this.#dropFromPools(inst)
     await inst.dispatcher.destroy().catch(() => {})
     await this.backend.stop(inst.id).catch((err: unknown) => this.#log.error({ err, instance: inst.id }, 'stopping an instance failed'))
+    // Memory came free: pools left short by the budget may fill now.
+    for (const runtime of this.#generic.keys()) this.#fillGeneric(runtime)
   }
 
   onInstanceGone(listener: InstanceGoneListener): void {
@@ -245,7 +320,7 @@ export class PoolManager {
   snapshot(): PoolSnapshot[] {
     const out: PoolSnapshot[] = []
     for (const [runtime, p] of this.#generic) {
-      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.spec.poolSize, idle: p.idle.length, starting: p.starting })
+      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.target, idle: p.idle.length, starting: p.starting })
     }
     for (const [name, p] of this.#prewarm) {
       out.push({ pool: `fn:${name}`, kind: 'prewarm', runtime: p.record.runtime, function: name, version: p.record.version, target: p.record.prewarm, idle: p.idle.length, starting: p.filling })
@@ -255,6 +330,7 @@ export class PoolManager {
 
   async close(): Promise<void> {
     this.#closed = true
+    clearInterval(this.#adaptTimer)
     for (const p of this.#generic.values()) clearTimeout(p.retryTimer)
     for (const p of this.#prewarm.values()) clearTimeout(p.retryTimer)
     await Promise.all([...this.#all.values()].map((inst) => this.destroy(inst)))
@@ -287,17 +363,19 @@ export class PoolManager {
   #fillGeneric(runtime: string): void {
     const pool = this.#generic.get(runtime)
     if (pool === undefined || this.#closed || pool.retryTimer !== undefined) return
-    while (pool.idle.length + pool.starting < pool.spec.poolSize) {
+    while (pool.idle.length + pool.starting < pool.target) {
       pool.starting++
       const spec = pool.spec
-      this.start(runtime, `generic:${runtime}`, { memoryMb: spec.memoryMb, cpu: spec.cpu }).then((inst) => {
+      this.start(runtime, `generic:${runtime}`, { memoryMb: spec.memoryMb, cpu: spec.cpu }, false, false).then((inst) => {
         pool.starting--
         // The runtime may have been resized or removed while this one started.
-        if (this.#generic.get(runtime) === pool && pool.spec === spec && pool.idle.length < spec.poolSize) pool.idle.push(inst)
+        if (this.#generic.get(runtime) === pool && pool.spec === spec && pool.idle.length < pool.target) pool.idle.push(inst)
         else void this.destroy(inst)
       }, (err: unknown) => {
         pool.starting--
         if (this.#closed) return
+        // A full budget is not a fault: the pool stays short until memory frees up.
+        if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') return
         this.#log.error({ err, runtime }, 'generic instance failed to start')
         this.#retryLater(pool, () => this.#fillGeneric(runtime))
       })
@@ -325,9 +403,35 @@ export class PoolManager {
 
   /** A generic instance (taken or started) with the function loaded: what a prewarm refill produces. */
   async #prepareLoaded(record: FunctionRecord, codeDir: string): Promise<Instance> {
-    const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record))
+    const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record), false)
     await this.load(inst, record, codeDir)
     return inst
+  }
+
+  /** Makes room for `mb` within the budget, evicting idle pooled instances LRU-first when allowed. */
+  #reserve(mb: number, evict: boolean): void {
+    let free = this.#budgetMb - this.usedMemoryMb() - this.#reserved
+    const victims: Instance[] = []
+    if (free < mb && evict) {
+      const idle: Instance[] = []
+      for (const p of this.#generic.values()) idle.push(...p.idle)
+      for (const p of this.#prewarm.values()) idle.push(...p.idle)
+      idle.sort((a, b) => a.lastUsed - b.lastUsed)
+      for (const inst of idle) {
+        if (free >= mb) break
+        free += inst.memoryMb
+        victims.push(inst)
+      }
+    }
+    if (free < mb) {
+      throw new KdlError('KDL_ERR_NO_CAPACITY', `the memory budget (${this.#budgetMb} MiB) is used up: ${mb} MiB more do not fit`)
+    }
+    // Reserved before the victims go: their pools refill at once, and must not take the room made here.
+    this.#reserved += mb
+    for (const inst of victims) {
+      this.#log.info({ instance: inst.id, fn: inst.fn, runtime: inst.runtime }, 'evicted an idle instance for the memory budget')
+      void this.destroy(inst)
+    }
   }
 
   #retryLater(pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void): void {

@@ -1,0 +1,41 @@
+import t from 'tap'
+import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { waitFor } from '../fixtures/wait.js'
+
+const generic = (p: TestPlatform) => p.pools.snapshot().find((s) => s.pool === 'generic:node')!
+
+t.test('a generic pool grows after cold starts and shrinks back one step per calm window', async (t) => {
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 0, KINDLING_POOL_MAX_SIZE: 3, KINDLING_POOL_ADAPT_INTERVAL_MS: 3_600_000 })
+  for (let i = 0; i < 4; i++) {
+    await p.deploy(`f${i}`, { runtime: 'node', code: 'export default () => "x"', mode: 'persistent' })
+    const res = await p.invoke(`f${i}`)
+    t.equal(res.headers['x-kindling-start'], 'cold', `f${i} started cold: the pool is empty`)
+  }
+  p.pools.adapt()
+  t.equal(generic(p).target, 2, '4 cold starts / threshold 2 × increment 1 → 2')
+  await waitFor(() => generic(p).idle === 2, 'the pool to fill to its new target')
+  await p.deploy('g', { runtime: 'node', code: 'export default () => "y"', mode: 'persistent' })
+  await waitFor(() => generic(p).idle === 2, 'the pool to refill after the trial load')
+  t.equal((await p.invoke('g')).headers['x-kindling-start'], 'specialized', 'the grown pool turns a cold start into a specialized one')
+  p.pools.adapt()
+  t.equal(generic(p).target, 1, 'a calm window shrinks the target by one')
+  await waitFor(() => generic(p).idle <= 1, 'the surplus idle instance to go')
+  p.pools.adapt()
+  t.equal(generic(p).target, 0, 'down to the configured poolSize, not below')
+  p.pools.adapt()
+  t.equal(generic(p).target, 0)
+})
+
+t.test('the memory budget evicts idle pooled instances first, then refuses with KDL_ERR_NO_CAPACITY', async (t) => {
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 2, KINDLING_MEMORY_BUDGET_MB: 256, KINDLING_POOL_ADAPTIVE: 'false' })
+  await waitFor(() => generic(p).idle === 2, 'two generic instances (2 × 128 MiB = the whole budget)')
+  t.equal(p.pools.usedMemoryMb(), 256)
+  const big = await p.deploy('big', { runtime: 'node', code: 'export default () => "big"', memoryMb: 256, mode: 'persistent' })
+  t.equal(big.status, 201, 'the deploy made room by evicting the idle generic instances')
+  const res = await p.invoke('big')
+  t.equal(res.status, 200)
+  t.ok(p.pools.usedMemoryMb() <= 256, 'never over the budget')
+  const huge = await p.deploy('huge', { runtime: 'node', code: 'export default () => "huge"', memoryMb: 512 })
+  t.equal(huge.status, 503)
+  t.equal(huge.json['code'], 'KDL_ERR_NO_CAPACITY')
+})
