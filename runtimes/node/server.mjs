@@ -1,0 +1,549 @@
+// Kindling Node runtime server: one process is one instance. It starts generic, is loaded with one function
+// and then runs its handler once per request. The contract is ../PROTOCOL.md; this file implements it on a
+// bare `node` (>= 20.19) with no dependencies and no platform imports, because it is copied into images.
+//
+// Kept lean on purpose: only modules Node has already loaded at start-up are imported here; everything
+// used by loads, unloads and failures is loaded when first needed.
+import { createServer } from 'node:http'
+import { lstatSync, realpath, renameSync, stat, unlinkSync } from 'node:fs'
+import { isAbsolute, join, relative, resolve as resolvePath, sep } from 'node:path'
+import { pathToFileURL } from 'node:url'
+
+const INVOCATION_ID = 'x-kindling-invocation-id'
+const DEADLINE_MS = 'x-kindling-deadline-ms'
+const MAX_CONTROL_BODY = 1 << 20
+const SELF_DIR = new URL('./', import.meta.url).href
+
+const TEXT = ['content-type', 'text/plain; charset=utf-8']
+const JSON_TYPE = ['content-type', 'application/json; charset=utf-8']
+const OCTETS = ['content-type', 'application/octet-stream']
+const FN_ERROR = ['content-type', 'application/json; charset=utf-8', 'x-kindling-error', 'handled']
+
+/** The environment the server started with; each load sets process.env to this plus the function's env. */
+const baseEnv = { ...process.env }
+
+// --- instance state -------------------------------------------------------------------------------------
+/** Function the instance is bound to from its first load attempt on (it never serves another one). */
+let boundFn = null
+/** Function and version currently loaded; the handler is null when generic. */
+let fnName = null
+let fnVersion = null
+let handler = null
+/** Real path of the code directory of the last load attempt (require.cache entries under it are dropped). */
+let codeDir = null
+let loading = false
+let loads = 0
+let invocations = 0
+let inflight = 0
+let terminating = false
+/** Whether function code was ever imported: later loads need fresh module URLs (see loader-hooks.mjs). */
+let imported = false
+let generation = 0
+/** Shared with the loader hooks once registered: the generation of the load in progress. */
+let generationView = null
+
+// --- invocations (the hot path) -------------------------------------------------------------------------
+
+function onRequest(req, res) {
+  const url = req.url
+  if (req.headers[INVOCATION_ID] === undefined && url.startsWith('/_/') && control(req, res, url)) return
+  const fn = handler
+  if (fn === null) {
+    sendJson(res, 503, { code: 'KDL_ERR_INTERNAL', message: 'no function loaded' })
+    return
+  }
+  const headers = req.headers
+  const length = headers['content-length']
+  if ((length === undefined || length === '0') && headers['transfer-encoding'] === undefined) {
+    invoke(fn, req, res, url, '')
+    return
+  }
+  let body = ''
+  req.setEncoding('utf8')
+  req.on('data', (chunk) => {
+    body += chunk
+  })
+  req.on('end', () => invoke(fn, req, res, url, body))
+}
+
+function invoke(fn, req, res, rawUrl, body) {
+  invocations++
+  inflight++
+  const headers = req.headers
+  const url = rawUrl.charCodeAt(0) === 47 ? rawUrl : absoluteFormPath(rawUrl)
+  const q = url.indexOf('?')
+  const contentType = headers['content-type']
+  const event = {
+    method: req.method,
+    path: q === -1 ? url : url.slice(0, q),
+    query: q === -1 ? {} : parseQuery(url.slice(q + 1)),
+    headers,
+    body,
+    json: body !== '' && contentType !== undefined && contentType.includes('json') ? parseJson(body) : undefined,
+  }
+  const invocationId = headers[INVOCATION_ID]
+  const deadline = headers[DEADLINE_MS]
+  const deadlineMs = deadline === undefined ? undefined : Number(deadline)
+  const name = fnName
+  const context = {
+    function: name,
+    version: fnVersion,
+    invocationId,
+    deadlineMs: Number.isFinite(deadlineMs) ? deadlineMs : undefined,
+    log: (...args) => writeLog('info', name, invocationId, args),
+  }
+  let result
+  try {
+    result = fn(event, context)
+  } catch (err) {
+    fail(res, err, context)
+    return
+  }
+  if (result !== null && typeof result === 'object' && typeof result.then === 'function') {
+    try {
+      result.then(
+        (value) => reply(res, value, context),
+        (err) => fail(res, err, context),
+      )
+    } catch (err) {
+      fail(res, err, context)
+    }
+  } else {
+    reply(res, result, context)
+  }
+}
+
+function reply(res, value, context) {
+  try {
+    if (value === undefined) {
+      res.writeHead(204)
+      res.end()
+    } else if (typeof value === 'string') {
+      res.writeHead(200, TEXT)
+      res.end(value)
+    } else if (value instanceof Uint8Array) {
+      res.writeHead(200, OCTETS)
+      res.end(value)
+    } else if (typeof value === 'object' && value !== null && (typeof value.status === 'number' || typeof value.statusCode === 'number')) {
+      replyShaped(res, value)
+    } else {
+      const json = JSON.stringify(value)
+      if (json === undefined) throw new TypeError(`handler returned a ${typeof value}, which has no JSON form`)
+      res.writeHead(200, JSON_TYPE)
+      res.end(json)
+    }
+  } catch (err) {
+    fail(res, err, context)
+    return
+  }
+  done(res)
+}
+
+/** `{status | statusCode, headers?, body?}`: strings and bytes go as they are, other bodies as JSON. */
+function replyShaped(res, value) {
+  const status = typeof value.status === 'number' ? value.status : value.statusCode
+  const headers = value.headers
+  let body = value.body
+  let type = null
+  if (body === undefined || body === null) body = undefined
+  else if (typeof body === 'string') type = TEXT
+  else if (body instanceof Uint8Array) type = OCTETS
+  else {
+    body = JSON.stringify(body)
+    type = JSON_TYPE
+  }
+  if (headers === undefined || headers === null) {
+    if (type === null) res.writeHead(status)
+    else res.writeHead(status, type)
+  } else {
+    if (type !== null && !hasContentType(headers)) res.setHeader(type[0], type[1])
+    res.writeHead(status, headers)
+  }
+  res.end(body)
+}
+
+function hasContentType(headers) {
+  for (const key in headers) if (key.length === 12 && key.toLowerCase() === 'content-type') return true
+  return false
+}
+
+function fail(res, err, context) {
+  const isError = typeof err === 'object' && err !== null && typeof err.message === 'string'
+  const message = isError ? err.message : describe(err)
+  const stack = isError && typeof err.stack === 'string' ? err.stack : undefined
+  writeLog('error', context.function, context.invocationId, [stack ?? message])
+  if (res.headersSent) {
+    res.destroy()
+  } else {
+    for (const header of res.getHeaderNames()) res.removeHeader(header)
+    res.writeHead(500, FN_ERROR)
+    res.end(JSON.stringify({ code: 'KDL_ERR_FN_ERROR', message, stack }))
+  }
+  done(res)
+}
+
+function done(res) {
+  if (--inflight === 0 && terminating) {
+    if (res.writableFinished) exitNow()
+    else res.once('finish', exitNow).once('close', exitNow)
+  }
+}
+
+/** One JSON line on stdout: `{t, level, fn, inv, msg}` (context.log, and handler failures). */
+function writeLog(level, fn, inv, args) {
+  let msg
+  if (args.length === 1 && typeof args[0] === 'string') msg = args[0]
+  else msg = util().format(...args)
+  process.stdout.write(`${JSON.stringify({ t: Date.now(), level, fn, inv, msg })}\n`)
+}
+
+function parseQuery(qs) {
+  const out = {}
+  let start = 0
+  while (start < qs.length) {
+    let end = qs.indexOf('&', start)
+    if (end === -1) end = qs.length
+    if (end > start) {
+      const eq = qs.indexOf('=', start)
+      const hasValue = eq !== -1 && eq < end
+      const key = decode(qs.slice(start, hasValue ? eq : end))
+      const value = hasValue ? decode(qs.slice(eq + 1, end)) : ''
+      if (!Object.hasOwn(out, key)) {
+        if (key === '__proto__') Object.defineProperty(out, key, { value, writable: true, enumerable: true, configurable: true })
+        else out[key] = value
+      } else {
+        const prev = out[key]
+        if (Array.isArray(prev)) prev.push(value)
+        else out[key] = [prev, value]
+      }
+    }
+    start = end + 1
+  }
+  return out
+}
+
+function decode(s) {
+  if (s.includes('+')) s = s.replaceAll('+', ' ')
+  if (!s.includes('%')) return s
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    return s
+  }
+}
+
+function parseJson(body) {
+  try {
+    return JSON.parse(body)
+  } catch {
+    return undefined
+  }
+}
+
+/** `http://host/p?q` (a proxy-style request target) → `/p?q`. */
+function absoluteFormPath(target) {
+  try {
+    const u = new URL(target)
+    return u.pathname + u.search
+  } catch {
+    return target
+  }
+}
+
+// --- control requests -------------------------------------------------------------------------------------
+
+/** Answers GET /_/health, POST /_/load, POST /_/unload; false for anything else (an invocation). */
+function control(req, res, url) {
+  const q = url.indexOf('?')
+  const path = q === -1 ? url : url.slice(0, q)
+  const method = req.method
+  if (path === '/_/health' && method === 'GET') {
+    sendJson(res, 200, {
+      state: handler === null ? 'generic' : 'loaded',
+      function: handler === null ? null : fnName,
+      version: handler === null ? null : fnVersion,
+      pid: process.pid,
+      loads,
+      invocations,
+      inflight,
+    })
+    return true
+  }
+  if (path === '/_/load' && method === 'POST') {
+    readJson(req, res, load)
+    return true
+  }
+  if (path === '/_/unload' && method === 'POST') {
+    req.resume()
+    unload(res)
+    return true
+  }
+  return false
+}
+
+function readJson(req, res, then) {
+  let body = ''
+  let size = 0
+  req.setEncoding('utf8')
+  req.on('data', (chunk) => {
+    size += chunk.length
+    if (size <= MAX_CONTROL_BODY) body += chunk
+  })
+  req.on('end', () => {
+    if (size > MAX_CONTROL_BODY) {
+      sendJson(res, 413, { code: 'KDL_ERR_PAYLOAD_TOO_LARGE', message: `control request body exceeds ${MAX_CONTROL_BODY} bytes` })
+      return
+    }
+    let value
+    try {
+      value = JSON.parse(body)
+    } catch {
+      sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: 'body is not JSON' })
+      return
+    }
+    then(value, res).catch((err) => {
+      sendJson(res, 500, { code: 'KDL_ERR_INTERNAL', message: describe(err), stack: err?.stack })
+    })
+  })
+}
+
+/** Validated `{codeDir, file, exportName, function, version, env}` of a load request, or a message. */
+function parseLoad(spec) {
+  if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) return 'body must be a JSON object'
+  const { codeDir: dir, entrypoint, function: name, version, env } = spec
+  if (typeof dir !== 'string' || !isAbsolute(dir)) return 'codeDir must be an absolute path'
+  if (typeof name !== 'string' || name === '') return 'function must be a non-empty string'
+  if (version !== undefined && version !== null && typeof version !== 'string' && typeof version !== 'number') {
+    return 'version must be a string'
+  }
+  if (typeof entrypoint !== 'string' || entrypoint === '') return 'entrypoint must be a non-empty string'
+  const colon = entrypoint.lastIndexOf(':')
+  const file = colon === -1 ? entrypoint : entrypoint.slice(0, colon)
+  const exportName = colon === -1 ? null : entrypoint.slice(colon + 1)
+  if (file === '' || exportName === '') return 'entrypoint must be "file.js" or "file.js:exportName"'
+  if (isAbsolute(file) || file.startsWith('\\') || file.split(/[\\/]/).includes('..')) {
+    return 'entrypoint must be a path inside codeDir (no absolute path, no "..")'
+  }
+  if (env !== undefined && env !== null) {
+    if (typeof env !== 'object' || Array.isArray(env)) return 'env must be an object of strings'
+    for (const k in env) if (typeof env[k] !== 'string') return `env.${k} must be a string`
+  }
+  return { dir, file, exportName, name, version: version ?? null, env: env ?? null }
+}
+
+async function load(spec, res) {
+  const p = parseLoad(spec)
+  if (typeof p === 'string') return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: p })
+  if (loading) return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message: 'another load is in progress' })
+  if (handler !== null) {
+    const message = p.name === fnName
+      ? `function ${fnName} is already loaded; unload it first`
+      : `function ${fnName} is loaded; an instance serves one function`
+    return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message })
+  }
+  if (boundFn !== null && boundFn !== p.name) {
+    return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message: `this instance serves function ${boundFn}, not ${p.name}` })
+  }
+  loading = true
+  try {
+    const started = process.hrtime.bigint()
+    const dir = await realPathOf(p.dir)
+    if (dir === null) return loadFailed(res, `codeDir ${p.dir} does not exist`)
+    const entryFile = join(dir, p.file)
+    if (relative(dir, entryFile).startsWith('..')) return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: 'entrypoint escapes codeDir' })
+    if (!(await isFile(entryFile))) return loadFailed(res, `entrypoint ${p.file} not found in codeDir`)
+
+    boundFn = p.name
+    codeDir = dir
+    setEnv(p.env)
+    let url = pathToFileURL(entryFile).href
+    if (imported) url += `?kdl=${nextGeneration()}`
+    imported = true
+    let fn
+    try {
+      const ns = await import(url)
+      fn = pickHandler(ns, entryFile, p.exportName)
+    } catch (err) {
+      dropCode()
+      const { describeLoadError } = await import('./load-errors.mjs')
+      const failure = await describeLoadError(err, dir, p.file, entryFile, baseEnv)
+      return sendJson(res, 422, { code: 'KDL_ERR_LOAD_FAILED', ...failure })
+    }
+    if (typeof fn !== 'function') {
+      dropCode()
+      const what = p.exportName === null ? 'a default export or a "handler" export that is a function' : `an export "${p.exportName}" that is a function`
+      return loadFailed(res, `${p.file} has no handler: expected ${what}`)
+    }
+    handler = fn
+    fnName = p.name
+    fnVersion = p.version
+    loads++
+    const loadMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100
+    return sendJson(res, 200, { loadMs, function: fnName, version: fnVersion })
+  } finally {
+    loading = false
+  }
+}
+
+function loadFailed(res, message) {
+  sendJson(res, 422, { code: 'KDL_ERR_LOAD_FAILED', message })
+}
+
+/**
+ * ESM: the named export, else `default` when a function, else `handler`.
+ * CommonJS (the entry is in require.cache after import()): `module.exports[name]`, else module.exports when
+ * a function, else `.default`, else `.handler`.
+ */
+function pickHandler(ns, entryFile, exportName) {
+  const cjs = nodeModule().createRequire(import.meta.url).cache[entryFile]
+  if (cjs === undefined) {
+    if (exportName !== null) return ns[exportName]
+    return typeof ns.default === 'function' ? ns.default : ns.handler
+  }
+  const exp = cjs.exports
+  if (exportName !== null) return exp?.[exportName]
+  if (typeof exp === 'function') return exp
+  return typeof exp?.default === 'function' ? exp.default : exp?.handler
+}
+
+function unload(res) {
+  if (loading) return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message: 'a load is in progress' })
+  handler = null
+  fnName = null
+  fnVersion = null
+  dropCode()
+  sendJson(res, 200, { unloaded: true })
+}
+
+/** Forgets the function's CommonJS modules and environment (ES modules are made fresh on the next load). */
+function dropCode() {
+  if (codeDir !== null && imported) {
+    const cache = nodeModule().createRequire(import.meta.url).cache
+    const prefix = codeDir.endsWith(sep) ? codeDir : codeDir + sep
+    for (const key of Object.keys(cache)) if (key.startsWith(prefix)) delete cache[key]
+  }
+  setEnv(null)
+}
+
+/** Makes the next import see new module URLs; registers the loader hooks the first time. */
+function nextGeneration() {
+  if (generationView === null) {
+    generationView = new Int32Array(new SharedArrayBuffer(4))
+    nodeModule().register('./loader-hooks.mjs', import.meta.url, {
+      data: { gen: generationView, self: SELF_DIR },
+    })
+  }
+  generation++
+  Atomics.store(generationView, 0, generation)
+  return generation
+}
+
+function setEnv(extra) {
+  const env = process.env
+  for (const key of Object.keys(env)) if (!Object.hasOwn(baseEnv, key)) delete env[key]
+  for (const key in baseEnv) if (env[key] !== baseEnv[key]) env[key] = baseEnv[key]
+  if (extra !== null) for (const key in extra) env[key] = extra[key]
+}
+
+function realPathOf(p) {
+  return new Promise((done) => realpath(resolvePath(p), (err, real) => done(err ? null : real)))
+}
+
+function isFile(p) {
+  return new Promise((done) => stat(p, (err, st) => done(!err && st.isFile())))
+}
+
+// --- plumbing -----------------------------------------------------------------------------------------
+
+function sendJson(res, status, value) {
+  res.writeHead(status, JSON_TYPE)
+  res.end(JSON.stringify(value))
+}
+
+function describe(value) {
+  try {
+    return typeof value === 'string' ? value : util().inspect(value)
+  } catch {
+    return 'unprintable value'
+  }
+}
+
+let utilModule = null
+function util() {
+  return (utilModule ??= process.getBuiltinModule('node:util'))
+}
+
+let moduleModule = null
+function nodeModule() {
+  return (moduleModule ??= process.getBuiltinModule('node:module'))
+}
+
+function exitNow() {
+  process.exit(0)
+}
+
+function fatal(message) {
+  process.stderr.write(`kindling node runtime: ${message}\n`)
+  process.exit(1)
+}
+
+/** Path of the Unix socket, removed on SIGTERM; null for TCP. */
+let socketPath = null
+
+function listen(server, spec) {
+  if (spec === undefined || spec === '') fatal('KINDLING_LISTEN is not set (unix:/abs/path.sock or tcp:HOST:PORT)')
+  if (spec.startsWith('unix:')) {
+    const path = spec.slice(5)
+    if (!isAbsolute(path)) fatal(`KINDLING_LISTEN ${spec}: the socket path must be absolute`)
+    // Listen on a temporary name and rename it into place once listening, so that the socket file appears
+    // only when it accepts connections (and atomically replaces a stale one). Paths too long for a
+    // sun_path with the suffix are listened on directly.
+    const tmp = `${path}.${process.pid}`
+    const direct = Buffer.byteLength(tmp) > 100
+    removeStaleSocket(path, spec, direct)
+    if (!direct) removeStaleSocket(tmp, spec, true)
+    socketPath = path
+    server.listen(direct ? path : tmp, () => {
+      if (!direct) renameSync(tmp, path)
+    })
+    return
+  }
+  const m = /^tcp:(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(spec)
+  if (m === null || Number(m[3]) > 65535) fatal(`KINDLING_LISTEN ${spec} is not unix:/abs/path.sock or tcp:HOST:PORT`)
+  server.listen(Number(m[3]), m[1] ?? m[2] ?? '0.0.0.0')
+}
+
+/** Refuses a path that exists and is not a socket; unlinks a stale socket when asked to. */
+function removeStaleSocket(path, spec, unlink) {
+  let st = null
+  try {
+    st = lstatSync(path)
+  } catch (err) {
+    if (err.code !== 'ENOENT') fatal(`KINDLING_LISTEN ${spec}: ${err.message}`)
+  }
+  if (st === null) return
+  if (!st.isSocket()) fatal(`KINDLING_LISTEN ${spec}: ${path} exists and is not a socket`)
+  if (unlink) unlinkSync(path)
+}
+
+const server = createServer({ requireHostHeader: false, requestTimeout: 0 }, onRequest)
+// Connections from the platform are reused; keep them longer than clients' usual 4-5 s idle timeouts.
+server.keepAliveTimeout = 65_000
+server.on('error', (err) => fatal(`cannot listen on ${process.env.KINDLING_LISTEN}: ${err.message}`))
+
+function terminate() {
+  if (terminating) return
+  terminating = true
+  if (socketPath !== null) {
+    try {
+      unlinkSync(socketPath)
+    } catch {}
+  }
+  server.close(exitNow)
+  server.closeIdleConnections()
+  if (inflight === 0) exitNow()
+}
+process.on('SIGTERM', terminate)
+process.on('SIGINT', terminate)
+
+listen(server, process.env.KINDLING_LISTEN)
