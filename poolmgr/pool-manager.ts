@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { ContainerBackend, InstanceExit } from '../common/backend.js'
 import { KdlError } from '../common/errors.js'
-import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
+import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
 import { dispatcherFor, load, unload } from './runtime-client.js'
 
@@ -34,6 +34,8 @@ export interface AdaptiveOptions {
 export interface Resources {
   memoryMb: number
   cpu: number
+  /** Generic instances have no network; a function asking for egress gets instances of its own. */
+  network: NetworkMode
 }
 
 interface GenericPool {
@@ -164,7 +166,7 @@ export class PoolManager {
   resourcesOf(record: FunctionRecord): Resources {
     const rt = this.runtime(record.runtime)
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
-    return { memoryMb: record.memoryMb ?? rt.memoryMb, cpu: record.cpu ?? rt.cpu }
+    return { memoryMb: record.memoryMb ?? rt.memoryMb, cpu: record.cpu ?? rt.cpu, network: record.network }
   }
 
   /**
@@ -197,7 +199,7 @@ export class PoolManager {
   /** A started, code-less instance of the runtime with matching resources, or undefined (never waits). */
   takeGeneric(runtime: string, res: Resources): Instance | undefined {
     const pool = this.#generic.get(runtime)
-    if (pool === undefined || pool.spec.memoryMb !== res.memoryMb || pool.spec.cpu !== res.cpu) return undefined
+    if (pool === undefined || pool.spec.memoryMb !== res.memoryMb || pool.spec.cpu !== res.cpu || res.network !== 'none') return undefined
     const inst = pool.idle.shift()
     if (inst !== undefined) this.#fillGeneric(runtime)
     return inst
@@ -217,7 +219,7 @@ export class PoolManager {
     let handle
     try {
       handle = await this.backend.start({
-        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: 'none', quarantine, image: spec.image,
+        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image,
       })
     } catch (err) {
       this.#reserved -= res.memoryMb
@@ -366,7 +368,7 @@ export class PoolManager {
     while (pool.idle.length + pool.starting < pool.target) {
       pool.starting++
       const spec = pool.spec
-      this.start(runtime, `generic:${runtime}`, { memoryMb: spec.memoryMb, cpu: spec.cpu }, false, false).then((inst) => {
+      this.start(runtime, `generic:${runtime}`, { memoryMb: spec.memoryMb, cpu: spec.cpu, network: 'none' }, false, false).then((inst) => {
         pool.starting--
         // The runtime may have been resized or removed while this one started.
         if (this.#generic.get(runtime) === pool && pool.spec === spec && pool.idle.length < pool.target) pool.idle.push(inst)

@@ -110,14 +110,20 @@ export class InstanceTable {
     }
     if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)
     return new Promise<Granted>((resolve, reject) => {
-      const waiter: Waiter = {
-        resolve, reject, since: performance.now(),
-        timer: setTimeout(() => {
-          const i = entry.waiters.indexOf(waiter)
-          if (i >= 0) entry.waiters.splice(i, 1)
-          reject(saturated(entry.spec, `function "${name}" is saturated: no instance was free within ${entry.spec.queueTimeoutMs} ms`))
-        }, entry.spec.queueTimeoutMs),
+      const onTimeout = (): void => {
+        const i = entry.waiters.indexOf(waiter)
+        if (i < 0) return
+        // A call whose own instance is being started is not saturated, only cold: it waits on (the
+        // acquisition itself is bounded by the start timeout). Only calls beyond the capacity that is
+        // on its way are refused.
+        if (i < (entry.pending + recyclingSlots(entry)) * entry.spec.concurrency) {
+          waiter.timer = setTimeout(onTimeout, entry.spec.queueTimeoutMs)
+          return
+        }
+        entry.waiters.splice(i, 1)
+        reject(saturated(entry.spec, `function "${name}" is saturated: no instance was free within ${entry.spec.queueTimeoutMs} ms`))
       }
+      const waiter: Waiter = { resolve, reject, since: performance.now(), timer: setTimeout(onTimeout, entry.spec.queueTimeoutMs) }
       entry.waiters.push(waiter)
       this.#scale(entry)
     })
@@ -213,8 +219,7 @@ export class InstanceTable {
   #scale(entry: RouteEntry): void {
     if (entry.stale) return
     const { concurrency, maxInstances } = entry.spec
-    let recycling = 0
-    for (const s of entry.slots) if (s.recycling) recycling++
+    const recycling = recyclingSlots(entry)
     while (entry.waiters.length > (entry.pending + recycling) * concurrency && entry.slots.length + entry.pending < maxInstances) {
       entry.pending++
       this.#executor.acquire(entry.spec.name, entry.spec.version).then(
@@ -308,6 +313,12 @@ export class InstanceTable {
       }
     }
   }
+}
+
+function recyclingSlots(entry: RouteEntry): number {
+  let n = 0
+  for (const s of entry.slots) if (s.recycling) n++
+  return n
 }
 
 function saturated(spec: RouteSpec, message: string): KdlError {

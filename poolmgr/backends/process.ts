@@ -216,16 +216,30 @@ export class ProcessBackend implements ContainerBackend {
     const dir = join(this.#opts.runDir, id)
     let meta = live?.meta
     if (meta === undefined) meta = await readMeta(dir)
-    if (live !== undefined) live.stopping = true
-    if (meta?.cgroup !== undefined && this.#opts.cgroups !== undefined) {
-      await this.#opts.cgroups.destroy(meta.cgroup)
-    }
     if (live !== undefined) {
+      live.stopping = true
       if (live.child.exitCode === null && live.child.signalCode === null) {
-        try { process.kill(-live.meta.pid, 'SIGKILL') } catch { /* already gone */ }
+        // Inner first: the namespace's init dies (taking every process of the namespace with it) and
+        // is reaped by `unshare`, our child, which then exits. Killing `unshare` first would orphan
+        // the init to the host's pid 1, whose late reaping keeps the cgroup busy.
+        const inner = this.#opts.namespaces ? await childrenOf(live.meta.pid) : []
+        for (const pid of inner) {
+          try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ }
+        }
+        const exited = inner.length > 0 && await Promise.race([live.exited.then(() => true), new Promise<false>((r) => setTimeout(r, 2000, false).unref())])
+        if (!exited) {
+          try { process.kill(-live.meta.pid, 'SIGKILL') } catch { /* already gone */ }
+        }
       }
       await live.exited
       this.#live.delete(id)
+    }
+    if (meta?.cgroup !== undefined && this.#opts.cgroups !== undefined) {
+      // Whatever is left (a process that left the group's process group) dies with the group.
+      await this.#opts.cgroups.destroy(meta.cgroup)
+    }
+    if (live !== undefined) {
+      // stopped above
     } else if (meta !== undefined && meta.pid > 0 && await isOurs(meta.pid, id)) {
       try { process.kill(-meta.pid, 'SIGKILL') } catch { try { process.kill(meta.pid, 'SIGKILL') } catch { /* gone */ } }
     }
@@ -298,6 +312,16 @@ export class ProcessBackend implements ContainerBackend {
 
 async function readMeta(dir: string): Promise<Meta | undefined> {
   try { return JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as Meta } catch { return undefined }
+}
+
+/** Direct children of a process (its main thread's), from procfs. */
+async function childrenOf(pid: number): Promise<number[]> {
+  try {
+    const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')
+    return text.split(' ').filter((x) => x !== '').map(Number)
+  } catch {
+    return []
+  }
 }
 
 /** Guards against pid reuse: the process must still carry the instance id on its command line. */

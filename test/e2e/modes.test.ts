@@ -1,5 +1,5 @@
 import t from 'tap'
-import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 /** Leaves a trace in every place state can leak through: a global, a /tmp file, process.env. */
@@ -41,116 +41,122 @@ async function routed(p: TestPlatform, fn: string): Promise<{ instances: number;
   return (res.json['functions'] as Array<{ function: string; instances: number; busy: number }>).find((x) => x.function === fn)
 }
 
-t.test('ephemeral: nothing reaches the next call, and prewarm keeps every call prewarmed', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('eph', { runtime: 'node', code: STATEFUL, mode: 'ephemeral', prewarm: 2 })
-  const seen = new Set<string>()
-  for (let i = 0; i < 4; i++) {
-    await waitFor(async () => (await poolOf(p, 'eph'))?.idle === 2, 'the prewarm pool to be full')
-    const [r] = await calls(p, 'eph', 1)
-    t.match(r, { count: 1, sawFile: false, sawEnv: false, start: 'prewarmed' }, `call ${i} starts from nothing`)
-    seen.add(r!.boot)
-  }
-  t.equal(seen.size, 4, 'every call ran in its own instance')
-  await waitFor(async () => (await poolOf(p, 'eph'))?.idle === 2, 'the pool to be back to 2 after the calls')
-})
 
-t.test('recycle: module state and env are fresh on every call, the instance is kept until maxInvocations', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('rec', { runtime: 'node', code: STATEFUL, mode: 'recycle', maxInvocations: 3 })
-  const r = await calls(p, 'rec', 4)
-  t.same(r.map((x) => x.count), [1, 1, 1, 1], 'the module is evaluated afresh for each call')
-  t.same(r.map((x) => x.sawEnv), [false, false, false, false], 'env changes do not survive the unload')
-  t.equal(r[0]!.boot, r[1]!.boot, 'the same instance serves the next call')
-  t.equal(r[1]!.boot, r[2]!.boot)
-  t.equal(r[1]!.sawFile, true, 'recycle keeps the instance (and its /tmp) between calls')
-  t.not(r[3]!.boot, r[0]!.boot, 'after maxInvocations the instance is replaced')
-  t.equal(r[3]!.sawFile, false, 'the new instance has a fresh /tmp')
-})
-
-t.test('persistent: state survives between calls, and the instance is reaped after idleTimeoutMs', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('per', { runtime: 'node', code: STATEFUL, mode: 'persistent', idleTimeoutMs: 300 })
-  const r = await calls(p, 'per', 3)
-  t.same(r.map((x) => x.count), [1, 2, 3])
-  t.same(r.map((x) => x.sawEnv), [false, true, true])
-  t.same(r.map((x) => x.sawFile), [false, true, true])
-  t.same(r.slice(1).map((x) => x.start), ['warm', 'warm'])
-  await waitFor(async () => (await routed(p, 'per'))?.instances === 0, 'the idle instance to be reaped')
-  const [after] = await calls(p, 'per', 1)
-  t.not(after!.boot, r[0]!.boot, 'a new instance serves the call after the reap')
-  t.equal(after!.count, 1)
-})
-
-t.test('reaping waits for calls in flight', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('slow', { runtime: 'node', code: STATEFUL, mode: 'persistent', idleTimeoutMs: 100 })
-  const res = await p.invoke('slow', { path: '?ms=700' })
-  t.equal(res.status, 200, 'a call longer than idleTimeoutMs is not cut by the reaper')
-  t.equal((res.json() as Trace).count, 1)
-})
-
-t.test('an update while a call is in flight: the call finishes on the old version, the next one gets the new', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('upd', { runtime: 'node', mode: 'persistent', code: 'export default async () => { await new Promise(r => setTimeout(r, 500)); return "old" }' })
-  await p.invoke('upd')
-  const inflight = p.invoke('upd')
-  await waitFor(async () => (await routed(p, 'upd'))?.busy === 1, 'the call to be in flight')
-  const dep = await p.deploy('upd', { runtime: 'node', mode: 'persistent', code: 'export default () => "new"' })
-  t.equal(dep.status, 200)
-  t.equal((await p.invoke('upd')).text, 'new')
-  t.equal((await inflight).text, 'old', 'the in-flight call was drained, not killed')
-})
-
-t.test('a burst of 50 calls with concurrency 1 and maxInstances 4 starts at most 4 instances and answers all', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('burst', { runtime: 'node', code: STATEFUL, mode: 'persistent', concurrency: 1, maxInstances: 4 })
-  let peak = 0
-  let polling = true
-  const poller = (async () => {
-    while (polling) {
-      peak = Math.max(peak, (await routed(p, 'burst'))?.instances ?? 0)
-      await new Promise((r) => setTimeout(r, 10))
+for (const backend of BACKENDS) {
+ t.test(`on the ${backend} backend`, async (t) => {
+  t.test('ephemeral: nothing reaches the next call, and prewarm keeps every call prewarmed', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('eph', { runtime: 'node', code: STATEFUL, mode: 'ephemeral', prewarm: 2 })
+    const seen = new Set<string>()
+    for (let i = 0; i < 4; i++) {
+      await waitFor(async () => (await poolOf(p, 'eph'))?.idle === 2, 'the prewarm pool to be full')
+      const [r] = await calls(p, 'eph', 1)
+      t.match(r, { count: 1, sawFile: false, sawEnv: false, start: 'prewarmed' }, `call ${i} starts from nothing`)
+      seen.add(r!.boot)
     }
-  })()
-  const answers = await Promise.all(Array.from({ length: 50 }, () => p.invoke('burst', { path: '?ms=30' })))
-  polling = false
-  await poller
-  t.same(answers.map((a) => a.status), Array(50).fill(200), 'all 50 answered')
-  const boots = new Set(answers.map((a) => (a.json() as Trace).boot))
-  t.ok(boots.size <= 4, `served by ${boots.size} instances`)
-  t.ok(peak <= 4, `at most 4 instances at once (saw ${peak})`)
-})
+    t.equal(seen.size, 4, 'every call ran in its own instance')
+    await waitFor(async () => (await poolOf(p, 'eph'))?.idle === 2, 'the pool to be back to 2 after the calls')
+  })
 
-t.test('a burst of first calls with concurrency 10 starts one instance', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('shared', { runtime: 'node', code: STATEFUL, mode: 'persistent', concurrency: 10 })
-  const answers = await Promise.all(Array.from({ length: 10 }, () => p.invoke('shared', { path: '?ms=50' })))
-  t.same(answers.map((a) => a.status), Array(10).fill(200))
-  t.equal(new Set(answers.map((a) => (a.json() as Trace).boot)).size, 1, 'one instance took all ten')
-})
+  t.test('recycle: module state and env are fresh on every call, the instance is kept until maxInvocations', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('rec', { runtime: 'node', code: STATEFUL, mode: 'recycle', maxInvocations: 3 })
+    const r = await calls(p, 'rec', 4)
+    t.same(r.map((x) => x.count), [1, 1, 1, 1], 'the module is evaluated afresh for each call')
+    t.same(r.map((x) => x.sawEnv), [false, false, false, false], 'env changes do not survive the unload')
+    t.equal(r[0]!.boot, r[1]!.boot, 'the same instance serves the next call')
+    t.equal(r[1]!.boot, r[2]!.boot)
+    t.equal(r[1]!.sawFile, true, 'recycle keeps the instance (and its /tmp) between calls')
+    t.not(r[3]!.boot, r[0]!.boot, 'after maxInvocations the instance is replaced')
+    t.equal(r[3]!.sawFile, false, 'the new instance has a fresh /tmp')
+  })
 
-t.test('calls beyond the queue wait get 429 KDL_ERR_SATURATED with Retry-After, never a hang', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('sat', { runtime: 'node', code: STATEFUL, mode: 'persistent', maxInstances: 1, queueTimeoutMs: 100 })
-  const answers = await Promise.all(Array.from({ length: 3 }, () => p.invoke('sat', { path: '?ms=600' })))
-  const statuses = answers.map((a) => a.status).sort()
-  t.same(statuses, [200, 429, 429])
-  const refused = answers.find((a) => a.status === 429)!
-  t.equal((refused.json() as Record<string, unknown>)['code'], 'KDL_ERR_SATURATED')
-  t.equal(refused.headers['retry-after'], '1')
-})
+  t.test('persistent: state survives between calls, and the instance is reaped after idleTimeoutMs', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('per', { runtime: 'node', code: STATEFUL, mode: 'persistent', idleTimeoutMs: 300 })
+    const r = await calls(p, 'per', 3)
+    t.same(r.map((x) => x.count), [1, 2, 3])
+    t.same(r.map((x) => x.sawEnv), [false, true, true])
+    t.same(r.map((x) => x.sawFile), [false, true, true])
+    t.same(r.slice(1).map((x) => x.start), ['warm', 'warm'])
+    await waitFor(async () => (await routed(p, 'per'))?.instances === 0, 'the idle instance to be reaped')
+    const [after] = await calls(p, 'per', 1)
+    t.not(after!.boot, r[0]!.boot, 'a new instance serves the call after the reap')
+    t.equal(after!.count, 1)
+  })
 
-t.test('metrics count invocations and cold starts by kind', async (t) => {
-  const p = await startPlatform(t)
-  await p.deploy('met', { runtime: 'node', code: 'export default () => "m"', mode: 'persistent' })
-  await p.invoke('met')
-  await p.invoke('met')
-  const res = await fetch(`${p.url}/metrics`)
-  const text = await res.text()
-  t.match(text, /kindling_invocations_total\{function="met",code="200"\} 2/)
-  t.match(text, /kindling_cold_starts_total\{kind="(specialized|cold)"\} 1/)
-  t.match(text, /kindling_cold_start_phase_seconds_count\{phase="load"\} [1-9]/)
-  t.match(text, /kindling_pool_instances\{pool="generic:node",state="target"\} 1/)
-  t.match(text, /kindling_invocation_duration_seconds_count\{function="met"\} 2/)
-})
+  t.test('reaping waits for calls in flight', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('slow', { runtime: 'node', code: STATEFUL, mode: 'persistent', idleTimeoutMs: 100 })
+    const res = await p.invoke('slow', { path: '?ms=700' })
+    t.equal(res.status, 200, 'a call longer than idleTimeoutMs is not cut by the reaper')
+    t.equal((res.json() as Trace).count, 1)
+  })
+
+  t.test('an update while a call is in flight: the call finishes on the old version, the next one gets the new', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('upd', { runtime: 'node', mode: 'persistent', code: 'export default async () => { await new Promise(r => setTimeout(r, 500)); return "old" }' })
+    await p.invoke('upd')
+    const inflight = p.invoke('upd')
+    await waitFor(async () => (await routed(p, 'upd'))?.busy === 1, 'the call to be in flight')
+    const dep = await p.deploy('upd', { runtime: 'node', mode: 'persistent', code: 'export default () => "new"' })
+    t.equal(dep.status, 200)
+    t.equal((await p.invoke('upd')).text, 'new')
+    t.equal((await inflight).text, 'old', 'the in-flight call was drained, not killed')
+  })
+
+  t.test('a burst of 50 calls with concurrency 1 and maxInstances 4 starts at most 4 instances and answers all', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('burst', { runtime: 'node', code: STATEFUL, mode: 'persistent', concurrency: 1, maxInstances: 4 })
+    let peak = 0
+    let polling = true
+    const poller = (async () => {
+      while (polling) {
+        peak = Math.max(peak, (await routed(p, 'burst'))?.instances ?? 0)
+        await new Promise((r) => setTimeout(r, 10))
+      }
+    })()
+    const answers = await Promise.all(Array.from({ length: 50 }, () => p.invoke('burst', { path: '?ms=30' })))
+    polling = false
+    await poller
+    t.same(answers.map((a) => a.status), Array(50).fill(200), 'all 50 answered')
+    const boots = new Set(answers.map((a) => (a.json() as Trace).boot))
+    t.ok(boots.size <= 4, `served by ${boots.size} instances`)
+    t.ok(peak <= 4, `at most 4 instances at once (saw ${peak})`)
+  })
+
+  t.test('a burst of first calls with concurrency 10 starts one instance', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('shared', { runtime: 'node', code: STATEFUL, mode: 'persistent', concurrency: 10 })
+    const answers = await Promise.all(Array.from({ length: 10 }, () => p.invoke('shared', { path: '?ms=50' })))
+    t.same(answers.map((a) => a.status), Array(10).fill(200))
+    t.equal(new Set(answers.map((a) => (a.json() as Trace).boot)).size, 1, 'one instance took all ten')
+  })
+
+  t.test('calls beyond the queue wait get 429 KDL_ERR_SATURATED with Retry-After, never a hang', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('sat', { runtime: 'node', code: STATEFUL, mode: 'persistent', maxInstances: 1, queueTimeoutMs: 100 })
+    const answers = await Promise.all(Array.from({ length: 3 }, () => p.invoke('sat', { path: '?ms=600' })))
+    const statuses = answers.map((a) => a.status).sort()
+    t.same(statuses, [200, 429, 429])
+    const refused = answers.find((a) => a.status === 429)!
+    t.equal((refused.json() as Record<string, unknown>)['code'], 'KDL_ERR_SATURATED')
+    t.equal(refused.headers['retry-after'], '1')
+  })
+
+  t.test('metrics count invocations and cold starts by kind', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('met', { runtime: 'node', code: 'export default () => "m"', mode: 'persistent' })
+    await p.invoke('met')
+    await p.invoke('met')
+    const res = await fetch(`${p.url}/metrics`)
+    const text = await res.text()
+    t.match(text, /kindling_invocations_total\{function="met",code="200"\} 2/)
+    t.match(text, /kindling_cold_starts_total\{kind="(specialized|cold)"\} 1/)
+    t.match(text, /kindling_cold_start_phase_seconds_count\{phase="load"\} [1-9]/)
+    t.match(text, /kindling_pool_instances\{pool="generic:node",state="target"\} 1/)
+    t.match(text, /kindling_invocation_duration_seconds_count\{function="met"\} 2/)
+  })
+
+ })
+}
