@@ -3,6 +3,7 @@ import { Agent } from 'undici'
 import type { Action, Runner } from './args.js'
 import { registerEventsCommand } from './events.js'
 import { registerFnCommands } from './fn.js'
+import { registerImagesCommands } from './images.js'
 import { ApiClient, CliError } from './http.js'
 import type { CliContext, OutputStream } from './output.js'
 import { registerPoolsCommand } from './pools.js'
@@ -65,6 +66,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerRuntimesCommands(program, run)
   registerPoolsCommand(program, run)
   registerEventsCommand(program, run)
+  registerImagesCommands(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -15,10 +15,13 @@ import { Metrics } from '../common/metrics.js'
 import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
 import { DockerBackend } from '../poolmgr/backends/docker.js'
-import { ProcessBackend } from '../poolmgr/backends/process.js'
-import { ensureNodeImage } from '../poolmgr/images/node-image.js'
+import { ProcessBackend, QUARANTINE_PARENT } from '../poolmgr/backends/process.js'
+import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
 import { detectCgroups } from '../poolmgr/cgroups/index.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
+import { LoadGuard } from '../loadguard/guard.js'
+import { policyFromConfig } from '../loadguard/policy.js'
+import { createCgroupReader } from '../loadguard/reader.js'
 import { buildRouter } from '../router/app.js'
 import { FileStore } from '../store/file-store.js'
 
@@ -42,6 +45,8 @@ export interface Embedded {
   config: Config
   pools: PoolManager
   executor: Executor
+  /** The load guard, unless KINDLING_LOADGUARD_ENABLED is false or no cgroup hierarchy is usable. */
+  loadGuard: LoadGuard | undefined
   close(): Promise<void>
 }
 
@@ -84,15 +89,29 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
 
   const executor = new Executor({ store, pools, codeDirOf: (h) => codeStore.dirOf(h), log: log.child({ component: 'executor' }), metrics, events })
   await executor.restore()
+
+  // ── Load guard (issue 5): samples instance cgroups; started after the executor, stopped first in close(). ──
+  const guardCgroups = config.KINDLING_LOADGUARD_ENABLED ? await detectCgroups() : undefined
+  const loadGuard = guardCgroups === undefined ? undefined : new LoadGuard({
+    pools, backend, reader: createCgroupReader(guardCgroups), events, registry, log: log.child({ component: 'loadguard' }), policy: policyFromConfig(config),
+  })
+  // Docker puts quarantined containers under the cgroupfs parent /kindling-quarantine (the process backend's
+  // quarantine parent, same directory): it gets the same small CPU share the process backend gives it.
+  if (loadGuard !== undefined && backend.name === 'docker') await guardCgroups?.ensureParent(QUARANTINE_PARENT, { cpuShares: 64 })
+  if (config.KINDLING_LOADGUARD_ENABLED && loadGuard === undefined) log.warn('load guard off: no writable cgroup hierarchy (not root?)')
+  loadGuard?.start()
+  // ── end load guard ──
   const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   await app.register(apiPlugin, {
     store, codeStore, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
+    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
   })
   metrics.setPoolSource(() => pools.snapshot())
 
   try {
     await app.listen({ host: config.KINDLING_HOST, port: config.KINDLING_PORT })
   } catch (err) {
+    await loadGuard?.stop()
     await pools.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
@@ -108,8 +127,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     config,
     pools,
     executor,
+    loadGuard,
     close: () => {
       closing ??= (async () => {
+        await loadGuard?.stop()
         await app.close()
         await pools.close()
         await store.close()
@@ -163,4 +184,20 @@ async function createDockerBackend(config: Config, runDir: string, codeRoot: str
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
     log: log.child({ component: 'backend', backend: 'docker' }),
   })
+}
+
+/**
+ * `kindling images build`: builds the node runtime image for the docker backend (also done at `up` when
+ * missing). `force` rebuilds even when the tag exists.
+ */
+export async function buildImages(opts: { env: Record<string, string | undefined>; force: boolean; progress: (line: string) => void }): Promise<{ tag: string; built: boolean; ms: number; size: number }> {
+  const config = loadConfig(opts.env)
+  const docker = new Dockerode({ socketPath: config.KINDLING_DOCKER_SOCKET })
+  try {
+    await docker.ping()
+  } catch (err) {
+    throw new KdlError('KDL_ERR_BACKEND', `no Docker engine answers on ${config.KINDLING_DOCKER_SOCKET} (run scripts/ensure-docker.sh as root)`, { cause: err })
+  }
+  const build = opts.force ? buildNodeImage : ensureNodeImage
+  return build({ docker, serverDir: NODE_SERVER_DIR, nodeBin: config.KINDLING_NODE_BIN, log: (message) => opts.progress(message) })
 }
