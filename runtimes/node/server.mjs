@@ -2,8 +2,8 @@
 // and then runs its handler once per request. The contract is ../PROTOCOL.md; this file implements it on a
 // bare `node` (>= 20.19) with no dependencies and no platform imports, because it is copied into images.
 //
-// Kept lean on purpose: only modules Node has already loaded at start-up are imported here; everything
-// used by loads, unloads and failures is loaded when first needed.
+// Kept lean on purpose: besides node:http, only modules Node has loaded at start-up anyway are imported
+// here; what loads, reloads and failures need is fetched when first needed.
 import { createServer } from 'node:http'
 import { lstatSync, realpath, renameSync, stat, unlinkSync } from 'node:fs'
 import { isAbsolute, join, relative, resolve as resolvePath, sep } from 'node:path'
@@ -194,7 +194,17 @@ function writeLog(level, fn, inv, args) {
   let msg
   if (args.length === 1 && typeof args[0] === 'string') msg = args[0]
   else msg = util().format(...args)
-  process.stdout.write(`${JSON.stringify({ t: Date.now(), level, fn, inv, msg })}\n`)
+  stdout().write(`${JSON.stringify({ t: Date.now(), level, fn, inv, msg })}\n`)
+}
+
+let stdoutStream = null
+/** process.stdout, created on first use (it costs memory); a reader that went away must not kill the instance. */
+function stdout() {
+  if (stdoutStream === null) {
+    stdoutStream = process.stdout
+    stdoutStream.on('error', () => {})
+  }
+  return stdoutStream
 }
 
 function parseQuery(qs) {
@@ -527,8 +537,9 @@ function removeStaleSocket(path, spec, unlink) {
 }
 
 const server = createServer({ requireHostHeader: false, requestTimeout: 0 }, onRequest)
-// Connections from the platform are reused; keep them longer than clients' usual 4-5 s idle timeouts.
-server.keepAliveTimeout = 65_000
+// The platform keeps one connection per concurrent call open for as long as the instance lives (its
+// dispatcher uses a 600 s keep-alive); a shorter idle timeout here would make it reconnect on quiet functions.
+server.keepAliveTimeout = 600_000
 server.on('error', (err) => fatal(`cannot listen on ${process.env.KINDLING_LISTEN}: ${err.message}`))
 
 function terminate() {

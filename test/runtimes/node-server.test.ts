@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync, watch } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, watch, writeFileSync } from 'node:fs'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -427,17 +428,17 @@ t.test('unload then load re-runs a CommonJS entry and the modules it requires', 
 
 t.test('a failed load can be retried and evaluates the module again', async (t) => {
   const rt = await startRuntime(t)
-  const first = await rt.load('top-level-throw')
-  const second = await rt.load('top-level-throw')
+  const first = await rt.load('flaky-start')
   t.equal(first.status, 422)
-  t.equal(second.status, 422)
-  t.equal(second.json().message, first.json().message)
+  t.match(first.json().message, /^Error in index\.mjs:3: first start fails$/)
+  t.equal((await rt.load('flaky-start')).status, 200)
+  t.same((await rt.call('/')).json(), { starts: 2 })
 })
 
 t.test('keeps connections alive with a long idle timeout', async (t) => {
   const rt = await loaded(t, 'hello')
   const res = await rt.call('/')
-  t.match(res.headers['keep-alive'], /timeout=65/)
+  t.match(res.headers['keep-alive'], /timeout=600/)
   t.not(res.headers.connection, 'close')
 })
 
@@ -455,4 +456,59 @@ t.test('starts on a socket path left behind by a killed server', async (t) => {
   t.ok(existsSync(first.sock), 'the killed server left its socket file')
   const second = await startRuntime(t, first.dir)
   t.equal((await second.call('/_/health', { control: true })).json().pid, second.proc.pid)
+})
+
+async function runToExit(env: Record<string, string | undefined>): Promise<Exit & { stderr: string }> {
+  const proc = spawn(process.execPath, [SERVER], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  proc.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk
+  })
+  const exit = await new Promise<Exit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })))
+  return { ...exit, stderr }
+}
+
+t.test('exits 1 with a message naming KINDLING_LISTEN when it is missing or malformed', async (t) => {
+  for (const value of [undefined, 'bogus', 'unix:relative.sock', 'tcp:127.0.0.1:99999']) {
+    const res = await runToExit({ KINDLING_LISTEN: value })
+    t.equal(res.code, 1, String(value))
+    t.match(res.stderr, /KINDLING_LISTEN/, String(value))
+  }
+})
+
+t.test('refuses to replace a file that is not a socket', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kindling-node-rt-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const path = join(dir, 'rt.sock')
+  writeFileSync(path, 'precious')
+  const res = await runToExit({ KINDLING_LISTEN: `unix:${path}` })
+  t.equal(res.code, 1)
+  t.match(res.stderr, /is not a socket/)
+  t.equal(readFileSync(path, 'utf8'), 'precious')
+})
+
+t.test('listens on tcp:HOST:PORT', async (t) => {
+  const port = await new Promise<number>((resolve) => {
+    const probe = createNetServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as AddressInfo
+      probe.close(() => resolve(port))
+    })
+  })
+  const proc = spawn(process.execPath, [SERVER], { env: { KINDLING_LISTEN: `tcp:127.0.0.1:${port}`, PATH: process.env.PATH }, stdio: 'ignore' })
+  const exited = new Promise<Exit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })))
+  const client = new Client(`http://127.0.0.1:${port}`)
+  t.teardown(async () => {
+    await client.close()
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL')
+    await exited
+  })
+  // TCP has no file to watch: each refused connection is the event that triggers the next attempt
+  let health: Reply | undefined
+  while (health === undefined) {
+    if (proc.exitCode !== null) throw new Error('the runtime server exited')
+    health = await send(client, '/_/health', { control: true }).catch(() => undefined)
+  }
+  t.equal(health.json().pid, proc.pid)
+  proc.kill('SIGTERM')
+  t.same(await exited, { code: 0, signal: null })
 })
