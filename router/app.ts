@@ -1,5 +1,5 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { Metrics } from '../common/metrics.js'
@@ -32,7 +32,31 @@ const FN_PREFIX = '/fn/'
  * composition root registers the management API on the same app and calls `listen`.
  */
 export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
-  const app = Fastify({ loggerInstance: deps.log as FastifyBaseLogger, disableRequestLogging: true, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true })
+  // Invocations bypass fastify: `/fn/*` is answered straight from node's request event (no routing,
+  // no request/reply objects, no body parsing — the body is streamed to the instance as it arrives).
+  // Everything else (the /v1 API, /metrics) is fastify's.
+  const log = deps.log as FastifyBaseLogger
+  const serverFactory = (handler: (req: IncomingMessage, res: ServerResponse) => void): Server => {
+    const server = createServer((req, res) => {
+      const url = req.url
+      if (url !== undefined && url.startsWith(FN_PREFIX)) {
+        let end = FN_PREFIX.length
+        while (end < url.length) {
+          const c = url.charCodeAt(end)
+          if (c === 47 /* / */ || c === 63 /* ? */) break
+          end++
+        }
+        if (end > FN_PREFIX.length) {
+          void handleInvocation(url.slice(FN_PREFIX.length, end), req, res, log)
+          return
+        }
+      }
+      handler(req, res)
+    })
+    server.keepAliveTimeout = 72_000
+    return server
+  }
+  const app = Fastify({ loggerInstance: log, disableRequestLogging: true, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
   const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
   const { metrics } = deps
 
@@ -50,19 +74,6 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   app.get('/metrics', async (_request, reply) => {
     void reply.header('content-type', metrics.registry.contentType)
     return metrics.registry.metrics()
-  })
-
-  void app.register(async (fn) => {
-    // Invocation bodies stay unread streams: the proxy forwards them as they arrive.
-    fn.removeAllContentTypeParsers()
-    fn.addContentTypeParser('*', (_request, _payload, done) => done(null))
-
-    const invoke = (request: FastifyRequest<{ Params: { name: string } }>, reply: FastifyReply): void => {
-      reply.hijack()
-      void handleInvocation(request.params.name, request.raw, reply.raw, request.log)
-    }
-    fn.all('/fn/:name', invoke)
-    fn.all('/fn/:name/*', invoke)
   })
 
   async function handleInvocation(name: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {

@@ -28,6 +28,8 @@ export async function forward(
   maxBodyBytes: number,
   startKind: string,
 ): Promise<ForwardResult> {
+  // The caller left while the call waited for an instance: nothing to run it for.
+  if (res.destroyed) return { outcome: 'ok', status: 499 }
   const invocationId = randomUUID()
   const headers: Record<string, string | string[]> = {}
   const inHeaders: IncomingHttpHeaders = req.headers
