@@ -22,6 +22,8 @@ export interface ApiDeps {
   runtimeKinds: readonly string[]
   /** When set, every `/v1` call needs `Authorization: Bearer <token>`. */
   apiToken?: string | undefined
+  /** The load guard's state of a function (`status.loadGuard` in `GET /v1/functions/:name`); absent when the guard is off. */
+  loadGuardState?: ((fn: string) => unknown) | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -39,7 +41,9 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     })
   }
 
-  const view = (r: FunctionRecord): Record<string, unknown> => ({ ...r, status: { instances: executor.instancesOf(r.name) } })
+  const view = (r: FunctionRecord): Record<string, unknown> => ({
+    ...r, status: { instances: executor.instancesOf(r.name), loadGuard: deps.loadGuardState?.(r.name) },
+  })
 
   app.get('/v1/functions', async () => ({ functions: (await store.listFunctions()).map(view) }))
 

@@ -47,6 +47,35 @@ export const ConfigSchema = Type.Object({
   KINDLING_POOL_ADAPT_INTERVAL_MS: Type.Integer({ minimum: 10, default: 5000 }),
   /** Path of the `node` binary instances run (process backend) or copied into the runtime image (docker). @default the platform's own */
   KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
+  // Load guard (issue 5; loadguard/README.md). Ratios are of each instance's own quota / limit.
+  /** Run the load guard (cgroup sampling, throttle / quarantine / kill of noisy functions). @default true */
+  KINDLING_LOADGUARD_ENABLED: Type.Boolean({ default: true }),
+  /** Sampling interval of the load guard, ms. @default 1000 */
+  KINDLING_LOADGUARD_INTERVAL_MS: Type.Integer({ minimum: 10, default: 1000 }),
+  /** Consecutive samples outside the normal range before an instance is throttled. @default 5 */
+  KINDLING_LOADGUARD_SUSTAIN_SAMPLES: Type.Integer({ minimum: 1, default: 5 }),
+  /** Further consecutive outside samples of a throttled instance before its function is quarantined. @default 10 */
+  KINDLING_LOADGUARD_QUARANTINE_SAMPLES: Type.Integer({ minimum: 1, default: 10 }),
+  /** Further consecutive outside samples of a throttled instance of a quarantined function before it is killed. @default 30 */
+  KINDLING_LOADGUARD_KILL_SAMPLES: Type.Integer({ minimum: 1, default: 30 }),
+  /** Fraction of the pids limit that counts as at the limit (hard limit). @default 0.9 */
+  KINDLING_LOADGUARD_PIDS_RATIO: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.9 }),
+  /** Consecutive samples at the pids limit before the instance is killed. @default 5 */
+  KINDLING_LOADGUARD_PIDS_KILL_SAMPLES: Type.Integer({ minimum: 1, default: 5 }),
+  /** Time without any outside sample before a function's throttles and quarantine are lifted, ms. @default 60000 */
+  KINDLING_LOADGUARD_COOLDOWN_MS: Type.Integer({ minimum: 0, default: 60_000 }),
+  /** Samples a function's learned range needs before it is used (the ceilings apply meanwhile). @default 30 */
+  KINDLING_LOADGUARD_MIN_SAMPLES: Type.Integer({ minimum: 1, default: 30 }),
+  /** CPU (fraction of the quota) below which a sample is never outside the range. @default 0.5 */
+  KINDLING_LOADGUARD_CPU_FLOOR: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
+  /** CPU (fraction of the quota) at or above which a sample is always outside the range. @default 0.9 */
+  KINDLING_LOADGUARD_CPU_CEILING: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.9 }),
+  /** Memory (fraction of the limit) below which a sample is never outside the range. @default 0.8 */
+  KINDLING_LOADGUARD_MEMORY_FLOOR: Type.Number({ minimum: 0, maximum: 1, default: 0.8 }),
+  /** Memory (fraction of the limit) at or above which a sample is always outside the range. @default 0.95 */
+  KINDLING_LOADGUARD_MEMORY_CEILING: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.95 }),
+  /** A throttle lowers the CPU quota to this fraction of the original (at least the function's learned mean). @default 0.25 */
+  KINDLING_LOADGUARD_THROTTLE_CPU: Type.Number({ minimum: 0.01, maximum: 1, default: 0.25 }),
 })
 export type Config = Readonly<Static<typeof ConfigSchema>>
 
