@@ -27,13 +27,14 @@ export class Executor implements ExecutorClient {
   readonly #records = new Map<string, FunctionRecord>()
   readonly #leased = new Map<string, Instance>()
   readonly #listeners = new Set<(e: ExecutorEvent) => void>()
+  readonly #reported = new Set<string>()
 
   constructor(opts: ExecutorOptions) {
     this.#o = opts
     opts.pools.onInstanceGone((inst, exit) => {
       this.#leased.delete(inst.id)
       if (inst.fn !== undefined) {
-        opts.events.add({ type: exit.reason === 'oom' ? 'instance-oom' : 'instance-crashed', function: inst.fn, instance: inst.id, message: `instance ${exit.reason}`, data: { code: exit.code, signal: exit.signal } })
+        this.#reportExit(inst.fn, inst.id, exit.reason, { code: exit.code, signal: exit.signal })
         this.#emit({ type: 'instance-gone', name: inst.fn, instanceId: inst.id, reason: exit.reason })
       }
     })
@@ -118,8 +119,17 @@ export class Executor implements ExecutorClient {
   }
 
   async diagnose(lease: Lease): Promise<'oom' | 'crashed'> {
-    const reason = await this.#o.pools.backend.exitReason(lease.instanceId)
-    return reason === 'oom' ? 'oom' : 'crashed'
+    const reason = await this.#o.pools.backend.exitReason(lease.instanceId) === 'oom' ? 'oom' : 'crashed'
+    this.#reportExit(lease.fn, lease.instanceId, reason, { during: 'call' })
+    return reason
+  }
+
+  /** One event per lost instance, whichever noticed first: the backend's exit watch or a failed call. */
+  #reportExit(fn: string, instance: string, reason: string, data: Record<string, unknown>): void {
+    if (this.#reported.has(instance)) return
+    this.#reported.add(instance)
+    if (this.#reported.size > 1000) this.#reported.delete(this.#reported.values().next().value as string)
+    this.#o.events.add({ type: reason === 'oom' ? 'instance-oom' : 'instance-crashed', function: fn, instance, message: `instance ${reason}`, data })
   }
 
   subscribe(listener: (e: ExecutorEvent) => void): () => void {

@@ -91,6 +91,22 @@ for (const backend of BACKENDS) {
     t.not(after.headers['x-kindling-start'], 'warm', 'served by a new instance')
   })
 
+  t.test('a function that allocates without bound gets 502 KDL_ERR_FN_OOM and the function recovers', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('hog', {
+      runtime: 'node', mode: 'persistent', memoryMb: 64,
+      code: 'const keep = []; export default (e) => { if (e.query.grow) for (;;) keep.push(Buffer.alloc(1 << 20, 1)); return "fine" }',
+    })
+    t.equal((await p.invoke('hog')).text, 'fine')
+    const res = await p.invoke('hog', { path: '?grow=1' })
+    t.equal(res.status, 502, res.text)
+    t.equal(res.headers['x-kindling-error'], 'unhandled')
+    t.equal((res.json() as Record<string, unknown>)['code'], 'KDL_ERR_FN_OOM')
+    const events = await p.api('GET', '/v1/events?function=hog')
+    t.ok((events.json['events'] as Array<{ type: string }>).some((e) => e.type === 'instance-oom'), 'the OOM kill is a platform event')
+    t.equal((await p.invoke('hog')).text, 'fine', 'a new instance serves the next call')
+  })
+
   t.test('an invocation body over the limit answers 413', async (t) => {
     const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_MAX_BODY_BYTES: 1024 })
     await p.deploy('sink', { runtime: 'node', code: 'export default (e) => String(e.body.length)' })
