@@ -1,0 +1,70 @@
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { waitQuiet } from './proc.js'
+import type { Latency } from './stats.js'
+
+/** One measurement: autocannon against a URL (or a Unix socket), after a warm-up run. */
+export interface LoadRequest {
+  /** Target; with `socketPath`, only its path and Host header are used. */
+  url: string
+  socketPath?: string
+  connections: number
+  durationS: number
+  warmupS: number
+  headers?: Record<string, string>
+  /** Wait at most this long for the machine to be quiet before starting. @default 0 */
+  quietMs?: number
+}
+
+export interface LoadResult {
+  /** 2xx answers in the measured run. */
+  requests: number
+  /** 2xx answers per second of the measured run. */
+  rps: number
+  durationS: number
+  errors: number
+  timeouts: number
+  non2xx: number
+  byStatus: Record<string, number>
+  /** Client-side latency of 2xx answers, ms. */
+  latency: Latency
+  /** How busy the machine's CPUs were just before the run (other processes), %. */
+  busyBeforePct?: number
+}
+
+const LOAD_GEN = fileURLToPath(new URL('./load-gen.js', import.meta.url))
+
+/**
+ * Runs the load generator in its own process. Its environment is only PATH: nothing of ours
+ * (NODE_OPTIONS, --cpu-prof, NODE_EXTRA_CA_CERTS) follows it.
+ */
+export async function runLoad(req: LoadRequest): Promise<LoadResult> {
+  const busyBeforePct = await waitQuiet(req.quietMs ?? 0)
+  const result = await runChild(req)
+  return { ...result, busyBeforePct }
+}
+
+function runChild(req: LoadRequest): Promise<LoadResult> {
+  const child = fork(LOAD_GEN, [], { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  return new Promise((resolve, reject) => {
+    let settled = false
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      finish(new Error(`load generator did not finish within ${req.warmupS + req.durationS + 60} s`))
+    }, (req.warmupS + req.durationS + 60) * 1000)
+    const finish = (err: Error | null, result?: LoadResult): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      if (err !== null) reject(err)
+      else resolve(result as LoadResult)
+    }
+    child.once('message', (msg: { ok: boolean; result?: LoadResult; message?: string }) => {
+      if (msg.ok && msg.result !== undefined) finish(null, msg.result)
+      else finish(new Error(`load generator failed: ${msg.message ?? 'unknown error'}`))
+    })
+    child.once('error', (err) => finish(err))
+    child.once('exit', (code, signal) => finish(new Error(`load generator exited (code ${code}, signal ${signal}) without a result`)))
+    child.send(req)
+  })
+}

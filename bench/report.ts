@@ -1,0 +1,143 @@
+import type { ColdKind, ColdResult } from './cold.js'
+import type { LoadResult } from './load.js'
+import type { SelfTime } from './profile.js'
+import type { RssRow } from './rss.js'
+import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
+import type { ModeRow, WarmRow } from './warm.js'
+
+export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'docker'] as const
+export type Section = typeof SECTIONS[number]
+
+/** Everything one run measured: written as JSON, printed as tables. */
+export interface Results {
+  startedAt: string
+  finishedAt?: string
+  seconds?: number
+  flags: { quick: boolean; only: Section[]; backend: string; profile: boolean }
+  machine: { cpus: number; cpu: string; node: string; kernel: string; commit: string; loadavgStart: number; loadavgEnd?: number }
+  settings: { durationS: number; warmupS: number; quietMs: number; coldFunctions: number; rssInstances: number; helloSpec: Record<string, unknown> }
+  notes: string[]
+  bare: {
+    rssGenericMb: number
+    rssLoadedMb: number
+    loadMs: number
+    byConnections: Record<string, LoadResult>
+    /** Bare equivalents of each start kind, from fresh servers (see bareColdStarts). */
+    starts?: Record<ColdKind, Latency>
+  }
+  warm?: { rows: WarmRow[]; profile?: { file: string; idlePct: number; categories: Array<{ category: string; pct: number }>; top: SelfTime[] } }
+  cold?: { warm: Latency; kinds: ColdResult[] }
+  ephemeral?: { bare: LoadResult; rows: ModeRow[] }
+  rss?: RssRow[]
+  docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
+  errors: Array<{ section: string; message: string }>
+  /** Seconds each section took. */
+  timings: Record<string, number>
+  summary: Array<{ target: string; measured: string; pass: boolean | null }>
+}
+
+/** Errors and non-2xx answers of a run, with their status codes. */
+function failed(r: LoadResult): string {
+  const codes = Object.entries(r.byStatus).filter(([c]) => !c.startsWith('2')).map(([c, n]) => `${c}:${n}`)
+  const parts = [...(r.errors > 0 ? [`err:${r.errors}`] : []), ...codes]
+  return parts.length === 0 ? '0' : parts.join(' ')
+}
+
+/** How busy the machine was (other processes) just before a run. */
+function busy(r: LoadResult): string {
+  return r.busyBeforePct === undefined ? '-' : `${Math.round(r.busyBeforePct)}%`
+}
+
+
+function bareRps(r: Results, connections: number): number | undefined {
+  return r.bare.byConnections[String(connections)]?.rps
+}
+
+/** The tables of a run. */
+export function render(r: Results): string {
+  const out: string[] = []
+  out.push(`Kindling bench — ${r.startedAt} — ${r.machine.cpus} × ${r.machine.cpu}, node ${r.machine.node}, kernel ${r.machine.kernel}, commit ${r.machine.commit}`)
+  out.push(`machine load average (1 min) at start ${r.machine.loadavgStart.toFixed(2)}, at end ${(r.machine.loadavgEnd ?? Number.NaN).toFixed(2)}; "busy before" = CPU use by anything just before a run (waited up to ${r.settings.quietMs / 1000} s for < 15%)`)
+  out.push(`load: autocannon in a child process, ${r.settings.warmupS} s warm-up + ${r.settings.durationS} s per row; bare = runtimes/node/server.mjs on a Unix socket, no platform`)
+  for (const n of r.notes) out.push(`note: ${n}`)
+  out.push(`bare server RSS: ${fmt(r.bare.rssGenericMb)} MB generic, ${fmt(r.bare.rssLoadedMb)} MB with hello loaded (load ${ms(r.bare.loadMs)})`)
+  const bs = r.bare.starts
+  if (bs !== undefined) {
+    out.push(`bare start kinds (fresh servers, p50): first call ${ms(bs.prewarmed.p50)} (≙ prewarmed), load + first call ${ms(bs.specialized.p50)} (≙ specialized), spawn + load + first call ${ms(bs.cold.p50)} (≙ cold)`)
+  }
+
+  if (r.warm !== undefined) {
+    const rows = r.warm.rows.map((w) => {
+      const bare = r.bare.byConnections[String(w.connections)]
+      return [w.target, w.connections, round(w.result.rps, 0), ms(w.result.latency.p50), ms(w.result.latency.p99),
+        w.target === 'bare' ? '1.00x' : times(ratio(w.result.rps, bare?.rps)),
+        w.target === 'bare' ? '-' : ms(w.result.latency.p50 - (bare?.latency.p50 ?? Number.NaN)), failed(w.result), busy(w.result)]
+    })
+    out.push(table('1. warm path: hello, persistent (router: 1 instance, concurrency 64)', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', '+p50 vs bare', 'failed', 'busy before'], rows))
+    if (r.warm.profile !== undefined) {
+      const prof = r.warm.profile
+      const top = prof.top.filter((s) => s.own).slice(0, 12)
+      out.push(`\nrouter CPU profile @32 conns: ${prof.file}; the platform process was idle ${prof.idlePct.toFixed(0)}% of the time`)
+      out.push(table('router CPU profile: busy time by category', ['category', '% of busy'], prof.categories.slice(0, 12).map((c) => [c.category, `${c.pct.toFixed(1)}%`])))
+      out.push(table('router CPU profile: top self time, everything', ['function', 'where', 'category', 'self % of all'], prof.top.filter((s) => s.category !== 'idle').slice(0, 12).map((s) => [s.fn, s.where, s.category, `${s.pct.toFixed(1)}%`])))
+      out.push(table('router CPU profile: top self time, platform code', ['function', 'where', 'self % of all'], top.map((s) => [s.fn, s.where, `${s.pct.toFixed(2)}%`])))
+    }
+  }
+  const coldTable = (title: string, warm: Latency, kinds: ColdResult[]): string => {
+    const bareOf = (k: ColdKind): Latency | undefined => r.bare.starts?.[k]
+    return table(title,
+      ['kind', 'fns', 'p50', 'p99', 'max', 'p50 − warm', 'bare equivalent p50', 'p50 / bare', 'header mismatches'],
+      [['warm (same client)', warm.n, ms(warm.p50), ms(warm.p99), ms(warm.max), '-', '-', '-', '-'],
+        ...kinds.map((k) => [k.kind, k.functions, ms(k.latency.p50), ms(k.latency.p99), ms(k.latency.max), ms(k.latency.p50 - warm.p50),
+          ms(bareOf(k.kind)?.p50 ?? Number.NaN), times(ratio(k.latency.p50, bareOf(k.kind)?.p50)),
+          k.mismatches === 0 ? '0' : `${k.mismatches} (${Object.entries(k.mismatchKinds).map(([a, b]) => `${a}:${b}`).join(' ')})${k.failures > 0 ? `, ${k.failures} failed` : ''}`])])
+  }
+  if (r.cold !== undefined) out.push(coldTable('2. cold start per kind (process backend): first call of distinct functions, sequential', r.cold.warm, r.cold.kinds))
+  if (r.ephemeral !== undefined) {
+    const e = r.ephemeral
+    out.push(table('3. modes at 4 connections (prewarm 4, maxInstances 8, concurrency 1)', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
+      [['bare', 4, round(e.bare.rps, 0), ms(e.bare.latency.p50), ms(e.bare.latency.p99), '1.00x', failed(e.bare), busy(e.bare)],
+        ...e.rows.map((m) => [m.mode, m.connections, round(m.result.rps, 0), ms(m.result.latency.p50), ms(m.result.latency.p99), times(ratio(m.result.rps, e.bare.rps)), failed(m.result), busy(m.result)])]))
+  }
+  if (r.rss !== undefined) {
+    out.push(table('4. RSS per idle instance (process backend)', ['instance', 'count', 'node RSS / instance', 'wrappers / instance', 'vs bare'],
+      [...r.rss.map((x) => [x.what, x.instances, `${fmt(x.nodeMb)} MB`, `${fmt(x.wrapperMb)} MB`, times(ratio(x.nodeMb, x.what === 'generic' ? r.bare.rssGenericMb : r.bare.rssLoadedMb))]),
+        ['bare (generic / loaded)', 1, `${fmt(r.bare.rssGenericMb)} / ${fmt(r.bare.rssLoadedMb)} MB`, '-', '1.00x']]))
+  }
+  if (r.docker !== undefined) {
+    const d = r.docker
+    const b32 = r.bare.byConnections['32']
+    out.push(table('5a. docker backend: warm path @32 connections', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
+      [['bare', 32, round(b32?.rps ?? Number.NaN, 0), ms(b32?.latency.p50 ?? Number.NaN), ms(b32?.latency.p99 ?? Number.NaN), '1.00x', b32 === undefined ? '-' : failed(b32), b32 === undefined ? '-' : busy(b32)],
+        ['router (docker)', 32, round(d.load.rps, 0), ms(d.load.latency.p50), ms(d.load.latency.p99), times(ratio(d.load.rps, b32?.rps)), failed(d.load), busy(d.load)]]))
+    out.push(coldTable('5b. docker backend: cold start per kind', d.warm, d.kinds))
+  }
+  if (r.errors.length > 0) out.push(`\nsections that failed: ${r.errors.map((e) => `${e.section}: ${e.message.split('\n')[0] ?? ''}`).join('; ')}`)
+  out.push(table('summary against targets', ['target', 'measured', 'result'], r.summary.map((s) => [s.target, s.measured, s.pass === null ? 'n/a' : s.pass ? 'PASS' : 'MISS'])))
+  return out.join('\n')
+}
+
+/** PASS/MISS against the targets (never fails the run). */
+export function summarize(r: Results): Results['summary'] {
+  const out: Results['summary'] = []
+  const row = (target: string, measured: string, pass: boolean | null): void => { out.push({ target, measured, pass }) }
+  const warm = (target: string, c: number): LoadResult | undefined => r.warm?.rows.find((w) => w.target === target && w.connections === c)?.result
+  const router32 = ratio(warm('router', 32)?.rps, bareRps(r, 32))
+  const nginx32 = ratio(warm('nginx', 32)?.rps, bareRps(r, 32))
+  row('router rps @32 ≥ nginx rps @32 (as ratios to bare)', Number.isFinite(router32) || Number.isFinite(nginx32) ? `router ${times(router32)} vs nginx ${times(nginx32)}` : '-',
+    Number.isFinite(router32) && Number.isFinite(nginx32) ? router32 >= nginx32 : null)
+  const added = (warm('router', 1)?.latency.p50 ?? Number.NaN) - (r.bare.byConnections['1']?.latency.p50 ?? Number.NaN)
+  row('added p50 @1 conn ≤ 0.1 ms', ms(added), Number.isFinite(added) ? added <= 0.1 : null)
+  const coldRows = (label: string, warmL: Latency | undefined, kinds: ColdResult[] | undefined): void => {
+    const kind = (k: ColdKind): number => kinds?.find((x) => x.kind === k)?.latency.p50 ?? Number.NaN
+    const w = warmL?.p50 ?? Number.NaN
+    const pw = kind('prewarmed') - w
+    const sp = kind('specialized') - w
+    row(`${label}prewarmed p50 ≤ warm p50 + 1 ms`, Number.isFinite(pw) ? `+${ms(pw)}` : '-', Number.isFinite(pw) ? pw <= 1 : null)
+    row(`${label}specialized p50 ≤ warm p50 + 10 ms`, Number.isFinite(sp) ? `+${ms(sp)}` : '-', Number.isFinite(sp) ? sp <= 10 : null)
+  }
+  coldRows('', r.cold?.warm, r.cold?.kinds)
+  for (const x of r.rss ?? []) row(`idle ${x.what} node instance ≤ 40 MB RSS`, `${fmt(x.nodeMb)} MB`, Number.isFinite(x.nodeMb) ? x.nodeMb <= 40 : null)
+  if (r.docker !== undefined) coldRows('docker: ', r.docker.warm, r.docker.kinds)
+  return out
+}

@@ -1,0 +1,304 @@
+// `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
+// server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,docker,
+// --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp).
+import { spawnSync } from 'node:child_process'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Client } from 'undici'
+import { NODE_SERVER_DIR } from '../embedded/main.js'
+import { bareColdStarts, startBare, type BareServer } from './bare.js'
+import { coldStarts, warmSingle, type ColdKind, type ColdResult } from './cold.js'
+import type { LoadResult } from './load.js'
+import { findNginx, startNginx, type Nginx } from './nginx.js'
+import { startPlatform, type BenchPlatform } from './platform.js'
+import { rssKb } from './proc.js'
+import { byCategory, profileDuring } from './profile.js'
+import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
+import { measureRss } from './rss.js'
+import { round, summarize as summarizeMs } from './stats.js'
+import { HELLO_SPEC, measureBare, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
+
+const COLD_KINDS: ColdKind[] = ['prewarmed', 'specialized', 'cold']
+const POOL_SIZE = 2
+
+const here = dirname(fileURLToPath(import.meta.url))
+const repoRoot = resolve(here, here.endsWith(`${'/'}dist${'/'}bench`) ? '../..' : '..')
+
+interface Flags {
+  quick: boolean
+  only: Set<Section>
+  backend: 'process' | 'docker' | 'both' | undefined
+  profile: boolean
+}
+
+function parseFlags(argv: string[]): Flags {
+  const flags: Flags = { quick: false, only: new Set(SECTIONS), backend: undefined, profile: false }
+  for (const arg of argv) {
+    const [key, value] = arg.split('=', 2) as [string, string | undefined]
+    if (key === '--quick') flags.quick = true
+    else if (key === '--profile') flags.profile = true
+    else if (key === '--only' && value !== undefined) {
+      const picked = value.split(',').map((s) => s.trim()).filter((s) => s !== '')
+      for (const s of picked) if (!(SECTIONS as readonly string[]).includes(s)) usage(`unknown section "${s}"`)
+      flags.only = new Set(picked as Section[])
+    } else if (key === '--backend' && (value === 'process' || value === 'docker' || value === 'both')) flags.backend = value
+    else usage(`unknown argument "${arg}"`)
+  }
+  return flags
+}
+
+function usage(message: string): never {
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--only=${SECTIONS.join(',')}] [--backend=process|docker|both] [--profile]\n`)
+  process.exit(2)
+}
+
+function progress(message: string): void {
+  process.stderr.write(`  » ${message}\n`)
+}
+
+async function dockerAnswers(socketPath = '/var/run/docker.sock'): Promise<boolean> {
+  const client = new Client('http://localhost', { socketPath, connectTimeout: 2000, headersTimeout: 3000, bodyTimeout: 3000 })
+  try {
+    const res = await client.request({ method: 'GET', path: '/_ping' })
+    return res.statusCode === 200 && (await res.body.text()) === 'OK'
+  } catch {
+    return false
+  } finally {
+    await client.close().catch(() => {})
+  }
+}
+
+/** nginx for the reference row: found, or installed from Debian when running as root; undefined otherwise. */
+function ensureNginx(): string | undefined {
+  const found = findNginx()
+  if (found !== undefined || process.getuid?.() !== 0) return found
+  progress('nginx not found: apt-get install -y nginx-light')
+  spawnSync('apt-get', ['install', '-y', '-q', 'nginx-light'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+  return findNginx()
+}
+
+async function main(): Promise<number> {
+  const flags = parseFlags(process.argv.slice(2))
+  const t0 = Date.now()
+  const durationS = flags.quick ? 2 : 5
+  const warmupS = 1
+  const coldFunctions = flags.quick ? 8 : 30
+  const rssInstances = flags.quick ? 4 : 8
+  const quietMs = flags.quick ? 1000 : 3000
+  const notes: string[] = []
+
+  const docker = await dockerAnswers()
+  let backend = flags.backend ?? (docker ? 'both' : 'process')
+  if (flags.backend === undefined && !docker) notes.push('no Docker engine answers at /var/run/docker.sock: process backend only')
+  if ((backend === 'docker' || backend === 'both') && !docker) {
+    notes.push('--backend asked for docker but no Docker engine answers at /var/run/docker.sock: docker section skipped')
+    backend = 'process'
+  }
+  const runProcess = backend !== 'docker'
+  const runDocker = backend !== 'process' && flags.only.has('docker')
+  for (const n of notes) process.stderr.write(`bench: ${n}\n`)
+
+  const results: Results = {
+    startedAt: new Date(t0).toISOString(),
+    flags: { quick: flags.quick, only: [...flags.only], backend, profile: flags.profile },
+    machine: {
+      cpus: cpus().length,
+      cpu: cpus()[0]?.model ?? 'unknown',
+      node: process.version,
+      kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
+      commit: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoRoot, encoding: 'utf8' }).stdout.trim(),
+      loadavgStart: loadavg()[0] ?? Number.NaN,
+    },
+    settings: { durationS, warmupS, quietMs, coldFunctions, rssInstances, helloSpec: { ...HELLO_SPEC, code: undefined } },
+    notes,
+    bare: { rssGenericMb: Number.NaN, rssLoadedMb: Number.NaN, loadMs: Number.NaN, byConnections: {} },
+    errors: [],
+    timings: {},
+    summary: [],
+  }
+
+  const tmp = await mkdtemp(join(tmpdir(), 'kdl-bench-'))
+  const cleanups: Array<() => Promise<void>> = []
+  const cleanup = async (): Promise<void> => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => process.stderr.write(`bench: cleanup failed: ${(err as Error).message}\n`))
+    await rm(tmp, { recursive: true, force: true })
+  }
+  const onSignal = (): void => { void cleanup().finally(() => process.exit(130)) }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+
+  const section = async (name: string, fn: () => Promise<void>): Promise<void> => {
+    process.stderr.write(`bench: ${name}\n`)
+    const started = performance.now()
+    try {
+      await fn()
+      results.timings[name] = round((performance.now() - started) / 1000, 1)
+    } catch (err) {
+      const message = (err as Error).stack ?? String(err)
+      results.errors.push({ section: name, message })
+      process.stderr.write(`bench: section ${name} failed: ${message}\n`)
+    }
+  }
+
+  try {
+    await mkdir(join(tmp, 'bare'))
+    const bare: BareServer = await startBare({ nodeBin: process.execPath, serverFile: join(NODE_SERVER_DIR, 'server.mjs'), dir: join(tmp, 'bare') })
+    cleanups.push(() => bare.stop())
+    results.bare.rssGenericMb = ((await rssKb(bare.pid)) ?? Number.NaN) / 1024
+    results.bare.loadMs = await bare.load()
+    results.bare.rssLoadedMb = ((await rssKb(bare.pid)) ?? Number.NaN) / 1024
+
+    if ((runProcess && flags.only.has('cold')) || runDocker) {
+      await section('bare start kinds', async () => {
+        progress(`${coldFunctions} fresh bare servers: spawn, load, first call`)
+        const b = await bareColdStarts({ nodeBin: process.execPath, serverFile: join(NODE_SERVER_DIR, 'server.mjs'), dir: join(tmp, 'bare-fresh') }, coldFunctions)
+        const sum = (...xs: number[][]): number[] => (xs[0] ?? []).map((_, i) => xs.reduce((a, x) => a + (x[i] ?? 0), 0))
+        results.bare.starts = { prewarmed: summarizeMs(b.first), specialized: summarizeMs(sum(b.load, b.first)), cold: summarizeMs(sum(b.ready, b.load, b.first)) }
+      })
+    }
+
+    const bareRuns = new Map<number, Promise<LoadResult>>()
+    const ctx: LoadContext = {
+      durationS, warmupS, bareSocket: bare.socketPath, progress, quietMs,
+      bareRef: (c) => {
+        let r = bareRuns.get(c)
+        if (r === undefined) {
+          r = measureBare(ctx, c).then((res) => { results.bare.byConnections[String(c)] = res; return res })
+          bareRuns.set(c, r)
+        }
+        return r
+      },
+    }
+
+    if (runProcess && (['warm', 'cold', 'ephemeral', 'rss'] as const).some((s) => flags.only.has(s))) await section('process backend', async () => {
+      const p = await startPlatform({ dataDir: join(tmp, 'process'), backend: 'process', poolSize: POOL_SIZE })
+      const closeP = async (): Promise<void> => { await p.close() }
+      cleanups.push(closeP)
+      await p.deploy('hello', HELLO_SPEC)
+      await p.settle()
+
+      if (flags.only.has('warm')) {
+        await section('warm path', async () => {
+          results.warm = { rows: await warmPath(ctx, p, join(tmp, 'nginx')) }
+        })
+        if (flags.profile && results.warm !== undefined) {
+          await section('router profile', async () => {
+            const file = `/tmp/kindling-router-${stamp(new Date())}.cpuprofile`
+            const top = await profileDuring(file, repoRoot, async () => { await measureRouter(ctx, p, 'hello', 32) })
+            const idlePct = top.filter((t) => t.category === 'idle').reduce((a, t) => a + t.pct, 0)
+            if (results.warm !== undefined) results.warm.profile = { file, idlePct, categories: byCategory(top), top: top.slice(0, 40) }
+          })
+        }
+      }
+      if (flags.only.has('cold')) {
+        await section('cold start (process)', async () => {
+          const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
+          const kinds: ColdResult[] = []
+          for (const kind of COLD_KINDS) {
+            progress(`${kind} × ${coldFunctions}`)
+            kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, 'cs'))
+          }
+          results.cold = { warm, kinds }
+        })
+      }
+      if (flags.only.has('ephemeral')) {
+        await section('ephemeral / recycle throughput', async () => {
+          const bare4 = await ctx.bareRef(4)
+          results.ephemeral = { bare: bare4, rows: await measureModes(ctx, p, 4) }
+        })
+      }
+      if (flags.only.has('rss')) {
+        await section('RSS per idle instance', async () => {
+          progress(`${rssInstances} generic, then ${rssInstances} loaded instances`)
+          results.rss = await measureRss(p, rssInstances, POOL_SIZE)
+        })
+      }
+      cleanups.splice(cleanups.indexOf(closeP), 1)
+      await section('stopping the platform (process)', () => p.close())
+    })
+
+    if (runDocker) {
+      await section('docker backend', async () => {
+        progress('starting the platform on the docker backend')
+        const p = await startPlatform({ dataDir: join(tmp, 'docker'), backend: 'docker', poolSize: POOL_SIZE })
+        const closeP = async (): Promise<void> => { await p.close() }
+        cleanups.push(closeP)
+        try {
+          await p.deploy('hello', HELLO_SPEC)
+          await p.settle()
+          await ctx.bareRef(32)
+          const load = await measureRouter(ctx, p, 'hello', 32)
+          const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
+          const kinds: ColdResult[] = []
+          for (const kind of COLD_KINDS) {
+            progress(`docker ${kind} × ${coldFunctions}`)
+            kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, 'dk'))
+          }
+          results.docker = { warm, load, kinds }
+        } finally {
+          cleanups.splice(cleanups.indexOf(closeP), 1)
+          await section('stopping the platform (docker)', () => p.close())
+        }
+      })
+    }
+  } finally {
+    await cleanup()
+  }
+
+  results.finishedAt = new Date().toISOString()
+  results.machine.loadavgEnd = loadavg()[0]
+  results.seconds = round((Date.now() - t0) / 1000, 1)
+  results.summary = summarize(results)
+  process.stdout.write(`${render(results)}\n`)
+
+  const dir = join(repoRoot, 'bench', 'results')
+  await mkdir(dir, { recursive: true })
+  const json = JSON.stringify(results, null, 2)
+  const file = join(dir, `${stamp(new Date(t0))}.json`)
+  await writeFile(file, json)
+  await writeFile(join(dir, 'latest.json'), json)
+  process.stdout.write(`\nsection seconds: ${Object.entries(results.timings).map(([k, v]) => `${k} ${v}`).join(', ')}\n`)
+  process.stdout.write(`results: ${file} (and bench/results/latest.json), ${results.seconds} s in all\n`)
+  return results.errors.length === 0 ? 0 : 1
+}
+
+/** Bare, router and nginx at 1 and 32 connections, then the router with one call per instance. */
+async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string): Promise<WarmRow[]> {
+  const rows: WarmRow[] = []
+  const bin = ensureNginx()
+  let nginx: Nginx | undefined
+  if (bin === undefined) progress('nginx is not installed (apt-get install -y nginx-light): nginx rows skipped')
+  else nginx = await startNginx({ bin, dir: nginxDir, upstreamSocket: ctx.bareSocket })
+  try {
+    for (const connections of [1, 32]) {
+      rows.push({ target: 'bare', connections, result: await ctx.bareRef(connections) })
+      rows.push({ target: 'router', connections, result: await measureRouter(ctx, p, 'hello', connections) })
+      if (nginx !== undefined) rows.push({ target: 'nginx', connections, result: await measureNginx(ctx, nginx.port, connections) })
+    }
+  } finally {
+    await nginx?.stop()
+  }
+  // The default concurrency (one call per instance): the router spreads 32 connections over 8 prewarmed
+  // instances (the longer warm-up covers the prewarm pool's refill of the 8 it gave away).
+  await p.deploy('hello-c1', { code: HELLO_SPEC.code, mode: 'persistent', concurrency: 1, maxInstances: 8, prewarm: 8 })
+  await p.settle()
+  try {
+    rows.push({ target: 'router c1×8', connections: 32, result: await measureRouter(ctx, p, 'hello-c1', 32, ctx.warmupS + 2) })
+  } finally {
+    await p.remove('hello-c1')
+    await p.settle()
+  }
+  return rows
+}
+
+function stamp(d: Date): string {
+  return d.toISOString().replace(/[:.]/g, '-')
+}
+
+main().then((code) => { process.exitCode = code }, (err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`)
+  process.exitCode = 1
+})
