@@ -96,12 +96,13 @@ export class ProcessBackend implements ContainerBackend {
 
   /** Creates the fixed mount points the namespaces bind onto (empty directories, once per host). */
   async init(): Promise<void> {
-    if (!this.#opts.namespaces) return
-    for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
+    // The quarantine parent's small share is what quarantine means here (issue 5): set it with or without namespaces.
     if (this.#opts.cgroups !== undefined) {
       await this.#opts.cgroups.ensureParent(CGROUP_PARENT)
       await this.#opts.cgroups.ensureParent(QUARANTINE_PARENT, { cpuShares: 64 })
     }
+    if (!this.#opts.namespaces) return
+    for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
   }
 
   async start(req: InstanceRequest): Promise<InstanceHandle> {
