@@ -3,7 +3,7 @@ import t from 'tap'
 import { detectCgroups, measureStatsCost } from '../../poolmgr/cgroups/index.js'
 import { readDemand } from '../../loadguard/reader.js'
 import { startPlatform } from '../fixtures/platform.js'
-import { waitFor } from './helpers.js'
+import { waitFor } from './fixtures/helpers.js'
 
 const INSTANCES = 8
 const PASSES = 300

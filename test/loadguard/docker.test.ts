@@ -3,7 +3,7 @@ import { dirname } from 'node:path'
 import Docker from 'dockerode'
 import t from 'tap'
 import { startPlatform } from '../fixtures/platform.js'
-import { FAST_GUARD, cgroupFile, instanceById, keepCalling, waitFor, waitForEvent } from './helpers.js'
+import { FAST_GUARD, cgroupFile, instanceById, keepCalling, waitFor, waitForEvent } from './fixtures/helpers.js'
 
 const HOG = 'export default (e) => { const end = Date.now() + Number(e.query.ms ?? 4000); while (Date.now() < end) {} return "spun" }'
 

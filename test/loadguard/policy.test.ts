@@ -1,7 +1,7 @@
 import t from 'tap'
 import { loadConfig } from '../../common/config.js'
 import { DEFAULT_POLICY, Ewma, FunctionRange, judge, policyFromConfig, throttledQuota } from '../../loadguard/policy.js'
-import { fakePlatform, LIMITS } from './fake-platform.js'
+import { fakePlatform, LIMITS } from './fixtures/fake-platform.js'
 
 const MiB = 1024 * 1024
 const p = { ...DEFAULT_POLICY, minSamples: 10 }

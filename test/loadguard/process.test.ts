@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import t from 'tap'
 import { processesMentioning, startPlatform } from '../fixtures/platform.js'
-import { FAST_GUARD, cgroupFile, events, instanceById, keepCalling, waitFor, waitForEvent } from './helpers.js'
+import { FAST_GUARD, cgroupFile, events, instanceById, keepCalling, waitFor, waitForEvent } from './fixtures/helpers.js'
 
 /** Spins the CPU for `?ms=` of wall time (so a lowered quota does not stretch the call). */
 const HOG = 'export default (e) => { const end = Date.now() + Number(e.query.ms ?? 3000); while (Date.now() < end) {} return "spun" }'
