@@ -13,6 +13,11 @@ export interface ColdResult {
   mismatches: number
   mismatchKinds: Record<string, number>
   failures: number
+  /**
+   * Longest event-loop stall of the platform process during each first call, ms (a 1 ms timer): work on
+   * the router's thread that the call had to wait for, such as a pool refill spawning a process.
+   */
+  loopStall: Latency
 }
 
 /** Warm reference: sequential single calls to an already-warm function over the same client, ms. */
@@ -41,6 +46,7 @@ export async function coldStarts(p: BenchPlatform, kind: ColdKind, count: number
   const mismatchKinds: Record<string, number> = {}
   let mismatches = 0
   let failures = 0
+  const stallMs: number[] = []
   try {
     for (let i = 0; i < count; i++) {
       const name = `${prefix}-${kind.slice(0, 4)}-${i}`
@@ -48,7 +54,9 @@ export async function coldStarts(p: BenchPlatform, kind: ColdKind, count: number
       await p.deploy(name, { code: helloCode(name), mode: 'persistent', prewarm: kind === 'prewarmed' ? 1 : 0 })
       try {
         await p.settle()
+        const stalls = watchLoop()
         const c = await p.call(name)
+        stallMs.push(stalls.stop())
         if (c.status !== 200) {
           failures++
           continue
@@ -68,5 +76,24 @@ export async function coldStarts(p: BenchPlatform, kind: ColdKind, count: number
     await p.setPoolSize(poolSize)
     await p.settle()
   }
-  return { kind, functions: count, latency: summarize(ms), mismatches, mismatchKinds, failures }
+  return { kind, functions: count, latency: summarize(ms), mismatches, mismatchKinds, failures, loopStall: summarize(stallMs) }
+}
+
+/** Watches this process's event loop with a 1 ms timer; `stop()` gives the longest gap beyond 1 ms. */
+function watchLoop(): { stop(): number } {
+  let last = performance.now()
+  let max = 0
+  const tick = (): void => {
+    const now = performance.now()
+    max = Math.max(max, now - last - 1)
+    last = now
+  }
+  const timer = setInterval(tick, 1)
+  return {
+    stop: () => {
+      clearInterval(timer)
+      tick()
+      return Math.max(0, max)
+    },
+  }
 }
