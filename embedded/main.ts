@@ -29,6 +29,8 @@ import { FileStore } from '../store/file-store.js'
 const here = dirname(fileURLToPath(import.meta.url))
 const repoRoot = resolve(here, here.includes(`${'/'}dist${'/'}`) || here.endsWith('/dist/embedded') ? '../..' : '..')
 export const NODE_SERVER_DIR = join(repoRoot, 'runtimes', 'node')
+/** How long a stop waits for calls in flight before it cuts their connections. */
+const SHUTDOWN_GRACE_MS = 10_000
 /** Runtime kinds this build can start. */
 export const RUNTIME_KINDS = ['node'] as const
 
@@ -131,7 +133,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     close: () => {
       closing ??= (async () => {
         await loadGuard?.stop()
-        await app.close()
+        // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
+        // keep an idle keep-alive connection open that would otherwise hold the close for its timeout.
+        const closed = app.close()
+        await table.whenIdle(SHUTDOWN_GRACE_MS)
+        app.server.closeAllConnections()
+        await closed
         await pools.close()
         await store.close()
       })()

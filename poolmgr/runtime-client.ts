@@ -1,20 +1,20 @@
-import { Client, Pool, type Dispatcher } from 'undici'
+import { Pool, type Dispatcher } from 'undici'
 import { KdlError } from '../common/errors.js'
 import type { InstanceAddress } from '../common/types.js'
 
 /**
- * A keep-alive HTTP dispatcher to one instance's runtime server (Unix socket or TCP):
- * one connection per concurrent call the instance may take (a plain Client when that is one).
+ * A keep-alive HTTP dispatcher to one instance's runtime server (Unix socket or TCP). A Pool opens
+ * connections on demand, so an instance gets as many as calls run on it at once (the router bounds
+ * that by the function's `concurrency`) and a `concurrency: 1` function never opens a second.
  */
-export function dispatcherFor(address: InstanceAddress, connections = 1): Dispatcher {
+export function dispatcherFor(address: InstanceAddress): Dispatcher {
   const origin = 'socketPath' in address ? 'http://localhost' : `http://${address.host}:${address.port}`
-  const opts = {
+  return new Pool(origin, {
     ...('socketPath' in address ? { socketPath: address.socketPath } : {}),
     pipelining: 1,
     keepAliveTimeout: 600_000,
     keepAliveMaxTimeout: 600_000,
-  }
-  return connections <= 1 ? new Client(origin, opts) : new Pool(origin, { ...opts, connections })
+  })
 }
 
 export interface HealthAnswer {

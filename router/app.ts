@@ -56,7 +56,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     server.keepAliveTimeout = 72_000
     return server
   }
-  const app = Fastify({ loggerInstance: log, disableRequestLogging: true, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
+  const app = Fastify({ loggerInstance: log, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
   const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
   const { metrics } = deps
 
@@ -101,9 +101,6 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     if (result.outcome === 'ok') {
       table.done(entry, slot, 'ok')
       metrics.invocations.inc({ function: name, code: String(result.status) })
-    } else if (result.outcome === 'client-gone') {
-      // The handler may still be running on the instance: it can't take another call safely.
-      table.done(entry, slot, 'retire')
     } else if (result.outcome === 'timeout') {
       table.done(entry, slot, 'timeout')
       const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)

@@ -77,6 +77,9 @@ export class InstanceTable {
   readonly #byInstance = new Map<string, { entry: RouteEntry; slot: Slot }>()
   readonly #unsubscribe: () => void
   readonly #sweeper: NodeJS.Timeout
+  /** Calls in flight over all functions, and who waits for that to reach zero (shutdown). */
+  #inflight = 0
+  #idleWaiters: Array<() => void> = []
 
   constructor(opts: InstanceTableOptions) {
     this.#executor = opts.executor
@@ -132,6 +135,7 @@ export class InstanceTable {
   /** A call on `slot` ended; `outcome` says whether the instance can still be trusted. */
   done(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
     slot.inflight--
+    if (--this.#inflight === 0 && this.#idleWaiters.length > 0) for (const w of this.#idleWaiters.splice(0)) w()
     slot.lastUsed = Date.now()
     if (slot.removed) return
     if (outcome !== 'ok') {
@@ -183,6 +187,15 @@ export class InstanceTable {
     }))
   }
 
+  /** Resolves once no call is in flight, or after `timeoutMs` (shutdown drains before it cuts). */
+  whenIdle(timeoutMs: number): Promise<void> {
+    if (this.#inflight === 0) return Promise.resolve()
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs)
+      this.#idleWaiters.push(() => { clearTimeout(timer); resolve() })
+    })
+  }
+
   close(): void {
     clearInterval(this.#sweeper)
     this.#unsubscribe()
@@ -196,6 +209,7 @@ export class InstanceTable {
 
   #use(entry: RouteEntry, slot: Slot): void {
     slot.inflight++
+    this.#inflight++
     if (entry.spec.mode === 'ephemeral') slot.usable = false
   }
 

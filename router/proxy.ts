@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
-import { Transform, type Readable } from 'node:stream'
+import { Transform, Writable, type Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { errorBody, KdlError } from '../common/errors.js'
 
@@ -9,7 +9,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 
 export interface ForwardResult {
   /** How the call ended for the instance: `ok`, or why the instance can no longer be trusted. */
-  outcome: 'ok' | 'timeout' | 'crashed' | 'client-gone'
+  outcome: 'ok' | 'timeout' | 'crashed'
   status: number
   error?: unknown
 }
@@ -58,6 +58,9 @@ export async function forward(
     await dispatcher.stream({ path, method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, opaque: res }, ({ statusCode, headers: upstream, opaque }) => {
       const out = opaque as ServerResponse
       status = statusCode
+      // The caller left while the handler ran: the instance did its work and stays trusted; the
+      // answer goes nowhere.
+      if (out.destroyed) return new Writable({ write: (_c, _e, cb) => cb() })
       const h: Record<string, string | string[]> = {}
       for (const key in upstream) {
         if (key === 'connection' || key === 'keep-alive' || key === 'transfer-encoding') continue
@@ -73,7 +76,9 @@ export async function forward(
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(res, maxBodyBytes)
-    if (res.destroyed || (req.destroyed && !req.complete)) return { outcome: 'client-gone', status: 499, error: err }
+    // The caller went away (mid-upload, or while the answer streamed out, i.e. after the handler ran):
+    // the handler either never started or already finished, so the instance is fine.
+    if (res.destroyed || (req.destroyed && !req.complete)) return { outcome: 'ok', status: 499, error: err }
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
       return { outcome: 'timeout', status: 504, error: err }
     }

@@ -147,6 +147,12 @@ export class ProcessBackend implements ContainerBackend {
     let [command, ...args] = argv as [string, ...string[]]
     // Joins the cgroups before exec: nothing of the instance runs unlimited, not even for a moment.
     if (cgroup !== undefined && cg !== undefined) ({ command, args } = wrapCommand(cg.procsFiles(cgroup), command, args))
+    // close() may have run during the awaits above; it could not see this instance, so nothing may start.
+    if (this.#closed) {
+      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      await rm(dir, { recursive: true, force: true })
+      throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
+    }
     const child = spawn(command, args, { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
     const startFailed = new AbortController()
     const exited = once(child, 'exit').then(() => undefined, () => undefined)

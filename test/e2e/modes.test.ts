@@ -133,6 +133,20 @@ for (const backend of BACKENDS) {
     t.equal(new Set(answers.map((a) => (a.json() as Trace).boot)).size, 1, 'one instance took all ten')
   })
 
+  t.test('a caller that hangs up mid-call costs nobody else anything', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('hang-up', { runtime: 'node', code: STATEFUL, mode: 'persistent', concurrency: 8, maxInstances: 1 })
+    const first = (await p.invoke('hang-up')).json() as Trace
+    const ac = new AbortController()
+    const gone = fetch(`${p.url}/fn/hang-up?ms=300`, { signal: ac.signal }).catch((err: Error) => err)
+    await waitFor(async () => (await routed(p, 'hang-up'))?.busy === 1, 'the call to be in flight')
+    ac.abort()
+    t.type(await gone, Error, 'the caller hung up')
+    const others = await Promise.all(Array.from({ length: 5 }, () => p.invoke('hang-up', { path: '?ms=50' })))
+    t.same(others.map((o) => o.status), Array(5).fill(200), 'calls running beside it are answered')
+    t.same(new Set(others.map((o) => (o.json() as Trace).boot)), new Set([first.boot]), 'by the same instance: it was not retired')
+  })
+
   t.test('calls beyond the queue wait get 429 KDL_ERR_SATURATED with Retry-After, never a hang', async (t) => {
     const p = await startPlatform(t, { KINDLING_BACKEND: backend })
     await p.deploy('sat', { runtime: 'node', code: STATEFUL, mode: 'persistent', maxInstances: 1, queueTimeoutMs: 100 })
