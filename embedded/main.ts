@@ -16,6 +16,7 @@ import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
 import { DockerBackend } from '../poolmgr/backends/docker.js'
 import { ProcessBackend, QUARANTINE_PARENT } from '../poolmgr/backends/process.js'
+import { Spawner } from '../poolmgr/spawner/client.js'
 import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
 import { detectCgroups } from '../poolmgr/cgroups/index.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
@@ -29,6 +30,7 @@ import { FileStore } from '../store/file-store.js'
 const here = dirname(fileURLToPath(import.meta.url))
 const repoRoot = resolve(here, here.includes(`${'/'}dist${'/'}`) || here.endsWith('/dist/embedded') ? '../..' : '..')
 export const NODE_SERVER_DIR = join(repoRoot, 'runtimes', 'node')
+const SPAWNER_SCRIPT = join(repoRoot, 'poolmgr', 'spawner', 'spawner.mjs')
 /** How long a stop waits for calls in flight before it cuts their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
 /** Runtime kinds this build can start. */
@@ -154,7 +156,10 @@ async function createBackend(config: Config, runDir: string, codeRoot: string, l
   const cgroups = isRoot ? await detectCgroups() : undefined
   const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--mount-proc', '--', '/bin/true']).status === 0
   log.info({ cgroups: cgroups?.version ?? 'none', namespaces, user: isRoot ? `${uid}:${gid}` : 'platform' }, 'process backend isolation')
+  const spawner = new Spawner({ node: process.execPath, script: SPAWNER_SCRIPT })
+  await spawner.ready()
   const backend = new ProcessBackend({
+    spawner,
     runDir,
     codeRoot,
     runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs' } },

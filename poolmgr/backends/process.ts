@@ -1,12 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { isAbsolute, join, relative } from 'node:path'
-import { createInterface } from 'node:readline'
 import type { Logger } from 'pino'
 import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
+import type { SpawnedProcess, Spawner } from '../spawner/client.js'
 import { waitForSocket, waitHealthy } from './readiness.js'
 
 export const CGROUP_PARENT = 'kindling'
@@ -25,6 +24,8 @@ export interface RuntimeCommand {
 export interface ProcessBackendOptions {
   /** Per-instance directories (socket, private tmp, meta.json) live here. */
   runDir: string
+  /** Starts the instance processes (a small helper process, so fork() never stalls the platform); closed by close(). */
+  spawner: Spawner
   /** Host directory of the content-addressed code cache (mounted read-only into each instance). */
   codeRoot: string
   /** Command of each runtime's server. */
@@ -49,7 +50,7 @@ interface Meta {
 
 interface Live {
   meta: Meta
-  child: ChildProcess
+  child: SpawnedProcess
   stopping: boolean
   exited: Promise<void>
   reason?: ExitReason
@@ -153,12 +154,19 @@ export class ProcessBackend implements ContainerBackend {
       await rm(dir, { recursive: true, force: true })
       throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
     }
-    const child = spawn(command, args, { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    let child: SpawnedProcess
+    try {
+      child = await this.#opts.spawner.spawn({ id: req.id, command, args, env, cwd: dir })
+    } catch (err) {
+      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      await rm(dir, { recursive: true, force: true })
+      throw err
+    }
     const startFailed = new AbortController()
     const exited = once(child, 'exit').then(() => undefined, () => undefined)
-    child.once('error', (err) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `cannot spawn ${command}`, { cause: err })))
-    child.once('exit', (code, signal) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`)))
-    const meta: Meta = { id: req.id, pool: req.pool, runtime: req.runtime, pid: child.pid ?? -1, cgroup }
+    child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
+    child.once('exit', (code: number | null, signal: string | null) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`)))
+    const meta: Meta = { id: req.id, pool: req.pool, runtime: req.runtime, pid: child.pid, cgroup }
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
     this.#pipeLogs(child, req.id)
@@ -173,7 +181,7 @@ export class ProcessBackend implements ContainerBackend {
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
     }
     this.#opts.log.debug({ instance: req.id, pool: req.pool, ms: Math.round(performance.now() - t0) }, 'instance started')
-    child.once('exit', (code, signal) => { void this.#onExit(live, code, signal) })
+    child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => { void this.#onExit(live, code, signal) })
     return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
   }
 
@@ -199,14 +207,12 @@ export class ProcessBackend implements ContainerBackend {
     }
   }
 
-  #pipeLogs(child: ChildProcess, instance: string): void {
+  #pipeLogs(child: SpawnedProcess, instance: string): void {
     const log = this.#opts.log
-    for (const [stream, level] of [[child.stdout, 'info'], [child.stderr, 'warn']] as const) {
-      if (stream === null) continue
-      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
-        log[level]({ instance, stream: level === 'info' ? 'stdout' : 'stderr', line: line.slice(0, 8192) }, 'instance output')
-      })
-    }
+    child.on('line', (stream: 'stdout' | 'stderr', line: string) => {
+      if (stream === 'stdout') log.info({ instance, stream, line }, 'instance output')
+      else log.warn({ instance, stream, line }, 'instance output')
+    })
   }
 
   stop(id: string): Promise<void> {
@@ -311,9 +317,11 @@ export class ProcessBackend implements ContainerBackend {
     await this.#opts.cgroups.setCpu(meta.cgroup, cpu)
   }
 
+  /** Stops every instance, then the spawner (which this backend owns from construction on). */
   async close(): Promise<void> {
     this.#closed = true
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
+    await this.#opts.spawner.close()
   }
 }
 

@@ -1,0 +1,117 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { EventEmitter, once } from 'node:events'
+import { KdlError } from '../../common/errors.js'
+
+/** An instance process started by the spawner: what the process backend needs of a ChildProcess. */
+export class SpawnedProcess extends EventEmitter {
+  readonly id: string
+  pid = -1
+  exitCode: number | null = null
+  signalCode: NodeJS.Signals | null = null
+
+  constructor(id: string) {
+    super()
+    this.id = id
+  }
+
+  get running(): boolean {
+    return this.exitCode === null && this.signalCode === null
+  }
+}
+
+type FromSpawner =
+  | { op: 'ready' }
+  | { op: 'spawned'; id: string; pid: number }
+  | { op: 'error'; id: string; message: string }
+  | { op: 'line'; id: string; stream: 'stdout' | 'stderr'; line: string }
+  | { op: 'exit'; id: string; code: number | null; signal: NodeJS.Signals | null }
+
+export interface SpawnRequest {
+  id: string
+  command: string
+  args: string[]
+  env: Record<string, string>
+  cwd: string
+}
+
+/**
+ * Starts instance processes through a small helper process (poolmgr/spawner/spawner.mjs), so that the
+ * fork() of a new instance never blocks the platform's event loop (fork cost grows with the caller's RSS).
+ * Lines of instance output arrive as `line` events on the SpawnedProcess.
+ */
+export class Spawner {
+  readonly #child: ChildProcess
+  readonly #procs = new Map<string, { proc: SpawnedProcess; started: (err?: Error) => void }>()
+  readonly #ready: Promise<void>
+  #dead: Error | undefined
+
+  constructor(opts: { node: string; script: string }) {
+    // A bare environment: the platform's own (NODE_OPTIONS, NODE_EXTRA_CA_CERTS) would slow it and leak.
+    this.#child = spawn(opts.node, [opts.script], { env: { PATH: '/usr/local/bin:/usr/bin:/bin' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    this.#child.on('message', (m: FromSpawner) => this.#onMessage(m))
+    this.#ready = new Promise((resolve, reject) => {
+      this.#child.once('message', () => resolve())
+      this.#child.once('exit', (code, signal) => reject(new KdlError('KDL_ERR_BACKEND', `the spawner exited before it was ready (code ${code}, signal ${signal})`)))
+      this.#child.once('error', (err) => reject(new KdlError('KDL_ERR_BACKEND', 'cannot start the spawner', { cause: err })))
+    })
+    this.#ready.catch(() => {})
+    this.#child.once('exit', (code, signal) => {
+      this.#dead = new KdlError('KDL_ERR_BACKEND', `the spawner exited (code ${code}, signal ${signal})`)
+      // Its children are orphans now: report them gone so the pools replace them.
+      for (const { proc, started } of this.#procs.values()) {
+        started(this.#dead)
+        if (proc.running) { proc.signalCode = 'SIGKILL'; proc.emit('exit', null, 'SIGKILL') }
+      }
+      this.#procs.clear()
+    })
+  }
+
+  ready(): Promise<void> {
+    return this.#ready
+  }
+
+  /** Resolves once the process runs (its pid is known). */
+  async spawn(req: SpawnRequest): Promise<SpawnedProcess> {
+    await this.#ready
+    if (this.#dead !== undefined) throw this.#dead
+    const proc = new SpawnedProcess(req.id)
+    const started = new Promise<void>((resolve, reject) => {
+      this.#procs.set(req.id, { proc, started: (err) => (err === undefined ? resolve() : reject(err)) })
+    })
+    this.#child.send({ op: 'spawn', ...req })
+    await started
+    return proc
+  }
+
+  async close(): Promise<void> {
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return
+    const exited = once(this.#child, 'exit')
+    this.#child.disconnect()
+    await exited
+  }
+
+  #onMessage(m: FromSpawner): void {
+    if (m.op === 'ready') return
+    const entry = this.#procs.get(m.id)
+    if (entry === undefined) return
+    const { proc } = entry
+    switch (m.op) {
+      case 'spawned':
+        proc.pid = m.pid
+        entry.started()
+        return
+      case 'error':
+        entry.started(new KdlError('KDL_ERR_BACKEND', `cannot spawn instance ${m.id}: ${m.message}`))
+        if (proc.pid > 0 && proc.running) proc.emit('error', new Error(m.message))
+        return
+      case 'line':
+        proc.emit('line', m.stream, m.line)
+        return
+      case 'exit':
+        this.#procs.delete(m.id)
+        proc.exitCode = m.code
+        proc.signalCode = m.signal
+        proc.emit('exit', m.code, m.signal)
+    }
+  }
+}
