@@ -15,6 +15,11 @@ export interface InstanceRequest {
   /** Starts the instance in the quarantine group (load guard). */
   quarantine?: boolean
   image?: string | undefined
+  /**
+   * Started by a background refill: runs with a small CPU share until `setPriority(id, 'serving')`, so
+   * starting and loading pool instances never competes with the calls being served.
+   */
+  background?: boolean
   /** Function environment visible from the start (only when started for a known function). */
   env?: Record<string, string>
 }
@@ -31,6 +36,10 @@ export interface InstanceHandle {
   cgroup?: CgroupRef | undefined
   startedAt: number
 }
+
+/** cpu.shares of an instance started by a background refill, and of one serving calls (the default). */
+export const BACKGROUND_SHARES = 64
+export const SERVING_SHARES = 1024
 
 export interface CgroupRef {
   version: 1 | 2
@@ -69,6 +78,8 @@ export interface ContainerBackend {
   onExit(listener: (exit: InstanceExit) => void): void
   /** Why an instance died, when the call that was running on it failed. */
   exitReason(id: string): Promise<ExitReason | undefined>
+  /** Raise a background instance to a full CPU share (it is about to serve a call), or lower it. */
+  setPriority?(id: string, priority: 'background' | 'serving'): Promise<void>
   /** Change an instance's CPU quota (load guard throttle). */
   setCpu?(id: string, cpu: number): Promise<void>
   /** Stop everything this backend started and release its clients. */

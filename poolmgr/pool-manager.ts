@@ -189,11 +189,14 @@ export class PoolManager {
   }
 
   /** An instance for `fn`: a generic one (unless `fn` is quarantined) or a newly started one. */
-  async takeOrStart(fn: string, runtime: string, res: Resources, evict = true): Promise<{ inst: Instance; started: boolean }> {
+  async takeOrStart(fn: string, runtime: string, res: Resources, forCall = true): Promise<{ inst: Instance; started: boolean }> {
     const quarantined = this.#quarantined.has(fn)
     const taken = quarantined ? undefined : this.takeGeneric(runtime, res)
-    if (taken !== undefined) return { inst: taken, started: false }
-    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined, evict), started: true }
+    if (taken !== undefined) {
+      if (forCall) this.#serving(taken)
+      return { inst: taken, started: false }
+    }
+    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined, forCall), started: true }
   }
 
   /** A started, code-less instance of the runtime with matching resources, or undefined (never waits). */
@@ -206,20 +209,22 @@ export class PoolManager {
   }
 
   /**
-   * Starts a new generic instance (the `cold` path). Over the memory budget, idle pooled instances are
-   * evicted least-recently-used first (`evict`); when that is not enough: KDL_ERR_NO_CAPACITY.
+   * Starts a new generic instance. `forCall`: a call waits for it (the `cold` path) — over the memory
+   * budget idle pooled instances are evicted least-recently-used first, and it runs at a full CPU share.
+   * Otherwise it is a background refill: it never evicts, and runs at a small CPU share until handed out.
+   * When the budget has no room: KDL_ERR_NO_CAPACITY.
    */
-  async start(runtime: string, pool: string, res: Resources, quarantine = false, evict = true): Promise<Instance> {
+  async start(runtime: string, pool: string, res: Resources, quarantine = false, forCall = true): Promise<Instance> {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
     const spec = this.runtime(runtime)
     if (spec === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${runtime}" is not configured`)
-    this.#reserve(res.memoryMb, evict)
+    this.#reserve(res.memoryMb, forCall)
     const id = `kdl-${randomBytes(6).toString('hex')}`
     const t0 = performance.now()
     let handle
     try {
       handle = await this.backend.start({
-        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image,
+        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image, background: !forCall,
       })
     } catch (err) {
       this.#reserved -= res.memoryMb
@@ -296,7 +301,10 @@ export class PoolManager {
     const pool = this.#prewarm.get(name)
     if (pool === undefined || pool.record.version !== version) return undefined
     const inst = pool.idle.shift()
-    if (inst !== undefined) this.#fillPrewarm(name)
+    if (inst !== undefined) {
+      this.#serving(inst)
+      this.#fillPrewarm(name)
+    }
     return inst
   }
 
@@ -434,6 +442,11 @@ export class PoolManager {
       this.#log.info({ instance: inst.id, fn: inst.fn, runtime: inst.runtime }, 'evicted an idle instance for the memory budget')
       void this.destroy(inst)
     }
+  }
+
+  /** The instance is about to serve a call: give it a full CPU share (it was started in the background). */
+  #serving(inst: Instance): void {
+    this.backend.setPriority?.(inst.id, 'serving').catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot raise the CPU share of an instance'))
   }
 
   #retryLater(pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void): void {

@@ -3,7 +3,7 @@ import { chmod, chown, copyFile, link, lstat, mkdir, readFile, readdir, readlink
 import { join, resolve, sep } from 'node:path'
 import type { Readable } from 'node:stream'
 import type Dockerode from 'dockerode'
-import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { IMAGE_PATH } from '../images/rootfs.js'
 import { dispatcherFor, health } from '../runtime-client.js'
@@ -237,7 +237,7 @@ export class DockerBackend implements ContainerBackend {
         RestartPolicy: { Name: 'no' },
         // Bounded logs: an instance that prints in a loop must not fill the host's disk.
         LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
-        ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: 64 } : {}),
+        ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: 64 } : req.background === true ? { CpuShares: BACKGROUND_SHARES } : {}),
       },
     }
   }
@@ -389,6 +389,15 @@ export class DockerBackend implements ContainerBackend {
     } catch (err) {
       if (statusOf(err) === 404) return undefined
       throw backendError(`cannot inspect instance ${id}`, err)
+    }
+  }
+
+  async setPriority(id: string, priority: 'background' | 'serving'): Promise<void> {
+    checkId(id)
+    try {
+      await this.#docker.getContainer(this.#live.get(id)?.containerId ?? containerName(id)).update({ CpuShares: priority === 'background' ? BACKGROUND_SHARES : SERVING_SHARES })
+    } catch (err) {
+      throw backendError(`cannot change the CPU share of instance ${id}`, err)
     }
   }
 

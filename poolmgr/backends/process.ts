@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
-import type { CgroupRef, ContainerBackend, ExitReason, InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from '../spawner/client.js'
@@ -128,6 +128,7 @@ export class ProcessBackend implements ContainerBackend {
         memoryBytes: req.memoryMb * 1024 * 1024,
         pidsLimit: req.pidsLimit,
       })
+      if (req.background === true) await cg.setShares(cgroup, BACKGROUND_SHARES)
     }
 
     const ns = this.#opts.namespaces
@@ -309,6 +310,12 @@ export class ProcessBackend implements ContainerBackend {
       if (stats !== undefined && stats.oomKills > 0) return 'oom'
     }
     return this.#reasons.get(id) ?? (live.child.exitCode === null && live.child.signalCode === null ? undefined : 'crashed')
+  }
+
+  async setPriority(id: string, priority: 'background' | 'serving'): Promise<void> {
+    const meta = this.#live.get(id)?.meta
+    if (meta?.cgroup === undefined || this.#opts.cgroups === undefined) return
+    await this.#opts.cgroups.setShares(meta.cgroup, priority === 'background' ? BACKGROUND_SHARES : SERVING_SHARES)
   }
 
   async setCpu(id: string, cpu: number): Promise<void> {

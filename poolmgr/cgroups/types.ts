@@ -74,6 +74,8 @@ export interface CgroupDriver {
   stats(ref: CgroupRef): Promise<CgroupStats>
   /** Change the CPU quota (load guard throttle); `0`/`Infinity` removes it. */
   setCpu(ref: CgroupRef, cores: number): Promise<void>
+  /** Relative CPU share against sibling groups (v1 `cpu.shares`, default 1024; v2 `cpu.weight`, mapped). */
+  setShares(ref: CgroupRef, shares: number): Promise<void>
   /** Names of the groups directly under a parent (orphan reaping at start-up); `[]` when it is missing. */
   list(parent: string): Promise<string[]>
   /** Ensure a parent exists (v2: with cpu, memory and pids enabled for its children). */

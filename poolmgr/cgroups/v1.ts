@@ -91,6 +91,10 @@ export class CgroupV1Driver implements CgroupDriver {
     await this.#writeCpu(ref, cores, false)
   }
 
+  async setShares(ref: CgroupRef, shares: number): Promise<void> {
+    await writeText(join(need(ref, 'cpu'), 'cpu.shares'), String(Math.max(2, Math.round(shares))))
+  }
+
   async stats(ref: CgroupRef): Promise<CgroupStats> {
     const cpu = need(ref, 'cpu')
     const memory = need(ref, 'memory')

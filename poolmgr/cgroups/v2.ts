@@ -87,6 +87,10 @@ export class CgroupV2Driver implements CgroupDriver {
     await this.#writeCpu(need(ref), cores)
   }
 
+  async setShares(ref: CgroupRef, shares: number): Promise<void> {
+    await writeText(join(need(ref), 'cpu.weight'), String(sharesToWeight(shares)))
+  }
+
   async stats(ref: CgroupRef): Promise<CgroupStats> {
     const dir = need(ref)
     const read = (file: string): string => readSmallSync(join(dir, file), this.#scratch)

@@ -39,3 +39,21 @@ t.test('the memory budget evicts idle pooled instances first, then refuses with 
   t.equal(huge.status, 503)
   t.equal(huge.json['code'], 'KDL_ERR_NO_CAPACITY')
 })
+
+t.test('pool instances start at a small CPU share and get a full one when they serve a call', async (t) => {
+  const { readFile } = await import('node:fs/promises')
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 1, KINDLING_POOL_ADAPTIVE: 'false' })
+  await waitFor(() => generic(p).idle === 1, 'the generic pool to fill')
+  const shares = async (id: string): Promise<number> => {
+    const inst = [...p.pools.instances()].find((i) => i.id === id)
+    return Number(await readFile(`${inst!.handle.cgroup!.paths['cpu']}/cpu.shares`, 'utf8'))
+  }
+  const idle = [...p.pools.instances()].find((i) => i.state === 'generic')!
+  t.equal(await shares(idle.id), 64, 'a refill runs in the background: it never competes with calls being served')
+  await p.deploy('served', { runtime: 'node', code: 'export default () => "s"', mode: 'persistent', prewarm: 1 })
+  await waitFor(() => p.pools.snapshot().find((s) => s.pool === 'fn:served')?.idle === 1, 'the prewarm pool to fill')
+  const res = await p.invoke('served')
+  t.equal(res.headers['x-kindling-start'], 'prewarmed')
+  const serving = [...p.pools.instances()].find((i) => i.fn === 'served' && i.state === 'leased')!
+  t.equal(await shares(serving.id), 1024, 'the instance serving the call has the full share')
+})
