@@ -100,7 +100,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
     if (result.outcome === 'ok') {
       table.done(entry, slot, 'ok')
-      metrics.invocations.inc({ function: name, code: String(result.status) })
+      entry.countStatus(result.status)
     } else if (result.outcome === 'timeout') {
       table.done(entry, slot, 'timeout')
       const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
@@ -116,7 +116,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       metrics.invocations.inc({ function: name, code: err.code })
       sendError(res, err, { 'x-kindling-error': 'unhandled' })
     }
-    metrics.invocationDuration.observe({ function: name }, (performance.now() - t0) / 1000)
+    entry.observeDuration((performance.now() - t0) / 1000)
   }
 
   app.addHook('onClose', async () => table.close())

@@ -40,9 +40,28 @@ export class RouteEntry {
   readonly waiters: Waiter[] = []
   pending = 0
   stale = false
+  readonly #metrics: Metrics
+  /** Metric children bound to this function once, so a call does no label hashing. */
+  readonly #byStatus = new Map<number, { inc(): void }>()
+  readonly #duration: { observe(v: number): void }
 
-  constructor(spec: RouteSpec) {
+  constructor(spec: RouteSpec, metrics: Metrics) {
     this.spec = spec
+    this.#metrics = metrics
+    this.#duration = metrics.invocationDuration.labels(spec.name)
+  }
+
+  countStatus(status: number): void {
+    let c = this.#byStatus.get(status)
+    if (c === undefined) {
+      c = this.#metrics.invocations.labels(this.spec.name, String(status))
+      this.#byStatus.set(status, c)
+    }
+    c.inc()
+  }
+
+  observeDuration(seconds: number): void {
+    this.#duration.observe(seconds)
   }
 
   /** A slot with a free call, or undefined. The warm path: no allocation, no await. */
@@ -217,7 +236,7 @@ export class InstanceTable {
     let p = this.#resolving.get(name)
     if (p === undefined) {
       p = this.#executor.resolve(name).then((spec) => {
-        const entry = this.#entries.get(name) ?? new RouteEntry(spec)
+        const entry = this.#entries.get(name) ?? new RouteEntry(spec, this.#metrics)
         this.#entries.set(name, entry)
         return entry
       }).finally(() => this.#resolving.delete(name))

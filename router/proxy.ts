@@ -61,15 +61,14 @@ export async function forward(
       // The caller left while the handler ran: the instance did its work and stays trusted; the
       // answer goes nowhere.
       if (out.destroyed) return new Writable({ write: (_c, _e, cb) => cb() })
-      const h: Record<string, string | string[]> = {}
-      for (const key in upstream) {
-        if (key === 'connection' || key === 'keep-alive' || key === 'transfer-encoding') continue
-        const v = upstream[key]
-        if (v !== undefined) h[key] = v
-      }
+      // undici hands over a fresh object per response: amend it in place rather than copy it.
+      const h = upstream as Record<string, string | string[] | undefined>
+      delete h['connection']
+      delete h['keep-alive']
+      delete h['transfer-encoding']
       h['x-kindling-start'] = startKind
       h['x-kindling-invocation-id'] = invocationId
-      out.writeHead(statusCode, h)
+      out.writeHead(statusCode, h as Record<string, string | string[]>)
       return out
     })
     return { outcome: 'ok', status }
