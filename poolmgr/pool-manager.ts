@@ -6,6 +6,9 @@ import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.j
 import { Instance } from './instance.js'
 import { dispatcherFor, load, unload } from './runtime-client.js'
 
+/** How long a refill waits after the take that caused it (see #afterTake). */
+const REFILL_DELAY_MS = 20
+
 export interface PoolManagerOptions {
   backend: ContainerBackend
   log: Logger
@@ -204,7 +207,7 @@ export class PoolManager {
     const pool = this.#generic.get(runtime)
     if (pool === undefined || pool.spec.memoryMb !== res.memoryMb || pool.spec.cpu !== res.cpu || res.network !== 'none') return undefined
     const inst = pool.idle.shift()
-    if (inst !== undefined) this.#fillGeneric(runtime)
+    if (inst !== undefined) this.#afterTake(() => this.#fillGeneric(runtime))
     return inst
   }
 
@@ -303,7 +306,7 @@ export class PoolManager {
     const inst = pool.idle.shift()
     if (inst !== undefined) {
       this.#serving(inst)
-      this.#fillPrewarm(name)
+      this.#afterTake(() => this.#fillPrewarm(name))
     }
     return inst
   }
@@ -442,6 +445,15 @@ export class PoolManager {
       this.#log.info({ instance: inst.id, fn: inst.fn, runtime: inst.runtime }, 'evicted an idle instance for the memory budget')
       void this.destroy(inst)
     }
+  }
+
+  /**
+   * A refill caused by a take starts a moment later: the call that took the instance is on the event
+   * loop right now (its load, its first bytes), and a refill's own work — directories, cgroup files, the
+   * spawn request — would interleave with it. A refill never blocks a call; now it does not slow one.
+   */
+  #afterTake(fill: () => void): void {
+    setTimeout(fill, REFILL_DELAY_MS).unref()
   }
 
   /** The instance is about to serve a call: give it a full CPU share (it was started in the background). */
