@@ -1,11 +1,16 @@
 // The load generator, in its own process (forked by load.ts) so it never shares an event loop with the
 // router it measures. It receives one LoadRequest over IPC, runs autocannon (warm-up, then the measured
-// window, in one run) and answers with one LoadResult.
+// window, in one run) and answers with one LoadResult. Later messages steer a background run (load.ts
+// startLoad): `mark` restarts the measured window, `stop` ends the run.
 //
 // Latencies are recorded from autocannon's `response` events at full (sub-millisecond) resolution:
 // its own histogram stores whole milliseconds, too coarse for a "≤ 0.1 ms added" target.
+//
+// With a `rate`, requests are paced instead (paced.ts): autocannon's `overallRate` spends each second's
+// budget back to back from the start of the second, which measures a burst, not the offered rate.
 import { createRequire } from 'node:module'
 import type { EventEmitter } from 'node:events'
+import { runPaced } from './paced.js'
 import { summarize } from './stats.js'
 import type { LoadRequest, LoadResult } from './load.js'
 
@@ -39,9 +44,19 @@ function run(req: LoadRequest): Promise<LoadResult> {
   let latencies = new Float64Array(1 << 16)
   let count = 0
   let ok = 0
-  const measureFrom = performance.now() + req.warmupS * 1000
+  let measureFrom = performance.now() + req.warmupS * 1000
   let last = Number.NaN
   return new Promise((resolve, reject) => {
+    process.on('message', (msg: { type?: string }) => {
+      if (msg.type === 'mark') {
+        measureFrom = performance.now()
+        count = 0
+        ok = 0
+        last = Number.NaN
+      } else if (msg.type === 'stop') {
+        inst.stop()
+      }
+    })
     const inst = autocannon({
       url: req.url,
       ...(req.socketPath === undefined ? {} : { socketPath: req.socketPath }),
@@ -87,7 +102,7 @@ function run(req: LoadRequest): Promise<LoadResult> {
 process.once('message', (req: LoadRequest) => {
   void (async () => {
     try {
-      const result = await run(req)
+      const result = await (req.rate === undefined ? run(req) : runPaced(req))
       process.send?.({ ok: true, result })
     } catch (err) {
       process.send?.({ ok: false, message: (err as Error).message })

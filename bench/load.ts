@@ -14,6 +14,11 @@ export interface LoadRequest {
   headers?: Record<string, string>
   /** Wait at most this long for the machine to be quiet before starting. @default 0 */
   quietMs?: number
+  /**
+   * Offered load, requests per second: paced, one request every 1/rate s over at most `connections`
+   * connections (paced.ts), instead of autocannon's as-fast-as-the-answers-come. Unset: autocannon.
+   */
+  rate?: number
 }
 
 export interface LoadResult {
@@ -30,6 +35,8 @@ export interface LoadResult {
   latency: Latency
   /** How busy the machine's CPUs were just before the run (other processes), %. */
   busyBeforePct?: number
+  /** Paced runs: how late the generator sent each counted request against its schedule, ms. */
+  sendLag?: Latency
 }
 
 const LOAD_GEN = fileURLToPath(new URL('./load-gen.js', import.meta.url))
@@ -40,13 +47,27 @@ const LOAD_GEN = fileURLToPath(new URL('./load-gen.js', import.meta.url))
  */
 export async function runLoad(req: LoadRequest): Promise<LoadResult> {
   const busyBeforePct = await waitQuiet(req.quietMs ?? 0)
-  const result = await runChild(req)
+  const result = await startLoad(req).result
   return { ...result, busyBeforePct }
 }
 
-function runChild(req: LoadRequest): Promise<LoadResult> {
+/** A load generator running in the background (background load beside a measured one). */
+export interface RunningLoad {
+  /** Starts the measured window anew: only answers from now on count. */
+  mark(): void
+  /** Ends the run early (within a second: autocannon stops on its next tick) and answers its result. */
+  stop(): Promise<LoadResult>
+  /** Settles when the run ends, by itself or after stop(). */
+  result: Promise<LoadResult>
+}
+
+/** Starts the load generator without waiting for a quiet machine; `durationS` + `warmupS` bound the run. */
+export function startLoad(req: LoadRequest): RunningLoad {
   const child = fork(LOAD_GEN, [], { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  return new Promise((resolve, reject) => {
+  const send = (msg: { type: 'mark' | 'stop' }): void => {
+    if (child.connected) child.send(msg)
+  }
+  const result = new Promise<LoadResult>((resolve, reject) => {
     let settled = false
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
@@ -67,4 +88,11 @@ function runChild(req: LoadRequest): Promise<LoadResult> {
     child.once('exit', (code, signal) => finish(new Error(`load generator exited (code ${code}, signal ${signal}) without a result`)))
     child.send(req)
   })
+  // A caller that stops the run also awaits it; one that never looks must not see an unhandled rejection.
+  result.catch(() => {})
+  return {
+    mark: () => { send({ type: 'mark' }) },
+    stop: () => { send({ type: 'stop' }); return result },
+    result,
+  }
 }

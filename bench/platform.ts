@@ -2,6 +2,7 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { Client } from 'undici'
+import type { Config } from '../common/config.js'
 import { startEmbedded, type Embedded } from '../embedded/main.js'
 
 export interface PoolRow {
@@ -43,7 +44,15 @@ export interface BenchPlatform {
   close(): Promise<void>
 }
 
-export async function startPlatform(opts: { dataDir: string; backend: 'process' | 'docker'; poolSize: number }): Promise<BenchPlatform> {
+export interface PlatformOptions {
+  dataDir: string
+  backend: 'process' | 'docker'
+  poolSize: number
+  /** Further settings, e.g. the load guard's (`KINDLING_LOADGUARD_*`). */
+  overrides?: Partial<Record<keyof Config, string | number>>
+}
+
+export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatform> {
   const embedded = await startEmbedded({
     env: {},
     overrides: {
@@ -54,6 +63,7 @@ export async function startPlatform(opts: { dataDir: string; backend: 'process' 
       KINDLING_POOL_SIZE: opts.poolSize,
       // Pool sizes are what the bench sets: the reactive rule would turn the `cold` kind into `specialized`.
       KINDLING_POOL_ADAPTIVE: 'false',
+      ...opts.overrides,
     },
     log: pino({ level: 'error' }),
   })

@@ -1,11 +1,12 @@
 import type { ColdKind, ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
 import type { SelfTime } from './profile.js'
+import type { GuardAction, NoisyResult } from './noisy.js'
 import type { RssRow } from './rss.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'docker'] as const
+export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'noisy', 'docker'] as const
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -29,6 +30,7 @@ export interface Results {
   cold?: { warm: Latency; kinds: ColdResult[] }
   ephemeral?: { bare: LoadResult; rows: ModeRow[] }
   rss?: RssRow[]
+  noisy?: NoisyResult
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
   errors: Array<{ section: string; message: string }>
   /** Seconds each section took. */
@@ -104,6 +106,7 @@ export function render(r: Results): string {
       [...r.rss.map((x) => [x.what, x.instances, `${fmt(x.nodeMb)} MB`, `${fmt(x.wrapperMb)} MB`, times(ratio(x.nodeMb, x.what === 'generic' ? r.bare.rssGenericMb : r.bare.rssLoadedMb))]),
         ['bare (generic / loaded)', 1, `${fmt(r.bare.rssGenericMb)} / ${fmt(r.bare.rssLoadedMb)} MB`, '-', '1.00x']]))
   }
+  if (r.noisy !== undefined) out.push(noisyTable(r.noisy))
   if (r.docker !== undefined) {
     const d = r.docker
     const b32 = r.bare.byConnections['32']
@@ -139,5 +142,48 @@ export function summarize(r: Results): Results['summary'] {
   coldRows('', r.cold?.warm, r.cold?.kinds)
   for (const x of r.rss ?? []) row(`idle ${x.what} node instance ≤ 40 MB RSS`, `${fmt(x.nodeMb)} MB`, Number.isFinite(x.nodeMb) ? x.nodeMb <= 40 : null)
   if (r.docker !== undefined) coldRows('docker: ', r.docker.warm, r.docker.kinds)
+  if (r.noisy !== undefined) {
+    const p99 = (phase: string): number => r.noisy?.phases.find((x) => x.phase === phase)?.victim.latency.p99 ?? Number.NaN
+    const on = ratio(p99('hog, guard on'), p99('alone'))
+    const off = ratio(p99('hog, guard off'), p99('alone'))
+    row('noisy: guard on keeps the victim\'s p99 within 1.5× of alone', `guard on ${times(on)} (guard off ${times(off)})${r.noisy.guardRan ? '' : ', no guard ran'}`,
+      Number.isFinite(on) && r.noisy.guardRan ? on <= 1.5 : null)
+  }
   return out
+}
+
+/** `throttle ×2 @1.4–1.6 s, quarantine @3.4 s`: the guard's actions of a phase, by kind, in seconds after its first load started. */
+function actionsCell(actions: GuardAction[], guard: boolean): string {
+  if (!guard) return 'off'
+  if (actions.length === 0) return 'none'
+  const kinds = new Map<string, number[]>()
+  for (const a of actions) {
+    const key = a.function === 'hog' ? a.type : `${a.function ?? '?'}: ${a.type}`
+    kinds.set(key, [...(kinds.get(key) ?? []), a.atS])
+  }
+  return [...kinds].map(([k, at]) => {
+    const span = at.length === 1 ? fmt(at[0] ?? Number.NaN) : `${fmt(Math.min(...at))}–${fmt(Math.max(...at))}`
+    return `${k}${at.length > 1 ? ` ×${at.length}` : ''} @${span} s`
+  }).join(', ')
+}
+
+function noisyTable(n: NoisyResult): string {
+  const s = n.settings
+  const alone = n.phases.find((x) => x.phase === 'alone')?.victim.latency.p99
+  const rows = n.phases.map((x) => [x.phase, round(x.victim.rps, 0), ms(x.victim.latency.p50), ms(x.victim.latency.p99), times(ratio(x.victim.latency.p99, alone)),
+    x.hog === undefined ? '-' : round(x.hog.rps, 1), x.hog === undefined ? '-' : ms(x.hog.latency.p50),
+    `${failed(x.victim)} / ${x.hog === undefined ? '-' : failed(x.hog)}`, ms(x.victim.sendLag?.p99 ?? Number.NaN), `${Math.round(x.busyBeforePct)}%`,
+    `${fmt(x.windowS[0])}–${fmt(x.windowS[1])} s`, actionsCell(x.actions, x.guard)])
+  const title = `6. noisy neighbour (process backend): victim (hello, persistent) ${s.victimRate} req/s paced over ≤ ${s.victimConnections} conns; ` +
+    `hog (spins ${s.hogSpinMs} ms a call, persistent, ${String(s.hog['maxInstances'])} instances × concurrency 1) @${s.hogConnections} conns`
+  const on = n.phases.find((x) => x.phase === 'hog, guard on')
+  const notes = [
+    `guard on: interval ${s.guardIntervalMs} ms; the victim starts once the guard has throttled every hog instance (bounded poll of GET /v1/events, ≤ ${s.throttleWaitS} s): ` +
+      (on?.allThrottledS === null || on?.allThrottledS === undefined ? 'not all throttled in time' : `first throttle @${fmt(on.firstThrottleS ?? Number.NaN)} s, all @${fmt(on.allThrottledS)} s`) +
+      `${on?.hogLevelAtEnd === undefined ? '' : `; hog's guard level at the end: ${on.hogLevelAtEnd}`}; guard off: hog warm-up ${s.hogWarmupOffS} s`,
+    'victim load paced (one request every 1/rate s, open loop); gen lag = how late its generator sent (its process not run in time); busy before = CPU use before the phase\'s load',
+    'times in s after the phase\'s first load started; hog rps and p50 over the victim\'s window',
+    ...(n.guardRan ? [] : ['no load guard ran (no writable cgroup hierarchy: not root?): the guard-on row is another guard-off row']),
+  ]
+  return `${table(title, ['phase', 'victim rps', 'p50', 'p99', 'p99 / alone', 'hog rps', 'hog p50', 'failed victim / hog', 'gen lag p99', 'busy before', 'victim window', 'guard actions'], rows)}\n${notes.map((x) => `  ${x}`).join('\n')}`
 }

@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,docker,
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,noisy,docker,
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp).
 import { spawnSync } from 'node:child_process'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -15,6 +15,7 @@ import type { LoadResult } from './load.js'
 import { findNginx, startNginx, type Nginx } from './nginx.js'
 import { startPlatform, type BenchPlatform } from './platform.js'
 import { rssKb } from './proc.js'
+import { measureNoisy } from './noisy.js'
 import { byCategory, profileDuring } from './profile.js'
 import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
 import { measureRss } from './rss.js'
@@ -219,6 +220,18 @@ async function main(): Promise<number> {
       cleanups.splice(cleanups.indexOf(closeP), 1)
       await section('stopping the platform (process)', () => p.close())
     })
+
+    if (runProcess && flags.only.has('noisy')) {
+      await section('noisy neighbour (process)', async () => {
+        results.noisy = await measureNoisy({
+          dataDir: join(tmp, 'noisy'), poolSize: POOL_SIZE, durationS: flags.quick ? 4 : 8, warmupS, quietMs, progress,
+          track: (close) => {
+            cleanups.push(close)
+            return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+          },
+        })
+      })
+    }
 
     if (runDocker) {
       await section('docker backend', async () => {
