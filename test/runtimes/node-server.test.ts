@@ -197,6 +197,8 @@ t.test('turns each return shape into its response', async (t) => {
     t.equal(res.status, 200)
     t.match(res.headers['content-type'], /^text\/plain/)
     t.equal(res.text, 'plain text')
+    t.equal(res.headers['content-length'], '10', 'sized, not chunked: a proxy in front pays one write per answer')
+    t.notOk(res.headers['transfer-encoding'])
   })
   await t.test('undefined is 204 with no body', async (t) => {
     const res = await shape('undefined')
