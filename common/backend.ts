@@ -78,6 +78,8 @@ export interface ContainerBackend {
   onExit(listener: (exit: InstanceExit) => void): void
   /** Why an instance died, when the call that was running on it failed. */
   exitReason(id: string): Promise<ExitReason | undefined>
+  /** Confine a running instance to the quarantine CPUs (load guard), or release it. */
+  setQuarantine?(id: string, on: boolean): Promise<void>
   /** Raise a background instance to a full CPU share (it is about to serve a call), or lower it. */
   setPriority?(id: string, priority: 'background' | 'serving'): Promise<void>
   /** Change an instance's CPU quota (load guard throttle). */

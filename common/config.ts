@@ -45,6 +45,8 @@ export const ConfigSchema = Type.Object({
   KINDLING_POOL_MAX_SIZE: Type.Integer({ minimum: 0, maximum: 256, default: 8 }),
   /** Window of the adaptive rule, ms. @default 5000 */
   KINDLING_POOL_ADAPT_INTERVAL_MS: Type.Integer({ minimum: 10, default: 5000 }),
+  /** CPUs quarantined instances are confined to (cpuset list, e.g. "1" or "2-3"); empty: the host's last CPU when it has several. @default "" */
+  KINDLING_QUARANTINE_CPUS: Type.String({ pattern: '^([0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)?$', default: '' }),
   /** Path of the `node` binary instances run (process backend) or copied into the runtime image (docker). @default the platform's own */
   KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
   // Load guard (issue 5; loadguard/README.md). Ratios are of each instance's own quota / limit.

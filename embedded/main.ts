@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process'
 import Dockerode from 'dockerode'
 import { mkdir } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { pino, type Logger } from 'pino'
@@ -18,6 +19,7 @@ import { DockerBackend } from '../poolmgr/backends/docker.js'
 import { ProcessBackend, QUARANTINE_PARENT } from '../poolmgr/backends/process.js'
 import { Spawner } from '../poolmgr/spawner/client.js'
 import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
+import { QuarantineCpuset } from '../poolmgr/cgroups/cpuset.js'
 import { detectCgroups } from '../poolmgr/cgroups/index.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
 import { LoadGuard } from '../loadguard/guard.js'
@@ -158,7 +160,9 @@ async function createBackend(config: Config, runDir: string, codeRoot: string, l
   log.info({ cgroups: cgroups?.version ?? 'none', namespaces, user: isRoot ? `${uid}:${gid}` : 'platform' }, 'process backend isolation')
   const spawner = new Spawner({ node: process.execPath, script: SPAWNER_SCRIPT })
   await spawner.ready()
+  const quarantineCpuset = cgroups?.version === 1 ? await QuarantineCpuset.create({ cpus: config.KINDLING_QUARANTINE_CPUS }) : undefined
   const backend = new ProcessBackend({
+    quarantineCpuset,
     spawner,
     runDir,
     codeRoot,
@@ -194,6 +198,7 @@ async function createDockerBackend(config: Config, runDir: string, codeRoot: str
     codeRoot,
     user: config.KINDLING_INSTANCE_USER,
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
+    quarantineCpus: config.KINDLING_QUARANTINE_CPUS !== '' ? config.KINDLING_QUARANTINE_CPUS : availableParallelism() > 1 ? String(availableParallelism() - 1) : undefined,
     log: log.child({ component: 'backend', backend: 'docker' }),
   })
 }

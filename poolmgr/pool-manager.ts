@@ -180,6 +180,10 @@ export class PoolManager {
     if (on === this.#quarantined.has(fn)) return
     if (on) this.#quarantined.add(fn)
     else this.#quarantined.delete(fn)
+    for (const inst of this.#all.values()) {
+      if (inst.fn !== fn) continue
+      this.backend.setQuarantine?.(inst.id, on).catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot move an instance in or out of quarantine'))
+    }
     const pool = this.#prewarm.get(fn)
     if (pool !== undefined) {
       for (const inst of pool.idle.splice(0)) void this.destroy(inst)

@@ -1,4 +1,4 @@
-import { constants as osConstants } from 'node:os'
+import { availableParallelism, constants as osConstants } from 'node:os'
 import { chmod, chown, copyFile, link, lstat, mkdir, readFile, readdir, readlink, realpath, rm, stat, symlink } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import type { Readable } from 'node:stream'
@@ -32,6 +32,8 @@ export interface DockerBackendOptions {
   user?: string | undefined
   /** How long create + start + socket + health may take, ms. */
   startTimeoutMs: number
+  /** CPUs quarantined containers are confined to (`CpusetCpus`), e.g. "1"; undefined: no CPU confinement. */
+  quarantineCpus?: string | undefined
   /** Size of each instance's tmpfs /tmp, MiB (it counts against the memory limit). @default 64 */
   tmpfsMb?: number | undefined
   log?: BackendLog | undefined
@@ -238,6 +240,7 @@ export class DockerBackend implements ContainerBackend {
         // Bounded logs: an instance that prints in a loop must not fill the host's disk.
         LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
         ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: 64 } : req.background === true ? { CpuShares: BACKGROUND_SHARES } : {}),
+        ...(req.quarantine === true && this.#opts.quarantineCpus !== undefined ? { CpusetCpus: this.#opts.quarantineCpus } : {}),
       },
     }
   }
@@ -389,6 +392,18 @@ export class DockerBackend implements ContainerBackend {
     } catch (err) {
       if (statusOf(err) === 404) return undefined
       throw backendError(`cannot inspect instance ${id}`, err)
+    }
+  }
+
+  /** Moves a running container onto the quarantine CPUs (`docker update --cpuset-cpus`), or back onto all. */
+  async setQuarantine(id: string, on: boolean): Promise<void> {
+    const cpus = this.#opts.quarantineCpus
+    if (cpus === undefined) return
+    checkId(id)
+    try {
+      await this.#docker.getContainer(this.#live.get(id)?.containerId ?? containerName(id)).update({ CpusetCpus: on ? cpus : `0-${availableParallelism() - 1}` })
+    } catch (err) {
+      throw backendError(`cannot move instance ${id} ${on ? 'into' : 'out of'} quarantine`, err)
     }
   }
 

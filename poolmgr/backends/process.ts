@@ -4,6 +4,7 @@ import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
+import type { QuarantineCpuset } from '../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from '../spawner/client.js'
 import { waitForSocket, waitHealthy } from './readiness.js'
@@ -32,6 +33,8 @@ export interface ProcessBackendOptions {
   runtimes: Record<string, RuntimeCommand>
   /** cgroup driver when the host lets us create groups; without it instances run unlimited. */
   cgroups?: CgroupDriver | undefined
+  /** CPUs quarantined instances are confined to (v1 cpuset), when the host has them. */
+  quarantineCpuset?: QuarantineCpuset | undefined
   /** uid/gid instances run as; only honoured when the platform runs as root. */
   user?: { uid: number; gid: number } | undefined
   /** Run each instance in its own pid/mount/ipc namespaces with a private /tmp (needs root + unshare). */
@@ -148,7 +151,11 @@ export class ProcessBackend implements ContainerBackend {
     }
     let [command, ...args] = argv as [string, ...string[]]
     // Joins the cgroups before exec: nothing of the instance runs unlimited, not even for a moment.
-    if (cgroup !== undefined && cg !== undefined) ({ command, args } = wrapCommand(cg.procsFiles(cgroup), command, args))
+    if (cgroup !== undefined && cg !== undefined) {
+      const join = cg.procsFiles(cgroup)
+      const pin = req.quarantine === true ? this.#opts.quarantineCpuset : undefined
+      ;({ command, args } = wrapCommand(pin === undefined ? join : [...join, pin.procsFile], command, args))
+    }
     // close() may have run during the awaits above; it could not see this instance, so nothing may start.
     if (this.#closed) {
       if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
@@ -310,6 +317,14 @@ export class ProcessBackend implements ContainerBackend {
       if (stats !== undefined && stats.oomKills > 0) return 'oom'
     }
     return this.#reasons.get(id) ?? (live.child.exitCode === null && live.child.signalCode === null ? undefined : 'crashed')
+  }
+
+  /** Moves a running instance onto the quarantine CPUs, or back. */
+  async setQuarantine(id: string, on: boolean): Promise<void> {
+    const meta = this.#live.get(id)?.meta
+    const pin = this.#opts.quarantineCpuset
+    if (meta?.cgroup === undefined || this.#opts.cgroups === undefined || pin === undefined) return
+    await pin.move(await this.#opts.cgroups.pids(meta.cgroup), on)
   }
 
   async setPriority(id: string, priority: 'background' | 'serving'): Promise<void> {

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
+import { availableParallelism } from 'node:os'
 import t from 'tap'
 import { processesMentioning, startPlatform } from '../fixtures/platform.js'
 import { FAST_GUARD, cgroupFile, events, instanceById, keepCalling, waitFor, waitForEvent } from './fixtures/helpers.js'
@@ -32,6 +33,9 @@ t.test('a function that spins the CPU is throttled (its cgroup quota lowered), t
   const cpuDir = next.handle.cgroup?.paths['cpu'] ?? ''
   t.match(cpuDir, /\/kindling-quarantine\/kdl-[0-9a-f]+$/, 'its cgroup is under kindling-quarantine')
   t.equal((await readFile(`${dirname(cpuDir)}/cpu.shares`, 'utf8')).trim(), '64', 'whose CPU share is small (1024 is the default)')
+  const cpusetLine = (await readFile(`/proc/${next.handle.pid}/cgroup`, 'utf8')).split('\n').find((l) => /:cpuset:/.test(l))
+  t.match(cpusetLine, /:cpuset:\/kindling-quarantine$/, 'and it runs on the quarantine CPUs only')
+  t.equal((await readFile('/sys/fs/cgroup/cpuset/kindling-quarantine/cpuset.cpus', 'utf8')).trim(), String(availableParallelism() - 1), 'the host\'s last CPU')
 
   const metrics = await waitFor(async () => {
     const text = await (await fetch(`${p.url}/metrics`)).text()
