@@ -272,36 +272,26 @@ t.test('fn delete sends DELETE /v1/functions/NAME', async (t) => {
   t.equal(r.stdout, 'deleted hello\n')
 })
 
-t.test('pools prints generic and function pools as a table', async (t) => {
+t.test('pools prints the pools and the functions being served as tables', async (t) => {
   const api = await fakeApi(t, () => ({
     body: {
-      runtimes: [{ runtime: 'node', idle: 2, busy: 0, starting: 1, target: 3 }],
-      functions: { hello: { idle: 1, busy: 1, starting: 0, target: 2 } },
+      pools: [
+        { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 2, idle: 2, starting: 0 },
+        { pool: 'fn:hello', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
+      ],
+      functions: [{ function: 'hello', version: 3, instances: 2, busy: 1, waiting: 0, pending: 0 }],
     },
   }))
   const r = await cli(['pools'], { KINDLING_URL: api.url })
   t.equal(r.code, 0)
   t.equal(only(api.requests).url, '/v1/pools')
   t.equal(r.stdout, [
-    'POOL          IDLE  BUSY  STARTING  TARGET',
-    'generic:node  2     0     1         3',
-    'fn:hello      1     1     0         2',
+    'POOL          TARGET  IDLE  STARTING',
+    'generic:node  2       2     0',
+    'fn:hello@3    1       0     1',
     '',
-  ].join('\n'))
-})
-
-t.test('pools reads a list of pool snapshots labelled by the pool manager', async (t) => {
-  const api = await fakeApi(t, () => ({
-    body: [
-      { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 2, idle: 2, starting: 0 },
-      { pool: 'fn:hello', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
-    ],
-  }))
-  const r = await cli(['pools'], { KINDLING_URL: api.url })
-  t.equal(r.stdout, [
-    'POOL          IDLE  BUSY  STARTING  TARGET',
-    'generic:node  2     -     0         2',
-    'fn:hello      0     -     1         1',
+    'FUNCTION  VERSION  INSTANCES  BUSY  WAITING  STARTING',
+    'hello     3        2          1     0        0',
     '',
   ].join('\n'))
 })
