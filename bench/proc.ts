@@ -11,6 +11,20 @@ export async function rssKb(pid: number): Promise<number | undefined> {
   }
 }
 
+/**
+ * Proportional and private memory of a process in KiB (smaps_rollup): PSS splits shared pages (the node
+ * binary's text, mapped by every instance) among their users; private is what one more instance costs.
+ */
+export async function pssKb(pid: number): Promise<{ pss: number; priv: number } | undefined> {
+  try {
+    const text = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8')
+    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0)
+    return { pss: field('Pss'), priv: field('Private_Clean') + field('Private_Dirty') }
+  } catch {
+    return undefined
+  }
+}
+
 /** The command name (`/proc/<pid>/comm`), or undefined once it is gone. */
 export async function commOf(pid: number): Promise<string | undefined> {
   try {
@@ -60,17 +74,23 @@ export interface TreeRss {
   /** RSS of everything else in the tree (unshare, sh wrappers), KiB. */
   otherKb: number
   nodeProcesses: number
+  /** PSS and private memory of the node processes, KiB. */
+  nodePssKb: number
+  nodePrivateKb: number
 }
 
 /** RSS of a process tree rooted at `pid` (the root included), split into node and wrapper processes. */
 export async function treeRss(pid: number): Promise<TreeRss> {
-  const out: TreeRss = { nodeKb: 0, otherKb: 0, nodeProcesses: 0 }
+  const out: TreeRss = { nodeKb: 0, otherKb: 0, nodeProcesses: 0, nodePssKb: 0, nodePrivateKb: 0 }
   for (const p of [pid, ...await descendants(pid)]) {
     const [comm, kb] = await Promise.all([commOf(p), rssKb(p)])
     if (kb === undefined) continue
     if (comm === 'node' || comm === 'MainThread') {
       out.nodeKb += kb
       out.nodeProcesses++
+      const m = await pssKb(p)
+      out.nodePssKb += m?.pss ?? 0
+      out.nodePrivateKb += m?.priv ?? 0
     } else {
       out.otherKb += kb
     }

@@ -102,9 +102,10 @@ export function render(r: Results): string {
         ...e.rows.map((m) => [m.mode, m.connections, round(m.result.rps, 0), ms(m.result.latency.p50), ms(m.result.latency.p99), times(ratio(m.result.rps, e.bare.rps)), failed(m.result), busy(m.result)])]))
   }
   if (r.rss !== undefined) {
-    out.push(table('4. RSS per idle instance (process backend)', ['instance', 'count', 'node RSS / instance', 'wrappers / instance', 'vs bare'],
-      [...r.rss.map((x) => [x.what, x.instances, `${fmt(x.nodeMb)} MB`, `${fmt(x.wrapperMb)} MB`, times(ratio(x.nodeMb, x.what === 'generic' ? r.bare.rssGenericMb : r.bare.rssLoadedMb))]),
-        ['bare (generic / loaded)', 1, `${fmt(r.bare.rssGenericMb)} / ${fmt(r.bare.rssLoadedMb)} MB`, '-', '1.00x']]))
+    out.push(table('4. memory per idle instance (process backend)', ['instance', 'count', 'node RSS / instance', 'node PSS', 'node private', 'wrappers RSS', 'RSS vs bare'],
+      [...r.rss.map((x) => [x.what, x.instances, `${fmt(x.nodeMb)} MB`, `${fmt(x.nodePssMb)} MB`, `${fmt(x.nodePrivateMb)} MB`, `${fmt(x.wrapperMb)} MB`, times(ratio(x.nodeMb, x.what === 'generic' ? r.bare.rssGenericMb : r.bare.rssLoadedMb))]),
+        ['bare (generic / loaded)', 1, `${fmt(r.bare.rssGenericMb)} / ${fmt(r.bare.rssLoadedMb)} MB`, '-', '-', '-', '1.00x']]))
+    out.push('  RSS counts the node binary\'s shared pages in full for every instance; PSS shares them out; private is what one more instance costs')
   }
   if (r.noisy !== undefined) out.push(noisyTable(r.noisy))
   if (r.docker !== undefined) {

@@ -9,6 +9,9 @@ export interface RssRow {
   nodeMb: number
   /** Mean RSS of the wrapper processes (unshare, sh) per instance, MiB. */
   wrapperMb: number
+  /** Mean PSS and private memory of the runtime server per instance, MiB (RSS counts node's shared text in full). */
+  nodePssMb: number
+  nodePrivateMb: number
 }
 
 /**
@@ -39,6 +42,8 @@ async function rssOf(p: BenchPlatform, what: RssRow['what'], pick: (state: strin
   let count = 0
   let nodeKb = 0
   let otherKb = 0
+  let pssKb = 0
+  let privKb = 0
   for (const inst of [...p.embedded.pools.instances()]) {
     if (!pick(inst.state, inst.fn) || inst.handle.pid === undefined) continue
     const t = await treeRss(inst.handle.pid)
@@ -46,6 +51,9 @@ async function rssOf(p: BenchPlatform, what: RssRow['what'], pick: (state: strin
     count++
     nodeKb += t.nodeKb
     otherKb += t.otherKb
+    pssKb += t.nodePssKb
+    privKb += t.nodePrivateKb
   }
-  return { what, instances: count, nodeMb: count === 0 ? Number.NaN : nodeKb / count / 1024, wrapperMb: count === 0 ? Number.NaN : otherKb / count / 1024 }
+  const per = (kb: number): number => (count === 0 ? Number.NaN : kb / count / 1024)
+  return { what, instances: count, nodeMb: per(nodeKb), wrapperMb: per(otherKb), nodePssMb: per(pssKb), nodePrivateMb: per(privKb) }
 }
