@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import { KdlError } from '../common/errors.js'
+import { NAME_PATTERN } from '../common/spec.js'
 import type { EventLog } from '../common/events.js'
 import type { Metrics } from '../common/metrics.js'
 import type { Store } from '../common/store.js'
@@ -7,6 +8,8 @@ import type { FunctionRecord } from '../common/types.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from './client.js'
+
+const NAME_RE = new RegExp(NAME_PATTERN)
 
 export interface ExecutorOptions {
   store: Store
@@ -185,6 +188,7 @@ export class Executor implements ExecutorClient {
   async #record(name: string): Promise<FunctionRecord> {
     const cached = this.#records.get(name)
     if (cached !== undefined) return cached
+    if (!NAME_RE.test(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name.slice(0, 80)}" is not deployed`)
     const stored = await this.#o.store.getFunction(name)
     if (stored === undefined) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
     this.#records.set(name, stored)

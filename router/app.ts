@@ -88,7 +88,8 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       } catch (err) {
         const kdl = toKdlError(err)
         if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
-        metrics.invocations.inc({ function: name, code: kdl.code })
+        // Unknown names are not labels: a client must not be able to grow the metric set at will.
+        metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
         sendError(res, kdl)
         return
       }

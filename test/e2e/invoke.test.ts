@@ -83,6 +83,10 @@ for (const backend of BACKENDS) {
     const res = await p.invoke('nope')
     t.equal(res.status, 404)
     t.match(res.json(), { statusCode: 404, code: 'KDL_ERR_FN_NOT_FOUND', error: 'Not Found' })
+    const odd = await p.invoke('Not_A_Name')
+    t.equal(odd.status, 404, 'a name that could never be deployed is just not found')
+    const metrics = await (await fetch(`${p.url}/metrics`)).text()
+    t.notMatch(metrics, /function="nope"/, 'unknown names do not become metric labels')
   })
 
   t.test('20 concurrent calls to one function are all answered', async (t) => {
