@@ -1,21 +1,17 @@
-import { availableParallelism, constants as osConstants } from 'node:os'
-import { chmod, chown, copyFile, link, lstat, mkdir, readFile, readdir, readlink, realpath, rm, stat, symlink } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
+import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
-import type { Readable } from 'node:stream'
 import type Dockerode from 'dockerode'
-import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, SERVING_SHARES, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { IMAGE_PATH } from '../images/rootfs.js'
 import { dispatcherFor, health } from '../runtime-client.js'
+import { CgroupLocator } from './docker-cgroup.js'
+import { LABEL, backendError, checkId, containerName, followPull, noop, silent, statusOf, tailLogs, type BackendLog, type Live } from './docker-common.js'
+import { DockerEvents } from './docker-events.js'
 import { waitForSocket } from './readiness.js'
 
-/** The pino subset the backend logs through (a pino `Logger` fits). */
-export interface BackendLog {
-  debug(obj: object, msg: string): void
-  info(obj: object, msg: string): void
-  warn(obj: object, msg: string): void
-  error(obj: object, msg: string): void
-}
+export type { BackendLog } from './docker-common.js'
 
 export interface DockerBackendOptions {
   /** A dockerode client (constructed by main.ts). */
@@ -44,48 +40,8 @@ const SOCKET_DIR = '/run/kindling'
 const SOCKET_NAME = 'rt.sock'
 const CODE_DIR = '/code'
 const QUARANTINE_PARENT = '/kindling-quarantine'
-/** Labels on every instance container; `kindling.instance` is the one list() and the event filter key on. */
-const LABEL = { instance: 'kindling.instance', runtime: 'kindling.runtime', pool: 'kindling.pool', fn: 'kindling.function', quarantine: 'kindling.quarantine' } as const
-/** Instance ids name containers and host directories: no path separators, no dot-dot. */
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 /** sun_path is 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107
-const REMEMBERED = 1024
-/** Bound on how long exitReason() waits for the engine to report a death it has not reported yet. */
-const EXIT_WAIT_MS = 2_000
-
-const noop = (): void => {}
-const silent: BackendLog = { debug: noop, info: noop, warn: noop, error: noop }
-
-interface Live {
-  id: string
-  runtime: string
-  pool: string
-  containerId?: string | undefined
-  /** Set once start() has resolved; a death before that only fails the start. */
-  started: boolean
-  /** Set by the first `die` event (a resubscribed stream may replay it). */
-  exited: boolean
-  stopping: boolean
-  /** Aborted when the container dies (or times out) during start. */
-  startFailed: AbortController
-  /** Resolves when the engine reports the container's death. */
-  died: Promise<void>
-  markDied: () => void
-}
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown }).statusCode
-  return typeof s === 'number' ? s : undefined
-}
-
-function backendError(message: string, cause: unknown): KdlError {
-  if (cause instanceof KdlError) return cause
-  const detail = cause instanceof Error ? `: ${cause.message}` : ''
-  return new KdlError('KDL_ERR_BACKEND', `${message}${detail}`, { cause })
-}
-
-const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([name, n]) => [n, name]))
 
 /**
  * Instances as Docker containers (dockerode, a real engine): one container per instance, labelled `kindling.*`,
@@ -104,13 +60,9 @@ export class DockerBackend implements ContainerBackend {
   readonly #log: BackendLog
   readonly #live = new Map<string, Live>()
   readonly #stops = new Map<string, Promise<void>>()
-  readonly #reasons = new Map<string, ExitReason>()
-  readonly #oom = new Set<string>()
-  readonly #listeners: Array<(exit: InstanceExit) => void> = []
-  #events: Readable | undefined
-  #eventsReady: Promise<void> | undefined
+  readonly #events: DockerEvents
+  readonly #cgroups: CgroupLocator
   #closing = false
-  #cgroupMounts: Promise<CgroupMounts> | undefined
 
   constructor(opts: DockerBackendOptions) {
     this.#docker = opts.docker
@@ -122,6 +74,10 @@ export class DockerBackend implements ContainerBackend {
     const m = /^(\d+):(\d+)$/.exec(spec)
     if (m === null) throw new KdlError('KDL_ERR_BAD_REQUEST', `docker backend user must be "uid:gid", got "${spec}"`)
     this.#user = { uid: Number(m[1]), gid: Number(m[2]), spec }
+    this.#events = new DockerEvents({
+      docker: this.#docker, log: this.#log, backend: this.name, live: this.#live, closing: () => this.#closing, reap: (id) => this.stop(id),
+    })
+    this.#cgroups = new CgroupLocator(this.#log)
   }
 
   #socketDir(id: string): string { return join(this.#runDir, id) }
@@ -142,7 +98,7 @@ export class DockerBackend implements ContainerBackend {
     const died = new Promise<void>((resolve) => { markDied = resolve })
     const live: Live = { id: req.id, runtime: req.runtime, pool: req.pool, started: false, exited: false, stopping: false, startFailed: new AbortController(), died, markDied }
     this.#live.set(req.id, live)
-    this.#reasons.delete(req.id)
+    this.#events.forget(req.id)
     const timer = setTimeout(() => live.startFailed.abort(
       new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not answer its health check within ${this.#opts.startTimeoutMs} ms`)), this.#opts.startTimeoutMs)
     const failed = new Promise<never>((_resolve, reject) => {
@@ -150,7 +106,7 @@ export class DockerBackend implements ContainerBackend {
     })
     failed.catch(noop)
     try {
-      await Promise.race([this.#ensureEvents(), failed])
+      await Promise.race([this.#events.ensure(), failed])
       await Promise.race([this.#prepareDirs(req.id), failed])
       const tCreate = performance.now()
       const container = await Promise.race([this.#create(req, image), failed])
@@ -167,7 +123,7 @@ export class DockerBackend implements ContainerBackend {
       const tDone = performance.now()
       const info = await Promise.race([container.inspect(), failed])
       const pid = info.State.Pid > 0 ? info.State.Pid : undefined
-      const cgroup = pid === undefined ? undefined : await this.#cgroupOf(pid, req.id)
+      const cgroup = pid === undefined ? undefined : await this.#cgroups.locate(pid, req.id)
       live.startFailed.signal.throwIfAborted()
       live.started = true
       this.#log.debug({
@@ -176,7 +132,7 @@ export class DockerBackend implements ContainerBackend {
       }, 'instance started')
       return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid, cgroup, startedAt: Date.now() }
     } catch (err) {
-      const logs = live.containerId === undefined ? '' : await this.#tail(live.containerId)
+      const logs = live.containerId === undefined ? '' : await tailLogs(this.#docker, live.containerId)
       await this.stop(req.id).catch((e: unknown) => this.#log.warn({ instance: req.id, err: e }, 'cannot remove a failed instance'))
       const base = backendError(`instance ${req.id} (${image}) did not start`, err)
       if (logs === '') throw base
@@ -294,8 +250,7 @@ export class DockerBackend implements ContainerBackend {
     const p = (async () => {
       try {
         await this.#remove(id, live?.containerId)
-        // An exit the engine reported first (crash, OOM) keeps its reason.
-        if (live !== undefined && !this.#reasons.has(id)) this.#remember(id, 'stopped')
+        if (live !== undefined) this.#events.stopped(id)
         await rm(this.#socketDir(id), { recursive: true, force: true })
         await rm(this.#codeDir(id), { recursive: true, force: true })
         this.#live.delete(id)
@@ -370,29 +325,11 @@ export class DockerBackend implements ContainerBackend {
   }
 
   onExit(listener: (exit: InstanceExit) => void): void {
-    this.#listeners.push(listener)
+    this.#events.onExit(listener)
   }
 
-  async exitReason(id: string): Promise<ExitReason | undefined> {
-    const known = this.#reasons.get(id)
-    if (known !== undefined) return known
-    const live = this.#live.get(id)
-    if (live !== undefined) {
-      // The call failed before the engine reported the death: wait for it, bounded.
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([live.died, new Promise((resolve) => { timer = setTimeout(resolve, EXIT_WAIT_MS) })])
-      clearTimeout(timer)
-      const now = this.#reasons.get(id)
-      if (now !== undefined) return now
-    }
-    try {
-      const info = await this.#docker.getContainer(live?.containerId ?? containerName(id)).inspect()
-      if (info.State.Running) return undefined
-      return reasonOf(info.State.OOMKilled || this.#oom.has(id), info.State.ExitCode)
-    } catch (err) {
-      if (statusOf(err) === 404) return undefined
-      throw backendError(`cannot inspect instance ${id}`, err)
-    }
+  exitReason(id: string): Promise<ExitReason | undefined> {
+    return this.#events.exitReason(id)
   }
 
   /** Moves a running container onto the quarantine CPUs (`docker update --cpuset-cpus`), or back onto all. */
@@ -429,234 +366,10 @@ export class DockerBackend implements ContainerBackend {
   async close(): Promise<void> {
     this.#closing = true
     const results = await Promise.allSettled([...this.#live.keys()].map((id) => this.stop(id)))
-    this.#events?.destroy()
-    this.#events = undefined
+    this.#events.close()
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed !== undefined) throw backendError('cannot stop every instance', failed.reason)
   }
-
-  // ── engine events ─────────────────────────────────────────────────────────────────────────────
-
-  /** One `GET /events` stream (die and oom of labelled containers), opened before the first container starts. */
-  #ensureEvents(): Promise<void> {
-    this.#eventsReady ??= this.#openEvents(undefined).catch((err: unknown) => {
-      this.#eventsReady = undefined
-      throw backendError('cannot subscribe to docker events', err)
-    })
-    return this.#eventsReady
-  }
-
-  async #openEvents(since: number | undefined): Promise<void> {
-    // The engine subscribes before it answers, so nothing after this resolves is missed.
-    const stream = await this.#docker.getEvents({
-      ...(since === undefined ? {} : { since }),
-      filters: { label: [LABEL.instance], type: ['container'], event: ['die', 'oom'] },
-    }) as Readable
-    if (this.#closing) { stream.destroy(); return }
-    this.#events = stream
-    let buf = ''
-    let last = Math.floor(Date.now() / 1000)
-    stream.on('data', (chunk: Buffer) => {
-      buf += chunk.toString('utf8')
-      let nl: number
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).trim()
-        buf = buf.slice(nl + 1)
-        if (line === '') continue
-        try {
-          const ev = JSON.parse(line) as DockerEvent
-          if (typeof ev.time === 'number') last = ev.time
-          this.#onEvent(ev)
-        } catch (err) {
-          this.#log.warn({ err, line: line.slice(0, 500) }, 'unreadable docker event')
-        }
-      }
-    })
-    stream.on('error', noop)
-    stream.once('close', () => {
-      if (this.#closing || this.#events !== stream) return
-      this.#events = undefined
-      this.#log.warn({ backend: this.name }, 'docker event stream ended; resubscribing')
-      void this.#resubscribe(last)
-    })
-  }
-
-  async #resubscribe(since: number): Promise<void> {
-    for (let backoff = 100; !this.#closing; backoff = Math.min(backoff * 2, 5_000)) {
-      try {
-        await this.#openEvents(since)
-        return
-      } catch (err) {
-        this.#log.warn({ err, backend: this.name }, 'cannot resubscribe to docker events')
-        await new Promise((resolve) => setTimeout(resolve, backoff))
-      }
-    }
-  }
-
-  #onEvent(ev: DockerEvent): void {
-    const attrs = ev.Actor?.Attributes ?? {}
-    const id = attrs[LABEL.instance]
-    if (id === undefined) return
-    const live = this.#live.get(id)
-    // Events of containers this backend did not start (or a previous container of the same id) are not ours.
-    if (live === undefined || (live.containerId !== undefined && ev.Actor?.ID !== undefined && ev.Actor.ID !== live.containerId)) return
-    if (ev.Action === 'oom') {
-      this.#oom.add(id)
-      if (this.#oom.size > REMEMBERED) this.#oom.delete(this.#oom.values().next().value as string)
-      return
-    }
-    if (ev.Action !== 'die' || live.exited) return
-    live.exited = true
-    const code = attrs['exitCode'] === undefined ? null : Number(attrs['exitCode'])
-    if (!live.started || live.stopping) {
-      live.startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${id} exited during start (code ${code})`))
-      live.markDied()
-      return
-    }
-    void this.#onUnexpectedExit(live, code)
-  }
-
-  async #onUnexpectedExit(live: Live, code: number | null): Promise<void> {
-    const id = live.id
-    let oom = this.#oom.has(id)
-    if (!oom && live.containerId !== undefined) {
-      try { oom = (await this.#docker.getContainer(live.containerId).inspect()).State.OOMKilled } catch { /* removed already */ }
-    }
-    const reason = reasonOf(oom, code)
-    const signal = code !== null && code > 128 ? SIGNAL_NAMES.get(code - 128) ?? null : null
-    this.#remember(id, reason)
-    live.markDied()
-    if (live.stopping) return
-    for (const l of this.#listeners) {
-      try { l({ id, reason, code, signal }) } catch (err) { this.#log.error({ err, instance: id }, 'exit listener threw') }
-    }
-    const output = live.containerId === undefined ? '' : await this.#tail(live.containerId)
-    this.#log.warn({ instance: id, pool: live.pool, backend: this.name, code, signal, reason, output }, 'instance exited')
-    await this.stop(id).catch((err: unknown) => this.#log.warn({ err, instance: id }, 'cannot remove an exited instance'))
-  }
-
-  #remember(id: string, reason: ExitReason): void {
-    this.#reasons.delete(id)
-    this.#reasons.set(id, reason)
-    if (this.#reasons.size > REMEMBERED) this.#reasons.delete(this.#reasons.keys().next().value as string)
-  }
-
-  /** The last lines a container printed (for start failures and crash logs), at most 2 KiB. */
-  async #tail(containerId: string): Promise<string> {
-    try {
-      const raw = await this.#docker.getContainer(containerId).logs({ stdout: true, stderr: true, tail: 20, follow: false })
-      const text = demuxLogs(raw).trim()
-      return text.length > 2048 ? `…${text.slice(-2048)}` : text
-    } catch {
-      return ''
-    }
-  }
-
-  // ── cgroups ───────────────────────────────────────────────────────────────────────────────────
-
-  /** The container's cgroup directories, read from /proc/<pid>/cgroup (right for any cgroup driver and parent). */
-  async #cgroupOf(pid: number, id: string): Promise<CgroupRef | undefined> {
-    try {
-      this.#cgroupMounts ??= readCgroupMounts()
-      const mounts = await this.#cgroupMounts
-      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n')
-      const v1: Record<string, string> = {}
-      let unified: string | undefined
-      for (const line of lines) {
-        const m = /^\d+:([^:]*):(.*)$/.exec(line)
-        if (m === null) continue
-        const [, ctrls = '', path = ''] = m
-        if (ctrls === '') {
-          if (mounts.unified !== undefined) unified = join(mounts.unified, path)
-          continue
-        }
-        for (const c of ctrls.split(',')) {
-          const mount = mounts.v1[c]
-          if (mount !== undefined) v1[c] = join(mount, path)
-        }
-      }
-      const ref: CgroupRef | undefined = Object.keys(v1).length > 0
-        ? { version: 1, paths: v1 }
-        : unified !== undefined ? { version: 2, paths: { unified } } : undefined
-      if (ref === undefined) return undefined
-      for (const [ctrl, dir] of Object.entries(ref.paths)) {
-        if (await stat(dir).then(() => false, () => true)) delete ref.paths[ctrl]
-      }
-      return ref
-    } catch (err) {
-      this.#log.warn({ err, instance: id }, 'cannot locate the instance cgroup')
-      return undefined
-    }
-  }
-}
-
-interface DockerEvent {
-  Type?: string
-  Action?: string
-  time?: number
-  Actor?: { ID?: string; Attributes?: Record<string, string> }
-}
-
-interface CgroupMounts {
-  /** v1 controller → mount directory. */
-  v1: Record<string, string>
-  unified?: string | undefined
-}
-
-/** cgroup mounts of this mount namespace, from /proc/self/mountinfo. */
-async function readCgroupMounts(): Promise<CgroupMounts> {
-  const out: CgroupMounts = { v1: {} }
-  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
-    const [pre, post] = line.split(' - ')
-    if (pre === undefined || post === undefined) continue
-    const mountPoint = pre.split(' ')[4]
-    const [fstype, , superOpts = ''] = post.split(' ')
-    if (mountPoint === undefined) continue
-    if (fstype === 'cgroup2') out.unified ??= mountPoint
-    if (fstype !== 'cgroup') continue
-    for (const opt of superOpts.split(',')) {
-      if (['rw', 'ro', 'relatime', 'noatime', 'nosuid', 'nodev', 'noexec', 'clone_children', 'xattr'].includes(opt) || opt.includes('=')) continue
-      out.v1[opt] ??= mountPoint
-    }
-  }
-  return out
-}
-
-function reasonOf(oom: boolean, code: number | null): ExitReason {
-  if (oom) return 'oom'
-  return code === 0 ? 'exited' : 'crashed'
-}
-
-function checkId(id: string): void {
-  if (!ID_RE.test(id)) throw new KdlError('KDL_ERR_BACKEND', `instance id "${id}" must match ${ID_RE.source}`)
-}
-
-function containerName(id: string): string {
-  return `kindling-${id}`
-}
-
-/** Splits the engine's multiplexed log frames (8-byte headers) into text; a TTY log is plain text already. */
-function demuxLogs(raw: Buffer | string): string {
-  const buf = typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw
-  if (buf.length < 8 || buf[0]! > 2 || buf[1] !== 0) return buf.toString('utf8')
-  const parts: Buffer[] = []
-  for (let at = 0; at + 8 <= buf.length;) {
-    const size = buf.readUInt32BE(at + 4)
-    parts.push(buf.subarray(at + 8, at + 8 + size))
-    at += 8 + size
-  }
-  return Buffer.concat(parts).toString('utf8')
-}
-
-function followPull(docker: Dockerode, stream: NodeJS.ReadableStream): Promise<void> {
-  return new Promise((resolve, reject) => {
-    docker.modem.followProgress(stream, (err: Error | null, output: Array<Record<string, unknown>>) => {
-      const failed = output?.find((o) => o['error'] !== undefined)
-      if (err) reject(err)
-      else if (failed !== undefined) reject(new Error(String(failed['error'])))
-      else resolve()
-    })
-  })
 }
 
 /** Recreates `src` under `dest`: hard links where allowed (same filesystem, world-readable files), copies elsewhere. */
