@@ -109,7 +109,18 @@ export class ProcessBackend implements ContainerBackend {
     for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
   }
 
-  async start(req: InstanceRequest): Promise<InstanceHandle> {
+  /** Starts in progress: close() waits for them, so none can finish after it and leave an orphan. */
+  readonly #starting = new Set<Promise<unknown>>()
+
+  start(req: InstanceRequest): Promise<InstanceHandle> {
+    const p = this.#start(req)
+    const settled = p.then(() => {}, () => {})
+    this.#starting.add(settled)
+    void settled.then(() => this.#starting.delete(settled))
+    return p
+  }
+
+  async #start(req: InstanceRequest): Promise<InstanceHandle> {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
     const rt = this.#opts.runtimes[req.runtime]
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${req.runtime}" has no server command on the process backend`)
@@ -162,6 +173,10 @@ export class ProcessBackend implements ContainerBackend {
       await rm(dir, { recursive: true, force: true })
       throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
     }
+    // On record before the process exists: a platform that dies from here on leaves an orphan the next
+    // start can find (by its run directory and cgroup; the pid follows once known).
+    const meta: Meta = { id: req.id, pool: req.pool, runtime: req.runtime, pid: -1, cgroup }
+    await writeFile(join(dir, 'meta.json'), JSON.stringify(meta))
     let child: SpawnedProcess
     try {
       child = await this.#opts.spawner.spawn({ id: req.id, command, args, env, cwd: dir })
@@ -174,9 +189,13 @@ export class ProcessBackend implements ContainerBackend {
     const exited = once(child, 'exit').then(() => undefined, () => undefined)
     child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
     child.once('exit', (code: number | null, signal: string | null) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`)))
-    const meta: Meta = { id: req.id, pool: req.pool, runtime: req.runtime, pid: child.pid, cgroup }
+    meta.pid = child.pid
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
+    if (this.#closed) {
+      await this.stop(req.id)
+      throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
+    }
     this.#pipeLogs(child, req.id)
     await writeFile(join(dir, 'meta.json'), JSON.stringify(meta))
 
@@ -255,9 +274,12 @@ export class ProcessBackend implements ContainerBackend {
       await live.exited
       this.#live.delete(id)
     }
-    if (meta?.cgroup !== undefined && this.#opts.cgroups !== undefined) {
-      // Whatever is left (a process that left the group's process group) dies with the group.
-      await this.#opts.cgroups.destroy(meta.cgroup)
+    const cg = this.#opts.cgroups
+    if (cg !== undefined) {
+      // Whatever is left (a process that left the group's process group) dies with the group. An orphan
+      // without a readable meta.json (its platform died mid-start) is found by its name.
+      const refs = meta?.cgroup !== undefined ? [meta.cgroup] : [cg.refFor(CGROUP_PARENT, id), cg.refFor(QUARANTINE_PARENT, id)]
+      for (const ref of refs) await cg.destroy(ref)
     }
     if (live !== undefined) {
       // stopped above
@@ -284,13 +306,6 @@ export class ProcessBackend implements ContainerBackend {
       }
     }
     return out
-  }
-
-  /** Reaps a cgroup left without a run directory (the platform died between creating it and writing meta). */
-  async reapGroup(name: string): Promise<void> {
-    const cg = this.#opts.cgroups
-    if (cg === undefined) return
-    for (const parent of [CGROUP_PARENT, QUARANTINE_PARENT]) await cg.destroy(cg.refFor(parent, name))
   }
 
   async prepareCode(_id: string, hostCodeDir: string): Promise<string> {
@@ -342,6 +357,8 @@ export class ProcessBackend implements ContainerBackend {
   /** Stops every instance, then the spawner (which this backend owns from construction on). */
   async close(): Promise<void> {
     this.#closed = true
+    // A start past its closed check finds #closed set once its process runs, and stops it itself.
+    await Promise.all(this.#starting)
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
     await this.#opts.spawner.close()
   }

@@ -63,5 +63,12 @@ t.test('a restarted platform still serves its functions and leaves no orphan pro
   second.child.kill('SIGTERM')
   const [code] = await once(second.child, 'exit') as [number | null]
   t.equal(code, 0, 'kindling up exits 0 on SIGTERM')
-  t.same(await processesMentioning(dataDir), [], 'a clean stop leaves no instance running')
+  const leftover = await processesMentioning(dataDir)
+  const describe = await Promise.all(leftover.map(async (pid) => {
+    const { readFile } = await import('node:fs/promises')
+    const cmd = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ')
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+    return `${pid} [${stat.slice(stat.lastIndexOf(')') + 2).split(' ').slice(0, 2).join(' ')}] ${cmd.slice(0, 300)}`
+  }))
+  t.same(leftover, [], `a clean stop leaves no instance running ${describe.join(' | ')}`)
 })
