@@ -23,6 +23,8 @@ export interface Live {
   runtime: string
   pool: string
   containerId?: string | undefined
+  /** The container's cgroup v1 cpu directory, once started (priority changes write it directly). */
+  cpuCgroup?: string | undefined
   /** Set once start() has resolved; a death before that only fails the start. */
   started: boolean
   /** Set by the first `die` event (a resubscribed stream may replay it). */

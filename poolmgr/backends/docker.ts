@@ -1,5 +1,5 @@
 import { availableParallelism } from 'node:os'
-import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink } from 'node:fs/promises'
+import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import type Dockerode from 'dockerode'
 import { BACKGROUND_SHARES, SERVING_SHARES, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
@@ -125,6 +125,7 @@ export class DockerBackend implements ContainerBackend {
       const pid = info.State.Pid > 0 ? info.State.Pid : undefined
       const cgroup = pid === undefined ? undefined : await this.#cgroups.locate(pid, req.id)
       live.startFailed.signal.throwIfAborted()
+      live.cpuCgroup = cgroup?.version === 1 ? cgroup.paths['cpu'] : undefined
       live.started = true
       this.#log.debug({
         instance: req.id, pool: req.pool, backend: this.name, ms: Math.round(performance.now() - t0),
@@ -344,10 +345,18 @@ export class DockerBackend implements ContainerBackend {
     }
   }
 
+  /**
+   * A container taken for a call gets its full CPU share on the path of that call: one write to its own
+   * cgroup file when it is known (the engine's record of CpuShares then lags, harmlessly), else an update
+   * through the engine (a round trip through dockerd).
+   */
   async setPriority(id: string, priority: 'background' | 'serving'): Promise<void> {
     checkId(id)
+    const shares = priority === 'background' ? BACKGROUND_SHARES : SERVING_SHARES
+    const dir = this.#live.get(id)?.cpuCgroup
     try {
-      await this.#docker.getContainer(this.#live.get(id)?.containerId ?? containerName(id)).update({ CpuShares: priority === 'background' ? BACKGROUND_SHARES : SERVING_SHARES })
+      if (dir !== undefined) await writeFile(join(dir, 'cpu.shares'), String(shares))
+      else await this.#docker.getContainer(this.#live.get(id)?.containerId ?? containerName(id)).update({ CpuShares: shares })
     } catch (err) {
       throw backendError(`cannot change the CPU share of instance ${id}`, err)
     }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 const generic = (p: TestPlatform) => p.pools.snapshot().find((s) => s.pool === 'generic:node')!
@@ -40,9 +40,9 @@ t.test('the memory budget evicts idle pooled instances first, then refuses with 
   t.equal(huge.json['code'], 'KDL_ERR_NO_CAPACITY')
 })
 
-t.test('pool instances start at a small CPU share and get a full one when they serve a call', async (t) => {
+for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instances start at a small CPU share and get a full one when they serve a call`, async (t) => {
   const { readFile } = await import('node:fs/promises')
-  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 1, KINDLING_POOL_ADAPTIVE: 'false' })
+  const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 1, KINDLING_POOL_ADAPTIVE: 'false' })
   await waitFor(() => generic(p).idle === 1, 'the generic pool to fill')
   const shares = async (id: string): Promise<number> => {
     const inst = [...p.pools.instances()].find((i) => i.id === id)
