@@ -88,13 +88,15 @@ export function render(r: Results): string {
   const coldTable = (title: string, warm: Latency, kinds: ColdResult[]): string => {
     const bareOf = (k: ColdKind): Latency | undefined => r.bare.starts?.[k]
     return table(title,
-      ['kind', 'fns', 'p50', 'p99', 'max', 'p50 − warm', 'bare equivalent p50', 'p50 / bare', 'loop stall p50 / max', 'header mismatches'],
-      [['warm (same client)', warm.n, ms(warm.p50), ms(warm.p99), ms(warm.max), '-', '-', '-', '-', '-'],
+      ['kind', 'fns', 'p50', 'p99', 'max', 'p50 − warm', '2nd call, same pause', 'bare equivalent p50', 'p50 / bare', 'loop stall p50 / max', 'header mismatches'],
+      [['warm (same client)', warm.n, ms(warm.p50), ms(warm.p99), ms(warm.max), '-', '-', '-', '-', '-', '-'],
         ...kinds.map((k) => [k.kind, k.functions, ms(k.latency.p50), ms(k.latency.p99), ms(k.latency.max), ms(k.latency.p50 - warm.p50),
+          k.secondCall === undefined ? '-' : ms(k.secondCall.p50),
           ms(bareOf(k.kind)?.p50 ?? Number.NaN), times(ratio(k.latency.p50, bareOf(k.kind)?.p50)), `${fmt(k.loopStall.p50)} / ${ms(k.loopStall.max)}`,
           k.mismatches === 0 ? '0' : `${k.mismatches} (${Object.entries(k.mismatchKinds).map(([a, b]) => `${a}:${b}`).join(' ')})${k.failures > 0 ? `, ${k.failures} failed` : ''}`])])
   }
   if (r.cold !== undefined) out.push(coldTable('2. cold start per kind (process backend): first call of distinct functions, sequential', r.cold.warm, r.cold.kinds))
+  if (r.cold !== undefined) out.push('  "2nd call, same pause": the same function called again after the same settle pause as its first call — warm, measured like the first calls (a machine idle for a moment answers slower than a hot loop)')
   if (r.ephemeral !== undefined) {
     const e = r.ephemeral
     out.push(table('3. modes at 4 connections (prewarm 4, maxInstances 8, concurrency 1)', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
