@@ -2,7 +2,8 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { create } from 'tar'
 import t from 'tap'
-import { BACKENDS, startPlatform } from '../fixtures/platform.js'
+import { BACKENDS, processesMentioning, startPlatform } from '../fixtures/platform.js'
+import { waitFor } from '../fixtures/wait.js'
 
 
 for (const backend of BACKENDS) {
@@ -105,6 +106,30 @@ for (const backend of BACKENDS) {
     const events = await p.api('GET', '/v1/events?function=hog')
     t.ok((events.json['events'] as Array<{ type: string }>).some((e) => e.type === 'instance-oom'), 'the OOM kill is a platform event')
     t.equal((await p.invoke('hog')).text, 'fine', 'a new instance serves the next call')
+  })
+
+  t.test('a function that forks without bound is held by the pids limit, answers, and leaves nothing behind', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    await p.deploy('forky', {
+      runtime: 'node', mode: 'ephemeral', timeoutMs: 20_000,
+      code: `import { spawn } from "node:child_process"
+export default async () => {
+  let started = 0, refused = 0
+  for (let i = 0; i < 200 && refused < 3; i++) {
+    const c = spawn(process.execPath, ["-e", "setInterval(() => {}, 1e9) // kindling-fork-test"], { stdio: "ignore" })
+    await new Promise((r) => { c.once("spawn", () => { started++; r() }); c.once("error", () => { refused++; r() }) })
+  }
+  return { started, refused }
+}`,
+    })
+    await p.deploy('bystander', { runtime: 'node', code: 'export default () => "still here"' })
+    const res = await p.invoke('forky')
+    t.equal(res.status, 200, res.text)
+    const got = res.json() as { started: number; refused: number }
+    t.ok(got.refused > 0, `the kernel refused forks (${got.refused}) after ${got.started} children`)
+    t.ok(got.started < p.config.KINDLING_PIDS_LIMIT, 'far fewer children than the pids limit: every node counts several tasks')
+    await waitFor(async () => (await processesMentioning('kindling-fork-test')).length === 0, 'the children to die with their ephemeral instance')
+    t.equal((await p.invoke('bystander')).text, 'still here', 'the platform stays healthy')
   })
 
   t.test('an invocation body over the limit answers 413', async (t) => {
