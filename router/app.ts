@@ -78,11 +78,8 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
 
   async function handleInvocation(name: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
     const t0 = performance.now()
-    let granted: Granted | undefined
-    const warm = table.tryWarm(name)
-    if (warm !== undefined) {
-      granted = { entry: warm.entry, slot: warm.slot, kind: 'warm' }
-    } else {
+    let granted: Granted | undefined = table.tryWarm(name)
+    if (granted === undefined) {
       try {
         granted = await table.acquire(name)
       } catch (err) {

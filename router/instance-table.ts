@@ -111,25 +111,16 @@ export class InstanceTable {
   }
 
   /** The warm path: a slot with a free call on an already-known function, synchronously. */
-  tryWarm(name: string): { entry: RouteEntry; slot: Slot } | undefined {
+  tryWarm(name: string): Granted | undefined {
     const entry = this.#entries.get(name)
-    if (entry === undefined || entry.waiters.length > 0) return undefined
-    const slot = entry.pick()
-    if (slot === undefined) return undefined
-    this.#use(entry, slot)
-    return { entry, slot }
+    return entry === undefined ? undefined : this.#takeFree(entry)
   }
 
   /** Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. */
   async acquire(name: string): Promise<Granted> {
     const entry = this.#entries.get(name) ?? await this.#resolve(name)
-    if (entry.waiters.length === 0) {
-      const slot = entry.pick()
-      if (slot !== undefined) {
-        this.#use(entry, slot)
-        return { entry, slot, kind: 'warm' }
-      }
-    }
+    const free = this.#takeFree(entry)
+    if (free !== undefined) return free
     if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)
     return new Promise<Granted>((resolve, reject) => {
       const onTimeout = (): void => {
@@ -224,6 +215,15 @@ export class InstanceTable {
         w.reject(new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping'))
       }
     }
+  }
+
+  /** A free slot taken for a call, unless calls are already queued (they go first). */
+  #takeFree(entry: RouteEntry): Granted | undefined {
+    if (entry.waiters.length > 0) return undefined
+    const slot = entry.pick()
+    if (slot === undefined) return undefined
+    this.#use(entry, slot)
+    return { entry, slot, kind: 'warm' }
   }
 
   #use(entry: RouteEntry, slot: Slot): void {
