@@ -1,7 +1,6 @@
-import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { KdlError } from '../../common/errors.js'
+import { errno, exists, mkdirp, readText, writeText } from './fs-util.js'
 
 /**
  * The quarantine CPU set (cgroup v1 `cpuset`): quarantined instances run on their own CPUs only, so a
@@ -29,20 +28,12 @@ export class QuarantineCpuset {
     const n = availableParallelism()
     const cpus = opts.cpus !== undefined && opts.cpus !== '' ? opts.cpus : n > 1 ? String(n - 1) : undefined
     if (cpus === undefined) return undefined
-    try {
-      await access(join(root, 'cpuset.cpus'))
-    } catch {
-      return undefined
-    }
+    if (!(await exists(join(root, 'cpuset.cpus')))) return undefined
     const dir = join(root, opts.name ?? 'kindling-quarantine')
-    try {
-      await mkdir(dir, { recursive: true })
-      // A new v1 cpuset group starts empty: memory nodes first (copied from the root), then the CPUs.
-      await writeFile(join(dir, 'cpuset.mems'), (await readFile(join(root, 'cpuset.mems'), 'utf8')).trim())
-      await writeFile(join(dir, 'cpuset.cpus'), cpus)
-    } catch (err) {
-      throw new KdlError('KDL_ERR_BACKEND', `cannot set up the quarantine cpuset ${dir} on CPUs ${cpus}`, { cause: err })
-    }
+    await mkdirp(dir)
+    // A new v1 cpuset group starts empty: memory nodes first (copied from the root), then the CPUs.
+    await writeText(join(dir, 'cpuset.mems'), (await readText(join(root, 'cpuset.mems'))).trim())
+    await writeText(join(dir, 'cpuset.cpus'), cpus)
     return new QuarantineCpuset(root, dir, cpus)
   }
 
@@ -56,9 +47,9 @@ export class QuarantineCpuset {
     const file = join(on ? this.#dir : this.#root, 'cgroup.procs')
     for (const pid of pids) {
       try {
-        await writeFile(file, String(pid))
+        await writeText(file, String(pid))
       } catch (err) {
-        if ((err as { code?: string }).code !== 'ESRCH') throw new KdlError('KDL_ERR_BACKEND', `cannot move pid ${pid} to ${file}`, { cause: err })
+        if (errno((err as { cause?: unknown }).cause) !== 'ESRCH') throw err
       }
     }
   }

@@ -119,23 +119,17 @@ export async function writeText(file: string, value: string): Promise<void> {
   }
 }
 
-export async function exists(path: string): Promise<boolean> {
+async function accessible(path: string, mode: number): Promise<boolean> {
   try {
-    await access(path, constants.F_OK)
+    await access(path, mode)
     return true
   } catch {
     return false
   }
 }
 
-export async function writable(path: string): Promise<boolean> {
-  try {
-    await access(path, constants.W_OK)
-    return true
-  } catch {
-    return false
-  }
-}
+export const exists = (path: string): Promise<boolean> => accessible(path, constants.F_OK)
+export const writable = (path: string): Promise<boolean> => accessible(path, constants.W_OK)
 
 export async function mkdirp(dir: string): Promise<void> {
   try {
