@@ -5,10 +5,9 @@
 import { spawnSync } from 'node:child_process'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { Client } from 'undici'
-import { NODE_SERVER_DIR } from '../embedded/main.js'
+import { NODE_SERVER_DIR, REPO_ROOT } from '../embedded/main.js'
 import { bareColdStarts, startBare, type BareServer } from './bare.js'
 import { coldStarts, warmSingle, type ColdKind, type ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
@@ -25,8 +24,6 @@ import { HELLO_SPEC, measureBare, measureModes, measureNginx, measureRouter, typ
 const COLD_KINDS: ColdKind[] = ['prewarmed', 'specialized', 'cold']
 const POOL_SIZE = 2
 
-const here = dirname(fileURLToPath(import.meta.url))
-const repoRoot = resolve(here, here.endsWith(`${'/'}dist${'/'}bench`) ? '../..' : '..')
 
 interface Flags {
   quick: boolean
@@ -110,7 +107,7 @@ async function main(): Promise<number> {
       cpu: cpus()[0]?.model ?? 'unknown',
       node: process.version,
       kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
-      commit: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoRoot, encoding: 'utf8' }).stdout.trim(),
+      commit: spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim(),
       loadavgStart: loadavg()[0] ?? Number.NaN,
     },
     settings: { durationS, warmupS, quietMs, coldFunctions, rssInstances, helloSpec: { ...HELLO_SPEC, code: undefined } },
@@ -188,7 +185,7 @@ async function main(): Promise<number> {
         if (flags.profile && results.warm !== undefined) {
           await section('router profile', async () => {
             const file = `/tmp/kindling-router-${stamp(new Date())}.cpuprofile`
-            const top = await profileDuring(file, repoRoot, async () => { await measureRouter(ctx, p, 'hello', 32) })
+            const top = await profileDuring(file, REPO_ROOT, async () => { await measureRouter(ctx, p, 'hello', 32) })
             const idlePct = top.filter((t) => t.category === 'idle').reduce((a, t) => a + t.pct, 0)
             if (results.warm !== undefined) results.warm.profile = { file, idlePct, categories: byCategory(top), top: top.slice(0, 40) }
           })
@@ -267,7 +264,7 @@ async function main(): Promise<number> {
   results.summary = summarize(results)
   process.stdout.write(`${render(results)}\n`)
 
-  const dir = join(repoRoot, 'bench', 'results')
+  const dir = join(REPO_ROOT, 'bench', 'results')
   await mkdir(dir, { recursive: true })
   const json = JSON.stringify(results, null, 2)
   const file = join(dir, `${stamp(new Date(t0))}.json`)

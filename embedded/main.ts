@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process'
 import Dockerode from 'dockerode'
 import { mkdir } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { pino, type Logger } from 'pino'
 import { Registry } from 'prom-client'
@@ -30,9 +30,10 @@ import { FileStore } from '../store/file-store.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
-const repoRoot = resolve(here, here.includes(`${'/'}dist${'/'}`) || here.endsWith('/dist/embedded') ? '../..' : '..')
-export const NODE_SERVER_DIR = join(repoRoot, 'runtimes', 'node')
-const SPAWNER_SCRIPT = join(repoRoot, 'poolmgr', 'spawner', 'spawner.mjs')
+/** The repository: two levels up from dist/embedded/main.js, one from embedded/main.ts. */
+export const REPO_ROOT = resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
+export const NODE_SERVER_DIR = join(REPO_ROOT, 'runtimes', 'node')
+const SPAWNER_SCRIPT = join(REPO_ROOT, 'poolmgr', 'spawner', 'spawner.mjs')
 /** How long a stop waits for calls in flight before it cuts their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
 /** Runtime kinds this build can start. */

@@ -81,6 +81,7 @@ t.test('calm functions are never touched, a steady high one included', async (t)
   t.equal(s.range.learned, true)
   t.ok(s.range.cpuMean > 0.75, `its high range was learned (${s.range.cpuMean})`)
   t.match(s.instances, [{ id: high.id, quarantined: false }])
+  t.match(f.guard.state('bursty').instances, [{ id: bursty.id, quarantined: false }], 'two-sample bursts stay under the sustained window')
 })
 
 t.test('a sustained spike is throttled, then quarantined, then killed, each with its numbers', async (t) => {
