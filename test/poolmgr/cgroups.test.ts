@@ -1,11 +1,11 @@
 import t from 'tap'
+import { waitFor as poll } from '../fixtures/wait.js'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, rmdir, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { setTimeout as delay } from 'node:timers/promises'
 import {
   CgroupV1Driver, CgroupV2Driver, detectCgroups, measureStatsCost, wrapCommand, type CgroupDriver, type CgroupRef, type CgroupStats,
 } from '../../poolmgr/cgroups/index.js'
@@ -24,15 +24,14 @@ function real(): CgroupDriver {
   return v1
 }
 
-/** Polls `read` until `ok` holds (bounded); resolves with the value that satisfied it. */
+/** Polls `read` until `ok` holds (bounded, the shared poll); resolves with the value that satisfied it. */
 async function waitFor<T>(read: () => Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await read()
-    if (ok(v)) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last value ${JSON.stringify(v)}`)
-    await delay(20)
-  }
+  let last: T | undefined
+  const hit = await poll(async () => {
+    last = await read()
+    return ok(last) ? { v: last } : undefined
+  }, `${what} (last value ${JSON.stringify(last)})`, timeoutMs)
+  return hit.v
 }
 
 function spawnIn(driver: CgroupDriver, ref: CgroupRef, command: string, args: string[]): ChildProcess {
