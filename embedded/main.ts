@@ -13,10 +13,11 @@ import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
 import { EventLog } from '../common/events.js'
 import { Metrics } from '../common/metrics.js'
+import { platformIdentity } from '../common/platform-id.js'
 import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
 import { DockerBackend } from '../poolmgr/backends/docker.js'
-import { ProcessBackend, QUARANTINE_PARENT } from '../poolmgr/backends/process.js'
+import { ProcessBackend, QUARANTINE_ROOT, QUARANTINE_SHARES } from '../poolmgr/backends/process.js'
 import { Spawner } from '../poolmgr/spawner/client.js'
 import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
 import { QuarantineCpuset } from '../poolmgr/cgroups/cpuset.js'
@@ -68,9 +69,11 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const runDir = join(dataDir, 'run')
   for (const d of [dataDir, join(dataDir, 'store'), join(dataDir, 'code'), runDir]) await mkdir(d, { recursive: true, mode: 0o755 })
 
+  // Scopes cgroups, containers and orphan reaping to this data directory's platform (issue 8, part 5).
+  const { id: platformId } = await platformIdentity(dataDir)
   const store = new FileStore({ dir: join(dataDir, 'store') })
   const codeStore = new CodeStore({ root: join(dataDir, 'code'), maxUnpackedBytes: config.KINDLING_MAX_UNPACKED_BYTES, maxEntries: 10_000 })
-  const backend = await createBackend(config, runDir, join(dataDir, 'code'), log)
+  const backend = await createBackend(config, platformId, runDir, join(dataDir, 'code'), log)
   const registry = new Registry()
   const metrics = new Metrics(registry)
   const events = new EventLog()
@@ -103,8 +106,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pools, backend, reader: createCgroupReader(guardCgroups), events, registry, log: log.child({ component: 'loadguard' }), policy: policyFromConfig(config),
   })
   // Docker puts quarantined containers under the cgroupfs parent /kindling-quarantine (the process backend's
-  // quarantine parent, same directory): it gets the same small CPU share the process backend gives it.
-  if (loadGuard !== undefined && backend.name === 'docker') await guardCgroups?.ensureParent(QUARANTINE_PARENT, { cpuShares: 64 })
+  // quarantine root, same directory): it gets the same small CPU share the process backend gives it.
+  if (loadGuard !== undefined && backend.name === 'docker') await guardCgroups?.ensureParent(QUARANTINE_ROOT, { cpuShares: QUARANTINE_SHARES })
   if (config.KINDLING_LOADGUARD_ENABLED && loadGuard === undefined) log.warn('load guard off: no writable cgroup hierarchy (not root?)')
   loadGuard?.start()
   // ── end load guard ──
@@ -152,8 +155,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   }
 }
 
-async function createBackend(config: Config, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
-  if (config.KINDLING_BACKEND === 'docker') return createDockerBackend(config, runDir, codeRoot, log)
+async function createBackend(config: Config, platformId: string, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
+  if (config.KINDLING_BACKEND === 'docker') return createDockerBackend(config, platformId, runDir, codeRoot, log)
   const isRoot = process.getuid?.() === 0
   const [uid, gid] = config.KINDLING_INSTANCE_USER.split(':').map(Number) as [number, number]
   const cgroups = isRoot ? await detectCgroups() : undefined
@@ -163,6 +166,7 @@ async function createBackend(config: Config, runDir: string, codeRoot: string, l
   await spawner.ready()
   const quarantineCpuset = cgroups?.version === 1 ? await QuarantineCpuset.create({ cpus: config.KINDLING_QUARANTINE_CPUS }) : undefined
   const backend = new ProcessBackend({
+    platformId,
     quarantineCpuset,
     spawner,
     runDir,
@@ -178,7 +182,7 @@ async function createBackend(config: Config, runDir: string, codeRoot: string, l
   return backend
 }
 
-async function createDockerBackend(config: Config, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
+async function createDockerBackend(config: Config, platformId: string, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
   const docker = new Dockerode({ socketPath: config.KINDLING_DOCKER_SOCKET })
   try {
     await docker.ping()
@@ -193,6 +197,7 @@ async function createDockerBackend(config: Config, runDir: string, codeRoot: str
     log: (message, fields) => imageLog.info(fields ?? {}, message),
   })
   return new DockerBackend({
+    platformId,
     docker,
     image: image.tag,
     runDir,

@@ -47,7 +47,11 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           end++
         }
         if (end > FN_PREFIX.length) {
-          void handleInvocation(url.slice(FN_PREFIX.length, end), req, res, log)
+          handleInvocation(url.slice(FN_PREFIX.length, end), req, res, log).catch((err: unknown) => {
+            // A bug or an unexpected backend failure: the caller still gets an answer, the platform stays up.
+            log.error({ err }, 'invocation failed unexpectedly')
+            sendError(res, toKdlError(err))
+          })
           return
         }
       }

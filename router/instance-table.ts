@@ -174,7 +174,7 @@ export class InstanceTable {
           if (slot.removed) return
           if (!again || slot.retiring || entry.stale) {
             this.#forget(entry, slot)
-            if (again) void this.#executor.release(slot.lease, 'retire')
+            if (again) this.#release(slot.lease, 'retire')
           } else {
             slot.usable = true
             this.#serveWaiters(entry, slot, 'warm')
@@ -265,7 +265,7 @@ export class InstanceTable {
   #onLease(entry: RouteEntry, lease: Lease): void {
     entry.pending--
     if (entry.stale) {
-      void this.#executor.release(lease, 'retire')
+      this.#release(lease, 'retire')
       return
     }
     const slot = new Slot(lease)
@@ -311,7 +311,12 @@ export class InstanceTable {
 
   #remove(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
     this.#forget(entry, slot)
-    void this.#executor.release(slot.lease, outcome).catch((err: unknown) => this.#log.error({ err }, 'release failed'))
+    this.#release(slot.lease, outcome)
+  }
+
+  /** Gives an instance back in the background; a failure is logged, never left to reject unhandled. */
+  #release(lease: Lease, outcome: ReleaseOutcome): void {
+    this.#executor.release(lease, outcome).catch((err: unknown) => this.#log.error({ err, fn: lease.fn, instance: lease.instanceId }, 'release failed'))
   }
 
   #onExecutorEvent(e: ExecutorEvent): void {

@@ -12,8 +12,11 @@ export interface BackendLog {
 export const noop = (): void => {}
 export const silent: BackendLog = { debug: noop, info: noop, warn: noop, error: noop }
 
-/** Labels on every instance container; `kindling.instance` is the one list() and the event filter key on. */
-export const LABEL = { instance: 'kindling.instance', runtime: 'kindling.runtime', pool: 'kindling.pool', fn: 'kindling.function', quarantine: 'kindling.quarantine' } as const
+/**
+ * Labels on every instance container; `kindling.instance` is the one the event filter keys on, and
+ * `kindling.platform=<id>` scopes list() (orphan reaping) to the platform that started the container.
+ */
+export const LABEL = { instance: 'kindling.instance', platform: 'kindling.platform', runtime: 'kindling.runtime', pool: 'kindling.pool', fn: 'kindling.function', quarantine: 'kindling.quarantine' } as const
 /** Instance ids name containers and host directories: no path separators, no dot-dot. */
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 

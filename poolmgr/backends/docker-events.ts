@@ -177,7 +177,7 @@ export class DockerEvents {
       live.markDied()
       return
     }
-    void this.#onUnexpectedExit(live, code)
+    this.#onUnexpectedExit(live, code).catch((err: unknown) => this.#log.error({ err, instance: id }, 'exit handling failed'))
   }
 
   async #onUnexpectedExit(live: Live, code: number | null): Promise<void> {

@@ -14,6 +14,8 @@ import { waitForSocket } from './readiness.js'
 export type { BackendLog } from './docker-common.js'
 
 export interface DockerBackendOptions {
+  /** This platform's id (common/platform-id.ts): its containers carry `kindling.platform=<id>`; list() sees only those. */
+  platformId: string
   /** A dockerode client (constructed by main.ts). */
   docker: Dockerode
   /** Image of runtime instances when the request names none (e.g. `kindling/runtime-node:<version>`). */
@@ -169,7 +171,7 @@ export class DockerBackend implements ContainerBackend {
       TMPDIR: '/tmp',
       KINDLING_LISTEN: `unix:${SOCKET_DIR}/${SOCKET_NAME}`,
     }
-    const labels: Record<string, string> = { [LABEL.instance]: req.id, [LABEL.runtime]: req.runtime, [LABEL.pool]: req.pool }
+    const labels: Record<string, string> = { [LABEL.instance]: req.id, [LABEL.platform]: this.#opts.platformId, [LABEL.runtime]: req.runtime, [LABEL.pool]: req.pool }
     if (req.pool.startsWith('fn:')) labels[LABEL.fn] = req.pool.slice(3)
     if (req.quarantine === true) labels[LABEL.quarantine] = 'true'
     const memory = req.memoryMb * 1024 * 1024
@@ -292,7 +294,7 @@ export class DockerBackend implements ContainerBackend {
 
   async list(): Promise<Array<{ id: string; pool: string; runtime: string }>> {
     try {
-      const all = await this.#docker.listContainers({ all: true, filters: { label: [LABEL.instance] } })
+      const all = await this.#docker.listContainers({ all: true, filters: { label: [LABEL.instance, `${LABEL.platform}=${this.#opts.platformId}`] } })
       return all.map((c) => ({
         id: c.Labels[LABEL.instance] ?? '',
         pool: c.Labels[LABEL.pool] ?? 'unknown',

@@ -9,8 +9,11 @@ import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from '../spawner/client.js'
 import { waitForSocket, waitHealthy } from './readiness.js'
 
-export const CGROUP_PARENT = 'kindling'
-export const QUARANTINE_PARENT = 'kindling-quarantine'
+/** Host-wide cgroup roots; each platform's instances live one level down, under its platform id. */
+export const CGROUP_ROOT = 'kindling'
+export const QUARANTINE_ROOT = 'kindling-quarantine'
+/** cpu.shares of the quarantine root: quarantined instances of every platform share this small weight. */
+export const QUARANTINE_SHARES = 64
 
 /** How to run one runtime's server: `node <serverDir>/server.mjs` for the node runtime. */
 export interface RuntimeCommand {
@@ -23,6 +26,11 @@ export interface RuntimeCommand {
 }
 
 export interface ProcessBackendOptions {
+  /**
+   * This platform's id (common/platform-id.ts): instance cgroups live under `kindling/<id>/` and
+   * `kindling-quarantine/<id>/`, so two platforms on one host never reap or destroy each other's instances.
+   */
+  platformId: string
   /** Per-instance directories (socket, private tmp, meta.json) live here. */
   runDir: string
   /** Starts the instance processes (a small helper process, so fork() never stalls the platform); closed by close(). */
@@ -92,18 +100,23 @@ export class ProcessBackend implements ContainerBackend {
   readonly #exitListeners: Array<(exit: InstanceExit) => void> = []
   readonly #reasons = new Map<string, ExitReason>()
   readonly #stopping = new Map<string, Promise<void>>()
+  readonly #parent: string
+  readonly #quarantineParent: string
   #closed = false
 
   constructor(opts: ProcessBackendOptions) {
     this.#opts = opts
+    this.#parent = `${CGROUP_ROOT}/${opts.platformId}`
+    this.#quarantineParent = `${QUARANTINE_ROOT}/${opts.platformId}`
   }
 
   /** Creates the fixed mount points the namespaces bind onto (empty directories, once per host). */
   async init(): Promise<void> {
     // The quarantine parent's small share is what quarantine means here (issue 5): set it with or without namespaces.
     if (this.#opts.cgroups !== undefined) {
-      await this.#opts.cgroups.ensureParent(CGROUP_PARENT)
-      await this.#opts.cgroups.ensureParent(QUARANTINE_PARENT, { cpuShares: 64 })
+      await this.#opts.cgroups.ensureParent(this.#parent)
+      await this.#opts.cgroups.ensureParent(QUARANTINE_ROOT, { cpuShares: QUARANTINE_SHARES })
+      await this.#opts.cgroups.ensureParent(this.#quarantineParent)
     }
     if (!this.#opts.namespaces) return
     for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
@@ -137,7 +150,7 @@ export class ProcessBackend implements ContainerBackend {
     let cgroup: CgroupRef | undefined
     const cg = this.#opts.cgroups
     if (cg !== undefined) {
-      cgroup = await cg.create(req.quarantine === true ? QUARANTINE_PARENT : CGROUP_PARENT, req.id, {
+      cgroup = await cg.create(req.quarantine === true ? this.#quarantineParent : this.#parent, req.id, {
         cpu: req.cpu,
         memoryBytes: req.memoryMb * 1024 * 1024,
         pidsLimit: req.pidsLimit,
@@ -208,7 +221,9 @@ export class ProcessBackend implements ContainerBackend {
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
     }
     this.#opts.log.debug({ instance: req.id, pool: req.pool, ms: Math.round(performance.now() - t0) }, 'instance started')
-    child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => { void this.#onExit(live, code, signal) })
+    child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => {
+      this.#onExit(live, code, signal).catch((err: unknown) => this.#opts.log.error({ err, instance: req.id }, 'exit handling failed'))
+    })
     return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
   }
 
@@ -222,8 +237,12 @@ export class ProcessBackend implements ContainerBackend {
     }
     this.#remember(id, reason)
     this.#opts.log.warn({ instance: id, code, signal, reason }, 'instance exited')
-    await this.stop(id)
-    for (const l of this.#exitListeners) l({ id, reason, code, signal })
+    // The pools hear of the exit whatever the clean-up says: a cgroup that cannot be removed must not
+    // leave a dead instance on record as idle.
+    await this.stop(id).catch((err: unknown) => this.#opts.log.error({ err, instance: id }, 'cannot clean up an exited instance'))
+    for (const l of this.#exitListeners) {
+      try { l({ id, reason, code, signal }) } catch (err) { this.#opts.log.error({ err, instance: id }, 'exit listener threw') }
+    }
   }
 
   #remember(id: string, reason: ExitReason): void {
@@ -278,7 +297,7 @@ export class ProcessBackend implements ContainerBackend {
     if (cg !== undefined) {
       // Whatever is left (a process that left the group's process group) dies with the group. An orphan
       // without a readable meta.json (its platform died mid-start) is found by its name.
-      const refs = meta?.cgroup !== undefined ? [meta.cgroup] : [cg.refFor(CGROUP_PARENT, id), cg.refFor(QUARANTINE_PARENT, id)]
+      const refs = meta?.cgroup !== undefined ? [meta.cgroup] : [cg.refFor(this.#parent, id), cg.refFor(this.#quarantineParent, id)]
       for (const ref of refs) await cg.destroy(ref)
     }
     if (live !== undefined) {
@@ -299,7 +318,7 @@ export class ProcessBackend implements ContainerBackend {
     }
     const cg = this.#opts.cgroups
     if (cg !== undefined) {
-      for (const parent of [CGROUP_PARENT, QUARANTINE_PARENT]) {
+      for (const parent of [this.#parent, this.#quarantineParent]) {
         for (const name of await cg.list(parent).catch(() => [] as string[])) {
           if (!out.some((o) => o.id === name)) out.push({ id: name, pool: 'unknown', runtime: 'unknown' })
         }

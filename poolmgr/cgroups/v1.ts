@@ -149,6 +149,9 @@ export class CgroupV1Driver implements CgroupDriver {
       }, deadline, dirs[0] ?? '')
       for (const dir of dirs) await removeGroup(dir, this.#removeDir, deadline)
     } catch (err) {
+      // Removed meanwhile by someone else (ENOENT/ENODEV on a file of a vanishing group): destroyed is destroyed.
+      const left = await Promise.all(dirs.map((d) => exists(d).catch(() => true)))
+      if (!left.includes(true)) return
       throw backendError(`cannot destroy cgroup ${dirs[0] ?? ''}`, err)
     }
   }

@@ -140,6 +140,8 @@ export class CgroupV2Driver implements CgroupDriver {
       }, deadline, dir)
       await removeGroup(dir, this.#removeDir, deadline)
     } catch (err) {
+      // Removed meanwhile by someone else (ENOENT/ENODEV on a file of a vanishing group): destroyed is destroyed.
+      if (!(await exists(dir).catch(() => true))) return
       throw backendError(`cannot destroy cgroup ${dir}`, err)
     }
   }

@@ -31,8 +31,8 @@ t.test('a function that spins the CPU is throttled (its cgroup quota lowered), t
 
   const next = await waitFor(() => [...p.pools.instances()].find((i) => i.fn === 'hog' && i.quarantined), 'an instance of hog started after the quarantine')
   const cpuDir = next.handle.cgroup?.paths['cpu'] ?? ''
-  t.match(cpuDir, /\/kindling-quarantine\/kdl-[0-9a-f]+$/, 'its cgroup is under kindling-quarantine')
-  t.equal((await readFile(`${dirname(cpuDir)}/cpu.shares`, 'utf8')).trim(), '64', 'whose CPU share is small (1024 is the default)')
+  t.match(cpuDir, /\/kindling-quarantine\/[0-9a-f]{12}\/kdl-[0-9a-f]+$/, 'its cgroup is under kindling-quarantine/<platform id>')
+  t.equal((await readFile(`${dirname(dirname(cpuDir))}/cpu.shares`, 'utf8')).trim(), '64', 'the quarantine root\'s CPU share is small (1024 is the default)')
   const cpusetLine = (await readFile(`/proc/${next.handle.pid}/cgroup`, 'utf8')).split('\n').find((l) => /:cpuset:/.test(l))
   t.match(cpusetLine, /:cpuset:\/kindling-quarantine$/, 'and it runs on the quarantine CPUs only')
   t.equal((await readFile('/sys/fs/cgroup/cpuset/kindling-quarantine/cpuset.cpus', 'utf8')).trim(), String(availableParallelism() - 1), 'the host\'s last CPU')

@@ -34,7 +34,7 @@ if ('skip' in engine) {
   const image = ensured.tag
 
   const newBackend = (over: Partial<DockerBackendOptions> = {}): DockerBackend => {
-    const b = new DockerBackend({ docker, image, runDir, codeRoot, user: '65534:65534', startTimeoutMs: 15_000, ...over })
+    const b = new DockerBackend({ platformId: 'dockertest', docker, image, runDir, codeRoot, user: '65534:65534', startTimeoutMs: 15_000, ...over })
     backends.push(b)
     return b
   }
