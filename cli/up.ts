@@ -48,6 +48,12 @@ export function registerUpCommand(program: Command, run: Runner): void {
       if (opts.dataDir !== undefined) overrides.KINDLING_DATA_DIR = opts.dataDir
       // Loaded on demand so the client commands never pay for loading the platform.
       const { startEmbedded } = await import('../embedded/main.js')
+      // Last line of defence: every background path of the platform handles its own failures (a test run
+      // fails on one that does not); should one still slip through, it is reported, not fatal to every
+      // function this process serves.
+      process.on('unhandledRejection', (err: unknown) => {
+        ctx.stderr.write(`kindling: an unhandled background failure was ignored (a bug, please report it): ${(err as Error)?.stack ?? String(err)}\n`)
+      })
       // Listen before starting: a signal during start-up still shuts the platform down cleanly.
       const { signal, cancel } = nextSignal()
       let platform: { url: string; close(): Promise<void> }
