@@ -20,6 +20,7 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_NOT_FOUND: { status: 404, description: 'No such route.' },
   KDL_ERR_PAYLOAD_TOO_LARGE: { status: 413, description: 'The request body (invocation or deploy) exceeds the configured limit.' },
   KDL_ERR_LOAD_FAILED: { status: 422, description: 'The function code does not load (syntax error, missing entrypoint, throwing module).' },
+  KDL_ERR_LOAD_TIMEOUT: { status: 422, description: 'The function module did not finish loading within KINDLING_LOAD_TIMEOUT_MS (a top-level loop); its instance was destroyed.' },
   KDL_ERR_SATURATED: { status: 429, description: 'All instances the function may use are busy and the queue wait ran out; retry after Retry-After.' },
   KDL_ERR_FN_ERROR: { status: 500, description: 'The handler threw or rejected (x-kindling-error: handled).' },
   KDL_ERR_INTERNAL: { status: 500, description: 'A platform fault; the log has the details.' },

@@ -7,6 +7,9 @@ import type { FunctionSpec, RuntimeSpec } from './types.js'
 export const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'
 const nameRe = new RegExp(NAME_PATTERN)
 
+/** Environment variable names a function may set: a POSIX shell name. */
+export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$'
+
 export const FunctionBody = Type.Object({
   runtime: Type.String({ pattern: NAME_PATTERN }),
   code: Type.Optional(Type.String({ minLength: 1 })),
@@ -20,7 +23,7 @@ export const FunctionBody = Type.Object({
   timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 900_000 })),
   memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 65_536 })),
   cpu: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 64 })),
-  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  env: Type.Optional(Type.Record(Type.String(), Type.String(), { propertyNames: { pattern: ENV_NAME_PATTERN }, maxProperties: 1000 })),
   network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('egress')])),
   maxInvocations: Type.Optional(Type.Integer({ minimum: 1 })),
   maxAgeMs: Type.Optional(Type.Integer({ minimum: 1 })),
@@ -55,9 +58,11 @@ const checkFunction = ajv.compile<FunctionBody>(FunctionBody)
 const checkRuntime = ajv.compile<RuntimeBody>(RuntimeBody)
 
 function describe(errors: ErrorObject[] | null | undefined): string {
-  return (errors ?? []).map((e) => {
+  // A bad env key reports twice (the pattern inside propertyNames, then propertyNames): keep the second.
+  return (errors ?? []).filter((e) => e.propertyName === undefined).map((e) => {
     const where = e.instancePath === '' ? 'spec' : e.instancePath.slice(1).replaceAll('/', '.')
     if (e.keyword === 'additionalProperties') return `unknown field "${String(e.params['additionalProperty'])}"`
+    if (e.keyword === 'propertyNames') return `${where} key "${String(e.params['propertyName'])}" is not a valid name (letters, digits and _, not starting with a digit)`
     return `${where} ${e.message ?? 'is invalid'}`
   }).join('; ')
 }

@@ -82,6 +82,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     log: log.child({ component: 'poolmgr' }),
     pidsLimit: config.KINDLING_PIDS_LIMIT,
     memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB,
+    loadTimeoutMs: config.KINDLING_LOAD_TIMEOUT_MS,
     adaptive: config.KINDLING_POOL_ADAPTIVE
       ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
       : undefined,

@@ -148,9 +148,20 @@ export class Executor implements ExecutorClient {
   async trialLoad(record: FunctionRecord): Promise<Instance> {
     const pools = this.#o.pools
     if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
-    const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
-    await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
-    return inst
+    const codeDir = this.#o.codeDirOf(record.codeHash)
+    for (let attempt = 1; ; attempt++) {
+      const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
+      try {
+        await pools.load(inst, record, codeDir)
+        return inst
+      } catch (err) {
+        // The instance died under the load without the runtime refusing it: once may be bad luck (a kill
+        // from outside); twice is the module ending its own process at its top level.
+        if (!diedDuringLoad(err)) throw err
+        if (attempt < 2) continue
+        throw new KdlError('KDL_ERR_LOAD_FAILED', `function "${record.name}" ended its instance while loading (process.exit() or a crash at its top level; its output is in the platform log)`, { cause: err, details: { reason: 'exited' } })
+      }
+    }
   }
 
   /** A new version is stored: route to it from now on; old instances drain and retire. */
@@ -200,4 +211,10 @@ export class Executor implements ExecutorClient {
       try { l(e) } catch (err) { this.#o.log.error({ err }, 'executor listener failed') }
     }
   }
+}
+
+/** A load that failed because its instance died (not refused by the runtime, not timed out). */
+export function diedDuringLoad(err: unknown): boolean {
+  const e = err as { code?: string; details?: Record<string, unknown> }
+  return e.code === 'KDL_ERR_BACKEND' && e.details?.['phase'] === 'load'
 }

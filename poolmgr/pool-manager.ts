@@ -19,6 +19,8 @@ export interface PoolManagerOptions {
   memoryBudgetMb?: number
   /** Adaptive generic pools; omitted: pools stay at their configured size. */
   adaptive?: AdaptiveOptions | undefined
+  /** How long a function's module may take to load (its top level, its imports), ms. @default 5000 */
+  loadTimeoutMs?: number
 }
 
 /**
@@ -94,6 +96,8 @@ export class PoolManager {
   readonly #quarantined = new Set<string>()
   #closed = false
 
+  readonly #loadTimeoutMs: number
+
   constructor(opts: PoolManagerOptions) {
     this.backend = opts.backend
     this.#log = opts.log
@@ -101,6 +105,7 @@ export class PoolManager {
     this.#retryMs = opts.retryMs ?? 1000
     this.#budgetMb = opts.memoryBudgetMb ?? Infinity
     this.#adaptive = opts.adaptive
+    this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
     this.backend.onExit((exit) => this.#onExit(exit))
     if (this.#adaptive !== undefined) {
       this.#adaptTimer = setInterval(() => this.adapt(), this.#adaptive.intervalMs)
@@ -253,7 +258,11 @@ export class PoolManager {
     try {
       const inside = await this.backend.prepareCode(inst.id, codeDir)
       const t0 = performance.now()
-      await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env })
+      try {
+        await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env }, this.#loadTimeoutMs)
+      } catch (err) {
+        throw await this.#loadError(inst, record, err)
+      }
       inst.fn = record.name
       inst.version = record.version
       inst.state = 'loaded'
@@ -262,6 +271,31 @@ export class PoolManager {
       await this.destroy(inst)
       throw err
     }
+  }
+
+  /**
+   * What a failed load means, asked before the instance is destroyed: the runtime's refusal (the code's
+   * fault, with its message), a module that never finished loading, one that ran out of memory while
+   * loading (both the code's fault), or an instance that died under the load for another reason — a
+   * backend failure that a call may retry on another instance (`details.phase: 'load'`).
+   */
+  async #loadError(inst: Instance, record: FunctionRecord, err: unknown): Promise<KdlError> {
+    const code = (err as { code?: string }).code
+    if (code === 'KDL_ERR_LOAD_FAILED' && err instanceof KdlError) return err
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return new KdlError('KDL_ERR_LOAD_TIMEOUT', `function "${record.name}" did not finish loading within ${this.#loadTimeoutMs} ms (a top-level loop, or an import that never settles?); its instance was destroyed`, {
+        cause: err, details: { loadTimeoutMs: this.#loadTimeoutMs },
+      })
+    }
+    const reason = await this.backend.exitReason(inst.id).catch(() => undefined)
+    if (reason === 'oom') {
+      return new KdlError('KDL_ERR_LOAD_FAILED', `function "${record.name}" ran out of memory while loading: its module needs more than its ${inst.memoryMb} MiB memory limit (memoryMb)`, {
+        cause: err, details: { reason: 'oom', memoryMb: inst.memoryMb },
+      })
+    }
+    return new KdlError('KDL_ERR_BACKEND', `instance ${inst.id} ${reason === undefined ? 'failed' : `${reason}`} while loading function "${record.name}": ${(err as Error).message}`, {
+      cause: err, details: { phase: 'load', ...(reason === undefined ? {} : { reason }) },
+    })
   }
 
   /** Recycle mode: unload, then load the same function afresh, off the request path. */

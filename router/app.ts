@@ -5,7 +5,7 @@ import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
 import { InstanceTable, type Granted } from './instance-table.js'
-import { forward, sendError } from './proxy.js'
+import { drainRefused, forward, refuseOversized, sendError } from './proxy.js'
 
 export interface RouterDeps {
   executor: ExecutorClient
@@ -39,6 +39,15 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   const serverFactory = (handler: (req: IncomingMessage, res: ServerResponse) => void): Server => {
     const server = createServer((req, res) => {
       const url = req.url
+      // A body announced over its limit is refused before anything reads it (or takes an instance for it).
+      const declared = req.headers['content-length']
+      if (declared !== undefined) {
+        const limit = url !== undefined && url.startsWith(FN_PREFIX) ? cfg.maxBodyBytes : cfg.maxApiBodyBytes
+        if (Number(declared) > limit) {
+          refuseOversized(req, res, limit)
+          return
+        }
+      }
       if (url !== undefined && url.startsWith(FN_PREFIX)) {
         let end = FN_PREFIX.length
         while (end < url.length) {
@@ -68,6 +77,12 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     const kdl = toKdlError(err)
     if (kdl.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: kdl.code, url: request.url }, 'request refused')
+    // A chunked body that outgrew the limit mid-stream: fastify would close at once ("connection: close"),
+    // resetting a sender that has not read yet; drain it instead, so it gets to read the 413.
+    if (kdl.code === 'KDL_ERR_PAYLOAD_TOO_LARGE') {
+      reply.removeHeader('connection')
+      drainRefused(request.raw)
+    }
     void reply.code(kdl.statusCode).headers(kdl.headers ?? {}).send(errorBody(kdl))
   })
   app.setNotFoundHandler((request, reply) => {

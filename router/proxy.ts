@@ -46,7 +46,7 @@ export async function forward(
   if (method !== 'GET' && method !== 'HEAD') {
     const declared = inHeaders['content-length']
     if (declared !== undefined) {
-      if (Number(declared) > maxBodyBytes) return tooLarge(res, maxBodyBytes)
+      if (Number(declared) > maxBodyBytes) return tooLarge(req, res, maxBodyBytes)
       if (declared !== '0') body = req
     } else if (inHeaders['transfer-encoding'] !== undefined) {
       body = req.pipe(limitBytes(maxBodyBytes))
@@ -74,7 +74,7 @@ export async function forward(
     return { outcome: 'ok', status }
   } catch (err) {
     const code = (err as { code?: string }).code
-    if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(res, maxBodyBytes)
+    if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(req, res, maxBodyBytes)
     // The caller went away (mid-upload, or while the answer streamed out, i.e. after the handler ran):
     // the handler either never started or already finished, so the instance is fine.
     if (res.destroyed || (req.destroyed && !req.complete)) return { outcome: 'ok', status: 499, error: err }
@@ -85,10 +85,40 @@ export async function forward(
   }
 }
 
-function tooLarge(res: ServerResponse, max: number): ForwardResult {
+function tooLarge(req: IncomingMessage, res: ServerResponse, max: number): ForwardResult {
   const err = new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', `request body exceeds the ${max}-byte limit`)
   sendError(res, err)
+  drainRefused(req)
   return { outcome: 'ok', status: 413, error: err }
+}
+
+/** How long the rest of a refused body is read and dropped before the connection is cut. */
+const DRAIN_MS = 10_000
+
+/**
+ * Answers 413 to a request that announces a body over `max`, before reading any of it (no instance is
+ * taken for it), and drains what the client goes on sending.
+ */
+export function refuseOversized(req: IncomingMessage, res: ServerResponse, max: number): void {
+  sendError(res, new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', `request body exceeds the ${max}-byte limit`))
+  drainRefused(req)
+}
+
+/**
+ * Reads and drops the rest of a refused request body, for at most DRAIN_MS: a client that sends its
+ * whole body before it reads (most do) then gets the 413 already written, where closing at once would
+ * reset the connection and lose the answer in its receive buffer. A body that is still coming after the
+ * bound (a trickle) gets its connection cut.
+ */
+export function drainRefused(req: IncomingMessage): void {
+  if (req.complete || req.destroyed) return
+  req.unpipe()
+  const timer = setTimeout(() => req.socket.destroy(), DRAIN_MS)
+  timer.unref()
+  const done = (): void => clearTimeout(timer)
+  req.once('end', done).once('close', done).once('error', done)
+  req.on('data', () => {})
+  req.resume()
 }
 
 /** A pass-through that fails once more than `max` bytes went through (chunked bodies have no length). */
