@@ -1,13 +1,18 @@
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { ContainerBackend, InstanceExit } from '../common/backend.js'
-import { KdlError } from '../common/errors.js'
+import { isKdlError, KdlError } from '../common/errors.js'
+import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
 import { dispatcherFor, load, unload } from './runtime-client.js'
 
 /** How long a refill waits after the take that caused it (see #afterTake). */
 const REFILL_DELAY_MS = 20
+/** The runtime client's bound on a control request (a load that takes longer is the function's failure). */
+const LOAD_TIMEOUT_MS = 30_000
+/** How long a load that lost its instance waits for the backend to say how it died. */
+const EXIT_WAIT_MS = 2000
 
 export interface PoolManagerOptions {
   backend: ContainerBackend
@@ -90,6 +95,8 @@ export class PoolManager {
   /** Memory of instances being started (not yet in #all), MiB. */
   #reserved = 0
   readonly #goneListeners: InstanceGoneListener[] = []
+  /** Loads that lost their instance, waiting to learn how it died (see #loadFailure). */
+  readonly #exitWaiters = new Map<string, Array<(exit: InstanceExit) => void>>()
   /** Functions the load guard quarantined: their new instances start in the quarantine group. */
   readonly #quarantined = new Set<string>()
   #closed = false
@@ -253,15 +260,58 @@ export class PoolManager {
     try {
       const inside = await this.backend.prepareCode(inst.id, codeDir)
       const t0 = performance.now()
-      await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env })
+      await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env }, LOAD_TIMEOUT_MS)
       inst.fn = record.name
       inst.version = record.version
       inst.state = 'loaded'
       return performance.now() - t0
     } catch (err) {
+      const failure = isKdlError(err) ? err : await this.#loadFailure(inst, record, err)
       await this.destroy(inst)
-      throw err
+      throw failure
     }
+  }
+
+  /**
+   * What a load that got no answer from the runtime means (issue 8): the function's failure when its code
+   * ended the instance (an exit of its own, or its memory limit) or never finished loading —
+   * KDL_ERR_LOAD_FAILED, final; the platform's when the instance was killed from outside or was gone
+   * before the load was sent — KDL_ERR_BACKEND, which a caller may retry on another instance.
+   */
+  async #loadFailure(inst: Instance, record: FunctionRecord, err: unknown): Promise<KdlError> {
+    const fn = record.name
+    const code = (err as { code?: string }).code
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" did not finish loading within ${LOAD_TIMEOUT_MS} ms`, { cause: err })
+    }
+    const why = (err as Error).message
+    // The instance never read the load: the function's code cannot have run, nothing to wait for.
+    if (!neverRead(code)) {
+      const exit = await this.#exitOf(inst, EXIT_WAIT_MS)
+      if (exit?.reason === 'oom') return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" exceeded its memory limit (${inst.memoryMb} MiB) while loading`, { cause: err })
+      if (exit !== undefined && (exit.signal ?? null) === null && typeof exit.code === 'number') {
+        return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" ended its instance while loading (exit code ${exit.code})`, { cause: err })
+      }
+    }
+    return new KdlError('KDL_ERR_BACKEND', `instance ${inst.id} was lost while loading function "${fn}" (${why})`, { cause: err })
+  }
+
+  /** The instance's exit as the backend reports it, waiting up to `ms` for the report; undefined when none came. */
+  #exitOf(inst: Instance, ms: number): Promise<InstanceExit | undefined> {
+    if (inst.exit !== undefined) return Promise.resolve(inst.exit)
+    return new Promise((resolve) => {
+      const waiters = this.#exitWaiters.get(inst.id) ?? []
+      const timer = setTimeout(() => {
+        const i = waiters.indexOf(done)
+        if (i >= 0) waiters.splice(i, 1)
+        if (waiters.length === 0) this.#exitWaiters.delete(inst.id)
+        resolve(undefined)
+      }, ms)
+      timer.unref()
+      const done = (exit: InstanceExit): void => { clearTimeout(timer); resolve(exit) }
+      waiters.push(done)
+      this.#exitWaiters.set(inst.id, waiters)
+    })
   }
 
   /** Recycle mode: unload, then load the same function afresh, off the request path. */
@@ -355,8 +405,12 @@ export class PoolManager {
   }
 
   #onExit(exit: InstanceExit): void {
+    const waiters = this.#exitWaiters.get(exit.id)
+    this.#exitWaiters.delete(exit.id)
+    for (const w of waiters ?? []) w(exit)
     const inst = this.#all.get(exit.id)
     if (inst === undefined) return
+    inst.exit = exit
     inst.state = 'dead'
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)

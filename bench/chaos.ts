@@ -1,0 +1,160 @@
+// Chaos (issue 8 part 4): keep-alive load on a platform while one of its instances is SIGKILLed every
+// `killEveryMs`. Every call is answered (or counted hung); a call that was on a killed instance may fail
+// with its own 502, anything else is a failure of the platform. Used by the bench's chaos row and by
+// test/e2e/chaos.test.ts, against a platform of their own: only its instances are ever killed.
+import { readdir, readFile } from 'node:fs/promises'
+import { Client } from 'undici'
+
+/** An instance of the platform under test that may be killed now, with the host pids that carry it. */
+export interface Victim {
+  id: string
+  pids: number[]
+}
+
+export interface ChaosOptions {
+  url: string
+  /** Functions called; connection `i` calls `functions[i % functions.length]`. */
+  functions: string[]
+  connections: number
+  durationMs: number
+  killEveryMs: number
+  /** A call without an answer after this long is hung (undici's headers / body timeout). */
+  hungMs: number
+  /** Instances that may be killed now (the platform's own only). */
+  victims(): Promise<Victim[]>
+  random?: () => number
+}
+
+/** One call that did not answer 2xx. */
+export interface FailedCall {
+  fn: string
+  /** 0: no HTTP answer at all (the connection closed, or hung). */
+  status: number
+  code: string | undefined
+  message: string
+  /** Instance named by a 502 (`… on instance kdl-…`). */
+  instance: string | undefined
+  atMs: number
+}
+
+export interface ChaosResult {
+  calls: number
+  ok: number
+  kills: number
+  /** Instance ids killed, in order. */
+  killed: string[]
+  /** 502 FN_CRASHED / FN_OOM naming an instance killed after the call was sent: the killed calls' own answers. */
+  crashed: number
+  /** Every other non-2xx answer or lost call. */
+  failures: FailedCall[]
+  hung: number
+  /** Answers by status code and KDL_ERR_* code, e.g. `200`, `502 KDL_ERR_FN_CRASHED`. */
+  byCode: Record<string, number>
+  durationMs: number
+}
+
+/** Runs the load and the kills for `durationMs`, then waits for the calls in flight to end. */
+export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
+  const random = o.random ?? Math.random
+  const killed: string[] = []
+  /** Instance id → when it was killed, ms after the start. */
+  const killedAt = new Map<string, number>()
+  const failures: FailedCall[] = []
+  const byCode: Record<string, number> = {}
+  let calls = 0
+  let ok = 0
+  let crashed = 0
+  let hung = 0
+  const t0 = performance.now()
+  const until = t0 + o.durationMs
+  const count = (key: string): void => { byCode[key] = (byCode[key] ?? 0) + 1 }
+
+  const worker = async (i: number): Promise<void> => {
+    const fn = o.functions[i % o.functions.length] as string
+    const client = new Client(o.url, { headersTimeout: o.hungMs, bodyTimeout: o.hungMs, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
+    try {
+      while (performance.now() < until) {
+        calls++
+        const atMs = performance.now() - t0
+        let status = 0
+        let text = ''
+        try {
+          const res = await client.request({ method: 'GET', path: `/fn/${fn}` })
+          status = res.statusCode
+          text = await res.body.text()
+        } catch (err) {
+          const code = (err as { code?: string }).code
+          if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') hung++
+          count(code === undefined ? 'no answer' : `no answer ${code}`)
+          failures.push({ fn, status: 0, code, message: (err as Error).message, instance: undefined, atMs })
+          continue
+        }
+        if (status >= 200 && status < 300) {
+          ok++
+          count(String(status))
+          continue
+        }
+        let body: { code?: string; message?: string } = {}
+        try { body = JSON.parse(text) as typeof body } catch { body = { message: text.slice(0, 200) } }
+        count(`${status} ${body.code ?? '?'}`)
+        const instance = /on instance (kdl-[0-9a-f]+)/.exec(body.message ?? '')?.[1]
+        // Its own 502 only when the call was sent before its instance was killed: one sent later never
+        // reached a live handler, and should have been served elsewhere.
+        const kill = instance === undefined ? undefined : killedAt.get(instance)
+        if (status === 502 && (body.code === 'KDL_ERR_FN_CRASHED' || body.code === 'KDL_ERR_FN_OOM') && kill !== undefined && atMs <= kill) {
+          crashed++
+          continue
+        }
+        failures.push({ fn, status, code: body.code, message: body.message ?? '', instance, atMs })
+      }
+    } finally {
+      await client.close().catch(() => {})
+    }
+  }
+
+  const killer = async (): Promise<void> => {
+    let next = t0 + o.killEveryMs
+    while (next < until) {
+      await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())))
+      next += o.killEveryMs
+      const victims = (await o.victims()).filter((v) => v.pids.length > 0 && !killedAt.has(v.id))
+      const v = victims[Math.floor(random() * victims.length)]
+      if (v === undefined) continue
+      // Marked before the signal: a call that fails because of it may be counted the next moment.
+      killed.push(v.id)
+      killedAt.set(v.id, performance.now() - t0)
+      for (const pid of v.pids) {
+        try { process.kill(pid, 'SIGKILL') } catch { /* gone meanwhile */ }
+      }
+    }
+  }
+
+  await Promise.all([killer(), ...Array.from({ length: o.connections }, (_, i) => worker(i))])
+  return { calls, ok, kills: killed.length, killed, crashed, failures, hung, byCode, durationMs: performance.now() - t0 }
+}
+
+/**
+ * Host pids of the instances named in `ids`, found by the `--kindling-instance=<id>` on their command
+ * line (process backend: `unshare`, `node`; a container's processes show on the host too).
+ */
+export async function pidsOf(ids: Iterable<string>): Promise<Map<string, number[]>> {
+  const want = new Set(ids)
+  const out = new Map<string, number[]>()
+  if (want.size === 0) return out
+  for (const name of await readdir('/proc')) {
+    if (name.charCodeAt(0) > 57 || Number(name) === process.pid) continue
+    let cmd: string
+    try { cmd = await readFile(`/proc/${name}/cmdline`, 'utf8') } catch { continue }
+    const m = /--kindling-instance=(kdl-[0-9a-f]+)/.exec(cmd)
+    if (m === null || !want.has(m[1] as string)) continue
+    const id = m[1] as string
+    out.set(id, [...(out.get(id) ?? []), Number(name)])
+  }
+  return out
+}
+
+/** Instance ids with a run directory under `runDir` (process backend): started and starting ones. */
+export async function runDirInstances(runDir: string): Promise<string[]> {
+  const names = await readdir(runDir).catch(() => [] as string[])
+  return names.filter((n) => /^kdl-[0-9a-f]+$/.test(n))
+}

@@ -1,0 +1,55 @@
+import { join } from 'node:path'
+import t from 'tap'
+import { pidsOf, runChaos, runDirInstances, type ChaosResult, type Victim } from '../../bench/chaos.js'
+import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { waitFor } from '../fixtures/wait.js'
+
+const CODE = 'export default () => "ok"'
+
+/** Every instance of this platform, started or starting, with the pids that carry it. */
+function victimsOf(p: TestPlatform, backend: 'process' | 'docker'): () => Promise<Victim[]> {
+  return async () => {
+    if (backend === 'docker') {
+      const out: Victim[] = []
+      for (const inst of p.pools.instances()) if (inst.handle.pid !== undefined) out.push({ id: inst.id, pids: [inst.handle.pid] })
+      return out
+    }
+    const ids = new Set(await runDirInstances(join(p.dataDir, 'run')))
+    for (const inst of p.pools.instances()) ids.add(inst.id)
+    return [...await pidsOf(ids)].map(([id, pids]) => ({ id, pids }))
+  }
+}
+
+function poolsAtTarget(p: TestPlatform): boolean {
+  return p.pools.snapshot().every((s) => s.idle === s.target && s.starting === 0)
+}
+
+function report(t: { comment(...m: unknown[]): void }, r: ChaosResult): void {
+  t.comment(`${r.calls} calls, ${r.kills} kills, ${r.crashed} killed calls' 502s, ${r.failures.length} other failures, ${r.hung} hung; ${JSON.stringify(r.byCode)}`)
+  for (const f of r.failures.slice(0, 30)) t.comment(`  failure @${Math.round(f.atMs)} ms: ${f.fn} ${f.status} ${f.code ?? ""} ${f.message}`)
+}
+
+t.test('on the process backend, a call never fails because an instance other than its own died', async (t) => {
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 2, KINDLING_POOL_ADAPTIVE: 'false' })
+  const fns = {
+    steady: { mode: 'persistent', concurrency: 4, maxInstances: 4, prewarm: 2 },
+    fresh: { mode: 'ephemeral', maxInstances: 4, prewarm: 2 },
+    again: { mode: 'recycle', maxInstances: 4, prewarm: 1 },
+  }
+  for (const [name, spec] of Object.entries(fns)) {
+    const res = await p.deploy(name, { runtime: 'node', code: CODE, ...spec })
+    t.equal(res.status, 201, JSON.stringify(res.json))
+  }
+  await waitFor(() => poolsAtTarget(p), 'the pools to fill before the chaos')
+
+  const r = await runChaos({
+    url: p.url, functions: Object.keys(fns), connections: 16, durationMs: 10_000, killEveryMs: 200, hungMs: 20_000, victims: victimsOf(p, 'process'),
+  })
+  report(t, r)
+  t.ok(r.kills >= 20, `instances were killed (${r.kills})`)
+  t.ok(r.ok > 0, `calls were served (${r.ok})`)
+  t.equal(r.hung, 0, 'no call hung')
+  t.same(r.failures, [], 'every failure is a 502 of a call that was on a killed instance')
+  await waitFor(() => poolsAtTarget(p), 'the pools to be back at their targets', 10_000)
+  for (const name of Object.keys(fns)) t.equal((await p.invoke(name)).status, 200, `${name} answers after the chaos`)
+})
