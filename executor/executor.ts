@@ -11,7 +11,7 @@ import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } 
 
 const NAME_RE = new RegExp(NAME_PATTERN)
 /** Instances one acquisition may try when they die before the call reaches them (see #retrying). */
-const ACQUIRE_ATTEMPTS = 3
+const ACQUIRE_ATTEMPTS = 5
 
 export interface ExecutorOptions {
   store: Store

@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import t from 'tap'
 import { pidsOf, runChaos, runDirInstances, type ChaosResult, type Victim } from '../../bench/chaos.js'
-import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 const CODE = 'export default () => "ok"'
@@ -29,8 +29,9 @@ function report(t: { comment(...m: unknown[]): void }, r: ChaosResult): void {
   for (const f of r.failures.slice(0, 30)) t.comment(`  failure @${Math.round(f.atMs)} ms: ${f.fn} ${f.status} ${f.code ?? ""} ${f.message}`)
 }
 
-t.test('on the process backend, a call never fails because an instance other than its own died', async (t) => {
-  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 2, KINDLING_POOL_ADAPTIVE: 'false' })
+for (const backend of BACKENDS) {
+t.test(`on the ${backend} backend, a call never fails because an instance other than its own died`, async (t) => {
+  const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 2, KINDLING_POOL_ADAPTIVE: 'false' })
   const fns = {
     steady: { mode: 'persistent', concurrency: 4, maxInstances: 4, prewarm: 2 },
     fresh: { mode: 'ephemeral', maxInstances: 4, prewarm: 2 },
@@ -43,7 +44,7 @@ t.test('on the process backend, a call never fails because an instance other tha
   await waitFor(() => poolsAtTarget(p), 'the pools to fill before the chaos')
 
   const r = await runChaos({
-    url: p.url, functions: Object.keys(fns), connections: 16, durationMs: 10_000, killEveryMs: 200, hungMs: 20_000, victims: victimsOf(p, 'process'),
+    url: p.url, functions: Object.keys(fns), connections: 16, durationMs: 10_000, killEveryMs: 200, hungMs: 20_000, victims: victimsOf(p, backend),
   })
   report(t, r)
   t.ok(r.kills >= 20, `instances were killed (${r.kills})`)
@@ -53,3 +54,4 @@ t.test('on the process backend, a call never fails because an instance other tha
   await waitFor(() => poolsAtTarget(p), 'the pools to be back at their targets', 10_000)
   for (const name of Object.keys(fns)) t.equal((await p.invoke(name)).status, 200, `${name} answers after the chaos`)
 })
+}
