@@ -3,7 +3,9 @@
 // with its own 502, anything else is a failure of the platform. Used by the bench's chaos row and by
 // test/e2e/chaos.test.ts, against a platform of their own: only its instances are ever killed.
 import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { Client } from 'undici'
+import { startPlatform } from './platform.js'
 
 /** An instance of the platform under test that may be killed now, with the host pids that carry it. */
 export interface Victim {
@@ -157,4 +159,66 @@ export async function pidsOf(ids: Iterable<string>): Promise<Map<string, number[
 export async function runDirInstances(runDir: string): Promise<string[]> {
   const names = await readdir(runDir).catch(() => [] as string[])
   return names.filter((n) => /^kdl-[0-9a-f]+$/.test(n))
+}
+
+/** What the bench's chaos row measured. */
+export interface ChaosRow {
+  settings: { connections: number; durationS: number; killEveryMs: number; functions: Record<string, Record<string, unknown>> }
+  result: Omit<ChaosResult, 'killed' | 'failures'> & { failures: FailedCall[] }
+  /** Calls served on another instance, by stage (kindling_call_retries_total). */
+  retries: Record<string, number>
+  /** From the end of the load until every pool was at its target with nothing starting, ms (null: not within 30 s). */
+  refillMs: number | null
+}
+
+export interface ChaosBenchOptions {
+  dataDir: string
+  poolSize: number
+  durationS: number
+  connections: number
+  killEveryMs: number
+  progress(message: string): void
+  /** Registers the platform's close for an interrupted run; the returned function unregisters it. */
+  track(close: () => Promise<void>): () => void
+}
+
+/** The mix the chaos row runs: a persistent function shared by many calls, and two that take instances often. */
+const CHAOS_FUNCTIONS: Record<string, Record<string, unknown>> = {
+  steady: { mode: 'persistent', concurrency: 4, maxInstances: 8, prewarm: 2 },
+  fresh: { mode: 'ephemeral', maxInstances: 4, prewarm: 2 },
+  again: { mode: 'recycle', maxInstances: 4, prewarm: 2 },
+}
+
+/** The bench's chaos row: a platform of its own (process backend), loaded while its instances are killed. */
+export async function measureChaos(o: ChaosBenchOptions): Promise<ChaosRow> {
+  o.progress(`chaos: ${o.connections} connections for ${o.durationS} s, one instance SIGKILLed every ${o.killEveryMs} ms`)
+  const p = await startPlatform({ dataDir: o.dataDir, backend: 'process', poolSize: o.poolSize })
+  const untrack = o.track(() => p.close())
+  try {
+    for (const [name, spec] of Object.entries(CHAOS_FUNCTIONS)) await p.deploy(name, { code: `export default () => ${JSON.stringify(name)}`, ...spec })
+    await p.settle()
+    const runDir = join(o.dataDir, 'run')
+    const r = await runChaos({
+      url: p.url, functions: Object.keys(CHAOS_FUNCTIONS), connections: o.connections, durationMs: o.durationS * 1000, killEveryMs: o.killEveryMs, hungMs: 30_000,
+      victims: async () => {
+        const ids = new Set(await runDirInstances(runDir))
+        for (const inst of p.embedded.pools.instances()) ids.add(inst.id)
+        return [...await pidsOf(ids)].map(([id, pids]) => ({ id, pids }))
+      },
+    })
+    const t0 = performance.now()
+    let refillMs: number | null = null
+    while (performance.now() - t0 < 30_000) {
+      if (p.embedded.pools.snapshot().every((s) => s.idle === s.target && s.starting === 0)) { refillMs = performance.now() - t0; break }
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    const metrics = await (await fetch(`${p.url}/metrics`)).text()
+    const retries: Record<string, number> = {}
+    for (const m of metrics.matchAll(/^kindling_call_retries_total\{stage="([a-z]+)"\} (\d+)$/gm)) retries[m[1] as string] = Number(m[2])
+    const { killed: _killed, ...result } = r
+    return { settings: { connections: o.connections, durationS: o.durationS, killEveryMs: o.killEveryMs, functions: CHAOS_FUNCTIONS }, result, retries, refillMs }
+  } finally {
+    untrack()
+    await p.close()
+  }
 }
