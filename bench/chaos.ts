@@ -115,13 +115,48 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   }
 
   const killer = async (): Promise<void> => {
-    let next = t0 + o.killEveryMs
-    while (next < until) {
-      await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())))
-      next += o.killEveryMs
+    const k = startKiller({ victims: o.victims, everyMs: o.killEveryMs, random, t0, killed, killedAt })
+    await new Promise((r) => setTimeout(r, Math.max(0, until - performance.now())))
+    await k.stop()
+  }
+
+  await Promise.all([killer(), ...Array.from({ length: o.connections }, (_, i) => worker(i))])
+  return { calls, ok, kills: killed.length, killed, crashed, failures, hung, byCode, durationMs: performance.now() - t0 }
+}
+
+/** A background SIGKILL of one instance every `everyMs`, until stopped. */
+export interface Killer {
+  /** Instance ids killed, in order. */
+  killed: string[]
+  /** Instance id → when it was killed, ms after `t0` (performance.now() time). */
+  killedAt: Map<string, number>
+  /** Ends the kills; resolves once the last one is done. */
+  stop(): Promise<void>
+}
+
+export function startKiller(o: {
+  victims: () => Promise<Victim[]>
+  everyMs: number
+  random?: () => number
+  t0?: number
+  killed?: string[]
+  killedAt?: Map<string, number>
+}): Killer {
+  const random = o.random ?? Math.random
+  const t0 = o.t0 ?? performance.now()
+  const killed = o.killed ?? []
+  const killedAt = o.killedAt ?? new Map<string, number>()
+  let stopped = false
+  let wake: (() => void) | undefined
+  const loop = (async () => {
+    let next = performance.now() + o.everyMs
+    while (!stopped) {
+      await new Promise<void>((r) => { wake = r; setTimeout(r, Math.max(0, next - performance.now())) })
+      if (stopped) return
+      next += o.everyMs
       const victims = (await o.victims()).filter((v) => v.pids.length > 0 && !killedAt.has(v.id))
       const v = victims[Math.floor(random() * victims.length)]
-      if (v === undefined) continue
+      if (v === undefined || stopped) continue
       // Marked before the signal: a call that fails because of it may be counted the next moment.
       killed.push(v.id)
       killedAt.set(v.id, performance.now() - t0)
@@ -129,10 +164,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         try { process.kill(pid, 'SIGKILL') } catch { /* gone meanwhile */ }
       }
     }
-  }
-
-  await Promise.all([killer(), ...Array.from({ length: o.connections }, (_, i) => worker(i))])
-  return { calls, ok, kills: killed.length, killed, crashed, failures, hung, byCode, durationMs: performance.now() - t0 }
+  })()
+  return { killed, killedAt, stop: async () => { stopped = true; wake?.(); await loop } }
 }
 
 /**

@@ -7,5 +7,7 @@
  * instance may have read it and started work.
  */
 export function neverRead(code: string | undefined): boolean {
-  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'ECONNRESET' || code === 'EPIPE'
+  return code === 'ECONNREFUSED' || code === 'ENOENT' || code === 'ECONNRESET' || code === 'EPIPE' ||
+    // The instance's dispatcher was closed (it died or is being stopped) before the request was dispatched.
+    code === 'UND_ERR_CLOSED'
 }

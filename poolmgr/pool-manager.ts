@@ -13,6 +13,21 @@ const REFILL_DELAY_MS = 20
 const LOAD_TIMEOUT_MS = 30_000
 /** How long a load that lost its instance waits for the backend to say how it died. */
 const EXIT_WAIT_MS = 2000
+/** How long requests still on a retired instance's dispatcher may take to fail by themselves. */
+const DISPATCHER_GRACE_MS = 1000
+
+/**
+ * Stops an instance's dispatcher taking requests. Closed, not destroyed (issue 8): a request already
+ * queued on it then fails with its own transport error — refused, reset, closed — which tells the router
+ * whether the instance ever read it, where a destroy would fail every one alike with "destroyed". The
+ * instance is going (dead, or being stopped), so they fail soon; the grace bounds a hung handler.
+ */
+function retireDispatcher(inst: Instance): void {
+  const d = inst.dispatcher
+  const timer = setTimeout(() => { d.destroy().catch(() => {}) }, DISPATCHER_GRACE_MS)
+  timer.unref()
+  d.close().then(() => clearTimeout(timer), () => {})
+}
 
 export interface PoolManagerOptions {
   backend: ContainerBackend
@@ -370,7 +385,7 @@ export class PoolManager {
     inst.state = 'dead'
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)
-    await inst.dispatcher.destroy().catch(() => {})
+    retireDispatcher(inst)
     await this.backend.stop(inst.id).catch((err: unknown) => this.#log.error({ err, instance: inst.id }, 'stopping an instance failed'))
     // Memory came free: pools left short by the budget may fill now.
     for (const runtime of this.#generic.keys()) this.#fillGeneric(runtime)
@@ -414,7 +429,7 @@ export class PoolManager {
     inst.state = 'dead'
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)
-    void inst.dispatcher.destroy().catch(() => {})
+    retireDispatcher(inst)
     for (const l of this.#goneListeners) l(inst, exit)
   }
 
