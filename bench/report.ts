@@ -1,3 +1,4 @@
+import type { ChaosRow } from './chaos.js'
 import type { ColdKind, ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
 import type { SelfTime } from './profile.js'
@@ -6,7 +7,7 @@ import type { RssRow } from './rss.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'noisy', 'docker'] as const
+export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'noisy', 'docker', 'chaos'] as const
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -32,6 +33,7 @@ export interface Results {
   rss?: RssRow[]
   noisy?: NoisyResult
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
+  chaos?: ChaosRow
   errors: Array<{ section: string; message: string }>
   /** Seconds each section took. */
   timings: Record<string, number>
@@ -118,6 +120,7 @@ export function render(r: Results): string {
         ['router (docker)', 32, round(d.load.rps, 0), ms(d.load.latency.p50), ms(d.load.latency.p99), times(ratio(d.load.rps, b32?.rps)), failed(d.load), busy(d.load)]]))
     out.push(coldTable('5b. docker backend: cold start per kind', d.warm, d.kinds))
   }
+  if (r.chaos !== undefined) out.push(chaosTable(r.chaos))
   if (r.errors.length > 0) out.push(`\nsections that failed: ${r.errors.map((e) => `${e.section}: ${e.message.split('\n')[0] ?? ''}`).join('; ')}`)
   out.push(table('summary against targets', ['target', 'measured', 'result'], r.summary.map((s) => [s.target, s.measured, s.pass === null ? 'n/a' : s.pass ? 'PASS' : 'MISS'])))
   return out.join('\n')
@@ -152,7 +155,34 @@ export function summarize(r: Results): Results['summary'] {
     row('noisy: guard on keeps the victim\'s p99 within 1.5× of alone', `guard on ${times(on)} (guard off ${times(off)})${r.noisy.guardRan ? '' : ', no guard ran'}`,
       Number.isFinite(on) && r.noisy.guardRan ? on <= 1.5 : null)
   }
+  if (r.chaos !== undefined) {
+    const c = r.chaos
+    const others = c.result.failures.length
+    row('chaos: 0 hung, 0 failures beyond the killed calls\' own 502s, pools at target ≤ 1 s after',
+      `${c.result.hung} hung, ${others} other failures, refill ${c.refillMs === null ? 'not within 30 s' : ms(c.refillMs)}`,
+      c.result.hung === 0 && others === 0 && c.refillMs !== null && c.refillMs <= 1000)
+  }
   return out
+}
+
+function chaosTable(c: ChaosRow): string {
+  const s = c.settings
+  const r = c.result
+  const others = new Map<string, number>()
+  for (const f of r.failures) {
+    const key = f.status === 0 ? `no answer${f.code === undefined ? '' : ` ${f.code}`}` : `${f.status} ${f.code ?? '?'}`
+    others.set(key, (others.get(key) ?? 0) + 1)
+  }
+  const retries = Object.entries(c.retries).map(([k, v]) => `${k}:${v}`).join(' ') || '0'
+  const title = `7. chaos (process backend): ${s.connections} keep-alive connections for ${s.durationS} s, one instance SIGKILLed every ${s.killEveryMs} ms; ` +
+    Object.entries(s.functions).map(([name, spec]) => `${name} ${String(spec['mode'])}`).join(', ')
+  const rows = [[r.calls, r.ok, r.kills, r.crashed, r.failures.length === 0 ? '0' : `${r.failures.length} (${[...others].map(([k, n]) => `${k}:${n}`).join(', ')})`, r.hung, retries,
+    c.refillMs === null ? '> 30 s' : ms(c.refillMs)]]
+  const notes = [
+    'killed calls\' 502s: 502 KDL_ERR_FN_CRASHED / OOM naming an instance that was killed after the call was sent; every other non-2xx answer or lost call is an "other failure"',
+    'retries: calls served on another instance because theirs died before the call reached it (kindling_call_retries_total); refill: end of the load → every pool at its target, nothing starting',
+  ]
+  return `${table(title, ['calls', '2xx', 'kills', 'killed calls\' 502s', 'other failures', 'hung', 'retries', 'refill'], rows)}\n${notes.map((x) => `  ${x}`).join('\n')}`
 }
 
 /** `throttle ×2 @1.4–1.6 s, quarantine @3.4 s`: the guard's actions of a phase, by kind, in seconds after its first load started. */

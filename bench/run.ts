@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,noisy,docker,
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,noisy,docker,chaos,
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp).
 import { spawnSync } from 'node:child_process'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { Client } from 'undici'
 import { NODE_SERVER_DIR, REPO_ROOT } from '../embedded/main.js'
 import { bareColdStarts, startBare, type BareServer } from './bare.js'
+import { measureChaos } from './chaos.js'
 import { coldStarts, warmSingle, type ColdKind, type ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
 import { findNginx, startNginx, type Nginx } from './nginx.js'
@@ -222,6 +223,18 @@ async function main(): Promise<number> {
       await section('noisy neighbour (process)', async () => {
         results.noisy = await measureNoisy({
           dataDir: join(tmp, 'noisy'), poolSize: POOL_SIZE, durationS: flags.quick ? 4 : 8, warmupS, quietMs, progress,
+          track: (close) => {
+            cleanups.push(close)
+            return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+          },
+        })
+      })
+    }
+
+    if (runProcess && flags.only.has('chaos')) {
+      await section('chaos (process)', async () => {
+        results.chaos = await measureChaos({
+          dataDir: join(tmp, 'chaos'), poolSize: POOL_SIZE, durationS: flags.quick ? 10 : 30, connections: 32, killEveryMs: 200, progress,
           track: (close) => {
             cleanups.push(close)
             return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }

@@ -12,6 +12,7 @@ export class Metrics {
   readonly coldStartPhase: Histogram<'phase'>
   readonly poolInstances: Gauge<'pool' | 'state'>
   readonly recycles: Counter<'reason'>
+  readonly retries: Counter<'stage'>
   #poolSource: (() => Array<{ pool: string; idle: number; starting: number; target: number }>) | undefined
 
   /** Where `kindling_pool_instances` reads its numbers at scrape time. */
@@ -45,6 +46,10 @@ export class Metrics {
       },
     })
     this.poolInstances = poolGauge
+    this.retries = new Counter({
+      name: 'kindling_call_retries_total', help: 'Calls served on another instance because theirs died before the call reached it, by stage (acquire: start or load; send: connect).',
+      labelNames: ['stage'], registers,
+    })
     this.recycles = new Counter({ name: 'kindling_recycles_total', help: 'Instances unloaded/reloaded or replaced, by reason.', labelNames: ['reason'], registers })
   }
 }

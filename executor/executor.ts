@@ -10,6 +10,8 @@ import type { PoolManager } from '../poolmgr/pool-manager.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from './client.js'
 
 const NAME_RE = new RegExp(NAME_PATTERN)
+/** Instances one acquisition may try when they die before the call reaches them (see #retrying). */
+const ACQUIRE_ATTEMPTS = 5
 
 export interface ExecutorOptions {
   store: Store
@@ -64,6 +66,31 @@ export class Executor implements ExecutorClient {
   async acquire(name: string, version: number): Promise<Lease> {
     const record = await this.#record(name)
     if (record.version !== version) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" version ${version} is no longer deployed`)
+    return this.#retrying(record, () => this.#acquireOnce(record, version))
+  }
+
+  /**
+   * Runs `attempt` again while it fails for the platform's reasons (issue 8): KDL_ERR_BACKEND means an
+   * instance died or never came up while being started or loaded — the call has reached no handler, so it
+   * is served on another instance, at most ACQUIRE_ATTEMPTS times and within the function's `timeoutMs`.
+   * Every other failure is final at once: the function's own (KDL_ERR_LOAD_FAILED: refused, crashed or
+   * timed out at load), or one another instance would meet too (no capacity, shutting down).
+   */
+  async #retrying<T>(record: FunctionRecord, attempt: () => Promise<T>): Promise<T> {
+    const t0 = performance.now()
+    for (let n = 1; ; n++) {
+      try {
+        return await attempt()
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'KDL_ERR_BACKEND' || n >= ACQUIRE_ATTEMPTS || performance.now() - t0 >= record.timeoutMs) throw err
+        this.#o.log.warn({ err, fn: record.name, attempt: n }, 'instance lost before the call reached it: trying another')
+        this.#o.metrics.retries.inc({ stage: 'acquire' })
+      }
+    }
+  }
+
+  async #acquireOnce(record: FunctionRecord, version: number): Promise<Lease> {
+    const name = record.name
     const pools = this.#o.pools
     const m = this.#o.metrics
     let kind: Lease['kind'] = 'prewarmed'
@@ -148,20 +175,11 @@ export class Executor implements ExecutorClient {
   async trialLoad(record: FunctionRecord): Promise<Instance> {
     const pools = this.#o.pools
     if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
-    const codeDir = this.#o.codeDirOf(record.codeHash)
-    for (let attempt = 1; ; attempt++) {
+    return this.#retrying(record, async () => {
       const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
-      try {
-        await pools.load(inst, record, codeDir)
-        return inst
-      } catch (err) {
-        // The instance died under the load without the runtime refusing it: once may be bad luck (a kill
-        // from outside); twice is the module ending its own process at its top level.
-        if (!diedDuringLoad(err)) throw err
-        if (attempt < 2) continue
-        throw new KdlError('KDL_ERR_LOAD_FAILED', `function "${record.name}" ended its instance while loading (process.exit() or a crash at its top level; its output is in the platform log)`, { cause: err, details: { reason: 'exited' } })
-      }
-    }
+      await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
+      return inst
+    })
   }
 
   /** A new version is stored: route to it from now on; old instances drain and retire. */
@@ -211,10 +229,4 @@ export class Executor implements ExecutorClient {
       try { l(e) } catch (err) { this.#o.log.error({ err }, 'executor listener failed') }
     }
   }
-}
-
-/** A load that failed because its instance died (not refused by the runtime, not timed out). */
-export function diedDuringLoad(err: unknown): boolean {
-  const e = err as { code?: string; details?: Record<string, unknown> }
-  return e.code === 'KDL_ERR_BACKEND' && e.details?.['phase'] === 'load'
 }

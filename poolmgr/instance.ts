@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici'
-import type { InstanceHandle } from '../common/backend.js'
+import type { InstanceExit, InstanceHandle } from '../common/backend.js'
 
 export type InstanceState = 'generic' | 'loading' | 'loaded' | 'leased' | 'recycling' | 'dead'
 
@@ -23,6 +23,8 @@ export class Instance {
   lastUsed: number
   /** Placed in the quarantine group by the load guard. */
   quarantined: boolean
+  /** How it died, once the backend reported an exit the platform did not ask for. */
+  exit: InstanceExit | undefined
 
   constructor(handle: InstanceHandle, dispatcher: Dispatcher, startMs: number, memoryMb: number, quarantined = false) {
     this.memoryMb = memoryMb

@@ -1,13 +1,31 @@
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { ContainerBackend, InstanceExit } from '../common/backend.js'
-import { KdlError } from '../common/errors.js'
+import { isKdlError, KdlError } from '../common/errors.js'
+import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
 import { dispatcherFor, load, unload } from './runtime-client.js'
 
 /** How long a refill waits after the take that caused it (see #afterTake). */
 const REFILL_DELAY_MS = 20
+/** How long a load that lost its instance waits for the backend to say how it died. */
+const EXIT_WAIT_MS = 2000
+/** How long requests still on a retired instance's dispatcher may take to fail by themselves. */
+const DISPATCHER_GRACE_MS = 1000
+
+/**
+ * Stops an instance's dispatcher taking requests. Closed, not destroyed (issue 8): a request already
+ * queued on it then fails with its own transport error — refused, reset, closed — which tells the router
+ * whether the instance ever read it, where a destroy would fail every one alike with "destroyed". The
+ * instance is going (dead, or being stopped), so they fail soon; the grace bounds a hung handler.
+ */
+function retireDispatcher(inst: Instance): void {
+  const d = inst.dispatcher
+  const timer = setTimeout(() => { d.destroy().catch(() => {}) }, DISPATCHER_GRACE_MS)
+  timer.unref()
+  d.close().then(() => clearTimeout(timer), () => {})
+}
 
 export interface PoolManagerOptions {
   backend: ContainerBackend
@@ -92,6 +110,8 @@ export class PoolManager {
   /** Memory of instances being started (not yet in #all), MiB. */
   #reserved = 0
   readonly #goneListeners: InstanceGoneListener[] = []
+  /** Loads that lost their instance, waiting to learn how it died (see #loadFailure). */
+  readonly #exitWaiters = new Map<string, Array<(exit: InstanceExit) => void>>()
   /** Functions the load guard quarantined: their new instances start in the quarantine group. */
   readonly #quarantined = new Set<string>()
   #closed = false
@@ -258,43 +278,65 @@ export class PoolManager {
     try {
       const inside = await this.backend.prepareCode(inst.id, codeDir)
       const t0 = performance.now()
-      try {
-        await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env }, this.#loadTimeoutMs)
-      } catch (err) {
-        throw await this.#loadError(inst, record, err)
-      }
+      await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env }, this.#loadTimeoutMs)
       inst.fn = record.name
       inst.version = record.version
       inst.state = 'loaded'
       return performance.now() - t0
     } catch (err) {
+      const failure = isKdlError(err) ? err : await this.#loadFailure(inst, record, err)
       await this.destroy(inst)
-      throw err
+      throw failure
     }
   }
 
   /**
-   * What a failed load means, asked before the instance is destroyed: the runtime's refusal (the code's
-   * fault, with its message), a module that never finished loading, one that ran out of memory while
-   * loading (both the code's fault), or an instance that died under the load for another reason — a
-   * backend failure that a call may retry on another instance (`details.phase: 'load'`).
+   * What a load that got no answer from the runtime means (issue 8): the function's failure when its code
+   * ended the instance (an exit of its own, or its memory limit) or never finished loading —
+   * KDL_ERR_LOAD_FAILED, final; the platform's when the instance was killed from outside or was gone
+   * before the load was sent — KDL_ERR_BACKEND, which a caller may retry on another instance.
    */
-  async #loadError(inst: Instance, record: FunctionRecord, err: unknown): Promise<KdlError> {
+  async #loadFailure(inst: Instance, record: FunctionRecord, err: unknown): Promise<KdlError> {
+    const fn = record.name
     const code = (err as { code?: string }).code
-    if (code === 'KDL_ERR_LOAD_FAILED' && err instanceof KdlError) return err
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-      return new KdlError('KDL_ERR_LOAD_TIMEOUT', `function "${record.name}" did not finish loading within ${this.#loadTimeoutMs} ms (a top-level loop, or an import that never settles?); its instance was destroyed`, {
+      return new KdlError('KDL_ERR_LOAD_TIMEOUT', `function "${fn}" did not finish loading within ${this.#loadTimeoutMs} ms (a top-level loop, or an import that never settles?); its instance was destroyed`, {
         cause: err, details: { loadTimeoutMs: this.#loadTimeoutMs },
       })
     }
-    const reason = await this.backend.exitReason(inst.id).catch(() => undefined)
-    if (reason === 'oom') {
-      return new KdlError('KDL_ERR_LOAD_FAILED', `function "${record.name}" ran out of memory while loading: its module needs more than its ${inst.memoryMb} MiB memory limit (memoryMb)`, {
-        cause: err, details: { reason: 'oom', memoryMb: inst.memoryMb },
-      })
+    const why = (err as Error).message
+    // The instance never read the load: the function's code cannot have run, nothing to wait for.
+    if (!neverRead(code)) {
+      const exit = await this.#exitOf(inst, EXIT_WAIT_MS)
+      if (exit?.reason === 'oom') {
+        return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" ran out of memory while loading: its module needs more than its ${inst.memoryMb} MiB memory limit (memoryMb)`, {
+          cause: err, details: { reason: 'oom', memoryMb: inst.memoryMb },
+        })
+      }
+      if (exit !== undefined && (exit.signal ?? null) === null && typeof exit.code === 'number') {
+        return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" ended its instance while loading (exit code ${exit.code}: process.exit() or a crash at its top level; its output is in the platform log)`, {
+          cause: err, details: { reason: 'exited', exitCode: exit.code },
+        })
+      }
     }
-    return new KdlError('KDL_ERR_BACKEND', `instance ${inst.id} ${reason === undefined ? 'failed' : `${reason}`} while loading function "${record.name}": ${(err as Error).message}`, {
-      cause: err, details: { phase: 'load', ...(reason === undefined ? {} : { reason }) },
+    return new KdlError('KDL_ERR_BACKEND', `instance ${inst.id} was lost while loading function "${fn}" (${why})`, { cause: err })
+  }
+
+  /** The instance's exit as the backend reports it, waiting up to `ms` for the report; undefined when none came. */
+  #exitOf(inst: Instance, ms: number): Promise<InstanceExit | undefined> {
+    if (inst.exit !== undefined) return Promise.resolve(inst.exit)
+    return new Promise((resolve) => {
+      const waiters = this.#exitWaiters.get(inst.id) ?? []
+      const timer = setTimeout(() => {
+        const i = waiters.indexOf(done)
+        if (i >= 0) waiters.splice(i, 1)
+        if (waiters.length === 0) this.#exitWaiters.delete(inst.id)
+        resolve(undefined)
+      }, ms)
+      timer.unref()
+      const done = (exit: InstanceExit): void => { clearTimeout(timer); resolve(exit) }
+      waiters.push(done)
+      this.#exitWaiters.set(inst.id, waiters)
     })
   }
 
@@ -354,7 +396,7 @@ export class PoolManager {
     inst.state = 'dead'
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)
-    await inst.dispatcher.destroy().catch(() => {})
+    retireDispatcher(inst)
     await this.backend.stop(inst.id).catch((err: unknown) => this.#log.error({ err, instance: inst.id }, 'stopping an instance failed'))
     // Memory came free: pools left short by the budget may fill now.
     for (const runtime of this.#generic.keys()) this.#fillGeneric(runtime)
@@ -389,12 +431,16 @@ export class PoolManager {
   }
 
   #onExit(exit: InstanceExit): void {
+    const waiters = this.#exitWaiters.get(exit.id)
+    this.#exitWaiters.delete(exit.id)
+    for (const w of waiters ?? []) w(exit)
     const inst = this.#all.get(exit.id)
     if (inst === undefined) return
+    inst.exit = exit
     inst.state = 'dead'
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)
-    void inst.dispatcher.destroy().catch(() => {})
+    retireDispatcher(inst)
     for (const l of this.#goneListeners) l(inst, exit)
   }
 

@@ -26,6 +26,8 @@ export interface Router {
 }
 
 const FN_PREFIX = '/fn/'
+/** Instances one call may be sent to when they turn out to be gone before it reached them (issue 8). */
+const SEND_ATTEMPTS = 3
 
 /**
  * The HTTP front: `/fn/:name[/*]` invocations and `/metrics`. It never listens by itself; the
@@ -97,43 +99,54 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
 
   async function handleInvocation(name: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
     const t0 = performance.now()
-    let granted: Granted | undefined = table.tryWarm(name)
-    if (granted === undefined) {
-      try {
-        granted = await table.acquire(name)
-      } catch (err) {
-        const kdl = toKdlError(err)
-        if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
-        // Unknown names are not labels: a client must not be able to grow the metric set at will.
-        metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
-        sendError(res, kdl)
-        return
-      }
-    }
-    const { entry, slot, kind } = granted
     const url = req.url ?? '/'
     const rest = url.slice(FN_PREFIX.length + name.length)
     const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
-    const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
-    if (result.outcome === 'ok') {
-      table.done(entry, slot, 'ok')
-      entry.countStatus(result.status)
-    } else if (result.outcome === 'timeout') {
-      table.done(entry, slot, 'timeout')
-      const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
-      metrics.invocations.inc({ function: name, code: err.code })
-      sendError(res, err, { 'x-kindling-error': 'unhandled' })
-    } else {
-      const why = await deps.executor.diagnose(slot.lease)
-      table.done(entry, slot, 'crashed')
-      const err = why === 'oom'
-        ? new KdlError('KDL_ERR_FN_OOM', `function "${name}" exceeded its memory limit; its instance was killed`)
-        : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
-      log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
-      metrics.invocations.inc({ function: name, code: err.code })
-      sendError(res, err, { 'x-kindling-error': 'unhandled' })
+    let granted: Granted | undefined = table.tryWarm(name)
+    for (let attempt = 1; ; attempt++) {
+      if (granted === undefined) {
+        try {
+          granted = await table.acquire(name)
+        } catch (err) {
+          const kdl = toKdlError(err)
+          if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
+          // Unknown names are not labels: a client must not be able to grow the metric set at will.
+          metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
+          sendError(res, kdl)
+          return
+        }
+      }
+      const { entry, slot, kind } = granted
+      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
+      if (result.outcome === 'unsent' && attempt < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
+        // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another.
+        log.warn({ fn: name, instance: slot.lease.instanceId, attempt }, 'instance gone before the call was sent: trying another')
+        metrics.retries.inc({ stage: 'send' })
+        table.done(entry, slot, 'crashed')
+        granted = undefined
+        continue
+      }
+      if (result.outcome === 'ok') {
+        table.done(entry, slot, 'ok')
+        entry.countStatus(result.status)
+      } else if (result.outcome === 'timeout') {
+        table.done(entry, slot, 'timeout')
+        const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
+        metrics.invocations.inc({ function: name, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled' })
+      } else {
+        const why = await deps.executor.diagnose(slot.lease).catch(() => 'crashed' as const)
+        table.done(entry, slot, 'crashed')
+        const err = why === 'oom'
+          ? new KdlError('KDL_ERR_FN_OOM', `function "${name}" exceeded its memory limit; its instance was killed`)
+          : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call on instance ${slot.lease.instanceId} (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
+        log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
+        metrics.invocations.inc({ function: name, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled' })
+      }
+      entry.observeDuration((performance.now() - t0) / 1000)
+      return
     }
-    entry.observeDuration((performance.now() - t0) / 1000)
   }
 
   app.addHook('onClose', async () => table.close())

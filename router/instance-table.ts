@@ -119,6 +119,9 @@ export class InstanceTable {
   /** Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. */
   async acquire(name: string): Promise<Granted> {
     const entry = this.#entries.get(name) ?? await this.#resolve(name)
+    // Redeployed while this call looked the function up: a waiter on the old entry would never be
+    // served (a stale entry acquires nothing) and be refused 429 at its queue timeout.
+    if (entry.stale) return this.acquire(name)
     const free = this.#takeFree(entry)
     if (free !== undefined) return free
     if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)

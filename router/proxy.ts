@@ -3,13 +3,18 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { Transform, Writable, type Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { errorBody, KdlError } from '../common/errors.js'
+import { neverRead } from '../common/transport.js'
 
 /** Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus what undici sets itself. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
 
 export interface ForwardResult {
-  /** How the call ended for the instance: `ok`, or why the instance can no longer be trusted. */
-  outcome: 'ok' | 'timeout' | 'crashed'
+  /**
+   * How the call ended for the instance: `ok`, or why the instance can no longer be trusted. `unsent`:
+   * the connection to the instance never opened (refused, no socket), so nothing of the call reached it,
+   * and the call has no body: it may be sent to another instance.
+   */
+  outcome: 'ok' | 'timeout' | 'crashed' | 'unsent'
   status: number
   error?: unknown
 }
@@ -77,7 +82,11 @@ export async function forward(
     if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(req, res, maxBodyBytes)
     // The caller went away (mid-upload, or while the answer streamed out, i.e. after the handler ran):
     // the handler either never started or already finished, so the instance is fine.
-    if (res.destroyed || (req.destroyed && !req.complete)) return { outcome: 'ok', status: 499, error: err }
+    if (res.destroyed) return { outcome: 'ok', status: 499, error: err }
+    // The instance never read the call (it died before the call reached it — issue 8): a bodiless call
+    // may go to another instance; one with a body cannot (undici has let go of the body): crashed.
+    if (status === 0 && neverRead(code)) return { outcome: body === null ? 'unsent' : 'crashed', status: 502, error: err }
+    if (req.destroyed && !req.complete) return { outcome: 'ok', status: 499, error: err }
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
       return { outcome: 'timeout', status: 504, error: err }
     }

@@ -17,6 +17,16 @@ for (const backend of BACKENDS) {
     t.equal((await p.api('GET', '/v1/functions/bad')).status, 404, 'nothing was stored')
   })
 
+  t.test('code that ends its instance while loading is refused at deploy with 422, not retried as a platform fault', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    const res = await p.deploy('quits', { runtime: 'node', code: 'process.exit(3)\nexport default () => "never"' })
+    t.equal(res.status, 422, JSON.stringify(res.json))
+    t.equal(res.json['code'], 'KDL_ERR_LOAD_FAILED')
+    t.match(res.json, { reason: 'exited', exitCode: 3, message: /ended its instance while loading \(exit code 3/ })
+    const metrics = await fetch(`${p.url}/metrics`).then((r) => r.text())
+    t.notMatch(metrics, /kindling_call_retries_total\{stage="acquire"\} [1-9]/, 'the function\'s own failure is not retried')
+  })
+
   t.test('a failed update keeps the previous version serving', async (t) => {
     const p = await startPlatform(t, { KINDLING_BACKEND: backend })
     await p.deploy('keep', { runtime: 'node', code: 'export default () => "v1"' })
