@@ -19,6 +19,13 @@ export interface ChaosOptions {
   functions: string[]
   connections: number
   durationMs: number
+  /**
+   * Keep going past `durationMs` until this many kills happened (a slow engine starts instances slower
+   * than the kills come), but never past `maxDurationMs`. @default 0
+   */
+  minKills?: number
+  /** @default 3 × durationMs */
+  maxDurationMs?: number
   killEveryMs: number
   /** A call without an answer after this long is hung (undici's headers / body timeout). */
   hungMs: number
@@ -55,7 +62,7 @@ export interface ChaosResult {
   durationMs: number
 }
 
-/** Runs the load and the kills for `durationMs`, then waits for the calls in flight to end. */
+/** Runs the load and the kills for `durationMs` (longer until `minKills`), then waits for the calls in flight to end. */
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const random = o.random ?? Math.random
   const killed: string[] = []
@@ -68,14 +75,16 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   let crashed = 0
   let hung = 0
   const t0 = performance.now()
-  const until = t0 + o.durationMs
+  const minKills = o.minKills ?? 0
+  const hardStop = t0 + (o.maxDurationMs ?? 3 * o.durationMs)
+  let stopLoad = false
   const count = (key: string): void => { byCode[key] = (byCode[key] ?? 0) + 1 }
 
   const worker = async (i: number): Promise<void> => {
     const fn = o.functions[i % o.functions.length] as string
     const client = new Client(o.url, { headersTimeout: o.hungMs, bodyTimeout: o.hungMs, keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
     try {
-      while (performance.now() < until) {
+      while (!stopLoad) {
         calls++
         const atMs = performance.now() - t0
         let status = 0
@@ -115,8 +124,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   }
 
   const killer = async (): Promise<void> => {
-    const k = startKiller({ victims: o.victims, everyMs: o.killEveryMs, random, t0, killed, killedAt })
-    await new Promise((r) => setTimeout(r, Math.max(0, until - performance.now())))
+    let enough: () => void = () => {}
+    const enoughKills = new Promise<void>((r) => { enough = r })
+    const k = startKiller({ victims: o.victims, everyMs: o.killEveryMs, random, t0, killed, killedAt, onKill: () => { if (killed.length >= minKills) enough() } })
+    if (minKills === 0) enough()
+    await new Promise((r) => setTimeout(r, o.durationMs))
+    let cap: NodeJS.Timeout | undefined
+    await Promise.race([enoughKills, new Promise((r) => { cap = setTimeout(r, Math.max(0, hardStop - performance.now())) })])
+    clearTimeout(cap)
+    stopLoad = true
     await k.stop()
   }
 
@@ -141,6 +157,8 @@ export function startKiller(o: {
   t0?: number
   killed?: string[]
   killedAt?: Map<string, number>
+  /** Called after each kill. */
+  onKill?: () => void
 }): Killer {
   const random = o.random ?? Math.random
   const t0 = o.t0 ?? performance.now()
@@ -163,6 +181,7 @@ export function startKiller(o: {
       for (const pid of v.pids) {
         try { process.kill(pid, 'SIGKILL') } catch { /* gone meanwhile */ }
       }
+      o.onKill?.()
     }
   })()
   return { killed, killedAt, stop: async () => { stopped = true; wake?.(); await loop } }

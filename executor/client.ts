@@ -16,6 +16,9 @@ export interface RouteSpec {
   queueTimeoutMs: number
   timeoutMs: number
   idleTimeoutMs: number
+  /** Recycle mode: calls an instance serves, and how long it lives, before the router retires it. */
+  maxInvocations: number
+  maxAgeMs: number
 }
 
 /** A loaded instance handed to the router until it is released. */
@@ -29,15 +32,20 @@ export interface Lease {
   /** Milliseconds spent starting the instance and loading the code for this lease. */
   startMs: number
   loadMs: number
+  /** When the instance started (epoch ms): recycle mode retires it after `maxAgeMs`. */
+  startedAt: number
 }
 
 /**
- * - `ok`: the call finished; the mode decides (ephemeral: destroy, recycle: unload + load afresh).
+ * - `ok`: the call finished; ephemeral: destroy; persistent and recycle (which renews its function in the
+ *   runtime, PROTOCOL §4.4): the instance stays leased.
  * - `timeout` / `crashed`: the instance can no longer be trusted: destroy.
  * - `retire`: a newer version is deployed or the function was deleted: destroy.
- * - `idle`: persistent instance unused for `idleTimeoutMs`: destroy.
+ * - `idle`: unused for `idleTimeoutMs`: destroy.
+ * - `max-invocations` / `max-age`: a recycle instance reached its limits: destroy.
+ * - `exhausted`: a recycle instance can no longer load a fresh copy of its function: destroy.
  */
-export type ReleaseOutcome = 'ok' | 'timeout' | 'crashed' | 'retire' | 'idle'
+export type ReleaseOutcome = 'ok' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted'
 
 export type ExecutorEvent =
   | { type: 'function-changed'; name: string }

@@ -60,6 +60,7 @@ export class Executor implements ExecutorClient {
     return {
       name: r.name, version: r.version, mode: r.mode, concurrency: r.concurrency, maxInstances: r.maxInstances,
       queueTimeoutMs: r.queueTimeoutMs, timeoutMs: r.timeoutMs, idleTimeoutMs: r.idleTimeoutMs,
+      maxInvocations: r.maxInvocations, maxAgeMs: r.maxAgeMs,
     }
   }
 
@@ -113,38 +114,29 @@ export class Executor implements ExecutorClient {
     m.coldStarts.inc({ kind })
     inst.state = 'leased'
     this.#leased.set(inst.id, inst)
-    return { instanceId: inst.id, dispatcher: inst.dispatcher, fn: name, version, kind, startMs, loadMs }
+    return { instanceId: inst.id, dispatcher: inst.dispatcher, fn: name, version, kind, startMs, loadMs, startedAt: inst.startedAt }
   }
 
+  /**
+   * The router is done with an instance (it applies the persistence modes itself, issue 8: a recycle
+   * instance renews its function in the runtime and stays leased until the router retires it). Resolves
+   * true when the instance stays leased (an `ok` on a current persistent or recycle version), false once
+   * it is destroyed.
+   */
   async release(lease: Lease, outcome: ReleaseOutcome): Promise<boolean> {
     const inst = this.#leased.get(lease.instanceId)
     if (inst === undefined) return false
-    inst.invocations++
     inst.lastUsed = Date.now()
     const record = this.#records.get(lease.fn)
-    const pools = this.#o.pools
     const retire = async (reason: string): Promise<false> => {
       this.#leased.delete(inst.id)
       this.#o.metrics.recycles.inc({ reason })
-      await pools.destroy(inst)
+      await this.#o.pools.destroy(inst)
       return false
     }
     if (outcome !== 'ok') return retire(outcome)
     if (record === undefined || record.version !== lease.version) return retire('retire')
     if (record.mode === 'ephemeral') return retire('ephemeral')
-    if (record.mode === 'persistent') return true
-    if (inst.invocations >= record.maxInvocations) return retire('max-invocations')
-    if (Date.now() - inst.startedAt >= record.maxAgeMs) return retire('max-age')
-    try {
-      await pools.reload(inst, record, this.#o.codeDirOf(record.codeHash))
-    } catch (err) {
-      this.#leased.delete(inst.id)
-      this.#o.log.warn({ err, fn: record.name, instance: inst.id }, 'recycle reload failed')
-      return false
-    }
-    this.#o.metrics.recycles.inc({ reason: 'unload' })
-    if (this.#records.get(lease.fn)?.version !== lease.version) return retire('retire')
-    inst.state = 'leased'
     return true
   }
 
@@ -177,7 +169,7 @@ export class Executor implements ExecutorClient {
     if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
     return this.#retrying(record, async () => {
       const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
-      await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
+      await pools.load(inst, record, this.#o.codeDirOf(record.codeHash), record.prewarm > 0)
       return inst
     })
   }

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici'
 import type { InstanceExit, InstanceHandle } from '../common/backend.js'
 
-export type InstanceState = 'generic' | 'loading' | 'loaded' | 'leased' | 'recycling' | 'dead'
+export type InstanceState = 'generic' | 'loading' | 'loaded' | 'leased' | 'dead'
 
 /** One runtime server the pool manager started, and what it holds now. */
 export class Instance {
@@ -18,8 +18,6 @@ export class Instance {
   /** Function and version loaded, once specialised; an instance never serves another function. */
   fn: string | undefined
   version: number | undefined
-  /** Invocations served since start (recycle mode replaces the instance after `maxInvocations`). */
-  invocations = 0
   lastUsed: number
   /** Placed in the quarantine group by the load guard. */
   quarantined: boolean

@@ -5,7 +5,7 @@ import { isKdlError, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
-import { dispatcherFor, load, unload } from './runtime-client.js'
+import { dispatcherFor, load } from './runtime-client.js'
 
 /** How long a refill waits after the take that caused it (see #afterTake). */
 const REFILL_DELAY_MS = 20
@@ -273,12 +273,19 @@ export class PoolManager {
   }
 
   /** Loads a function into a generic instance; on failure the instance is destroyed (it can't be trusted). */
-  async load(inst: Instance, record: FunctionRecord, codeDir: string): Promise<number> {
+  /**
+   * Loads `record` into a generic instance. `ahead`: the instance waits in a pool for its calls (a prewarm
+   * refill, a deploy's trial), so the runtime may prepare what its first calls would otherwise pay for.
+   */
+  async load(inst: Instance, record: FunctionRecord, codeDir: string, ahead = false): Promise<number> {
     inst.state = 'loading'
     try {
       const inside = await this.backend.prepareCode(inst.id, codeDir)
       const t0 = performance.now()
-      await load(inst.dispatcher, { codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env }, this.#loadTimeoutMs)
+      await load(inst.dispatcher, {
+        codeDir: inside, entrypoint: record.entrypoint, function: record.name, version: record.version, env: record.env,
+        recycle: record.mode === 'recycle', prepare: ahead,
+      }, this.#loadTimeoutMs)
       inst.fn = record.name
       inst.version = record.version
       inst.state = 'loaded'
@@ -338,18 +345,6 @@ export class PoolManager {
       waiters.push(done)
       this.#exitWaiters.set(inst.id, waiters)
     })
-  }
-
-  /** Recycle mode: unload, then load the same function afresh, off the request path. */
-  async reload(inst: Instance, record: FunctionRecord, codeDir: string): Promise<void> {
-    inst.state = 'recycling'
-    try {
-      await unload(inst.dispatcher)
-    } catch (err) {
-      await this.destroy(inst)
-      throw err
-    }
-    await this.load(inst, record, codeDir)
   }
 
   /** Keeps `record.prewarm` code-loaded instances of this version; an earlier version's are destroyed. */
@@ -501,7 +496,7 @@ export class PoolManager {
   /** A generic instance (taken or started) with the function loaded: what a prewarm refill produces. */
   async #prepareLoaded(record: FunctionRecord, codeDir: string): Promise<Instance> {
     const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record), false)
-    await this.load(inst, record, codeDir)
+    await this.load(inst, record, codeDir, true)
     return inst
   }
 

@@ -30,6 +30,10 @@ export interface LoadRequest {
   function: string
   version: number
   env: Record<string, string>
+  /** Recycle mode: the runtime evaluates a fresh copy of the function for every call itself (PROTOCOL §4.4). */
+  recycle?: boolean
+  /** Loaded ahead of its calls (a pool): the runtime may spend time now so that its first calls don't. */
+  prepare?: boolean
 }
 
 async function control(client: Dispatcher, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 30_000): Promise<{ status: number; json: Record<string, unknown> }> {

@@ -120,15 +120,22 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
       if (result.outcome === 'unsent' && attempt < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
         // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another.
-        log.warn({ fn: name, instance: slot.lease.instanceId, attempt }, 'instance gone before the call was sent: trying another')
+        log.warn({ fn: name, instance: slot.lease.instanceId, attempt }, result.retire === true ? 'instance refused the call unrun: trying another' : 'instance gone before the call was sent: trying another')
         metrics.retries.inc({ stage: 'send' })
-        table.done(entry, slot, 'crashed')
+        table.done(entry, slot, result.retire === true ? 'exhausted' : 'crashed')
         granted = undefined
         continue
       }
       if (result.outcome === 'ok') {
+        if (result.retire === true) table.retire(entry, slot, 'exhausted')
         table.done(entry, slot, 'ok')
         entry.countStatus(result.status)
+      } else if (result.retire === true) {
+        // Refused unrun by instance after instance, out of attempts: the function no longer loads.
+        table.done(entry, slot, 'exhausted')
+        const err = new KdlError('KDL_ERR_LOAD_FAILED', `function "${name}" no longer loads a fresh copy in its instances; see its logs`)
+        metrics.invocations.inc({ function: name, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled' })
       } else if (result.outcome === 'timeout') {
         table.done(entry, slot, 'timeout')
         const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)

@@ -8,10 +8,13 @@ import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } 
 export class Slot {
   readonly lease: Lease
   inflight = 0
-  /** May take new calls (false while recycling, after an ephemeral call, when retiring). */
+  /** Calls ended on this instance (recycle mode retires it at `maxInvocations`). */
+  calls = 0
+  /** May take new calls (false after an ephemeral call, when retiring). */
   usable = true
-  recycling = false
   retiring = false
+  /** Why the instance goes once its calls are done, when `retiring`. */
+  retireAs: ReleaseOutcome = 'retire'
   removed = false
   lastUsed = Date.now()
 
@@ -132,7 +135,7 @@ export class InstanceTable {
         // A call whose own instance is being started is not saturated, only cold: it waits on (the
         // acquisition itself is bounded by the start timeout). Only calls beyond the capacity that is
         // on its way are refused.
-        if (i < (entry.pending + recyclingSlots(entry)) * entry.spec.concurrency) {
+        if (i < entry.pending * entry.spec.concurrency) {
           waiter.timer = setTimeout(onTimeout, entry.spec.queueTimeoutMs)
           return
         }
@@ -145,9 +148,15 @@ export class InstanceTable {
     })
   }
 
-  /** A call on `slot` ended; `outcome` says whether the instance can still be trusted. */
+  /**
+   * A call on `slot` ended; `outcome` says whether the instance can still be trusted. The table applies
+   * the persistence modes (issue 8): ephemeral instances go after their call; persistent and recycle ones
+   * take the next call at once — a recycle instance's runtime renews the function by itself (PROTOCOL
+   * §4.4) — until recycle's `maxInvocations` / `maxAgeMs` retire it.
+   */
   done(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
     slot.inflight--
+    slot.calls++
     if (--this.#inflight === 0 && this.#idleWaiters.length > 0) for (const w of this.#idleWaiters.splice(0)) w()
     slot.lastUsed = Date.now()
     if (slot.removed) return
@@ -157,39 +166,37 @@ export class InstanceTable {
       return
     }
     if (slot.retiring || entry.stale) {
-      if (slot.inflight === 0) this.#remove(entry, slot, 'retire')
+      if (slot.inflight === 0) this.#remove(entry, slot, slot.retireAs)
+      this.#scale(entry)
       return
     }
     switch (entry.spec.mode) {
-      case 'persistent':
-        this.#serveWaiters(entry, slot, 'warm')
-        return
       case 'ephemeral':
         if (slot.inflight === 0) this.#remove(entry, slot, 'ok')
         this.#scale(entry)
         return
-      case 'recycle':
-        slot.usable = false
-        if (slot.inflight > 0) return
-        slot.recycling = true
-        this.#executor.release(slot.lease, 'ok').then((again) => {
-          slot.recycling = false
-          if (slot.removed) return
-          if (!again || slot.retiring || entry.stale) {
-            this.#forget(entry, slot)
-            if (again) this.#release(slot.lease, 'retire')
-          } else {
-            slot.usable = true
-            this.#serveWaiters(entry, slot, 'warm')
-          }
-          this.#scale(entry)
-        }, (err: unknown) => {
-          this.#log.error({ err, fn: entry.spec.name }, 'recycle failed')
-          slot.recycling = false
-          this.#forget(entry, slot)
-          this.#scale(entry)
-        })
+      case 'recycle': {
+        const limit = slot.calls >= entry.spec.maxInvocations ? 'max-invocations'
+          : Date.now() - slot.lease.startedAt >= entry.spec.maxAgeMs ? 'max-age' : undefined
+        if (limit !== undefined) {
+          this.retire(entry, slot, limit)
+          return
+        }
+        this.#serveWaiters(entry, slot, 'warm')
+        return
+      }
+      default:
+        this.#serveWaiters(entry, slot, 'warm')
     }
+  }
+
+  /** Takes no new call on `slot`; the instance goes once its calls in flight are done. */
+  retire(entry: RouteEntry, slot: Slot, why: ReleaseOutcome): void {
+    slot.usable = false
+    slot.retiring = true
+    slot.retireAs = why
+    if (slot.inflight === 0 && !slot.removed) this.#remove(entry, slot, why)
+    this.#scale(entry)
   }
 
   /** Slots and waiters per function (for /v1/pools and tests). */
@@ -250,13 +257,14 @@ export class InstanceTable {
 
   /**
    * Asks for as many new instances as the waiting calls need — never more than the capacity that is
-   * already coming (pending acquisitions, recycling slots) covers, never beyond `maxInstances`.
+   * already coming (pending acquisitions) covers, never beyond `maxInstances` (retiring slots do not count).
    */
   #scale(entry: RouteEntry): void {
     if (entry.stale) return
     const { concurrency, maxInstances } = entry.spec
-    const recycling = recyclingSlots(entry)
-    while (entry.waiters.length > (entry.pending + recycling) * concurrency && entry.slots.length + entry.pending < maxInstances) {
+    let live = 0
+    for (const s of entry.slots) if (!s.retiring) live++
+    while (entry.waiters.length > entry.pending * concurrency && live + entry.pending < maxInstances) {
       entry.pending++
       this.#executor.acquire(entry.spec.name, entry.spec.version).then(
         (lease) => this.#onLease(entry, lease),
@@ -337,7 +345,7 @@ export class InstanceTable {
     for (const slot of [...entry.slots]) {
       slot.retiring = true
       slot.usable = false
-      if (slot.inflight === 0 && !slot.recycling) this.#remove(entry, slot, 'retire')
+      if (slot.inflight === 0) this.#remove(entry, slot, 'retire')
     }
     // Calls still waiting are routed to the new version (or get its 404).
     for (const w of entry.waiters.splice(0)) {
@@ -350,16 +358,10 @@ export class InstanceTable {
     const now = Date.now()
     for (const entry of this.#entries.values()) {
       for (const slot of [...entry.slots]) {
-        if (slot.inflight === 0 && !slot.recycling && now - slot.lastUsed >= entry.spec.idleTimeoutMs) this.#remove(entry, slot, 'idle')
+        if (slot.inflight === 0 && now - slot.lastUsed >= entry.spec.idleTimeoutMs) this.#remove(entry, slot, 'idle')
       }
     }
   }
-}
-
-function recyclingSlots(entry: RouteEntry): number {
-  let n = 0
-  for (const s of entry.slots) if (s.recycling) n++
-  return n
 }
 
 function saturated(spec: RouteSpec, message: string): KdlError {

@@ -17,6 +17,11 @@ export interface ForwardResult {
   outcome: 'ok' | 'timeout' | 'crashed' | 'unsent'
   status: number
   error?: unknown
+  /**
+   * The runtime asked for its instance to be retired (`x-kindling-retire`, PROTOCOL §4.4): a recycle
+   * instance that can no longer load a fresh copy. With `unsent`, the call was refused unrun.
+   */
+  retire?: true
 }
 
 /**
@@ -59,10 +64,18 @@ export async function forward(
   }
 
   let status = 0
+  let retire: 'unrun' | 'after' | undefined
   try {
     await dispatcher.stream({ path, method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, opaque: res }, ({ statusCode, headers: upstream, opaque }) => {
       const out = opaque as ServerResponse
       status = statusCode
+      const asked = upstream['x-kindling-retire']
+      if (asked !== undefined) {
+        delete upstream['x-kindling-retire']
+        retire = asked === 'unrun' ? 'unrun' : 'after'
+        // Refused before anything ran: a bodiless call goes to another instance; its refusal goes nowhere.
+        if (retire === 'unrun' && body === null) return new Writable({ write: (_c, _e, cb) => cb() })
+      }
       // The caller left while the handler ran: the instance did its work and stays trusted; the
       // answer goes nowhere.
       if (out.destroyed) return new Writable({ write: (_c, _e, cb) => cb() })
@@ -76,7 +89,8 @@ export async function forward(
       out.writeHead(statusCode, h as Record<string, string | string[]>)
       return out
     })
-    return { outcome: 'ok', status }
+    if (retire === 'unrun' && body === null) return { outcome: 'unsent', status, retire: true }
+    return retire === undefined ? { outcome: 'ok', status } : { outcome: 'ok', status, retire: true }
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(req, res, maxBodyBytes)

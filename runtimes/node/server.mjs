@@ -11,6 +11,7 @@ import { pathToFileURL } from 'node:url'
 
 const INVOCATION_ID = 'x-kindling-invocation-id'
 const DEADLINE_MS = 'x-kindling-deadline-ms'
+const RETIRE = 'x-kindling-retire'
 const MAX_CONTROL_BODY = 1 << 20
 const SELF_DIR = new URL('./', import.meta.url).href
 
@@ -42,6 +43,20 @@ let generation = 0
 /** Shared with the loader hooks once registered: the generation of the load in progress. */
 let generationView = null
 
+// --- recycle mode: every call on a freshly evaluated copy of the function ------------------------------
+// The copy a call ran on takes no new call once that call has ended ("spent"): as soon as no call runs
+// on it, the server evaluates the next copy itself — no round trip to the platform — and calls that
+// arrived meanwhile wait here for it. A caller that leaves any gap between calls (more than the few
+// milliseconds an evaluation takes) never waits; one that sends back to back waits for the evaluation.
+/** What a reload evaluates again (the last successful load), or null outside recycle mode. */
+let recycleSpec = null
+let spent = false
+let reloading = false
+/** Why no fresh copy can be made any more (its reload failed twice): every call is then refused unrun. */
+let exhausted = null
+/** Invocations waiting for the fresh copy: [req, res, url, body]. */
+const held = []
+
 // --- invocations (the hot path) -------------------------------------------------------------------------
 
 function onRequest(req, res) {
@@ -55,7 +70,8 @@ function onRequest(req, res) {
   const headers = req.headers
   const length = headers['content-length']
   if ((length === undefined || length === '0') && headers['transfer-encoding'] === undefined) {
-    invoke(fn, req, res, url, '')
+    if (recycleSpec === null) invoke(fn, req, res, url, '')
+    else runFresh(req, res, url, '')
     return
   }
   let body = ''
@@ -63,7 +79,27 @@ function onRequest(req, res) {
   req.on('data', (chunk) => {
     body += chunk
   })
-  req.on('end', () => invoke(fn, req, res, url, body))
+  req.on('end', () => {
+    if (recycleSpec === null) invoke(fn, req, res, url, body)
+    else runFresh(req, res, url, body)
+  })
+}
+
+/** Recycle mode: runs the call on the current copy unless a call of it has ended (then it waits). */
+function runFresh(req, res, url, body) {
+  if (exhausted !== null) return refuseUnrun(res)
+  if (spent) {
+    held.push([req, res, url, body])
+    return
+  }
+  invoke(handler, req, res, url, body)
+}
+
+/** A call the instance can no longer run: it did not run, so the platform may send it elsewhere. */
+function refuseUnrun(res) {
+  const body = JSON.stringify({ code: 'KDL_ERR_LOAD_FAILED', message: `a fresh copy of ${fnName} no longer loads in this instance: ${exhausted}` })
+  res.writeHead(503, [...JSON_TYPE, RETIRE, 'unrun', 'content-length', Buffer.byteLength(body)])
+  res.end(body)
 }
 
 function invoke(fn, req, res, rawUrl, body) {
@@ -187,10 +223,46 @@ function fail(res, err, context) {
 }
 
 function done(res) {
-  if (--inflight === 0 && terminating) {
-    if (res.writableFinished) exitNow()
-    else res.once('finish', exitNow).once('close', exitNow)
+  if (recycleSpec !== null) spent = true
+  if (--inflight === 0) {
+    if (terminating) {
+      if (res.writableFinished) exitNow()
+      else res.once('finish', exitNow).once('close', exitNow)
+    } else if (spent && !reloading && recycleSpec !== null) {
+      reload(0)
+    }
   }
+}
+
+/**
+ * Recycle mode: evaluates the next copy once no call runs on the spent one (so nothing of a call can
+ * see it happen: the environment and require.cache change only between calls), then lets the calls
+ * that waited for it run. A copy that fails to load is tried once more (code that fails now and then);
+ * after that the instance is exhausted and refuses every call unrun, for the platform to retire it.
+ */
+function reload(failures) {
+  reloading = true
+  const spec = recycleSpec
+  dropCode()
+  setEnv(spec.env)
+  importHandler(spec.entryFile, spec.exportName).then((fn) => {
+    if (recycleSpec !== spec) return
+    if (typeof fn !== 'function') throw new TypeError(`${spec.file} has no handler any more`)
+    handler = fn
+    loads++
+    reloading = false
+    spent = false
+    for (const [req, res, url, body] of held.splice(0)) runFresh(req, res, url, body)
+  }).catch((err) => {
+    if (recycleSpec !== spec) return
+    dropCode()
+    setEnv(spec.env)
+    if (failures === 0) return reload(1)
+    reloading = false
+    exhausted = describe(err?.message ?? err)
+    writeLog('error', fnName, undefined, [`a fresh copy failed to load twice; the instance refuses further calls: ${err?.stack ?? exhausted}`])
+    for (const [, res] of held.splice(0)) refuseUnrun(res)
+  })
 }
 
 /** One JSON line on stdout: `{t, level, fn, inv, msg}` (context.log, and handler failures). */
@@ -342,7 +414,9 @@ function parseLoad(spec) {
     if (typeof env !== 'object' || Array.isArray(env)) return 'env must be an object of strings'
     for (const k in env) if (typeof env[k] !== 'string') return `env.${k} must be a string`
   }
-  return { dir, file, exportName, name, version: version ?? null, env: env ?? null }
+  if (spec.recycle !== undefined && typeof spec.recycle !== 'boolean') return 'recycle must be a boolean'
+  if (spec.prepare !== undefined && typeof spec.prepare !== 'boolean') return 'prepare must be a boolean'
+  return { dir, file, exportName, name, version: version ?? null, env: env ?? null, recycle: spec.recycle === true, prepare: spec.prepare === true }
 }
 
 async function load(spec, res) {
@@ -370,13 +444,9 @@ async function load(spec, res) {
     boundFn = p.name
     codeDir = dir
     setEnv(p.env)
-    let url = pathToFileURL(entryFile).href
-    if (imported) url += `?kdl=${nextGeneration()}`
-    imported = true
     let fn
     try {
-      const ns = await import(url)
-      fn = pickHandler(ns, entryFile, p.exportName)
+      fn = await importHandler(entryFile, p.exportName)
     } catch (err) {
       dropCode()
       const { describeLoadError } = await import('./load-errors.mjs')
@@ -392,11 +462,27 @@ async function load(spec, res) {
     fnName = p.name
     fnVersion = p.version
     loads++
+    if (p.recycle) {
+      recycleSpec = { entryFile, exportName: p.exportName, file: p.file, env: p.env }
+      spent = false
+      exhausted = null
+      // Loaded ahead of its calls (a prewarm pool): the hooks the first reload needs are registered now,
+      // while nothing waits, rather than on the way of the second call.
+      if (p.prepare) setImmediate(ensureHooks)
+    }
     const loadMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100
     return sendJson(res, 200, { loadMs, function: fnName, version: fnVersion })
   } finally {
     loading = false
   }
+}
+
+/** Imports the entry afresh (a new generation of URLs after the first import) and picks its handler. */
+async function importHandler(entryFile, exportName) {
+  let url = pathToFileURL(entryFile).href
+  if (imported) url += `?kdl=${nextGeneration()}`
+  imported = true
+  return pickHandler(await import(url), entryFile, exportName)
 }
 
 function loadFailed(res, message) {
@@ -425,6 +511,11 @@ function unload(res) {
   handler = null
   fnName = null
   fnVersion = null
+  recycleSpec = null
+  spent = false
+  reloading = false
+  exhausted = null
+  for (const [, waiting] of held.splice(0)) sendJson(waiting, 503, { code: 'KDL_ERR_INTERNAL', message: 'no function loaded' })
   dropCode()
   sendJson(res, 200, { unloaded: true })
 }
@@ -441,15 +532,18 @@ function dropCode() {
 
 /** Makes the next import see new module URLs; registers the loader hooks the first time. */
 function nextGeneration() {
-  if (generationView === null) {
-    generationView = new Int32Array(new SharedArrayBuffer(4))
-    nodeModule().register('./loader-hooks.mjs', import.meta.url, {
-      data: { gen: generationView, self: SELF_DIR },
-    })
-  }
+  ensureHooks()
   generation++
   Atomics.store(generationView, 0, generation)
   return generation
+}
+
+function ensureHooks() {
+  if (generationView !== null) return
+  generationView = new Int32Array(new SharedArrayBuffer(4))
+  nodeModule().register('./loader-hooks.mjs', import.meta.url, {
+    data: { gen: generationView, self: SELF_DIR },
+  })
 }
 
 function setEnv(extra) {

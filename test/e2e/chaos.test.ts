@@ -46,11 +46,14 @@ t.test(`on the ${backend} backend, a call never fails because an instance other 
   }
   await waitFor(() => poolsAtTarget(p), 'the pools to fill before the chaos')
 
+  // A container takes dockerd far longer to replace than a process: kills come at a pace it can follow
+  // on a loaded 2-core machine (the test is about which calls fail, not about how fast dockerd is).
+  const pace = backend === 'docker' ? { killEveryMs: 500, minKills: 10 } : { killEveryMs: 200, minKills: 20 }
   const r = await runChaos({
-    url: p.url, functions: Object.keys(fns), connections: 16, durationMs: 10_000, killEveryMs: 200, hungMs: 20_000, victims: victimsOf(p, backend),
+    url: p.url, functions: Object.keys(fns), connections: 16, durationMs: 10_000, maxDurationMs: 40_000, hungMs: 30_000, victims: victimsOf(p, backend), ...pace,
   })
   report(t, r)
-  t.ok(r.kills >= 20, `instances were killed (${r.kills})`)
+  t.ok(r.kills >= pace.minKills, `instances were killed (${r.kills})`)
   t.ok(r.ok > 0, `calls were served (${r.ok})`)
   t.equal(r.hung, 0, 'no call hung')
   t.same(r.failures, [], 'every failure is a 502 of a call that was on a killed instance')

@@ -428,6 +428,53 @@ t.test('unload then load re-runs a CommonJS entry and the modules it requires', 
   t.same((await rt.call('/')).json(), { calls: 1, required: 1 })
 })
 
+t.test('recycle: every call runs on a copy of the function evaluated afresh by the server between calls', async (t) => {
+  const rt = await startRuntime(t)
+  const res = await rt.load('counter', 'index.mjs', { env: { GREETING: 'hi' }, recycle: true })
+  t.equal(res.status, 200, res.text)
+  for (let i = 0; i < 4; i++) {
+    t.same((await rt.call('/?mutate')).json(), { calls: 1, imported: 1, cjs: 1, greeting: 'hi', leftover: null }, `call ${i} sees nothing of the one before`)
+  }
+  const health = (await rt.call('/_/health', { control: true })).json()
+  t.equal(health.state, 'loaded')
+  t.ok(health.loads >= 4, `the server reloaded by itself (${health.loads} loads)`)
+})
+
+t.test('recycle: calls sent at once and back to back each get a fresh copy', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('counter', 'index.mjs', { recycle: true, prepare: true })).status, 200)
+  const pool = new Pool('http://localhost', { socketPath: rt.sock, connections: 8 })
+  t.teardown(() => pool.close())
+  const answers = await Promise.all(Array.from({ length: 24 }, () => send(pool, '/?mutate')))
+  t.same(answers.map((a) => a.status), Array(24).fill(200))
+  t.same(answers.map((a) => a.json().calls), Array(24).fill(1), 'no call saw another call of its copy')
+  t.same(answers.map((a) => a.json().leftover), Array(24).fill(null), 'no call saw the environment another call left')
+})
+
+t.test('recycle: a CommonJS entry and what it requires are fresh on every call', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('counter-cjs', 'index.cjs', { recycle: true })).status, 200)
+  for (let i = 0; i < 3; i++) t.same((await rt.call('/')).json(), { calls: 1, required: 1 })
+})
+
+t.test('recycle: when a fresh copy no longer loads, calls are refused unrun with x-kindling-retire', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('one-copy-only', 'index.mjs', { recycle: true })).status, 200)
+  t.same((await rt.call('/')).json(), { copy: 1 })
+  const refused = await rt.call('/')
+  t.equal(refused.status, 503)
+  t.equal(refused.headers['x-kindling-retire'], 'unrun')
+  t.equal(refused.json().code, 'KDL_ERR_LOAD_FAILED')
+  t.match(refused.json().message, /copy 3 cannot start/, 'a second attempt was made before giving up')
+  t.equal((await rt.call('/')).status, 503, 'and it stays refused')
+})
+
+t.test('recycle and prepare must be booleans', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('counter', 'index.mjs', { recycle: 'yes' })).status, 400)
+  t.equal((await rt.load('counter', 'index.mjs', { prepare: 1 })).status, 400)
+})
+
 t.test('a failed load can be retried and evaluates the module again', async (t) => {
   const rt = await startRuntime(t)
   const first = await rt.load('flaky-start')
