@@ -257,6 +257,8 @@ export class PoolManager {
     try {
       handle = await this.backend.start({
         id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image, background: !forCall,
+        // A refill waits in its pool: its runtime warms its own request path meanwhile (PROTOCOL §2).
+        ...(forCall ? {} : { env: { KINDLING_WARMUP: '1' } }),
       })
     } catch (err) {
       this.#reserved -= res.memoryMb

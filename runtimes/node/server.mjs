@@ -12,6 +12,7 @@ import { pathToFileURL } from 'node:url'
 const INVOCATION_ID = 'x-kindling-invocation-id'
 const DEADLINE_MS = 'x-kindling-deadline-ms'
 const RETIRE = 'x-kindling-retire'
+const WARMUP = 'x-kindling-warmup'
 const MAX_CONTROL_BODY = 1 << 20
 const SELF_DIR = new URL('./', import.meta.url).href
 
@@ -20,6 +21,9 @@ const JSON_TYPE = ['content-type', 'application/json; charset=utf-8']
 const OCTETS = ['content-type', 'application/octet-stream']
 const FN_ERROR = ['content-type', 'application/json; charset=utf-8', 'x-kindling-error', 'handled']
 
+/** Started ahead of its use (a pool refill): warm the request path once listening (see warmUp). */
+const WARM_AT_START = process.env.KINDLING_WARMUP === '1'
+delete process.env.KINDLING_WARMUP
 /** The environment the server started with; each load sets process.env to this plus the function's env. */
 const baseEnv = { ...process.env }
 
@@ -62,6 +66,7 @@ const held = []
 function onRequest(req, res) {
   const url = req.url
   if (req.headers[INVOCATION_ID] === undefined && url.startsWith('/_/') && control(req, res, url)) return
+  if (warmToken !== null && req.headers[WARMUP] === warmToken) return warmCall(req, res, url)
   const fn = handler
   if (fn === null) {
     sendJson(res, 503, { code: 'KDL_ERR_INTERNAL', message: 'no function loaded' })
@@ -223,7 +228,7 @@ function fail(res, err, context) {
 }
 
 function done(res) {
-  if (recycleSpec !== null) spent = true
+  if (recycleSpec !== null && res[WARM] !== true) spent = true
   if (--inflight === 0) {
     if (terminating) {
       if (res.writableFinished) exitNow()
@@ -336,6 +341,73 @@ function absoluteFormPath(target) {
   }
 }
 
+// --- warm-up: the server's own request path, compiled before the first call ---------------------------
+// A prewarmed instance has time before its first call; node's first requests are slow (lazy compilation,
+// cold inline caches in the HTTP parser, in this file's invoke/reply path). After a load made ahead of its
+// calls, the server sends itself a few requests of every shape over its own listener, answered by a
+// built-in handler — never the function's code, and never counted as invocations.
+const WARM = Symbol('kindling.warm')
+/** Token the warm-up requests carry while they run (null otherwise: the check costs a calls nothing). */
+let warmToken = null
+/** Warm-up runs completed (GET /_/health). */
+let warmups = 0
+
+function warmCall(req, res, url) {
+  res[WARM] = true
+  const length = req.headers['content-length']
+  if (length === undefined || length === '0') return invoke(warmHandler, req, res, url, '')
+  let body = ''
+  req.setEncoding('utf8')
+  req.on('data', (chunk) => { body += chunk })
+  req.on('end', () => invoke(warmHandler, req, res, url, body))
+}
+
+function warmHandler(event) {
+  invocations--
+  switch (event.query.shape) {
+    case 'text': return 'ok'
+    case 'none': return undefined
+    case 'shaped': return { status: 201, headers: { 'x-warm': '1' }, body: { ok: true } }
+    case 'bytes': return new Uint8Array(8)
+    case 'async': return Promise.resolve({ ok: event.json?.n ?? 0 })
+    default: return { ok: true, path: event.path }
+  }
+}
+
+const WARM_SHAPES = ['json', 'text', 'none', 'shaped', 'bytes', 'async']
+
+/** Sends the warm-up requests, one connection, one after another; failures are ignored (it is only warm-up). */
+function warmUp(rounds = 4) {
+  if (warmToken !== null || terminating) return
+  const http = process.getBuiltinModule('node:http')
+  warmToken = Math.random().toString(36).slice(2)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  const target = socketPath !== null ? { socketPath } : { host: '127.0.0.1', port: server.address()?.port }
+  let left = rounds * WARM_SHAPES.length
+  const finish = (ok) => {
+    warmToken = null
+    agent.destroy()
+    if (ok === true) warmups++
+  }
+  const next = () => {
+    if (terminating) return finish(false)
+    if (left-- <= 0) return finish(true)
+    const shape = WARM_SHAPES[left % WARM_SHAPES.length]
+    const post = shape === 'async'
+    const body = post ? JSON.stringify({ n: left }) : undefined
+    const req = http.request({
+      ...target, agent, method: post ? 'POST' : 'GET', path: `/warm/${left}?shape=${shape}&a=1&b=%20`,
+      headers: { [WARMUP]: warmToken, [INVOCATION_ID]: `warmup-${left}`, ...(post ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } : {}) },
+    }, (res) => {
+      res.resume()
+      res.on('end', next)
+    })
+    req.on('error', () => finish(false))
+    req.end(body)
+  }
+  next()
+}
+
 // --- control requests -------------------------------------------------------------------------------------
 
 /** Answers GET /_/health, POST /_/load, POST /_/unload; false for anything else (an invocation). */
@@ -352,6 +424,7 @@ function control(req, res, url) {
       loads,
       invocations,
       inflight,
+      warmups,
     })
     return true
   }
@@ -470,6 +543,7 @@ async function load(spec, res) {
       // while nothing waits, rather than on the way of the second call.
       if (p.prepare) setImmediate(ensureHooks)
     }
+    if (p.prepare) setImmediate(warmUp)
     const loadMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100
     return sendJson(res, 200, { loadMs, function: fnName, version: fnVersion })
   } finally {
@@ -621,12 +695,15 @@ function listen(server, spec) {
     socketPath = path
     server.listen(direct ? path : tmp, () => {
       if (!direct) renameSync(tmp, path)
+      if (WARM_AT_START) warmUp()
     })
     return
   }
   const m = /^tcp:(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(spec)
   if (m === null || Number(m[3]) > 65535) fatal(`KINDLING_LISTEN ${spec} is not unix:/abs/path.sock or tcp:HOST:PORT`)
-  server.listen(Number(m[3]), m[1] ?? m[2] ?? '0.0.0.0')
+  server.listen(Number(m[3]), m[1] ?? m[2] ?? '0.0.0.0', () => {
+    if (WARM_AT_START) warmUp()
+  })
 }
 
 /** Refuses a path that exists and is not a socket; unlinks a stale socket when asked to. */

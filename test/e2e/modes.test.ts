@@ -71,6 +71,23 @@ for (const backend of BACKENDS) {
     t.equal(r[3]!.sawFile, false, 'the new instance has a fresh /tmp')
   })
 
+  t.test('recycle: an instance that can no longer load a fresh copy is retired, and the next call is served on another', async (t) => {
+    const p = await startPlatform(t, { KINDLING_BACKEND: backend })
+    // Evaluates once per process: every fresh copy after the first throws at load.
+    const code = `globalThis.__copies = (globalThis.__copies ?? 0) + 1
+if (globalThis.__copies > 1) throw new Error('no second copy')
+const boot = Math.random()
+export default () => ({ boot })`
+    t.equal((await p.deploy('once', { runtime: 'node', code, mode: 'recycle' })).status, 201)
+    const boots = new Set<number>()
+    for (let i = 0; i < 3; i++) {
+      const res = await p.invoke('once')
+      t.equal(res.status, 200, `call ${i}: ${res.text}`)
+      boots.add((res.json() as { boot: number }).boot)
+    }
+    t.equal(boots.size, 3, 'each call ran on its own instance: the exhausted one was replaced each time')
+  })
+
   t.test('persistent: state survives between calls, and the instance is reaped after idleTimeoutMs', async (t) => {
     const p = await startPlatform(t, { KINDLING_BACKEND: backend })
     await p.deploy('per', { runtime: 'node', code: STATEFUL, mode: 'persistent', idleTimeoutMs: 300 })

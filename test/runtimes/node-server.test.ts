@@ -96,11 +96,11 @@ async function waitReady(dir: string, sock: string, exited: Promise<Exit>): Prom
   }
 }
 
-async function startRuntime(t: Test, existingDir?: string): Promise<Runtime> {
+async function startRuntime(t: Test, existingDir?: string, env: Record<string, string> = {}): Promise<Runtime> {
   const dir = existingDir ?? mkdtempSync(join(tmpdir(), 'kindling-node-rt-'))
   const sock = join(dir, 'rt.sock')
   const proc = spawn(process.execPath, [SERVER], {
-    env: { KINDLING_LISTEN: `unix:${sock}`, PATH: process.env.PATH },
+    env: { KINDLING_LISTEN: `unix:${sock}`, PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   const exited = new Promise<Exit>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })))
@@ -145,7 +145,7 @@ t.test('a new server reports itself generic on GET /_/health', async (t) => {
   const res = await rt.call('/_/health', { control: true })
   t.equal(res.status, 200)
   t.match(res.headers['content-type'], /^application\/json/)
-  t.same(res.json(), { state: 'generic', function: null, version: null, pid: rt.proc.pid, loads: 0, invocations: 0, inflight: 0 })
+  t.same(res.json(), { state: 'generic', function: null, version: null, pid: rt.proc.pid, loads: 0, invocations: 0, inflight: 0, warmups: 0 })
 })
 
 t.test('answers 503 KDL_ERR_INTERNAL to an invocation while no function is loaded', async (t) => {
@@ -165,7 +165,7 @@ t.test('loading a function answers loadMs and turns health to loaded; health cou
   t.same(body, { loadMs: body.loadMs, function: 'hello', version: '1' })
   t.equal((await rt.call('/?name=kindling')).text, 'hello kindling')
   const health = await rt.call('/_/health', { control: true })
-  t.same(health.json(), { state: 'loaded', function: 'hello', version: '1', pid: rt.proc.pid, loads: 1, invocations: 1, inflight: 0 })
+  t.same(health.json(), { state: 'loaded', function: 'hello', version: '1', pid: rt.proc.pid, loads: 1, invocations: 1, inflight: 0, warmups: 0 })
 })
 
 t.test('resolves the handler of each module kind', async (t) => {
@@ -426,6 +426,48 @@ t.test('unload then load re-runs a CommonJS entry and the modules it requires', 
   await unload(rt)
   t.equal((await rt.load('counter-cjs', 'index.cjs')).status, 200)
   t.same((await rt.call('/')).json(), { calls: 1, required: 1 })
+})
+
+/** Health once the server has finished `n` warm-up runs (polled over its own socket; bounded). */
+async function warmedUp(rt: Runtime, n: number): Promise<Record<string, unknown>> {
+  for (let i = 0; i < 500; i++) {
+    const h = (await rt.call('/_/health', { control: true })).json()
+    if (h.warmups >= n) return h
+    await new Promise((r) => setImmediate(r))
+  }
+  throw new Error(`the server did not finish ${n} warm-up runs`)
+}
+
+t.test('warm-up: a server started with KINDLING_WARMUP=1 warms its request path without any function code, invisibly', async (t) => {
+  const rt = await startRuntime(t, undefined, { KINDLING_WARMUP: '1' })
+  const h = await warmedUp(rt, 1)
+  t.equal(h.state, 'generic', 'still generic')
+  t.equal(h.invocations, 0, 'warm-up calls are not invocations')
+  t.equal((await rt.call('/')).status, 503, 'no function: a real invocation still gets 503')
+  const envFn = 'export default () => Object.keys(process.env).filter((k) => k.startsWith("KINDLING_"))'
+  const codeDir = mkdtempSync(join(tmpdir(), 'kindling-warm-fn-'))
+  t.teardown(() => rmSync(codeDir, { recursive: true, force: true }))
+  writeFileSync(join(codeDir, 'index.mjs'), envFn)
+  const load = await rt.call('/_/load', { control: true, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ codeDir, entrypoint: 'index.mjs', function: 'envfn', prepare: true }) })
+  t.equal(load.status, 200, load.text)
+  await warmedUp(rt, 2)
+  t.same((await rt.call('/')).json(), ['KINDLING_LISTEN'], 'KINDLING_WARMUP is not in the function environment')
+})
+
+t.test('warm-up after a load made ahead (prepare) never runs the function', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('counter', 'index.mjs', { prepare: true })).status, 200)
+  await warmedUp(rt, 1)
+  t.same((await rt.call('/')).json().calls, 1, 'the first real call is the function\'s first')
+  t.equal((await rt.call('/_/health', { control: true })).json().invocations, 1)
+})
+
+t.test('warm-up in recycle mode does not use up the loaded copy', async (t) => {
+  const rt = await startRuntime(t)
+  t.equal((await rt.load('counter', 'index.mjs', { prepare: true, recycle: true })).status, 200)
+  const h = await warmedUp(rt, 1)
+  t.equal(h.loads, 1, 'no reload was caused by the warm-up')
+  t.same((await rt.call('/')).json().calls, 1)
 })
 
 t.test('recycle: every call runs on a copy of the function evaluated afresh by the server between calls', async (t) => {
