@@ -50,6 +50,6 @@ export class Metrics {
       name: 'kindling_call_retries_total', help: 'Calls served on another instance because theirs died before the call reached it, by stage (acquire: start or load; send: connect).',
       labelNames: ['stage'], registers,
     })
-    this.recycles = new Counter({ name: 'kindling_recycles_total', help: 'Instances unloaded/reloaded or replaced, by reason.', labelNames: ['reason'], registers })
+    this.recycles = new Counter({ name: 'kindling_recycles_total', help: 'Instances retired by the platform, by reason (ephemeral, max-invocations, max-age, exhausted, retire, idle, crashed, timeout).', labelNames: ['reason'], registers })
   }
 }
