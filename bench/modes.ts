@@ -39,7 +39,7 @@ export interface DefaultModes {
 }
 
 /** Offered rates of the sweep, calls per second; it stops at the first rate the pool does not keep up with. */
-export const SWEEP_RATES = [5, 10, 20, 40, 80, 160, 320]
+export const SWEEP_RATES = [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 /** The share of prewarmed answers below which the pool no longer keeps up, %. */
 export const KEEP_UP_PCT = 99
 
@@ -54,7 +54,7 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
   // Short rows: a p50 at 1 connection settles within a few hundred calls, and each row costs bench time.
   const durationS = Math.min(ctx.durationS, 3)
   const stepS = Math.min(ctx.durationS, 2)
-  const minCalls = 20
+  const minCalls = 12
   const rows: DefaultModeRow[] = []
   for (const mode of ['persistent', 'recycle'] as const) {
     const name = `dflt-${mode}`
