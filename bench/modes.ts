@@ -34,6 +34,11 @@ export interface Sweep {
 
 export interface DefaultModes {
   rows: DefaultModeRow[]
+  /**
+   * `persistent` paced at PACED_REF_RATE over 1 connection: a warm call after an idle gap, the way the
+   * sweep's calls come (a machine idle for a moment answers slower than a hot loop).
+   */
+  pacedPersistent?: { rate: number; result: LoadResult }
   sweeps: Sweep[]
   settings: { durationS: number; warmupS: number; rates: number[]; stepS: number; minCalls: number; keepUpPct: number }
 }
@@ -42,6 +47,8 @@ export interface DefaultModes {
 export const SWEEP_RATES = [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 /** The share of prewarmed answers below which the pool no longer keeps up, %. */
 export const KEEP_UP_PCT = 99
+/** The rate of the paced `persistent` reference, calls per second. */
+export const PACED_REF_RATE = 8
 
 /**
  * What a user gets by default: hello deployed with only `mode` set, `persistent` then `recycle`, each
@@ -54,8 +61,9 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
   // Short rows: a p50 at 1 connection settles within a few hundred calls, and each row costs bench time.
   const durationS = Math.min(ctx.durationS, 3)
   const stepS = Math.min(ctx.durationS, 2)
-  const minCalls = 12
+  const minCalls = 10
   const rows: DefaultModeRow[] = []
+  let pacedPersistent: DefaultModes['pacedPersistent']
   for (const mode of ['persistent', 'recycle'] as const) {
     const name = `dflt-${mode}`
     await p.deploy(name, { code: helloCode(name), mode })
@@ -66,6 +74,11 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
         // At 32 connections the warm-up also covers the scale-up to maxInstances (each a specialized start).
         const warmupS = ctx.warmupS + (connections > 1 ? 2 : 0)
         rows.push({ mode, connections, result: await runLoad({ url: `${p.url}/fn/${name}`, connections, durationS, warmupS, quietMs: ctx.quietMs }) })
+      }
+      if (mode === 'persistent') {
+        ctx.progress(`router (${p.backend}) persistent (defaults), paced ${PACED_REF_RATE}/s @1`)
+        const result = await runLoad({ url: `${p.url}/fn/${name}`, connections: 1, rate: PACED_REF_RATE, countHeader: 'x-kindling-start', durationS: stepS, warmupS: ctx.warmupS, quietMs: ctx.quietMs })
+        pacedPersistent = { rate: PACED_REF_RATE, result }
       }
     } finally {
       await p.remove(name)
@@ -102,5 +115,5 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
     const miss = steps.find((s) => !s.keepsUp)
     sweeps.push({ prewarm, steps, keepsUpTo: kept.length === 0 ? null : Math.max(...kept.map((s) => s.rate)), missAt: miss?.rate ?? null })
   }
-  return { rows, sweeps, settings: { durationS, warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS, minCalls, keepUpPct: KEEP_UP_PCT } }
+  return { rows, ...(pacedPersistent === undefined ? {} : { pacedPersistent }), sweeps, settings: { durationS, warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS, minCalls, keepUpPct: KEEP_UP_PCT } }
 }

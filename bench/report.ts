@@ -278,11 +278,15 @@ function modesTables(r: Results, m: DefaultModes): string {
   const out = [table(`3b. modes as deployed by default (hello with only \`mode\` set: concurrency 1, maxInstances 10, prewarm 0); ${m.settings.warmupS} s warm-up (+2 s @32) + ${m.settings.durationS} s per row`,
     ['mode', 'conns', 'rps', 'p50', 'p99', 'rps / bare', '+p50 vs bare', 'p50 vs persistent', 'failed', 'busy before'], [...bareRows, ...rows])]
   out.push('  1 connection: sequential over one kept-alive connection, the next call sent as soon as the answer is in')
-  const steps = m.sweeps.flatMap((sw) => sw.steps.map((x) => [sw.prewarm, `${x.rate}/s`, x.result.requests, ms(x.result.latency.p50), ms(x.result.latency.p99),
+  const pp = m.pacedPersistent
+  const ref = pp === undefined ? [] : [['persistent', `${pp.rate}/s`, pp.result.requests, ms(pp.result.latency.p50), ms(pp.result.latency.p99),
+    signedMs(pp.result.latency.p50 - persistent), Object.entries(pp.result.byHeader ?? {}).map(([k, n]) => `${k}:${n}`).join(' ') || '-', '-', '-', failed(pp.result), ms(pp.result.sendLag?.p99 ?? Number.NaN)]]
+  const steps = m.sweeps.flatMap((sw) => sw.steps.map((x) => [`ephemeral, prewarm ${sw.prewarm}`, `${x.rate}/s`, x.result.requests, ms(x.result.latency.p50), ms(x.result.latency.p99),
     signedMs(x.result.latency.p50 - persistent), Object.entries(x.starts).map(([k, n]) => `${k}:${n}`).join(' ') || '-', `${fmt(x.prewarmedPct)}%`,
     x.keepsUp ? 'yes' : 'no', failed(x.result), ms(x.result.sendLag?.p99 ?? Number.NaN)]))
   out.push(table(`3c. ephemeral + prewarm, paced over 1 connection at rising rates (${m.settings.warmupS} s warm-up + ≥ ${m.settings.stepS} s and ≥ ${m.settings.minCalls} calls per rate; pool refilled before each)`,
-    ['prewarm', 'rate', 'calls', 'p50', 'p99', 'p50 vs persistent', 'x-kindling-start', 'prewarmed', 'keeps up', 'failed', 'gen lag p99'], steps))
+    ['function', 'rate', 'calls', 'p50', 'p99', 'p50 vs persistent', 'x-kindling-start', 'prewarmed', 'keeps up', 'failed', 'gen lag p99'], [...ref, ...steps]))
+  out.push('  p50 vs persistent: against persistent\'s sequential p50 (3b); the persistent row here is the same function paced, a warm call after an idle gap')
   out.push(`  keeps up: ≥ ${m.settings.keepUpPct}% of the calls served by a prewarmed instance and none failed; the sweep stops at the first rate it does not`)
   for (const sw of m.sweeps) {
     out.push(`  prewarm ${sw.prewarm}: keeps up ${sw.keepsUpTo === null ? 'at no rate tried' : `up to ${sw.keepsUpTo}/s`}${sw.missAt === null ? '' : `, no longer at ${sw.missAt}/s`}`)
