@@ -55,15 +55,12 @@ export const PACED_REF_RATE = 8
  * called sequentially over 1 kept-alive connection (autocannon: the next request goes as soon as the
  * answer is in) and at 32 connections (the 10 instances of the default `maxInstances`, one call each);
  * then `ephemeral` with each `prewarm` in `prewarms`, paced at rising rates over 1 connection until its
- * prewarmed pool no longer keeps up (a call served `specialized` or `cold`, or a failure).
+ * prewarmed pool no longer keeps up (a call served `specialized` or `cold`, or a failure). Rows are
+ * added to `out` as they are measured: a later failure keeps the earlier rows.
  */
-export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, prewarms: number[]): Promise<DefaultModes> {
-  // Short rows: a p50 at 1 connection settles within a few hundred calls, and each row costs bench time.
-  const durationS = Math.min(ctx.durationS, 3)
-  const stepS = Math.min(ctx.durationS, 2)
-  const minCalls = 10
-  const rows: DefaultModeRow[] = []
-  let pacedPersistent: DefaultModes['pacedPersistent']
+export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, prewarms: number[], out: DefaultModes): Promise<void> {
+  const { durationS, stepS, minCalls } = out.settings
+  const rows = out.rows
   for (const mode of ['persistent', 'recycle'] as const) {
     const name = `dflt-${mode}`
     await p.deploy(name, { code: helloCode(name), mode })
@@ -78,7 +75,7 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
       if (mode === 'persistent') {
         ctx.progress(`router (${p.backend}) persistent (defaults), paced ${PACED_REF_RATE}/s @1`)
         const result = await runLoad({ url: `${p.url}/fn/${name}`, connections: 1, rate: PACED_REF_RATE, countHeader: 'x-kindling-start', durationS: stepS, warmupS: ctx.warmupS, quietMs: ctx.quietMs })
-        pacedPersistent = { rate: PACED_REF_RATE, result }
+        out.pacedPersistent = { rate: PACED_REF_RATE, result }
       }
     } finally {
       await p.remove(name)
@@ -86,12 +83,13 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
     }
   }
 
-  const sweeps: Sweep[] = []
   for (const prewarm of prewarms) {
     const name = `dflt-eph-p${prewarm}`
     await p.deploy(name, { code: helloCode(name), mode: 'ephemeral', prewarm })
     await p.settle()
-    const steps: SweepStep[] = []
+    const sweep: Sweep = { prewarm, steps: [], keepsUpTo: null, missAt: null }
+    out.sweeps.push(sweep)
+    const steps = sweep.steps
     try {
       for (const rate of SWEEP_RATES) {
         // Every step starts from a full pool; a low rate gets a longer window for enough calls.
@@ -105,15 +103,25 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
         const prewarmedPct = result.requests === 0 ? 0 : 100 * (starts['prewarmed'] ?? 0) / result.requests
         const keepsUp = prewarmedPct >= KEEP_UP_PCT && result.errors === 0 && result.non2xx === 0
         steps.push({ rate, result, starts, prewarmedPct, keepsUp })
-        if (!keepsUp) break
+        if (keepsUp) sweep.keepsUpTo = rate
+        else {
+          sweep.missAt = rate
+          break
+        }
       }
     } finally {
       await p.remove(name)
       await p.settle()
     }
-    const kept = steps.filter((s) => s.keepsUp)
-    const miss = steps.find((s) => !s.keepsUp)
-    sweeps.push({ prewarm, steps, keepsUpTo: kept.length === 0 ? null : Math.max(...kept.map((s) => s.rate)), missAt: miss?.rate ?? null })
   }
-  return { rows, ...(pacedPersistent === undefined ? {} : { pacedPersistent }), sweeps, settings: { durationS, warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS, minCalls, keepUpPct: KEEP_UP_PCT } }
+}
+
+/** An empty result with the settings `measureDefaultModes` uses. */
+export function defaultModesResult(ctx: Pick<LoadContext, 'durationS' | 'warmupS'>): DefaultModes {
+  // Short rows: a p50 at 1 connection settles within a few hundred calls, and each row costs bench time.
+  return {
+    rows: [],
+    sweeps: [],
+    settings: { durationS: Math.min(ctx.durationS, 3), warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS: Math.min(ctx.durationS, 2), minCalls: 10, keepUpPct: KEEP_UP_PCT },
+  }
 }

@@ -163,7 +163,7 @@ export function summarize(r: Results): Results['summary'] {
       // The worst p50 over every rate the pool kept up with.
       const worst = kept.length === 0 ? Number.NaN : Math.max(...kept.map((x) => x.result.latency.p50)) - persistent
       row(`ephemeral + prewarm ${sw.prewarm} sequential p50 ≤ persistent p50 + 1 ms while the pool keeps up`,
-        kept.length === 0 ? `pool did not keep up at ${sw.steps[0]?.rate ?? '-'}/s` : `${signedMs(worst)} (worst p50 up to ${sw.keepsUpTo}/s; pool ${sw.missAt === null ? 'kept up at every rate tried' : `no longer keeps up at ${sw.missAt}/s`})`,
+        sw.steps.length === 0 ? '-' : kept.length === 0 ? `pool did not keep up at ${sw.steps[0]?.rate ?? '-'}/s` : `${signedMs(worst)} (worst p50 up to ${sw.keepsUpTo}/s; pool ${sw.missAt === null ? 'kept up at every rate tried' : `no longer keeps up at ${sw.missAt}/s`})`,
         Number.isFinite(worst) ? worst <= 1 : null)
     }
   }

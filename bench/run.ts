@@ -14,7 +14,7 @@ import { measureChaos } from './chaos.js'
 import { coldStarts, warmSingle, type ColdKind, type ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
 import { startFloor, type Floor } from './floor.js'
-import { measureDefaultModes } from './modes.js'
+import { defaultModesResult, measureDefaultModes } from './modes.js'
 import { findNginx, startNginx, type Nginx } from './nginx.js'
 import { startPlatform, type BenchPlatform } from './platform.js'
 import { rssKb } from './proc.js'
@@ -222,7 +222,8 @@ async function main(): Promise<number> {
         await section('default modes', async () => {
           await ctx.bareRef(1)
           await ctx.bareRef(32)
-          results.modes = await measureDefaultModes(ctx, p, flags.prewarms)
+          results.modes = defaultModesResult(ctx)
+          await measureDefaultModes(ctx, p, flags.prewarms, results.modes)
         })
       }
       if (flags.only.has('rss')) {
