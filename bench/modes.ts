@@ -69,7 +69,7 @@ export async function measureDefaultModes(ctx: LoadContext, p: BenchPlatform, pr
       for (const connections of [1, 32]) {
         ctx.progress(`router (${p.backend}) ${mode} (defaults) @${connections}`)
         // At 32 connections the warm-up also covers the scale-up to maxInstances (each a specialized start).
-        const warmupS = ctx.warmupS + (connections > 1 ? 2 : 0)
+        const warmupS = ctx.warmupS + (connections > 1 ? 1 : 0)
         rows.push({ mode, connections, result: await runLoad({ url: `${p.url}/fn/${name}`, connections, durationS, warmupS, quietMs: ctx.quietMs }) })
       }
       if (mode === 'persistent') {
@@ -122,6 +122,6 @@ export function defaultModesResult(ctx: Pick<LoadContext, 'durationS' | 'warmupS
   return {
     rows: [],
     sweeps: [],
-    settings: { durationS: Math.min(ctx.durationS, 3), warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS: Math.min(ctx.durationS, 2), minCalls: 10, keepUpPct: KEEP_UP_PCT },
+    settings: { durationS: Math.min(ctx.durationS, 2), warmupS: ctx.warmupS, rates: SWEEP_RATES, stepS: Math.min(ctx.durationS, 2), minCalls: 8, keepUpPct: KEEP_UP_PCT },
   }
 }
