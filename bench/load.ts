@@ -19,6 +19,8 @@ export interface LoadRequest {
    * connections (paced.ts), instead of autocannon's as-fast-as-the-answers-come. Unset: autocannon.
    */
   rate?: number
+  /** Paced runs: count the measured 2xx answers by this response header's value (e.g. `x-kindling-start`). */
+  countHeader?: string
 }
 
 export interface LoadResult {
@@ -37,6 +39,8 @@ export interface LoadResult {
   busyBeforePct?: number
   /** Paced runs: how late the generator sent each counted request against its schedule, ms. */
   sendLag?: Latency
+  /** Paced runs with `countHeader`: measured 2xx answers by that header's value (`-` when absent). */
+  byHeader?: Record<string, number>
 }
 
 const LOAD_GEN = fileURLToPath(new URL('./load-gen.js', import.meta.url))

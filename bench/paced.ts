@@ -52,6 +52,8 @@ export async function runPaced(req: LoadRequest): Promise<LoadResult> {
   let timeouts = 0
   let non2xx = 0
   let byStatus: Record<string, number> = {}
+  let byHeader: Record<string, number> = {}
+  const countHeader = req.countHeader?.toLowerCase()
   const onMessage = (msg: { type?: string }): void => {
     if (msg.type === 'mark') {
       measureFrom = performance.now()
@@ -59,6 +61,7 @@ export async function runPaced(req: LoadRequest): Promise<LoadResult> {
       lag.clear()
       ok = errors = timeouts = non2xx = 0
       byStatus = {}
+      byHeader = {}
     } else if (msg.type === 'stop') {
       endAt = Math.min(endAt, performance.now())
     }
@@ -78,6 +81,11 @@ export async function runPaced(req: LoadRequest): Promise<LoadResult> {
         return
       }
       ok++
+      if (countHeader !== undefined) {
+        const v = res.headers[countHeader]
+        const key = typeof v === 'string' ? v : '-'
+        byHeader[key] = (byHeader[key] ?? 0) + 1
+      }
       latency.add(done - sent)
       lag.add(sent - due)
     }, (err: unknown) => {
@@ -121,5 +129,6 @@ export async function runPaced(req: LoadRequest): Promise<LoadResult> {
     byStatus,
     latency: summarize(latency.values),
     sendLag: summarize(lag.values),
+    ...(countHeader === undefined ? {} : { byHeader }),
   }
 }

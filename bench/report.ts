@@ -2,12 +2,13 @@ import type { ChaosRow } from './chaos.js'
 import type { ColdKind, ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
 import type { SelfTime } from './profile.js'
+import type { DefaultModes } from './modes.js'
 import type { GuardAction, NoisyResult } from './noisy.js'
 import type { RssRow } from './rss.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'cold', 'ephemeral', 'rss', 'noisy', 'docker', 'chaos'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos'] as const
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -15,7 +16,7 @@ export interface Results {
   startedAt: string
   finishedAt?: string
   seconds?: number
-  flags: { quick: boolean; only: Section[]; backend: string; profile: boolean }
+  flags: { quick: boolean; only: Section[]; backend: string; profile: boolean; prewarms?: number[] }
   machine: { cpus: number; cpu: string; node: string; kernel: string; commit: string; loadavgStart: number; loadavgEnd?: number }
   settings: { durationS: number; warmupS: number; quietMs: number; coldFunctions: number; rssInstances: number; helloSpec: Record<string, unknown> }
   notes: string[]
@@ -30,6 +31,8 @@ export interface Results {
   warm?: { rows: WarmRow[]; profile?: { file: string; idlePct: number; categories: Array<{ category: string; pct: number }>; top: SelfTime[] } }
   cold?: { warm: Latency; kinds: ColdResult[] }
   ephemeral?: { bare: LoadResult; rows: ModeRow[] }
+  /** The modes as deployed by default, and the ephemeral + prewarm sweep (modes.ts). */
+  modes?: DefaultModes
   rss?: RssRow[]
   noisy?: NoisyResult
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
@@ -78,6 +81,11 @@ export function render(r: Results): string {
         w.target === 'bare' ? '-' : ms(w.result.latency.p50 - (bare?.latency.p50 ?? Number.NaN)), failed(w.result), busy(w.result)]
     })
     out.push(table('1. warm path: hello, persistent (router: 1 instance, concurrency 64)', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', '+p50 vs bare', 'failed', 'busy before'], rows))
+    const vs = routerVsFloor(r)
+    if (vs !== undefined) {
+      out.push('  floor: the least a Node router does — a node:http server forwarding to the same bare server through an undici Pool (bench/floor.ts), its own process')
+      out.push(`  router vs floor: ${times(vs.rps32)} of the floor's rps @32, p50 @1 ${signedMs(vs.p50At1)} against the floor's`)
+    }
     if (r.warm.profile !== undefined) {
       const prof = r.warm.profile
       const top = prof.top.filter((s) => s.own).slice(0, 12)
@@ -105,6 +113,7 @@ export function render(r: Results): string {
       [['bare', 4, round(e.bare.rps, 0), ms(e.bare.latency.p50), ms(e.bare.latency.p99), '1.00x', failed(e.bare), busy(e.bare)],
         ...e.rows.map((m) => [m.mode, m.connections, round(m.result.rps, 0), ms(m.result.latency.p50), ms(m.result.latency.p99), times(ratio(m.result.rps, e.bare.rps)), failed(m.result), busy(m.result)])]))
   }
+  if (r.modes !== undefined) out.push(modesTables(r, r.modes))
   if (r.rss !== undefined) {
     out.push(table('4. memory per idle instance (process backend)', ['instance', 'count', 'node RSS / instance', 'node PSS', 'node private', 'wrappers RSS', 'RSS vs bare'],
       [...r.rss.map((x) => [x.what, x.instances, `${fmt(x.nodeMb)} MB`, `${fmt(x.nodePssMb)} MB`, `${fmt(x.nodePrivateMb)} MB`, `${fmt(x.wrapperMb)} MB`, times(ratio(x.nodeMb, x.what === 'generic' ? r.bare.rssGenericMb : r.bare.rssLoadedMb))]),
@@ -137,6 +146,28 @@ export function summarize(r: Results): Results['summary'] {
     Number.isFinite(router32) && Number.isFinite(nginx32) ? router32 >= nginx32 : null)
   const added = (warm('router', 1)?.latency.p50 ?? Number.NaN) - (r.bare.byConnections['1']?.latency.p50 ?? Number.NaN)
   row('added p50 @1 conn ≤ 0.1 ms', ms(added), Number.isFinite(added) ? added <= 0.1 : null)
+  const vs = routerVsFloor(r)
+  if (vs !== undefined) {
+    row('router rps @32 ≥ 0.9× floor rps @32', times(vs.rps32), Number.isFinite(vs.rps32) ? vs.rps32 >= 0.9 : null)
+    row('router p50 @1 ≤ floor p50 + 0.05 ms', signedMs(vs.p50At1), Number.isFinite(vs.p50At1) ? vs.p50At1 <= 0.05 : null)
+  }
+  if (r.modes !== undefined) {
+    const m = r.modes
+    const seq = (mode: string): number => m.rows.find((x) => x.mode === mode && x.connections === 1)?.result.latency.p50 ?? Number.NaN
+    const persistent = seq('persistent')
+    const rec = seq('recycle') - persistent
+    row('recycle sequential p50 ≤ persistent p50 + 0.2 ms (defaults, 1 conn)', Number.isFinite(rec) ? `${ms(seq('recycle'))} vs ${ms(persistent)} (${signedMs(rec)})` : '-',
+      Number.isFinite(rec) ? rec <= 0.2 : null)
+    const pacedRef = m.pacedPersistent?.result.latency.p50
+    for (const sw of m.sweeps) {
+      const kept = sw.steps.filter((x) => x.keepsUp)
+      // The worst p50 over every rate the pool kept up with.
+      const worst = kept.length === 0 ? Number.NaN : Math.max(...kept.map((x) => x.result.latency.p50)) - persistent
+      row(`ephemeral + prewarm ${sw.prewarm} sequential p50 ≤ persistent p50 + 1 ms while the pool keeps up`,
+        sw.steps.length === 0 ? '-' : kept.length === 0 ? `pool did not keep up at ${sw.steps[0]?.rate ?? '-'}/s` : `${signedMs(worst)} (worst p50 up to ${sw.keepsUpTo}/s${pacedRef === undefined ? '' : `, ${signedMs(worst + persistent - pacedRef)} vs persistent paced`}; pool ${sw.missAt === null ? 'kept up at every rate tried' : `no longer keeps up at ${sw.missAt}/s`})`,
+        Number.isFinite(worst) ? worst <= 1 : null)
+    }
+  }
   const coldRows = (label: string, warmL: Latency | undefined, kinds: ColdResult[] | undefined): void => {
     const kind = (k: ColdKind): number => kinds?.find((x) => x.kind === k)?.latency.p50 ?? Number.NaN
     const w = warmL?.p50 ?? Number.NaN
@@ -219,4 +250,47 @@ function noisyTable(n: NoisyResult): string {
     ...(n.guardRan ? [] : ['no load guard ran (no writable cgroup hierarchy: not root?): the guard-on row is another guard-off row']),
   ]
   return `${table(title, ['phase', 'victim rps', 'p50', 'p99', 'p99 / alone', 'hog rps', 'hog p50', 'failed victim / hog', 'gen lag p99', 'busy before', 'victim window', 'guard actions'], rows)}\n${notes.map((x) => `  ${x}`).join('\n')}`
+}
+
+function signedMs(v: number): string {
+  return Number.isFinite(v) ? `${v >= 0 ? '+' : '−'}${ms(Math.abs(v))}` : '-'
+}
+
+/** The router against the Node floor: rps ratio at 32 connections, p50 difference at 1. */
+function routerVsFloor(r: Results): { rps32: number; p50At1: number } | undefined {
+  const row = (target: string, c: number): LoadResult | undefined => r.warm?.rows.find((w) => w.target === target && w.connections === c)?.result
+  if (row('floor', 1) === undefined && row('floor', 32) === undefined) return undefined
+  return {
+    rps32: ratio(row('router', 32)?.rps, row('floor', 32)?.rps),
+    p50At1: (row('router', 1)?.latency.p50 ?? Number.NaN) - (row('floor', 1)?.latency.p50 ?? Number.NaN),
+  }
+}
+
+function modesTables(r: Results, m: DefaultModes): string {
+  const persistent = m.rows.find((x) => x.mode === 'persistent' && x.connections === 1)?.result.latency.p50 ?? Number.NaN
+  const bareRows = [1, 32].map((c) => r.bare.byConnections[String(c)]).flatMap((b, i) => b === undefined ? [] : [[
+    'bare', i === 0 ? 1 : 32, round(b.rps, 0), ms(b.latency.p50), ms(b.latency.p99), '1.00x', '-', '-', failed(b), busy(b)]])
+  const rows = m.rows.map((x) => {
+    const bare = r.bare.byConnections[String(x.connections)]
+    const l = x.result.latency
+    return [x.mode, x.connections, round(x.result.rps, 0), ms(l.p50), ms(l.p99), times(ratio(x.result.rps, bare?.rps)),
+      ms(l.p50 - (bare?.latency.p50 ?? Number.NaN)), x.connections === 1 ? signedMs(l.p50 - persistent) : '-', failed(x.result), busy(x.result)]
+  })
+  const out = [table(`3b. modes as deployed by default (hello with only \`mode\` set: concurrency 1, maxInstances 10, prewarm 0); ${m.settings.warmupS} s warm-up (+1 s @32) + ${m.settings.durationS} s per row`,
+    ['mode', 'conns', 'rps', 'p50', 'p99', 'rps / bare', '+p50 vs bare', 'p50 vs persistent', 'failed', 'busy before'], [...bareRows, ...rows])]
+  out.push('  1 connection: sequential over one kept-alive connection, the next call sent as soon as the answer is in')
+  const pp = m.pacedPersistent
+  const ref = pp === undefined ? [] : [['persistent', `${pp.rate}/s`, pp.result.requests, ms(pp.result.latency.p50), ms(pp.result.latency.p99),
+    signedMs(pp.result.latency.p50 - persistent), Object.entries(pp.result.byHeader ?? {}).map(([k, n]) => `${k}:${n}`).join(' ') || '-', '-', '-', failed(pp.result), ms(pp.result.sendLag?.p99 ?? Number.NaN)]]
+  const steps = m.sweeps.flatMap((sw) => sw.steps.map((x) => [`ephemeral, prewarm ${sw.prewarm}`, `${x.rate}/s`, x.result.requests, ms(x.result.latency.p50), ms(x.result.latency.p99),
+    signedMs(x.result.latency.p50 - persistent), Object.entries(x.starts).map(([k, n]) => `${k}:${n}`).join(' ') || '-', `${fmt(x.prewarmedPct)}%`,
+    x.keepsUp ? 'yes' : 'no', failed(x.result), ms(x.result.sendLag?.p99 ?? Number.NaN)]))
+  out.push(table(`3c. ephemeral + prewarm, paced over 1 connection at rising rates (${m.settings.warmupS} s warm-up + ≥ ${m.settings.stepS} s and ≥ ${m.settings.minCalls} calls per rate; pool refilled before each)`,
+    ['function', 'rate', 'calls', 'p50', 'p99', 'p50 vs persistent', 'x-kindling-start', 'prewarmed', 'keeps up', 'failed', 'gen lag p99'], [...ref, ...steps]))
+  out.push('  p50 vs persistent: against persistent\'s sequential p50 (3b); the persistent row here is the same function paced, a warm call after an idle gap')
+  out.push(`  keeps up: ≥ ${m.settings.keepUpPct}% of the calls served by a prewarmed instance and none failed; the sweep stops at the first rate it does not`)
+  for (const sw of m.sweeps) {
+    out.push(`  prewarm ${sw.prewarm}: keeps up ${sw.keepsUpTo === null ? 'at no rate tried' : `up to ${sw.keepsUpTo}/s`}${sw.missAt === null ? '' : `, no longer at ${sw.missAt}/s`}`)
+  }
+  return out.join('\n')
 }

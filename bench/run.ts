@@ -1,7 +1,8 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,cold,ephemeral,rss,noisy,docker,chaos,
-// --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp).
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,
+// --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
+// --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
@@ -12,6 +13,8 @@ import { bareColdStarts, startBare, type BareServer } from './bare.js'
 import { measureChaos } from './chaos.js'
 import { coldStarts, warmSingle, type ColdKind, type ColdResult } from './cold.js'
 import type { LoadResult } from './load.js'
+import { startFloor, type Floor } from './floor.js'
+import { defaultModesResult, measureDefaultModes } from './modes.js'
 import { findNginx, startNginx, type Nginx } from './nginx.js'
 import { startPlatform, type BenchPlatform } from './platform.js'
 import { rssKb } from './proc.js'
@@ -20,7 +23,7 @@ import { byCategory, profileDuring } from './profile.js'
 import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
 import { measureRss } from './rss.js'
 import { round, summarize as summarizeMs } from './stats.js'
-import { HELLO_SPEC, measureBare, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
+import { HELLO_SPEC, measureBare, measureFloor, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
 
 const COLD_KINDS: ColdKind[] = ['prewarmed', 'specialized', 'cold']
 const POOL_SIZE = 2
@@ -31,10 +34,12 @@ interface Flags {
   only: Set<Section>
   backend: 'process' | 'docker' | 'both' | undefined
   profile: boolean
+  /** Prewarm pool sizes of the ephemeral sweep (modes section). */
+  prewarms: number[]
 }
 
 function parseFlags(argv: string[]): Flags {
-  const flags: Flags = { quick: false, only: new Set(SECTIONS), backend: undefined, profile: false }
+  const flags: Flags = { quick: false, only: new Set(SECTIONS), backend: undefined, profile: false, prewarms: [4] }
   for (const arg of argv) {
     const [key, value] = arg.split('=', 2) as [string, string | undefined]
     if (key === '--quick') flags.quick = true
@@ -43,6 +48,10 @@ function parseFlags(argv: string[]): Flags {
       const picked = value.split(',').map((s) => s.trim()).filter((s) => s !== '')
       for (const s of picked) if (!(SECTIONS as readonly string[]).includes(s)) usage(`unknown section "${s}"`)
       flags.only = new Set(picked as Section[])
+    } else if (key === '--prewarm' && value !== undefined) {
+      const ns = value.split(',').map((x) => Number(x.trim()))
+      if (ns.length === 0 || ns.some((n) => !Number.isInteger(n) || n < 1 || n > 10)) usage(`--prewarm takes integers 1–10 (the default maxInstances), got "${value}"`)
+      flags.prewarms = ns
     } else if (key === '--backend' && (value === 'process' || value === 'docker' || value === 'both')) flags.backend = value
     else usage(`unknown argument "${arg}"`)
   }
@@ -50,7 +59,7 @@ function parseFlags(argv: string[]): Flags {
 }
 
 function usage(message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--only=${SECTIONS.join(',')}] [--backend=process|docker|both] [--profile]\n`)
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--only=${SECTIONS.join(',')}] [--backend=process|docker|both] [--profile] [--prewarm=N[,N…]]\n`)
   process.exit(2)
 }
 
@@ -102,7 +111,7 @@ async function main(): Promise<number> {
 
   const results: Results = {
     startedAt: new Date(t0).toISOString(),
-    flags: { quick: flags.quick, only: [...flags.only], backend, profile: flags.profile },
+    flags: { quick: flags.quick, only: [...flags.only], backend, profile: flags.profile, prewarms: flags.prewarms },
     machine: {
       cpus: cpus().length,
       cpu: cpus()[0]?.model ?? 'unknown',
@@ -172,16 +181,16 @@ async function main(): Promise<number> {
       },
     }
 
-    if (runProcess && (['warm', 'cold', 'ephemeral', 'rss'] as const).some((s) => flags.only.has(s))) await section('process backend', async () => {
+    if (runProcess && (['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss'] as const).some((s) => flags.only.has(s))) await section('process backend', async () => {
       const p = await startPlatform({ dataDir: join(tmp, 'process'), backend: 'process', poolSize: POOL_SIZE })
       const closeP = async (): Promise<void> => { await p.close() }
       cleanups.push(closeP)
       await p.deploy('hello', HELLO_SPEC)
       await p.settle()
 
-      if (flags.only.has('warm')) {
-        await section('warm path', async () => {
-          results.warm = { rows: await warmPath(ctx, p, join(tmp, 'nginx')) }
+      if (flags.only.has('warm') || flags.only.has('floor')) {
+        await section(flags.only.has('warm') ? 'warm path' : 'floor', async () => {
+          results.warm = { rows: await warmPath(ctx, p, join(tmp, 'nginx'), { warm: flags.only.has('warm'), floor: flags.only.has('floor') }) }
         })
         if (flags.profile && results.warm !== undefined) {
           await section('router profile', async () => {
@@ -207,6 +216,14 @@ async function main(): Promise<number> {
         await section('ephemeral / recycle throughput', async () => {
           const bare4 = await ctx.bareRef(4)
           results.ephemeral = { bare: bare4, rows: await measureModes(ctx, p, 4) }
+        })
+      }
+      if (flags.only.has('modes')) {
+        await section('default modes', async () => {
+          await ctx.bareRef(1)
+          await ctx.bareRef(32)
+          results.modes = defaultModesResult(ctx)
+          await measureDefaultModes(ctx, p, flags.prewarms, results.modes)
         })
       }
       if (flags.only.has('rss')) {
@@ -288,22 +305,32 @@ async function main(): Promise<number> {
   return results.errors.length === 0 ? 0 : 1
 }
 
-/** Bare, router and nginx at 1 and 32 connections, then the router with one call per instance. */
-async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string): Promise<WarmRow[]> {
+/**
+ * Bare and router at 1 and 32 connections, with the nginx hop (`warm`) and the Node floor (`floor`)
+ * beside them; then (`warm`) the router with one call per instance.
+ */
+async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string, want: { warm: boolean; floor: boolean }): Promise<WarmRow[]> {
   const rows: WarmRow[] = []
-  const bin = ensureNginx()
   let nginx: Nginx | undefined
-  if (bin === undefined) progress('nginx is not installed (apt-get install -y nginx-light): nginx rows skipped')
-  else nginx = await startNginx({ bin, dir: nginxDir, upstreamSocket: ctx.bareSocket })
+  let floor: Floor | undefined
+  if (want.warm) {
+    const bin = ensureNginx()
+    if (bin === undefined) progress('nginx is not installed (apt-get install -y nginx-light): nginx rows skipped')
+    else nginx = await startNginx({ bin, dir: nginxDir, upstreamSocket: ctx.bareSocket })
+  }
   try {
+    if (want.floor) floor = await startFloor({ upstreamSocket: ctx.bareSocket })
     for (const connections of [1, 32]) {
       rows.push({ target: 'bare', connections, result: await ctx.bareRef(connections) })
       rows.push({ target: 'router', connections, result: await measureRouter(ctx, p, 'hello', connections) })
       if (nginx !== undefined) rows.push({ target: 'nginx', connections, result: await measureNginx(ctx, nginx.port, connections) })
+      if (floor !== undefined) rows.push({ target: 'floor', connections, result: await measureFloor(ctx, floor.port, connections) })
     }
   } finally {
     await nginx?.stop()
+    await floor?.stop()
   }
+  if (!want.warm) return rows
   // The default concurrency (one call per instance): the router spreads 32 connections over 8 prewarmed
   // instances (the longer warm-up covers the prewarm pool's refill of the 8 it gave away).
   await p.deploy('hello-c1', { code: HELLO_SPEC.code, mode: 'persistent', concurrency: 1, maxInstances: 8, prewarm: 8 })

@@ -46,6 +46,11 @@ export function measureNginx(ctx: LoadContext, port: number, connections: number
   return runLoad({ url: `http://127.0.0.1:${port}/`, connections, durationS: ctx.durationS, warmupS: ctx.warmupS, quietMs: ctx.quietMs })
 }
 
+export function measureFloor(ctx: LoadContext, port: number, connections: number): Promise<LoadResult> {
+  ctx.progress(`floor (node:http + undici Pool) @${connections}`)
+  return runLoad({ url: `http://127.0.0.1:${port}/`, connections, durationS: ctx.durationS, warmupS: ctx.warmupS, quietMs: ctx.quietMs })
+}
+
 export interface ModeRow {
   mode: 'ephemeral' | 'recycle'
   connections: number
