@@ -161,7 +161,7 @@ async function createBackend(config: Config, platformId: string, runDir: string,
   const isRoot = process.getuid?.() === 0
   const [uid, gid] = config.KINDLING_INSTANCE_USER.split(':').map(Number) as [number, number]
   const cgroups = isRoot ? await detectCgroups() : undefined
-  const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--mount-proc', '--', '/bin/true']).status === 0
+  const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--net', '--mount-proc', '--', '/bin/true']).status === 0
   log.info({ cgroups: cgroups?.version ?? 'none', namespaces, user: isRoot ? `${uid}:${gid}` : 'platform' }, 'process backend isolation')
   const spawner = new Spawner({ node: process.execPath, script: SPAWNER_SCRIPT })
   await spawner.ready()
@@ -172,6 +172,8 @@ async function createBackend(config: Config, platformId: string, runDir: string,
     spawner,
     runDir,
     codeRoot,
+    // The data directory holds the store (every spec, its env), the code cache and every instance's socket.
+    hidden: [dirname(runDir)],
     runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs' } },
     cgroups,
     user: isRoot ? { uid, gid } : undefined,
