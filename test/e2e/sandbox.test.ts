@@ -37,6 +37,12 @@ export default async (event) => {
   for (const { host, port } of q.tcp ?? []) out.tcp[host + ':' + port] = await attempt({ host, port })
   for (const path of q.unix ?? []) out.unix[path] = await attempt({ path })
   for (const path of q.read ?? []) out.read[path] = await read(path)
+  // The default gateway (the host, as this instance's network sees it), from the routing table.
+  const route = (await readFile('/proc/net/route', 'utf8').catch(() => '')).split('\\n').map((l) => l.trim().split(/\\s+/)).find((f) => f[1] === '00000000')
+  if (route !== undefined && q.gatewayPort !== undefined) {
+    const gw = [0, 1, 2, 3].map((i) => parseInt(route[2].slice(6 - 2 * i, 8 - 2 * i), 16)).join('.')
+    out.tcp['gateway ' + gw] = await attempt({ host: gw, port: q.gatewayPort })
+  }
   out.own = await read(dirname(fileURLToPath(import.meta.url)))
   // Its own loopback answers (lo is up in its namespace).
   const srv = createServer((s) => s.end('self')).listen(0, '127.0.0.1')
@@ -46,11 +52,22 @@ export default async (event) => {
   return out
 }`
 
+/** A function that listens on TCP on every address of its instance (kept: persistent mode). */
+const LISTENER = `
+import { createServer } from 'node:net'
+import { networkInterfaces } from 'node:os'
+let srv
+export default async () => {
+  if (srv === undefined) { srv = createServer((s) => s.end('instance')).listen(0, '0.0.0.0'); await new Promise((r) => srv.once('listening', r)) }
+  const addrs = Object.values(networkInterfaces()).flat().filter((a) => a.family === 'IPv4' && !a.internal).map((a) => a.address)
+  return { port: srv.address().port, addrs }
+}`
+
 const SECRET = (marker: string): string => `export const marker = '${marker}'\nexport default async () => ({ ok: true })`
 
 interface ProbeResult { tcp: Record<string, string>; unix: Record<string, string>; read: Record<string, string>; own: string; self: string }
 
-async function probe(p: TestPlatform, fn: string, body: { tcp?: Array<{ host: string; port: number }>; unix?: string[]; read?: string[] }): Promise<ProbeResult> {
+async function probe(p: TestPlatform, fn: string, body: { tcp?: Array<{ host: string; port: number }>; unix?: string[]; read?: string[]; gatewayPort?: number }): Promise<ProbeResult> {
   const res = await p.invoke(fn, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   if (res.status !== 200) throw new Error(`probe answered ${res.status}: ${res.text}`)
   return res.json() as ProbeResult
@@ -156,18 +173,25 @@ for (const backend of BACKENDS) {
     }
   })
 
-  t.test('a network: egress function reaches an outside listener, but not the platform', async (t) => {
+  t.test('a network: egress function reaches an outside listener, but neither the platform nor another instance', async (t) => {
     const outside = await outsideHost(t)
     const p = await startPlatform(t, { KINDLING_BACKEND: backend })
     const dep = await p.deploy('probe-out', { runtime: 'node', code: PROBE, network: 'egress' })
     t.equal(dep.status, 201, JSON.stringify(dep.json))
+    t.equal((await p.deploy('listener-out', { runtime: 'node', code: LISTENER, network: 'egress', mode: 'persistent' })).status, 201)
+    const other = (await p.invoke('listener-out')).json() as { port: number; addrs: string[] }
+    t.ok(other.addrs.length > 0, `the other egress instance has an address (${other.addrs.join(', ')})`)
     const port = portOf(p)
     // 10.0.2.2: slirp4netns's alias of the host's loopback; 172.17.0.1: the docker bridge's gateway (the host).
     const platform = [{ host: '127.0.0.1', port }, { host: '10.0.2.2', port }, { host: '172.17.0.1', port }]
-    const r = await probe(p, 'probe-out', { tcp: [outside, ...platform], read: [join(p.dataDir, 'store'), join(p.dataDir, 'code')] })
+    const r = await probe(p, 'probe-out', { tcp: [outside, ...platform, ...other.addrs.map((host) => ({ host, port: other.port }))], read: [join(p.dataDir, 'store'), join(p.dataDir, 'code')], gatewayPort: port })
+    const gateway = Object.keys(r.tcp).find((k) => k.startsWith('gateway '))
+    t.ok(gateway !== undefined, 'the instance has a default route (its gateway is the host)')
+    t.match(r.tcp[gateway ?? ''], refused, `no connection to the platform's port at the ${gateway} (${r.tcp[gateway ?? '']})`)
     t.equal(r.tcp[`${outside.host}:${outside.port}`], `connected: ${outside.greeting}`, 'the outside listener answered')
     for (const { host } of platform) t.match(r.tcp[`${host}:${port}`], refused, `no connection to the platform's port at ${host} (${r.tcp[`${host}:${port}`]})`)
     for (const [path, got] of Object.entries(r.read)) t.match(got, unreadable, `cannot read ${path} (${got})`)
+    for (const host of other.addrs) t.match(r.tcp[`${host}:${other.port}`], refused, `no connection to the other instance at ${host}:${other.port} (${r.tcp[`${host}:${other.port}`]})`)
     t.match(r.self, /^connected: self/, 'its own loopback answers')
   })
  })
