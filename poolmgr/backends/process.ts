@@ -53,6 +53,8 @@ export interface ProcessBackendOptions {
    * `mount -N` through the spawner (~10 ms here).
    */
   mounter?: NsMounter | undefined
+  /** slirp4netns binary for `network: egress`. @default "/usr/bin/slirp4netns" */
+  slirp4netns?: string | undefined
   /** Command of each runtime's server. */
   runtimes: Record<string, RuntimeCommand>
   /** cgroup driver when the host lets us create groups; without it instances run unlimited. */
@@ -154,6 +156,7 @@ export class ProcessBackend implements ContainerBackend {
   /** The `sh -c` script run inside each instance's new namespaces (set by init()). */
   #mountNs = ''
   #slirp = false
+  get #slirpBin(): string { return this.#opts.slirp4netns ?? SLIRP4NETNS }
 
   constructor(opts: ProcessBackendOptions) {
     this.#opts = opts
@@ -176,7 +179,7 @@ export class ProcessBackend implements ContainerBackend {
     for (const c of IP_CANDIDATES) if (ip === undefined && await isExecutable(c)) ip = c
     // Without `ip` the namespace is just as closed, only its own 127.0.0.1 does not answer either.
     if (ip === undefined) this.#opts.log.warn('no `ip` (iproute2): instances run with their loopback down (scripts/ensure-sandbox.sh installs it)')
-    this.#slirp = await isExecutable(SLIRP4NETNS)
+    this.#slirp = await isExecutable(this.#slirpBin)
     this.#mountNs = mountScript(ip, this.#opts.hidden ?? [])
   }
 
@@ -197,7 +200,7 @@ export class ProcessBackend implements ContainerBackend {
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${req.runtime}" has no server command on the process backend`)
     const ns = this.#opts.namespaces
     if (ns && req.network === 'egress' && !this.#slirp) {
-      throw new KdlError('KDL_ERR_SANDBOX_UNAVAILABLE', `network "egress" on the process backend needs ${SLIRP4NETNS} (Debian package slirp4netns; scripts/ensure-sandbox.sh installs it as root)`)
+      throw new KdlError('KDL_ERR_SANDBOX_UNAVAILABLE', `network "egress" on the process backend needs ${this.#slirpBin} (Debian package slirp4netns; scripts/ensure-sandbox.sh installs it as root)`)
     }
     const dir = join(this.#opts.runDir, req.id)
     const tmp = join(dir, 'tmp')
@@ -435,7 +438,7 @@ export class ProcessBackend implements ContainerBackend {
    * refuses 10.0.2.2, its alias of the host's 127.0.0.1. In the instance's cgroup, so it dies with it.
    */
   async #startSlirp(id: string, pid: number, inCgroup: (argv: string[]) => { command: string; args: string[] }, failed: AbortSignal): Promise<SpawnedProcess> {
-    const { command, args } = inCgroup([SLIRP4NETNS, '--configure', `--mtu=${SLIRP_MTU}`, '--disable-host-loopback', '--ready-fd=3', String(pid), 'tap0'])
+    const { command, args } = inCgroup([this.#slirpBin, '--configure', `--mtu=${SLIRP_MTU}`, '--disable-host-loopback', '--ready-fd=3', String(pid), 'tap0'])
     const net = await this.#opts.spawner.spawn({ id: `${id}:net`, command, args, env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/', readyFd: 3 })
     const lines: string[] = []
     net.on('line', (_stream: string, line: string) => { if (lines.length < 20) lines.push(line) })
