@@ -101,6 +101,8 @@ export const SLIRP4NETNS = '/usr/bin/slirp4netns'
 const IP_CANDIDATES = ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip', '/bin/ip']
 /** MTU of the slirp4netns tap device: its documented fast setting (the default 1500 costs throughput). */
 const SLIRP_MTU = 65520
+/** slirp4netns's DNS forwarder, as the instance sees it. */
+const SLIRP_DNS = '10.0.2.3'
 /**
  * Where an instance sees its own directory, its function's code and the runtime server inside its mount
  * namespace. Fixed paths, because the private /tmp would hide a data directory that lives under /tmp.
@@ -128,6 +130,10 @@ function mountScript(ip: string | undefined, hidden: readonly string[]): string 
     `mount --bind "$1" ${NS_INSTANCE}`,
     `mount --bind -o ro "$2" ${NS_STAGE}`,
     `mount --bind -o ro "$3" ${NS_RUNTIME}`,
+    // An egress instance resolves through slirp4netns (10.0.2.3 forwards to the host's resolver, which
+    // may itself be on the host's loopback, out of the instance's reach). Before /tmp is replaced: "$1"
+    // may be under /tmp.
+    '{ [ ! -f "$1/resolv.conf" ] || [ ! -e /etc/resolv.conf ] || mount --bind -o ro "$1/resolv.conf" /etc/resolv.conf; }',
     'mount --bind "$1/tmp" /tmp',
     ...hidden.map((d) => `{ [ ! -d ${shQuote(d)} ] || mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=000 kindling-hidden ${shQuote(d)}; }`),
     'shift 3',
@@ -207,6 +213,7 @@ export class ProcessBackend implements ContainerBackend {
     const socketPath = join(dir, 'rt.sock')
     const user = this.#opts.user
     await mkdir(tmp, { recursive: true, mode: 0o755 })
+    if (ns && req.network === 'egress') await writeFile(join(dir, 'resolv.conf'), `nameserver ${SLIRP_DNS}\n`, { mode: 0o444 })
     if (user !== undefined) {
       await chown(dir, user.uid, user.gid)
       await chown(tmp, user.uid, user.gid)

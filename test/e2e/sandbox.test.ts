@@ -184,15 +184,16 @@ for (const backend of BACKENDS) {
     const port = portOf(p)
     // 10.0.2.2: slirp4netns's alias of the host's loopback; 172.17.0.1: the docker bridge's gateway (the host).
     const platform = [{ host: '127.0.0.1', port }, { host: '10.0.2.2', port }, { host: '172.17.0.1', port }]
-    const r = await probe(p, 'probe-out', { tcp: [outside, ...platform, ...other.addrs.map((host) => ({ host, port: other.port }))], read: [join(p.dataDir, 'store'), join(p.dataDir, 'code')], gatewayPort: port })
+    const r = await probe(p, 'probe-out', { tcp: [outside, ...platform, ...other.addrs.map((host) => ({ host, port: other.port }))], read: [join(p.dataDir, 'store'), join(p.dataDir, 'code'), '/etc/resolv.conf'], gatewayPort: port })
     const gateway = Object.keys(r.tcp).find((k) => k.startsWith('gateway '))
     t.ok(gateway !== undefined, 'the instance has a default route (its gateway is the host)')
     t.match(r.tcp[gateway ?? ''], refused, `no connection to the platform's port at the ${gateway} (${r.tcp[gateway ?? '']})`)
     t.equal(r.tcp[`${outside.host}:${outside.port}`], `connected: ${outside.greeting}`, 'the outside listener answered')
     for (const { host } of platform) t.match(r.tcp[`${host}:${port}`], refused, `no connection to the platform's port at ${host} (${r.tcp[`${host}:${port}`]})`)
-    for (const [path, got] of Object.entries(r.read)) t.match(got, unreadable, `cannot read ${path} (${got})`)
+    for (const path of [join(p.dataDir, 'store'), join(p.dataDir, 'code')]) t.match(r.read[path], unreadable, `cannot read ${path} (${r.read[path]})`)
     for (const host of other.addrs) t.match(r.tcp[`${host}:${other.port}`], refused, `no connection to the other instance at ${host}:${other.port} (${r.tcp[`${host}:${other.port}`]})`)
     t.match(r.self, /^connected: self/, 'its own loopback answers')
+    if (backend === 'process') t.equal(r.read['/etc/resolv.conf'], 'read: nameserver 10.0.2.3\n', 'it resolves names through slirp4netns')
   })
  })
 }
