@@ -186,7 +186,14 @@ export class ProcessBackend implements ContainerBackend {
     // Without `ip` the namespace is just as closed, only its own 127.0.0.1 does not answer either.
     if (ip === undefined) this.#opts.log.warn('no `ip` (iproute2): instances run with their loopback down (scripts/ensure-sandbox.sh installs it)')
     this.#slirp = await isExecutable(this.#slirpBin)
-    this.#mountNs = mountScript(ip, this.#opts.hidden ?? [])
+    // A hidden directory must not cover what the instance runs from (a data directory of /, /run, /usr…).
+    const needed = [NS_ROOT, ...Object.values(this.#opts.runtimes).flatMap((r) => [r.serverDir, r.command])]
+    const hidden = (this.#opts.hidden ?? []).filter((d) => {
+      const covers = needed.some((n) => { const rel = relative(d, n); return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel)) })
+      if (covers) this.#opts.log.warn({ dir: d }, 'cannot hide this directory from instances: the runtime or /run/kindling is inside it')
+      return !covers
+    })
+    this.#mountNs = mountScript(ip, hidden)
   }
 
   /** Starts in progress: close() waits for them, so none can finish after it and leave an orphan. */
