@@ -50,14 +50,17 @@ export class NsMounter {
     return this.#ready
   }
 
-  /** Binds `src` (a path inside the namespace) read-only onto `dst` in the mount namespace of `pid`. */
-  async bind(pid: number, src: string, dst: string): Promise<void> {
+  /**
+   * Binds `src` (a path inside the namespace) read-only onto `dst` in the mount namespace of `pid`; with
+   * `loUp`, also sets `lo` up in its network namespace.
+   */
+  async bind(pid: number, src: string, dst: string, loUp = false): Promise<void> {
     await this.#ready
     if (this.#dead !== undefined) throw this.#dead
     for (const s of [src, dst]) if (/[\t\n]/.test(s)) throw new KdlError('KDL_ERR_BACKEND', `path ${JSON.stringify(s)} cannot be sent to the mounter`)
     const tag = String(++this.#seq)
     const done = new Promise<void>((resolve, reject) => this.#waiting.set(tag, (err) => (err === undefined ? resolve() : reject(err))))
-    this.#child.stdin!.write(`${tag}\t${pid}\t${src}\t${dst}\n`)
+    this.#child.stdin!.write(`${tag}\t${pid}\t${src}\t${dst}\t${loUp ? 1 : 0}\n`)
     await done
   }
 

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,7 +14,7 @@ const MOUNTER = join(ROOT, 'poolmgr', 'spawner', 'mounter.pl')
 
 /** A mount namespace (and its pid) holding `dir` at `at`, until teardown. */
 async function namespaceWith(t: Tap, dir: string, at: string): Promise<number> {
-  const ns = spawn('unshare', ['--mount', '--pid', '--fork', '--kill-child', '--', 'sh', '-c', `mkdir -p ${at} && mount --bind -o ro ${dir} ${at} && echo up && exec sleep 600`], { stdio: ['ignore', 'pipe', 'inherit'], detached: true })
+  const ns = spawn('unshare', ['--mount', '--net', '--pid', '--fork', '--kill-child', '--', 'sh', '-c', `mkdir -p ${at} && mount --bind -o ro ${dir} ${at} && echo up && exec sleep 600`], { stdio: ['ignore', 'pipe', 'inherit'], detached: true })
   t.teardown(async () => {
     if (ns.exitCode !== null || ns.signalCode !== null) return
     const exited = new Promise((r) => ns.once('exit', r))
@@ -27,7 +27,9 @@ async function namespaceWith(t: Tap, dir: string, at: string): Promise<number> {
 
 interface Tap { teardown(fn: () => unknown): void }
 
-t.test('the mounter binds a directory of a namespace onto another path of it, read-only, and only there', async (t) => {
+const loState = (pid: number): string => spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', '-o', 'link', 'show', 'lo'], { encoding: 'utf8' }).stdout
+
+t.test('the mounter binds a directory of a namespace onto another path of it, read-only, and only there; and sets its lo up', async (t) => {
   const m = NsMounter.create({ perl: '/usr/bin/perl', script: MOUNTER })
   if (m === undefined) throw new Error(`no mounter on ${process.arch}`)
   t.teardown(() => m.close())
@@ -39,7 +41,9 @@ t.test('the mounter binds a directory of a namespace onto another path of it, re
   await mkdir(`${stage}-dst`, { recursive: true })
   t.teardown(() => rm(`${stage}-dst`, { recursive: true, force: true }))
   const pid = await namespaceWith(t, src, stage)
-  await m.bind(pid, `${stage}/fn`, `${stage}-dst`)
+  t.notMatch(loState(pid), /[<,]UP[,>]/, 'lo is down in a new network namespace')
+  await m.bind(pid, `${stage}/fn`, `${stage}-dst`, true)
+  t.match(loState(pid), /[<,]UP[,>]/, 'lo is up after the bind')
   t.equal(await readFile(`/proc/${pid}/root${stage}-dst/index.mjs`, 'utf8'), 'mine', 'visible inside the namespace')
   await t.rejects(writeFile(`/proc/${pid}/root${stage}-dst/x`, 'x'), { code: 'EROFS' }, 'read-only')
   await t.rejects(readFile(`${stage}-dst/index.mjs`), { code: 'ENOENT' }, 'the host namespace is untouched')
