@@ -30,6 +30,7 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_SHUTTING_DOWN: { status: 503, description: 'The platform is stopping and takes no new calls.' },
   KDL_ERR_FN_TIMEOUT: { status: 504, description: 'The call exceeded the function timeoutMs; the instance was replaced.' },
   KDL_ERR_BACKEND: { status: 500, description: 'The container backend (process, docker, kubernetes) failed; `cause` holds the original error.' },
+  KDL_ERR_SANDBOX_UNAVAILABLE: { status: 503, description: 'The host lacks a tool the sandbox needs (slirp4netns for network: egress on the process backend); scripts/ensure-sandbox.sh installs it.' },
 } as const satisfies Record<string, ErrorCodeInfo>)
 
 export type ErrorCode = keyof typeof ERROR_CODES

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import Dockerode from 'dockerode'
 import { mkdir } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
@@ -19,6 +20,7 @@ import { Executor } from '../executor/executor.js'
 import { DockerBackend } from '../poolmgr/backends/docker.js'
 import { ProcessBackend, QUARANTINE_ROOT, QUARANTINE_SHARES } from '../poolmgr/backends/process.js'
 import { Spawner } from '../poolmgr/spawner/client.js'
+import { NsMounter } from '../poolmgr/spawner/mounter.js'
 import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
 import { QuarantineCpuset } from '../poolmgr/cgroups/cpuset.js'
 import { detectCgroups } from '../poolmgr/cgroups/index.js'
@@ -35,6 +37,7 @@ const here = dirname(fileURLToPath(import.meta.url))
 export const REPO_ROOT = resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
 export const NODE_SERVER_DIR = join(REPO_ROOT, 'runtimes', 'node')
 const SPAWNER_SCRIPT = join(REPO_ROOT, 'poolmgr', 'spawner', 'spawner.mjs')
+const MOUNTER_SCRIPT = join(REPO_ROOT, 'poolmgr', 'spawner', 'mounter.pl')
 /** How long a stop waits for calls in flight before it cuts their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
 /** Runtime kinds this build can start. */
@@ -161,17 +164,21 @@ async function createBackend(config: Config, platformId: string, runDir: string,
   const isRoot = process.getuid?.() === 0
   const [uid, gid] = config.KINDLING_INSTANCE_USER.split(':').map(Number) as [number, number]
   const cgroups = isRoot ? await detectCgroups() : undefined
-  const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--mount-proc', '--', '/bin/true']).status === 0
+  const namespaces = isRoot && spawnSync('/usr/bin/unshare', ['--pid', '--fork', '--mount', '--ipc', '--net', '--mount-proc', '--', '/bin/true']).status === 0
   log.info({ cgroups: cgroups?.version ?? 'none', namespaces, user: isRoot ? `${uid}:${gid}` : 'platform' }, 'process backend isolation')
   const spawner = new Spawner({ node: process.execPath, script: SPAWNER_SCRIPT })
   await spawner.ready()
+  const mounter = namespaces ? await startMounter(log) : undefined
   const quarantineCpuset = cgroups?.version === 1 ? await QuarantineCpuset.create({ cpus: config.KINDLING_QUARANTINE_CPUS }) : undefined
   const backend = new ProcessBackend({
     platformId,
     quarantineCpuset,
     spawner,
+    mounter,
     runDir,
     codeRoot,
+    // The data directory holds the store (every spec, its env), the code cache and every instance's socket.
+    hidden: [dirname(runDir)],
     runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs' } },
     cgroups,
     user: isRoot ? { uid, gid } : undefined,
@@ -181,6 +188,25 @@ async function createBackend(config: Config, platformId: string, runDir: string,
   })
   await backend.init()
   return backend
+}
+
+/** The load-time code binder (poolmgr/spawner/mounter.pl); without perl the backend spawns `mount -N` per load. */
+async function startMounter(log: Logger): Promise<NsMounter | undefined> {
+  const perl = '/usr/bin/perl'
+  if (!existsSync(perl)) {
+    log.warn('no /usr/bin/perl: each load binds its code with a spawned mount -N (slower first calls)')
+    return undefined
+  }
+  const m = NsMounter.create({ perl, script: MOUNTER_SCRIPT })
+  if (m === undefined) return undefined
+  try {
+    await m.ready()
+    return m
+  } catch (err) {
+    log.warn({ err }, 'the mounter did not start: each load binds its code with a spawned mount -N')
+    await m.close().catch(() => {})
+    return undefined
+  }
 }
 
 async function createDockerBackend(config: Config, platformId: string, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {

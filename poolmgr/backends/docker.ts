@@ -42,6 +42,12 @@ const SOCKET_DIR = '/run/kindling'
 const SOCKET_NAME = 'rt.sock'
 const CODE_DIR = '/code'
 const QUARANTINE_PARENT = '/kindling-quarantine'
+/**
+ * The bridge network of `network: egress` containers: the engine's default bridge, but with inter-container
+ * traffic off (issue 8), so an egress instance reaches the outside and never another instance. Host-wide,
+ * shared by every platform on the host, created on first use and left in place.
+ */
+export const EGRESS_NETWORK = 'kindling-egress'
 /** sun_path is 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107
 
@@ -85,9 +91,30 @@ export class DockerBackend implements ContainerBackend {
   #socketDir(id: string): string { return join(this.#runDir, id) }
   #codeDir(id: string): string { return join(this.#runDir, `${id}-code`) }
 
+  #egress: Promise<void> | undefined
+
+  /** Creates EGRESS_NETWORK when missing (once per backend; a platform beside creating it too is fine). */
+  #egressNetwork(): Promise<void> {
+    this.#egress ??= (async () => {
+      const exists = async (): Promise<boolean> => (await this.#docker.listNetworks({ filters: { name: [EGRESS_NETWORK] } })).some((n) => n.Name === EGRESS_NETWORK)
+      if (await exists()) return
+      try {
+        await this.#docker.createNetwork({
+          Name: EGRESS_NETWORK, Driver: 'bridge', CheckDuplicate: true, Labels: { 'kindling.network': 'egress' },
+          Options: { 'com.docker.network.bridge.enable_icc': 'false', 'com.docker.network.bridge.enable_ip_masquerade': 'true' },
+        })
+      } catch (err) {
+        if (!await exists()) throw backendError(`cannot create the docker network ${EGRESS_NETWORK}`, err)
+      }
+    })()
+    this.#egress.catch(() => { this.#egress = undefined })
+    return this.#egress
+  }
+
   async start(req: InstanceRequest): Promise<InstanceHandle> {
     if (this.#closing) throw new KdlError('KDL_ERR_BACKEND', 'docker backend is closed')
     checkId(req.id)
+    if (req.network === 'egress') await this.#egressNetwork()
     const socketDir = this.#socketDir(req.id)
     const socketPath = join(socketDir, SOCKET_NAME)
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) {
@@ -192,7 +219,7 @@ export class DockerBackend implements ContainerBackend {
         Tmpfs: { '/tmp': `rw,nosuid,nodev,size=${this.#opts.tmpfsMb ?? 64}m,mode=1777` },
         CapDrop: ['ALL'],
         SecurityOpt: ['no-new-privileges'],
-        NetworkMode: req.network === 'egress' ? 'bridge' : 'none',
+        NetworkMode: req.network === 'egress' ? EGRESS_NETWORK : 'none',
         IpcMode: 'private',
         AutoRemove: false,
         RestartPolicy: { Name: 'no' },

@@ -1,5 +1,6 @@
 import { once } from 'node:events'
-import { chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { constants as fsConstants } from 'node:fs'
+import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
@@ -7,6 +8,7 @@ import { KdlError } from '../../common/errors.js'
 import type { QuarantineCpuset } from '../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from '../spawner/client.js'
+import type { NsMounter } from '../spawner/mounter.js'
 import { waitForSocket, waitHealthy } from './readiness.js'
 
 /** Host-wide cgroup roots; each platform's instances live one level down, under its platform id. */
@@ -35,8 +37,24 @@ export interface ProcessBackendOptions {
   runDir: string
   /** Starts the instance processes (a small helper process, so fork() never stalls the platform); closed by close(). */
   spawner: Spawner
-  /** Host directory of the content-addressed code cache (mounted read-only into each instance). */
+  /**
+   * Host directory of the content-addressed code cache. A namespaced instance sees none of it until its
+   * load, and then only its own function's directory (see {@link NS_CODE}).
+   */
   codeRoot: string
+  /**
+   * Host directories made unreachable inside every instance's namespaces (an empty read-only tmpfs over
+   * each): the data directory, with its store (every spec and its env), other instances' sockets, the cache.
+   * @default []
+   */
+  hidden?: readonly string[] | undefined
+  /**
+   * Binds code into namespaces without a process spawn (closed by close()); without it each load spawns
+   * `mount -N` through the spawner (~10 ms here).
+   */
+  mounter?: NsMounter | undefined
+  /** slirp4netns binary for `network: egress`. @default "/usr/bin/slirp4netns" */
+  slirp4netns?: string | undefined
   /** Command of each runtime's server. */
   runtimes: Record<string, RuntimeCommand>
   /** cgroup driver when the host lets us create groups; without it instances run unlimited. */
@@ -45,7 +63,10 @@ export interface ProcessBackendOptions {
   quarantineCpuset?: QuarantineCpuset | undefined
   /** uid/gid instances run as; only honoured when the platform runs as root. */
   user?: { uid: number; gid: number } | undefined
-  /** Run each instance in its own pid/mount/ipc namespaces with a private /tmp (needs root + unshare). */
+  /**
+   * Run each instance in its own pid/mount/ipc/network namespaces with a private /tmp (needs root +
+   * unshare): `network: none` has only `lo`, `network: egress` gets slirp4netns without the host's loopback.
+   */
   namespaces: boolean
   startTimeoutMs: number
   log: Logger
@@ -62,6 +83,10 @@ interface Meta {
 interface Live {
   meta: Meta
   child: SpawnedProcess
+  /** slirp4netns of a `network: egress` instance (in the instance's cgroup), stopped with it. */
+  net?: SpawnedProcess | undefined
+  /** The host code directory bound at NS_CODE, once its load prepared it. */
+  code?: { dir: string; mounted: Promise<void> } | undefined
   stopping: boolean
   exited: Promise<void>
   reason?: ExitReason
@@ -71,23 +96,54 @@ const SH = '/bin/sh'
 const UNSHARE = '/usr/bin/unshare'
 const SETPRIV = '/usr/bin/setpriv'
 const ENV = '/usr/bin/env'
+const MOUNT = '/usr/bin/mount'
+export const SLIRP4NETNS = '/usr/bin/slirp4netns'
+const IP_CANDIDATES = ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip', '/bin/ip']
+/** MTU of the slirp4netns tap device: its documented fast setting (the default 1500 costs throughput). */
+const SLIRP_MTU = 65520
+/** slirp4netns's DNS forwarder, as the instance sees it. */
+const SLIRP_DNS = '10.0.2.3'
 /**
- * Where an instance sees its own directory, the code cache and the runtime server inside its mount
+ * Where an instance sees its own directory, its function's code and the runtime server inside its mount
  * namespace. Fixed paths, because the private /tmp would hide a data directory that lives under /tmp.
  */
 export const NS_ROOT = '/run/kindling'
 const NS_INSTANCE = `${NS_ROOT}/instance`
-const NS_CODE = `${NS_ROOT}/code`
+/**
+ * The function's code, bound here at load time by the platform, from the host, into the instance's mount
+ * namespace. Until then it is a root-only (0700) directory holding the cache at `cache/`: the load binds
+ * `cache/<hash>` onto this directory itself, which covers the cache, so from then on the namespace reaches
+ * no code but its own, by any path; and nothing but the runtime server runs before the load (issue 8).
+ */
+export const NS_CODE = `${NS_ROOT}/code`
+const NS_STAGE = `${NS_CODE}/cache`
 const NS_RUNTIME = `${NS_ROOT}/runtime`
-/** Inside the new mount namespace: bind the three directories, then the instance's own tmp over /tmp. */
-const MOUNT_NS = [
-  `mount --bind "$1" ${NS_INSTANCE}`,
-  `mount --bind -o ro "$2" ${NS_CODE}`,
-  `mount --bind -o ro "$3" ${NS_RUNTIME}`,
-  'mount --bind "$1/tmp" /tmp',
-  'shift 3',
-  'exec "$@"',
-].join(' && ')
+
+/**
+ * Inside the new namespaces, as root, before dropping to the instance user: `lo` up, bind the instance
+ * directory, the cache (staged, see NS_CODE) and the runtime, the instance's own tmp over /tmp, then an
+ * empty tmpfs over each hidden host directory still reachable (one under /tmp is already gone).
+ */
+function mountScript(ip: string | undefined, hidden: readonly string[]): string {
+  return [
+    ...(ip !== undefined ? [`${ip} link set lo up`] : []),
+    `mount --bind "$1" ${NS_INSTANCE}`,
+    `mount --bind -o ro "$2" ${NS_STAGE}`,
+    `mount --bind -o ro "$3" ${NS_RUNTIME}`,
+    // An egress instance resolves through slirp4netns (10.0.2.3 forwards to the host's resolver, which
+    // may itself be on the host's loopback, out of the instance's reach). Before /tmp is replaced: "$1"
+    // may be under /tmp.
+    '{ [ ! -f "$1/resolv.conf" ] || [ ! -e /etc/resolv.conf ] || mount --bind -o ro "$1/resolv.conf" /etc/resolv.conf; }',
+    'mount --bind "$1/tmp" /tmp',
+    ...hidden.map((d) => `{ [ ! -d ${shQuote(d)} ] || mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=000 kindling-hidden ${shQuote(d)}; }`),
+    'shift 3',
+    'exec "$@"',
+  ].join(' && ')
+}
+
+function shQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`
+}
 
 /**
  * The embedded default backend: each instance is a child process (SOCK-style lean container) in its own
@@ -103,6 +159,10 @@ export class ProcessBackend implements ContainerBackend {
   readonly #parent: string
   readonly #quarantineParent: string
   #closed = false
+  /** The `sh -c` script run inside each instance's new namespaces (set by init()). */
+  #mountNs = ''
+  #slirp = false
+  get #slirpBin(): string { return this.#opts.slirp4netns ?? SLIRP4NETNS }
 
   constructor(opts: ProcessBackendOptions) {
     this.#opts = opts
@@ -119,7 +179,23 @@ export class ProcessBackend implements ContainerBackend {
       await this.#opts.cgroups.ensureParent(this.#quarantineParent)
     }
     if (!this.#opts.namespaces) return
-    for (const d of [NS_INSTANCE, NS_CODE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
+    for (const d of [NS_INSTANCE, NS_STAGE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
+    await chmod(NS_CODE, 0o700)
+    let ip: string | undefined
+    for (const c of IP_CANDIDATES) if (ip === undefined && await isExecutable(c)) ip = c
+    // With the mounter, `lo` comes up with the code at load (no `ip` process in every start: ~10 ms of CPU
+    // here). Without `ip` either, the namespace is just as closed, only its own 127.0.0.1 does not answer.
+    if (this.#opts.mounter !== undefined) ip = undefined
+    else if (ip === undefined) this.#opts.log.warn('no `ip` (iproute2): instances run with their loopback down (scripts/ensure-sandbox.sh installs it)')
+    this.#slirp = await isExecutable(this.#slirpBin)
+    // A hidden directory must not cover what the instance runs from (a data directory of /, /run, /usr…).
+    const needed = [NS_ROOT, ...Object.values(this.#opts.runtimes).flatMap((r) => [r.serverDir, r.command])]
+    const hidden = (this.#opts.hidden ?? []).filter((d) => {
+      const covers = needed.some((n) => { const rel = relative(d, n); return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel)) })
+      if (covers) this.#opts.log.warn({ dir: d }, 'cannot hide this directory from instances: the runtime or /run/kindling is inside it')
+      return !covers
+    })
+    this.#mountNs = mountScript(ip, hidden)
   }
 
   /** Starts in progress: close() waits for them, so none can finish after it and leave an orphan. */
@@ -137,11 +213,16 @@ export class ProcessBackend implements ContainerBackend {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
     const rt = this.#opts.runtimes[req.runtime]
     if (rt === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${req.runtime}" has no server command on the process backend`)
+    const ns = this.#opts.namespaces
+    if (ns && req.network === 'egress' && !this.#slirp) {
+      throw new KdlError('KDL_ERR_SANDBOX_UNAVAILABLE', `network "egress" on the process backend needs ${this.#slirpBin} (Debian package slirp4netns; scripts/ensure-sandbox.sh installs it as root)`)
+    }
     const dir = join(this.#opts.runDir, req.id)
     const tmp = join(dir, 'tmp')
     const socketPath = join(dir, 'rt.sock')
     const user = this.#opts.user
     await mkdir(tmp, { recursive: true, mode: 0o755 })
+    if (ns && req.network === 'egress') await writeFile(join(dir, 'resolv.conf'), `nameserver ${SLIRP_DNS}\n`, { mode: 0o444 })
     if (user !== undefined) {
       await chown(dir, user.uid, user.gid)
       await chown(tmp, user.uid, user.gid)
@@ -158,7 +239,6 @@ export class ProcessBackend implements ContainerBackend {
       if (req.background === true) await cg.setShares(cgroup, BACKGROUND_SHARES)
     }
 
-    const ns = this.#opts.namespaces
     const env: Record<string, string> = {
       ...req.env,
       PATH: '/usr/local/bin:/usr/bin:/bin',
@@ -171,15 +251,17 @@ export class ProcessBackend implements ContainerBackend {
     let argv = [ENV, '-u', 'NODE_OPTIONS', '--', rt.command, join(ns ? NS_RUNTIME : rt.serverDir, rt.serverFile), `--kindling-instance=${req.id}`]
     if (user !== undefined) argv = [SETPRIV, `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', ...argv]
     if (ns) {
-      argv = [UNSHARE, '--pid', '--fork', '--kill-child', '--mount', '--ipc', '--mount-proc', '--', SH, '-c', MOUNT_NS, 'kindling-ns', dir, this.#opts.codeRoot, rt.serverDir, ...argv]
+      argv = [UNSHARE, '--pid', '--fork', '--kill-child', '--mount', '--ipc', '--net', '--mount-proc', '--', SH, '-c', this.#mountNs, 'kindling-ns', dir, this.#opts.codeRoot, rt.serverDir, ...argv]
     }
-    let [command, ...args] = argv as [string, ...string[]]
-    // Joins the cgroups before exec: nothing of the instance runs unlimited, not even for a moment.
-    if (cgroup !== undefined && cg !== undefined) {
+    const inCgroup = (argv: string[]): { command: string; args: string[] } => {
+      const [command, ...args] = argv as [string, ...string[]]
+      // Joins the cgroups before exec: nothing of the instance runs unlimited, not even for a moment.
+      if (cgroup === undefined || cg === undefined) return { command, args }
       const join = cg.procsFiles(cgroup)
       const pin = req.quarantine === true ? this.#opts.quarantineCpuset : undefined
-      ;({ command, args } = wrapCommand(pin === undefined ? join : [...join, pin.procsFile], command, args))
+      return wrapCommand(pin === undefined ? join : [...join, pin.procsFile], command, args)
     }
+    const { command, args } = inCgroup(argv)
     // close() may have run during the awaits above; it could not see this instance, so nothing may start.
     if (this.#closed) {
       if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
@@ -216,6 +298,7 @@ export class ProcessBackend implements ContainerBackend {
     try {
       await waitForSocket(socketPath, this.#opts.startTimeoutMs, startFailed.signal)
       await waitHealthy(socketPath, Date.now() + this.#opts.startTimeoutMs, startFailed.signal)
+      if (ns && req.network === 'egress') live.net = await this.#startSlirp(req.id, child.pid, inCgroup, startFailed.signal)
     } catch (err) {
       await this.stop(req.id)
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
@@ -291,6 +374,7 @@ export class ProcessBackend implements ContainerBackend {
         }
       }
       await live.exited
+      await this.#stopSlirp(live)
       this.#live.delete(id)
     }
     const cg = this.#opts.cgroups
@@ -327,11 +411,78 @@ export class ProcessBackend implements ContainerBackend {
     return out
   }
 
-  async prepareCode(_id: string, hostCodeDir: string): Promise<string> {
+  /**
+   * Binds the function's code directory, read-only, onto NS_CODE in the instance's mount namespace (through
+   * the mounter, else one `mount -N` through the spawner; on the first call's path: see ARCHITECTURE.md). Once per
+   * instance: a reload of the same code finds it bound, and other code is refused.
+   */
+  async prepareCode(id: string, hostCodeDir: string): Promise<string> {
     if (!this.#opts.namespaces) return hostCodeDir
     const rel = relative(this.#opts.codeRoot, hostCodeDir)
-    if (rel.startsWith('..') || isAbsolute(rel)) throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} is outside the code cache`)
-    return join(NS_CODE, rel)
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} is outside the code cache`)
+    const live = this.#live.get(id)
+    if (live === undefined || live.stopping) throw new KdlError('KDL_ERR_BACKEND', `instance ${id} is not running`)
+    if (live.code === undefined) {
+      const src = join(NS_STAGE, rel)
+      const m = this.#opts.mounter
+      const mounted = m !== undefined
+        ? m.bind(live.meta.pid, src, NS_CODE, true)
+        : this.#run(`${id}:code`, [MOUNT, '-N', `/proc/${live.meta.pid}/ns/mnt`, '--no-canonicalize', '--bind', '-o', 'ro', src, NS_CODE])
+      live.code = { dir: hostCodeDir, mounted }
+      // A failed mount leaves the instance without code: the load that follows fails, and it is destroyed.
+      mounted.catch(() => {})
+    } else if (live.code.dir !== hostCodeDir) {
+      throw new KdlError('KDL_ERR_BACKEND', `instance ${id} already holds the code of ${live.code.dir}`)
+    }
+    await live.code.mounted
+    return NS_CODE
+  }
+
+  /** Runs a short root command on the host through the spawner; rejects with its stderr when it fails. */
+  async #run(id: string, argv: string[]): Promise<void> {
+    const [command, ...args] = argv as [string, ...string[]]
+    const proc = await this.#opts.spawner.spawn({ id, command, args, env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/' })
+    const err: string[] = []
+    proc.on('line', (_stream: string, line: string) => { if (err.length < 10) err.push(line) })
+    const [code, signal] = proc.running ? await once(proc, 'exit') as [number | null, string | null] : [proc.exitCode, proc.signalCode]
+    if (code !== 0) throw new KdlError('KDL_ERR_BACKEND', `${command} failed (code ${code}, signal ${signal}): ${err.join(' ')}`)
+  }
+
+  /**
+   * slirp4netns on the instance's network namespace: a tap device with 10.0.2.100/24, a default route and
+   * DNS at 10.0.2.3, outbound TCP/UDP made by slirp's own sockets on the host; `--disable-host-loopback`
+   * refuses 10.0.2.2, its alias of the host's 127.0.0.1. In the instance's cgroup, so it dies with it.
+   */
+  async #startSlirp(id: string, pid: number, inCgroup: (argv: string[]) => { command: string; args: string[] }, failed: AbortSignal): Promise<SpawnedProcess> {
+    const { command, args } = inCgroup([this.#slirpBin, '--configure', `--mtu=${SLIRP_MTU}`, '--disable-host-loopback', '--ready-fd=3', String(pid), 'tap0'])
+    const net = await this.#opts.spawner.spawn({ id: `${id}:net`, command, args, env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/', readyFd: 3 })
+    const lines: string[] = []
+    net.on('line', (_stream: string, line: string) => { if (lines.length < 20) lines.push(line) })
+    const ac = new AbortController()
+    const timer = setTimeout(() => ac.abort(), this.#opts.startTimeoutMs)
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const fail = (why: string): void => reject(new KdlError('KDL_ERR_BACKEND', `slirp4netns of instance ${id} ${why}: ${lines.join(' ')}`))
+        net.once('fd-ready', () => resolve())
+        net.once('exit', (code: number | null, signal: string | null) => fail(`exited (code ${code}, signal ${signal})`))
+        ac.signal.addEventListener('abort', () => fail(`was not ready within ${this.#opts.startTimeoutMs} ms`))
+        failed.addEventListener('abort', () => reject(failed.reason))
+        if (failed.aborted) reject(failed.reason)
+      })
+    } catch (err) {
+      await killSpawned(net)
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
+    net.on('exit', (code: number | null, signal: string | null) => {
+      if (this.#live.get(id)?.stopping === false) this.#opts.log.warn({ instance: id, code, signal, output: lines.join(' ') }, 'slirp4netns exited')
+    })
+    return net
+  }
+
+  async #stopSlirp(live: Live): Promise<void> {
+    if (live.net !== undefined) await killSpawned(live.net)
   }
 
   onExit(listener: (exit: InstanceExit) => void): void {
@@ -380,7 +531,20 @@ export class ProcessBackend implements ContainerBackend {
     await Promise.all(this.#starting)
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
     await this.#opts.spawner.close()
+    await this.#opts.mounter?.close()
   }
+}
+
+async function isExecutable(path: string): Promise<boolean> {
+  try { await access(path, fsConstants.X_OK); return true } catch { return false }
+}
+
+/** SIGKILLs a spawned helper (its process group: it was started detached) and waits for its exit. */
+async function killSpawned(proc: SpawnedProcess): Promise<void> {
+  if (!proc.running) return
+  const exited = once(proc, 'exit').then(() => {}, () => {})
+  try { process.kill(-proc.pid, 'SIGKILL') } catch { try { process.kill(proc.pid, 'SIGKILL') } catch { /* gone */ } }
+  await exited
 }
 
 async function readMeta(dir: string): Promise<Meta | undefined> {

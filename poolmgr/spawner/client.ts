@@ -23,6 +23,7 @@ type FromSpawner =
   | { op: 'ready' }
   | { op: 'spawned'; id: string; pid: number }
   | { op: 'error'; id: string; message: string }
+  | { op: 'fd-ready'; id: string }
   | { op: 'line'; id: string; stream: 'stdout' | 'stderr'; line: string }
   | { op: 'exit'; id: string; code: number | null; signal: NodeJS.Signals | null }
 
@@ -32,6 +33,8 @@ export interface SpawnRequest {
   args: string[]
   env: Record<string, string>
   cwd: string
+  /** An extra pipe at this fd (> 2): the first byte the process writes to it emits `fd-ready` (slirp4netns --ready-fd). */
+  readyFd?: number
 }
 
 /**
@@ -103,6 +106,9 @@ export class Spawner {
       case 'error':
         entry.started(new KdlError('KDL_ERR_BACKEND', `cannot spawn instance ${m.id}: ${m.message}`))
         if (proc.pid > 0 && proc.running) proc.emit('error', new Error(m.message))
+        return
+      case 'fd-ready':
+        proc.emit('fd-ready')
         return
       case 'line':
         proc.emit('line', m.stream, m.line)

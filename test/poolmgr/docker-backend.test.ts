@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import t from 'tap'
 import type { InstanceExit, InstanceRequest } from '../../common/backend.js'
-import { DockerBackend, type DockerBackendOptions } from '../../poolmgr/backends/docker.js'
+import { DockerBackend, EGRESS_NETWORK, type DockerBackendOptions } from '../../poolmgr/backends/docker.js'
 import { buildNodeImage, ensureNodeImage, nodeImageTag, removeStaleNodeImages } from '../../poolmgr/images/node-image.js'
 import { NODE_SERVER_DIR, call, invoke, loadFunction, localDocker, median, removeContainers, within, writeFunction } from '../fixtures/docker.js'
 
@@ -223,12 +223,15 @@ export default async (event) => ({
     t.same(out['status'], { CapEff: '0000000000000000', CapPrm: '0000000000000000', CapBnd: '0000000000000000', NoNewPrivs: '1' })
   })
 
-  t.test('network "egress" puts the instance on the default bridge', async (t) => {
+  t.test('network "egress" puts the instance on the kindling-egress bridge, with inter-container traffic off', async (t) => {
     const b = newBackend()
     const req = request({ network: 'egress' })
     await b.start(req)
     t.teardown(() => b.stop(req.id))
-    t.equal((await containerOf(req.id).inspect()).HostConfig.NetworkMode, 'bridge')
+    t.equal((await containerOf(req.id).inspect()).HostConfig.NetworkMode, EGRESS_NETWORK)
+    const net = await docker.getNetwork(EGRESS_NETWORK).inspect() as { Driver: string; Options: Record<string, string> }
+    t.equal(net.Driver, 'bridge')
+    t.equal(net.Options['com.docker.network.bridge.enable_icc'], 'false')
   })
 
   t.test('stop removes the container and its directories, and is idempotent', async (t) => {
