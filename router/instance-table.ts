@@ -158,7 +158,8 @@ export class InstanceTable {
     slot.inflight--
     slot.calls++
     if (--this.#inflight === 0 && this.#idleWaiters.length > 0) for (const w of this.#idleWaiters.splice(0)) w()
-    slot.lastUsed = Date.now()
+    const now = Date.now()
+    slot.lastUsed = now
     if (slot.removed) return
     if (outcome !== 'ok') {
       this.#remove(entry, slot, outcome)
@@ -177,7 +178,7 @@ export class InstanceTable {
         return
       case 'recycle': {
         const limit = slot.calls >= entry.spec.maxInvocations ? 'max-invocations'
-          : Date.now() - slot.lease.startedAt >= entry.spec.maxAgeMs ? 'max-age' : undefined
+          : now - slot.lease.startedAt >= entry.spec.maxAgeMs ? 'max-age' : undefined
         if (limit !== undefined) {
           this.retire(entry, slot, limit)
           return

@@ -64,17 +64,18 @@ export async function forward(
   }
 
   let status = 0
-  let retire: 'unrun' | 'after' | undefined
+  /** The runtime refused the call without running it (`x-kindling-retire: unrun`, its only value). */
+  let unrun = false
   try {
     await dispatcher.stream({ path, method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, opaque: res }, ({ statusCode, headers: upstream, opaque }) => {
       const out = opaque as ServerResponse
       status = statusCode
-      const asked = upstream['x-kindling-retire']
-      if (asked !== undefined) {
+      if (upstream['x-kindling-retire'] !== undefined) {
         delete upstream['x-kindling-retire']
-        retire = asked === 'unrun' ? 'unrun' : 'after'
-        // Refused before anything ran: a bodiless call goes to another instance; its refusal goes nowhere.
-        if (retire === 'unrun' && body === null) return new Writable({ write: (_c, _e, cb) => cb() })
+        unrun = true
+        // A bodiless call goes to another instance; its refusal goes nowhere. One with a body cannot be
+        // sent again (undici has let go of it): the caller gets the refusal.
+        if (body === null) return new Writable({ write: (_c, _e, cb) => cb() })
       }
       // The caller left while the handler ran: the instance did its work and stays trusted; the
       // answer goes nowhere.
@@ -89,8 +90,8 @@ export async function forward(
       out.writeHead(statusCode, h as Record<string, string | string[]>)
       return out
     })
-    if (retire === 'unrun' && body === null) return { outcome: 'unsent', status, retire: true }
-    return retire === undefined ? { outcome: 'ok', status } : { outcome: 'ok', status, retire: true }
+    if (!unrun) return { outcome: 'ok', status }
+    return { outcome: body === null ? 'unsent' : 'ok', status, retire: true }
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'KDL_ERR_PAYLOAD_TOO_LARGE') return tooLarge(req, res, maxBodyBytes)

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import { Client, Pool, type Dispatcher } from 'undici'
+import { waitFor } from '../fixtures/wait.js'
 
 const SERVER = fileURLToPath(new URL('../../runtimes/node/server.mjs', import.meta.url))
 const FIXTURES = fileURLToPath(new URL('../fixtures/functions/', import.meta.url))
@@ -428,14 +429,12 @@ t.test('unload then load re-runs a CommonJS entry and the modules it requires', 
   t.same((await rt.call('/')).json(), { calls: 1, required: 1 })
 })
 
-/** Health once the server has finished `n` warm-up runs (polled over its own socket; bounded). */
-async function warmedUp(rt: Runtime, n: number): Promise<Record<string, unknown>> {
-  for (let i = 0; i < 500; i++) {
+/** Health once the server has finished `n` warm-up runs. */
+function warmedUp(rt: Runtime, n: number): Promise<Record<string, any>> {
+  return waitFor(async () => {
     const h = (await rt.call('/_/health', { control: true })).json()
-    if (h.warmups >= n) return h
-    await new Promise((r) => setImmediate(r))
-  }
-  throw new Error(`the server did not finish ${n} warm-up runs`)
+    return h.warmups >= n ? h : undefined
+  }, `${n} warm-up runs`)
 }
 
 t.test('warm-up: a server started with KINDLING_WARMUP=1 warms its request path without any function code, invisibly', async (t) => {
