@@ -86,6 +86,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pidsLimit: config.KINDLING_PIDS_LIMIT,
     memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB,
     loadTimeoutMs: config.KINDLING_LOAD_TIMEOUT_MS,
+    maxStarting: config.KINDLING_MAX_STARTING > 0 ? config.KINDLING_MAX_STARTING : undefined,
     adaptive: config.KINDLING_POOL_ADAPTIVE
       ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
       : undefined,

@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto'
+import { availableParallelism } from 'node:os'
 import type { Logger } from 'pino'
 import type { ContainerBackend, InstanceExit } from '../common/backend.js'
 import { isKdlError, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
+import { StartGate } from './start-gate.js'
 import { dispatcherFor, load } from './runtime-client.js'
 
 /** How long a refill waits after the take that caused it (see #afterTake). */
@@ -39,6 +41,8 @@ export interface PoolManagerOptions {
   adaptive?: AdaptiveOptions | undefined
   /** How long a function's module may take to load (its top level, its imports), ms. @default 5000 */
   loadTimeoutMs?: number
+  /** Instance starts that may run at once; more wait, calls' before refills (see StartGate). @default 2 × CPUs */
+  maxStarting?: number
 }
 
 /**
@@ -117,6 +121,7 @@ export class PoolManager {
   #closed = false
 
   readonly #loadTimeoutMs: number
+  readonly #gate: StartGate
 
   constructor(opts: PoolManagerOptions) {
     this.backend = opts.backend
@@ -126,6 +131,7 @@ export class PoolManager {
     this.#budgetMb = opts.memoryBudgetMb ?? Infinity
     this.#adaptive = opts.adaptive
     this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
+    this.#gate = new StartGate(opts.maxStarting ?? 2 * availableParallelism())
     this.backend.onExit((exit) => this.#onExit(exit))
     if (this.#adaptive !== undefined) {
       this.#adaptTimer = setInterval(() => this.adapt(), this.#adaptive.intervalMs)
@@ -244,12 +250,24 @@ export class PoolManager {
    * Starts a new generic instance. `forCall`: a call waits for it (the `cold` path) — over the memory
    * budget idle pooled instances are evicted least-recently-used first, and it runs at a full CPU share.
    * Otherwise it is a background refill: it never evicts, and runs at a small CPU share until handed out.
-   * When the budget has no room: KDL_ERR_NO_CAPACITY.
+   * When the budget has no room: KDL_ERR_NO_CAPACITY. Either waits its turn at the start gate first.
    */
   async start(runtime: string, pool: string, res: Resources, quarantine = false, forCall = true): Promise<Instance> {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
+    return this.#gate.run(forCall ? 'call' : 'background', () => this.#start(runtime, pool, res, quarantine, forCall))
+  }
+
+  /** Starts that run now and wait for their turn (see StartGate). */
+  starts(): { running: number; waiting: number; limit: number } {
+    return { ...this.#gate.stats(), limit: this.#gate.limit }
+  }
+
+  async #start(runtime: string, pool: string, res: Resources, quarantine: boolean, forCall: boolean): Promise<Instance> {
+    if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
     const spec = this.runtime(runtime)
     if (spec === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${runtime}" is not configured`)
+    // Reserved once the start has its turn: a start waiting at the gate holds no memory, so a call's
+    // start never evicts idle instances for refills that are only queued.
     this.#reserve(res.memoryMb, forCall)
     const id = `kdl-${randomBytes(6).toString('hex')}`
     const t0 = performance.now()
@@ -420,6 +438,7 @@ export class PoolManager {
 
   async close(): Promise<void> {
     this.#closed = true
+    this.#gate.close()
     clearInterval(this.#adaptTimer)
     for (const p of this.#generic.values()) clearTimeout(p.retryTimer)
     for (const p of this.#prewarm.values()) clearTimeout(p.retryTimer)

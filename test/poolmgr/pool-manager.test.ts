@@ -57,3 +57,27 @@ for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instance
   const serving = [...p.pools.instances()].find((i) => i.fn === 'served' && i.state === 'leased')!
   t.equal(await shares(serving.id), 1024, 'the instance serving the call has the full share')
 })
+
+for (const backend of BACKENDS) t.test(`on the ${backend} backend, no more instance starts run at once than KINDLING_MAX_STARTING; the calls beyond wait their turn`, async (t) => {
+  const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MAX_STARTING: 2 })
+  t.same(p.pools.starts(), { running: 0, waiting: 0, limit: 2 })
+  await p.deploy('burst', { runtime: 'node', code: 'export default () => "b"', mode: 'ephemeral', maxInstances: 6 })
+  // Counted where the engine is asked: every start that reaches the backend, and how many are in it at once.
+  const real = p.pools.backend
+  const start = real.start.bind(real)
+  let inBackend = 0
+  let most = 0
+  let started = 0
+  real.start = async (req) => {
+    inBackend++
+    started++
+    most = Math.max(most, inBackend)
+    try { return await start(req) } finally { inBackend-- }
+  }
+  t.teardown(() => { real.start = start })
+  const answers = await Promise.all(Array.from({ length: 6 }, () => p.invoke('burst')))
+  t.same(answers.map((a) => a.status), [200, 200, 200, 200, 200, 200], 'every call of the burst is answered')
+  t.same(answers.map((a) => a.headers['x-kindling-start']), ['cold', 'cold', 'cold', 'cold', 'cold', 'cold'], 'each on an instance started for it')
+  t.ok(started >= 6, `${started} starts reached the backend`)
+  t.equal(most, 2, 'two at a time, never more')
+})

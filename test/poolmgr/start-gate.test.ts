@@ -1,0 +1,67 @@
+import t from 'tap'
+import { StartGate, type StartPriority } from '../../poolmgr/start-gate.js'
+
+/** A start the test ends by hand, and the order starts began in. */
+function harness(gate: StartGate) {
+  const began: string[] = []
+  const ends = new Map<string, () => void>()
+  const start = (name: string, priority: StartPriority): Promise<string> => gate.run(priority, () => new Promise<string>((resolve) => {
+    began.push(name)
+    ends.set(name, () => resolve(name))
+  }))
+  return { began, start, end: (name: string) => ends.get(name)!() }
+}
+
+/** Lets queued promise continuations run (a turn passes through a resolved promise). */
+const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+t.test('no more than `limit` starts run at once; calls waiting go before refills waiting, each in order', async (t) => {
+  const gate = new StartGate(2)
+  const h = harness(gate)
+  const done = [h.start('r1', 'background'), h.start('r2', 'background'), h.start('r3', 'background'), h.start('c1', 'call'), h.start('r4', 'background'), h.start('c2', 'call')]
+  await settle()
+  t.same(h.began, ['r1', 'r2'], 'two run, the rest wait')
+  t.same(gate.stats(), { running: 2, waiting: 4 })
+  h.end('r1')
+  await settle()
+  t.same(h.began, ['r1', 'r2', 'c1'], 'a waiting call takes the first free turn, ahead of refills that waited longer')
+  h.end('r2')
+  await settle()
+  t.same(h.began, ['r1', 'r2', 'c1', 'c2'])
+  h.end('c1')
+  h.end('c2')
+  await settle()
+  t.same(h.began, ['r1', 'r2', 'c1', 'c2', 'r3', 'r4'], 'then the refills, first come first started')
+  h.end('r3')
+  h.end('r4')
+  t.same(await Promise.all(done), ['r1', 'r2', 'r3', 'c1', 'r4', 'c2'])
+  t.same(gate.stats(), { running: 0, waiting: 0 }, 'every turn was given back')
+})
+
+t.test('a start that fails gives its turn to the next one', async (t) => {
+  const gate = new StartGate(1)
+  const failed = gate.run('call', () => Promise.reject(new Error('no container')))
+  const next = gate.run('call', () => Promise.resolve('started'))
+  await t.rejects(failed, { message: 'no container' })
+  t.equal(await next, 'started')
+  t.same(gate.stats(), { running: 0, waiting: 0 })
+})
+
+t.test('closing refuses the waiting starts with KDL_ERR_SHUTTING_DOWN and lets the running one finish', async (t) => {
+  const gate = new StartGate(1)
+  const h = harness(gate)
+  const running = h.start('a', 'call')
+  const waiting = h.start('b', 'background')
+  await settle()
+  gate.close()
+  await t.rejects(waiting, { code: 'KDL_ERR_SHUTTING_DOWN' })
+  await t.rejects(gate.run('call', () => Promise.resolve(1)), { code: 'KDL_ERR_SHUTTING_DOWN' }, 'and any start asked for later')
+  h.end('a')
+  t.equal(await running, 'a')
+  t.same(h.began, ['a'], 'the refused start never began')
+})
+
+t.test('a limit below 1 is refused', async (t) => {
+  t.throws(() => new StartGate(0), RangeError)
+  t.throws(() => new StartGate(1.5), RangeError)
+})
