@@ -47,6 +47,23 @@ export interface CgroupRef {
   paths: Record<string, string>
 }
 
+/**
+ * An instance ended by SIGKILL that was not its memory limit: killed from outside the platform (an operator,
+ * a node going away, chaos). Unlike an instance that exits or never gets healthy by itself, it says nothing
+ * about the next instance, so a call that had not reached it is retried until its deadline (issue 8).
+ */
+export function killedFromOutside(code: number | null | undefined, signal: string | null | undefined): boolean {
+  return signal === 'SIGKILL' || code === 137
+}
+
+/** `details` of a KDL_ERR_BACKEND whose instance was killed from outside (see killedFromOutside). */
+export const KILLED_DETAILS = { lost: 'killed' } as const
+
+/** True for a KDL_ERR_BACKEND that carries KILLED_DETAILS. */
+export function lostToKill(err: unknown): boolean {
+  return (err as { details?: { lost?: unknown } } | undefined)?.details?.lost === KILLED_DETAILS.lost
+}
+
 /** Why an instance went away, as far as the backend can tell. */
 export type ExitReason = 'exited' | 'crashed' | 'oom' | 'killed' | 'stopped'
 

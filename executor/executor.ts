@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { lostToKill } from '../common/backend.js'
 import { KdlError } from '../common/errors.js'
 import { NAME_PATTERN } from '../common/spec.js'
 import type { EventLog } from '../common/events.js'
@@ -10,7 +11,7 @@ import type { PoolManager } from '../poolmgr/pool-manager.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from './client.js'
 
 const NAME_RE = new RegExp(NAME_PATTERN)
-/** Instances one acquisition may try when they die before the call reaches them (see #retrying). */
+/** Instances one acquisition may lose for reasons that may repeat on the next one (see #retrying). */
 const ACQUIRE_ATTEMPTS = 5
 
 export interface ExecutorOptions {
@@ -73,17 +74,22 @@ export class Executor implements ExecutorClient {
   /**
    * Runs `attempt` again while it fails for the platform's reasons (issue 8): KDL_ERR_BACKEND means an
    * instance died or never came up while being started or loaded — the call has reached no handler, so it
-   * is served on another instance, at most ACQUIRE_ATTEMPTS times and within the function's `timeoutMs`.
-   * Every other failure is final at once: the function's own (KDL_ERR_LOAD_FAILED: refused, crashed or
-   * timed out at load), or one another instance would meet too (no capacity, shutting down).
+   * is served on another instance, within the function's `timeoutMs`. An instance killed from outside
+   * while it started (lostToKill) says nothing about the next one: those retries are bounded by the
+   * deadline alone. Any other loss (an instance that exits or never gets healthy by itself, one lost while
+   * loading code) may repeat on every instance: at most ACQUIRE_ATTEMPTS of those. Every other failure is
+   * final at once: the function's own (KDL_ERR_LOAD_FAILED: refused, crashed or timed out at load), or one
+   * another instance would meet too (no capacity, shutting down).
    */
   async #retrying<T>(record: FunctionRecord, attempt: () => Promise<T>): Promise<T> {
     const t0 = performance.now()
+    let mayRepeat = 0
     for (let n = 1; ; n++) {
       try {
         return await attempt()
       } catch (err) {
-        if ((err as { code?: string }).code !== 'KDL_ERR_BACKEND' || n >= ACQUIRE_ATTEMPTS || performance.now() - t0 >= record.timeoutMs) throw err
+        if ((err as { code?: string }).code !== 'KDL_ERR_BACKEND' || performance.now() - t0 >= record.timeoutMs) throw err
+        if (!lostToKill(err) && ++mayRepeat >= ACQUIRE_ATTEMPTS) throw err
         this.#o.log.warn({ err, fn: record.name, attempt: n }, 'instance lost before the call reached it: trying another')
         this.#o.metrics.retries.inc({ stage: 'acquire' })
       }

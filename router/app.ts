@@ -26,7 +26,7 @@ export interface Router {
 }
 
 const FN_PREFIX = '/fn/'
-/** Instances one call may be sent to when they turn out to be gone before it reached them (issue 8). */
+/** Instances one call may be refused unrun by (x-kindling-retire) before it fails with KDL_ERR_LOAD_FAILED (issue 8). */
 const SEND_ATTEMPTS = 3
 
 /**
@@ -103,10 +103,11 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     const rest = url.slice(FN_PREFIX.length + name.length)
     const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
     let granted: Granted | undefined = table.tryWarm(name)
+    let refusals = 0
     for (let attempt = 1; ; attempt++) {
       if (granted === undefined) {
         try {
-          granted = await table.acquire(name)
+          granted = await table.acquire(name, attempt > 1)
         } catch (err) {
           const kdl = toKdlError(err)
           if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
@@ -118,8 +119,12 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       }
       const { entry, slot, kind } = granted
       const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
-      if (result.outcome === 'unsent' && attempt < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
-        // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another.
+      if (result.outcome === 'unsent' && result.retire === true) refusals++
+      if (result.outcome === 'unsent' && refusals < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
+        // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another —
+        // until the call's deadline (a dead instance says nothing about the next one). An instance that
+        // refused the call unrun (its function no longer loads) may be followed by others that do: those
+        // count, SEND_ATTEMPTS at most.
         log.warn({ fn: name, instance: slot.lease.instanceId, attempt }, result.retire === true ? 'instance refused the call unrun: trying another' : 'instance gone before the call was sent: trying another')
         metrics.retries.inc({ stage: 'send' })
         table.done(entry, slot, result.retire === true ? 'exhausted' : 'crashed')

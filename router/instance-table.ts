@@ -119,13 +119,17 @@ export class InstanceTable {
     return entry === undefined ? undefined : this.#takeFree(entry)
   }
 
-  /** Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. */
-  async acquire(name: string): Promise<Granted> {
+  /**
+   * Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. `again`: the
+   * call already had its turn and lost its instance before reaching it — it keeps its place, ahead of
+   * the calls that queued after it (a free slot is its own, and it waits at the head of the queue).
+   */
+  async acquire(name: string, again = false): Promise<Granted> {
     const entry = this.#entries.get(name) ?? await this.#resolve(name)
     // Redeployed while this call looked the function up: a waiter on the old entry would never be
     // served (a stale entry acquires nothing) and be refused 429 at its queue timeout.
-    if (entry.stale) return this.acquire(name)
-    const free = this.#takeFree(entry)
+    if (entry.stale) return this.acquire(name, again)
+    const free = again ? this.#takeAny(entry) : this.#takeFree(entry)
     if (free !== undefined) return free
     if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)
     return new Promise<Granted>((resolve, reject) => {
@@ -143,7 +147,8 @@ export class InstanceTable {
         reject(saturated(entry.spec, `function "${name}" is saturated: no instance was free within ${entry.spec.queueTimeoutMs} ms`))
       }
       const waiter: Waiter = { resolve, reject, since: performance.now(), timer: setTimeout(onTimeout, entry.spec.queueTimeoutMs) }
-      entry.waiters.push(waiter)
+      if (again) entry.waiters.unshift(waiter)
+      else entry.waiters.push(waiter)
       this.#scale(entry)
     })
   }
@@ -230,7 +235,11 @@ export class InstanceTable {
 
   /** A free slot taken for a call, unless calls are already queued (they go first). */
   #takeFree(entry: RouteEntry): Granted | undefined {
-    if (entry.waiters.length > 0) return undefined
+    return entry.waiters.length > 0 ? undefined : this.#takeAny(entry)
+  }
+
+  /** A free slot taken for a call, queued calls or not. */
+  #takeAny(entry: RouteEntry): Granted | undefined {
     const slot = entry.pick()
     if (slot === undefined) return undefined
     this.#use(entry, slot)

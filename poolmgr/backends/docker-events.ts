@@ -1,7 +1,7 @@
 import { constants as osConstants } from 'node:os'
 import type { Readable } from 'node:stream'
 import type Dockerode from 'dockerode'
-import type { ExitReason, InstanceExit } from '../../common/backend.js'
+import { KILLED_DETAILS, killedFromOutside, type ExitReason, type InstanceExit } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { LABEL, backendError, containerName, noop, statusOf, tailLogs, type BackendLog, type Live } from './docker-common.js'
 
@@ -173,7 +173,8 @@ export class DockerEvents {
     live.exited = true
     const code = attrs['exitCode'] === undefined ? null : Number(attrs['exitCode'])
     if (!live.started || live.stopping) {
-      live.startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${id} exited during start (code ${code})`))
+      const killed = !this.#oom.has(id) && killedFromOutside(code, null)
+      live.startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${id} exited during start (code ${code})`, killed ? { details: KILLED_DETAILS } : {}))
       live.markDied()
       return
     }

@@ -3,7 +3,7 @@ import { constants as fsConstants } from 'node:fs'
 import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
-import { BACKGROUND_SHARES, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, KILLED_DETAILS, killedFromOutside, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { QuarantineCpuset } from '../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../cgroups/index.js'
@@ -283,7 +283,8 @@ export class ProcessBackend implements ContainerBackend {
     const startFailed = new AbortController()
     const exited = once(child, 'exit').then(() => undefined, () => undefined)
     child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
-    child.once('exit', (code: number | null, signal: string | null) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`)))
+    child.once('exit', (code: number | null, signal: string | null) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`,
+      killedFromOutside(code, signal) ? { details: KILLED_DETAILS } : {})))
     meta.pid = child.pid
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
