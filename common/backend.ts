@@ -80,6 +80,11 @@ export interface InstanceExit {
  */
 export interface ContainerBackend {
   readonly name: string
+  /**
+   * Starts worth running at once: past it a start only gets slower (the engine's rate is fixed), and a herd
+   * of them would each be late by the whole herd (the pool manager's start gate; KINDLING_MAX_STARTING).
+   */
+  readonly parallelStarts?: number
   /** Start one generic instance; resolves once its runtime server answers `GET /_/health`. */
   start(req: InstanceRequest): Promise<InstanceHandle>
   /** Stop and remove an instance. Idempotent: stopping an unknown or dead instance resolves. */

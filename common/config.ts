@@ -35,7 +35,7 @@ export const ConfigSchema = Type.Object({
   KINDLING_INSTANCE_USER: Type.String({ pattern: '^[0-9]+:[0-9]+$', default: '65534:65534' }),
   /** How long an instance may take to start and answer its health check, ms. @default 10000 */
   KINDLING_START_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 10_000 }),
-  /** Instance starts that may run at once (more wait; calls' starts before pool refills); 0: twice the CPUs. @default 0 */
+  /** Instance starts that may run at once (more wait; calls' starts before pool refills); 0: the backend's own (docker 2 × CPUs, process 8 × CPUs). @default 0 */
   KINDLING_MAX_STARTING: Type.Integer({ minimum: 0, maximum: 1024, default: 0 }),
   /** How long a function's module may take to load (top level and imports) before the load is refused with KDL_ERR_LOAD_TIMEOUT, ms. @default 5000 */
   KINDLING_LOAD_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 5000 }),

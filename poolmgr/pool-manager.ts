@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import type { Logger } from 'pino'
-import type { ContainerBackend, InstanceExit } from '../common/backend.js'
+import { lostToKill, type ContainerBackend, type InstanceExit } from '../common/backend.js'
 import { isKdlError, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
@@ -41,7 +41,7 @@ export interface PoolManagerOptions {
   adaptive?: AdaptiveOptions | undefined
   /** How long a function's module may take to load (its top level, its imports), ms. @default 5000 */
   loadTimeoutMs?: number
-  /** Instance starts that may run at once; more wait, calls' before refills (see StartGate). @default 2 × CPUs */
+  /** Instance starts that may run at once; more wait, calls' before refills (see StartGate). @default the backend's parallelStarts, else 2 × CPUs */
   maxStarting?: number
 }
 
@@ -131,7 +131,7 @@ export class PoolManager {
     this.#budgetMb = opts.memoryBudgetMb ?? Infinity
     this.#adaptive = opts.adaptive
     this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
-    this.#gate = new StartGate(opts.maxStarting ?? 2 * availableParallelism())
+    this.#gate = new StartGate(opts.maxStarting ?? opts.backend.parallelStarts ?? 2 * availableParallelism())
     this.backend.onExit((exit) => this.#onExit(exit))
     if (this.#adaptive !== undefined) {
       this.#adaptTimer = setInterval(() => this.adapt(), this.#adaptive.intervalMs)
@@ -489,8 +489,7 @@ export class PoolManager {
         if (this.#closed) return
         // A full budget is not a fault: the pool stays short until memory frees up.
         if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') return
-        this.#log.error({ err, runtime }, 'generic instance failed to start')
-        this.#retryLater(pool, () => this.#fillGeneric(runtime))
+        this.#refillAfter(err, pool, () => this.#fillGeneric(runtime), { runtime }, 'generic instance failed to start')
       })
     }
   }
@@ -508,8 +507,7 @@ export class PoolManager {
       }, (err: unknown) => {
         pool.filling--
         if (this.#closed) return
-        this.#log.error({ err, fn: name }, 'prewarm instance failed to load')
-        this.#retryLater(pool, () => this.#fillPrewarm(name))
+        this.#refillAfter(err, pool, () => this.#fillPrewarm(name), { fn: name }, 'prewarm instance failed to load')
       })
     }
   }
@@ -559,6 +557,20 @@ export class PoolManager {
   /** The instance is about to serve a call: give it a full CPU share (it was started in the background). */
   #serving(inst: Instance): void {
     this.backend.setPriority?.(inst.id, 'serving').catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot raise the CPU share of an instance'))
+  }
+
+  /**
+   * A refill failed. An instance killed from outside while it started (lostToKill) says nothing about the
+   * backend: the pool refills at once. Any other failure may repeat: the pool waits `retryMs` first.
+   */
+  #refillAfter(err: unknown, pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void, fields: Record<string, string>, msg: string): void {
+    if (lostToKill(err)) {
+      this.#log.warn({ err, ...fields }, `${msg}: killed while it started`)
+      again()
+      return
+    }
+    this.#log.error({ err, ...fields }, msg)
+    this.#retryLater(pool, again)
   }
 
   #retryLater(pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void): void {

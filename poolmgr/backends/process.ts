@@ -1,6 +1,7 @@
 import { once } from 'node:events'
 import { constants as fsConstants } from 'node:fs'
 import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import { BACKGROUND_SHARES, KILLED_DETAILS, killedFromOutside, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
@@ -151,6 +152,11 @@ function shQuote(s: string): string {
  */
 export class ProcessBackend implements ContainerBackend {
   readonly name = 'process'
+  /**
+   * ~9 starts/s from 4 at once on 2 CPUs, and a start is cheap: up to 8 per CPU (one start ≈ 1.7 s) the
+   * starts keep their share of a busy CPU — fewer, and under load the calls waiting for them fall behind.
+   */
+  readonly parallelStarts = 8 * availableParallelism()
   readonly #opts: ProcessBackendOptions
   readonly #live = new Map<string, Live>()
   readonly #exitListeners: Array<(exit: InstanceExit) => void> = []
@@ -283,8 +289,9 @@ export class ProcessBackend implements ContainerBackend {
     const startFailed = new AbortController()
     const exited = once(child, 'exit').then(() => undefined, () => undefined)
     child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
-    child.once('exit', (code: number | null, signal: string | null) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} exited during start (code ${code}, signal ${signal})`,
-      killedFromOutside(code, signal) ? { details: KILLED_DETAILS } : {})))
+    child.once('exit', (code: number | null, signal: string | null) => {
+      void this.#startExit(meta, code, signal).then((err) => startFailed.abort(err))
+    })
     meta.pid = child.pid
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
@@ -309,6 +316,18 @@ export class ProcessBackend implements ContainerBackend {
       this.#onExit(live, code, signal).catch((err: unknown) => this.#opts.log.error({ err, instance: req.id }, 'exit handling failed'))
     })
     return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
+  }
+
+  /**
+   * Why an instance ended before it was healthy. A SIGKILL that was not its memory limit came from outside
+   * (KILLED_DETAILS: the next start would not meet it); one that was is the runtime's limit, and would.
+   */
+  async #startExit(meta: Meta, code: number | null, signal: string | null): Promise<KdlError> {
+    const what = `instance ${meta.id} exited during start (code ${code}, signal ${signal})`
+    if (!killedFromOutside(code, signal)) return new KdlError('KDL_ERR_BACKEND', what)
+    const stats = meta.cgroup !== undefined && this.#opts.cgroups !== undefined ? await this.#opts.cgroups.stats(meta.cgroup).catch(() => undefined) : undefined
+    if (stats !== undefined && stats.oomKills > 0) return new KdlError('KDL_ERR_BACKEND', `${what}: out of memory (the runtime's memory limit is too small to start it)`)
+    return new KdlError('KDL_ERR_BACKEND', what, { details: KILLED_DETAILS })
   }
 
   async #onExit(live: Live, code: number | null, signal: NodeJS.Signals | null): Promise<void> {

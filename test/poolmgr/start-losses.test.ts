@@ -7,6 +7,7 @@ import t from 'tap'
 import { pidsOf } from '../../bench/chaos.js'
 import { lostToKill } from '../../common/backend.js'
 import { ProcessBackend } from '../../poolmgr/backends/process.js'
+import { detectCgroups, type CgroupDriver } from '../../poolmgr/cgroups/index.js'
 import { Spawner } from '../../poolmgr/spawner/client.js'
 import { waitFor } from '../fixtures/wait.js'
 
@@ -14,7 +15,7 @@ import { waitFor } from '../fixtures/wait.js'
 // is marked as such (the executor retries it until the call's deadline); an exit of its own is not.
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
-async function backendWith(t: { teardown(fn: () => unknown): void }, server: string): Promise<ProcessBackend> {
+async function backendWith(t: { teardown(fn: () => unknown): void }, server: string, cgroups?: CgroupDriver): Promise<ProcessBackend> {
   const dir = await mkdtemp(join(tmpdir(), 'kdl-loss-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await mkdir(join(dir, 'server'))
@@ -23,14 +24,14 @@ async function backendWith(t: { teardown(fn: () => unknown): void }, server: str
   const b = new ProcessBackend({
     platformId: 'losstest', runDir: join(dir, 'run'), spawner, codeRoot: join(dir, 'code'),
     runtimes: { node: { command: process.execPath, serverDir: join(dir, 'server'), serverFile: 'server.mjs' } },
-    namespaces: false, startTimeoutMs: 30_000, log: pino({ level: 'silent' }),
+    namespaces: false, cgroups, startTimeoutMs: 30_000, log: pino({ level: 'silent' }),
   })
   t.teardown(() => b.close())
   await b.init()
   return b
 }
 
-const request = (id: string) => ({ id, runtime: 'node', pool: 'generic:node', memoryMb: 128, cpu: 1, pidsLimit: 64, network: 'none' as const })
+const request = (id: string, memoryMb = 128) => ({ id, runtime: 'node', pool: 'generic:node', memoryMb, cpu: 1, pidsLimit: 64, network: 'none' as const })
 
 t.test('an instance SIGKILLed while it starts fails its start as killed from outside', async (t) => {
   // A runtime that never listens: the start waits until the test kills it.
@@ -50,4 +51,14 @@ t.test('an instance that exits by itself while it starts is not marked as killed
   const err = await b.start(request('kdl-00000000dead')).then(() => undefined, (e: unknown) => e)
   t.match(err, { code: 'KDL_ERR_BACKEND', message: /exited during start \(code 3, signal null\)/ })
   t.notOk(lostToKill(err), 'every instance of this runtime may do the same: the retries stay counted')
+})
+
+t.test('an instance its memory limit kills while it starts is not marked as killed from outside', async (t) => {
+  const cgroups = await detectCgroups()
+  if (cgroups === undefined) throw new Error('this test needs cgroups (run as root)')
+  // A runtime that allocates until its cgroup's OOM killer SIGKILLs it, before it ever listens.
+  const b = await backendWith(t, 'const held = []\nfor (;;) held.push(Buffer.alloc(1 << 20, 1))\n', cgroups)
+  const err = await b.start(request('kdl-0000000000ff', 48)).then(() => undefined, (e: unknown) => e)
+  t.match(err, { code: 'KDL_ERR_BACKEND', message: /signal SIGKILL\): out of memory/ })
+  t.notOk(lostToKill(err), 'a start too big for its limit fails on every instance: the retries stay counted')
 })
