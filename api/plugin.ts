@@ -1,6 +1,6 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
-import type { CodeStore } from '../builder/code-store.js'
+import type { CodeStore } from '../codestore/code-store.js'
 import { KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
 import { assertName, functionSpecOf, parseFunctionBody, parseRuntimeBody } from '../common/spec.js'

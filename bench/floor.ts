@@ -1,6 +1,6 @@
 // The floor for a Node router: the least a `node:http` server must do to forward a call to a runtime
 // instance — read the request, send it on through an undici Pool with kept-alive connections (like the
-// router's dispatcher, poolmgr/runtime-client.ts), stream the answer back. No lookup, no queue, no
+// router's dispatcher, protocol/runtime-client.ts), stream the answer back. No lookup, no queue, no
 // metrics. Run in its own process (`startFloor`), reached over TCP like the router, forwarding to the
 // same bare server the warm rows use. Every figure of the router beyond this one is Kindling's own cost.
 import { spawn } from 'node:child_process'

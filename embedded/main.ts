@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { pino, type Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { apiPlugin } from '../api/plugin.js'
-import { CodeStore } from '../builder/code-store.js'
+import { CodeStore } from '../codestore/code-store.js'
 import type { ContainerBackend } from '../common/backend.js'
 import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
@@ -17,13 +17,13 @@ import { Metrics } from '../common/metrics.js'
 import { platformIdentity } from '../common/platform-id.js'
 import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
-import { DockerBackend } from '../poolmgr/backends/docker.js'
-import { ProcessBackend, QUARANTINE_ROOT, QUARANTINE_SHARES } from '../poolmgr/backends/process.js'
-import { Spawner } from '../poolmgr/spawner/client.js'
-import { NsMounter } from '../poolmgr/spawner/mounter.js'
-import { buildNodeImage, ensureNodeImage } from '../poolmgr/images/node-image.js'
-import { QuarantineCpuset } from '../poolmgr/cgroups/cpuset.js'
-import { detectCgroups } from '../poolmgr/cgroups/index.js'
+import { DockerBackend } from '../backends/docker/docker.js'
+import { ProcessBackend, QUARANTINE_ROOT, QUARANTINE_SHARES } from '../backends/process/process.js'
+import { Spawner } from '../backends/process/spawner/client.js'
+import { NsMounter } from '../backends/process/spawner/mounter.js'
+import { buildNodeImage, ensureNodeImage } from '../backends/docker/images/node-image.js'
+import { QuarantineCpuset } from '../cgroups/cpuset.js'
+import { detectCgroups } from '../cgroups/index.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
 import { LoadGuard } from '../loadguard/guard.js'
 import { policyFromConfig } from '../loadguard/policy.js'
@@ -36,8 +36,8 @@ const here = dirname(fileURLToPath(import.meta.url))
 /** The repository: two levels up from dist/embedded/main.js, one from embedded/main.ts. */
 export const REPO_ROOT = resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
 export const NODE_SERVER_DIR = join(REPO_ROOT, 'runtimes', 'node')
-const SPAWNER_SCRIPT = join(REPO_ROOT, 'poolmgr', 'spawner', 'spawner.mjs')
-const MOUNTER_SCRIPT = join(REPO_ROOT, 'poolmgr', 'spawner', 'mounter.pl')
+const SPAWNER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'spawner.mjs')
+const MOUNTER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'mounter.pl')
 /** How long a stop waits for calls in flight before it cuts their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
 /** Runtime kinds this build can start. */
@@ -191,7 +191,7 @@ async function createBackend(config: Config, platformId: string, runDir: string,
   return backend
 }
 
-/** The load-time code binder (poolmgr/spawner/mounter.pl); without perl the backend spawns `mount -N` per load. */
+/** The load-time code binder (backends/process/spawner/mounter.pl); without perl the backend spawns `mount -N` per load. */
 async function startMounter(log: Logger): Promise<NsMounter | undefined> {
   const perl = '/usr/bin/perl'
   if (!existsSync(perl)) {

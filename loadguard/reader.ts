@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import type { CgroupRef } from '../common/backend.js'
 import { KdlError } from '../common/errors.js'
-import type { CgroupDriver, CgroupStats } from '../poolmgr/cgroups/index.js'
+import type { CgroupDriver, CgroupStats } from '../cgroups/index.js'
 
 /** The limits the kernel enforces on a group, read once per instance. `Infinity` = none. */
 export interface GroupLimits {

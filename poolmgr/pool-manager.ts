@@ -7,7 +7,7 @@ import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
 import { StartGate } from './start-gate.js'
-import { dispatcherFor, load } from './runtime-client.js'
+import { dispatcherFor, load } from '../protocol/runtime-client.js'
 
 /** How long a refill waits after the take that caused it (see #afterTake). */
 const REFILL_DELAY_MS = 20

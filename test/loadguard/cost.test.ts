@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import t from 'tap'
-import { detectCgroups, measureStatsCost } from '../../poolmgr/cgroups/index.js'
+import { detectCgroups, measureStatsCost } from '../../cgroups/index.js'
 import { readDemand } from '../../loadguard/reader.js'
 import { startPlatform } from '../fixtures/platform.js'
 import { waitFor } from './fixtures/helpers.js'

@@ -5,12 +5,12 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { pino } from 'pino'
 import t from 'tap'
-import { ProcessBackend } from '../../poolmgr/backends/process.js'
-import { Spawner } from '../../poolmgr/spawner/client.js'
-import { NsMounter } from '../../poolmgr/spawner/mounter.js'
+import { ProcessBackend } from '../../backends/process/process.js'
+import { Spawner } from '../../backends/process/spawner/client.js'
+import { NsMounter } from '../../backends/process/spawner/mounter.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-const MOUNTER = join(ROOT, 'poolmgr', 'spawner', 'mounter.pl')
+const MOUNTER = join(ROOT, 'backends', 'process', 'spawner', 'mounter.pl')
 
 /** A mount namespace (and its pid) holding `dir` at `at`, until teardown. */
 async function namespaceWith(t: Tap, dir: string, at: string): Promise<number> {
@@ -54,7 +54,7 @@ t.test('the mounter binds a directory of a namespace onto another path of it, re
 t.test('an egress instance without slirp4netns fails with KDL_ERR_SANDBOX_UNAVAILABLE', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'kdl-sbx-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const spawner = new Spawner({ node: process.execPath, script: join(ROOT, 'poolmgr', 'spawner', 'spawner.mjs') })
+  const spawner = new Spawner({ node: process.execPath, script: join(ROOT, 'backends', 'process', 'spawner', 'spawner.mjs') })
   const b = new ProcessBackend({
     platformId: 'sandboxtest', runDir: join(dir, 'run'), spawner, codeRoot: join(dir, 'code'), slirp4netns: join(dir, 'no-slirp4netns'),
     runtimes: { node: { command: process.execPath, serverDir: join(ROOT, 'runtimes', 'node'), serverFile: 'server.mjs' } },

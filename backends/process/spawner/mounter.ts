@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { KdlError } from '../../common/errors.js'
+import { KdlError } from '../../../common/errors.js'
 
 /** mount(2) and setns(2) numbers of the architectures the mounter knows; elsewhere there is no mounter. */
 const SYSCALLS: Partial<Record<NodeJS.Architecture, [mount: number, setns: number]>> = { x64: [165, 308], arm64: [40, 268] }
 
 /**
- * Binds code into instances' mount namespaces through one long-lived root helper (poolmgr/spawner/mounter.pl):
+ * Binds code into instances' mount namespaces through one long-lived root helper (backends/process/spawner/mounter.pl):
  * a load then costs a line each way on a pipe, not a process spawn (issue 8: the specialized path).
  */
 export class NsMounter {

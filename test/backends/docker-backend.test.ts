@@ -5,8 +5,8 @@ import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import t from 'tap'
 import type { InstanceExit, InstanceRequest } from '../../common/backend.js'
-import { DockerBackend, EGRESS_NETWORK, type DockerBackendOptions } from '../../poolmgr/backends/docker.js'
-import { buildNodeImage, ensureNodeImage, nodeImageTag, removeStaleNodeImages } from '../../poolmgr/images/node-image.js'
+import { DockerBackend, EGRESS_NETWORK, type DockerBackendOptions } from '../../backends/docker/docker.js'
+import { buildNodeImage, ensureNodeImage, nodeImageTag, removeStaleNodeImages } from '../../backends/docker/images/node-image.js'
 import { NODE_SERVER_DIR, call, invoke, loadFunction, localDocker, median, removeContainers, within, writeFunction } from '../fixtures/docker.js'
 
 const engine = await localDocker()

@@ -6,9 +6,9 @@ import { pino } from 'pino'
 import t from 'tap'
 import { pidsOf } from '../../bench/chaos.js'
 import { lostToKill } from '../../common/backend.js'
-import { ProcessBackend } from '../../poolmgr/backends/process.js'
-import { detectCgroups, type CgroupDriver } from '../../poolmgr/cgroups/index.js'
-import { Spawner } from '../../poolmgr/spawner/client.js'
+import { ProcessBackend } from '../../backends/process/process.js'
+import { detectCgroups, type CgroupDriver } from '../../cgroups/index.js'
+import { Spawner } from '../../backends/process/spawner/client.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // How the process backend reports an instance lost during its start (issue 8): a SIGKILL from outside
@@ -20,7 +20,7 @@ async function backendWith(t: { teardown(fn: () => unknown): void }, server: str
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await mkdir(join(dir, 'server'))
   await writeFile(join(dir, 'server', 'server.mjs'), server)
-  const spawner = new Spawner({ node: process.execPath, script: join(ROOT, 'poolmgr', 'spawner', 'spawner.mjs') })
+  const spawner = new Spawner({ node: process.execPath, script: join(ROOT, 'backends', 'process', 'spawner', 'spawner.mjs') })
   const b = new ProcessBackend({
     platformId: 'losstest', runDir: join(dir, 'run'), spawner, codeRoot: join(dir, 'code'),
     runtimes: { node: { command: process.execPath, serverDir: join(dir, 'server'), serverFile: 'server.mjs' } },

@@ -1,8 +1,8 @@
 import { watch } from 'node:fs'
 import { access } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
-import { KdlError } from '../../common/errors.js'
-import { dispatcherFor, health } from '../runtime-client.js'
+import { KdlError } from '../common/errors.js'
+import { dispatcherFor, health } from '../protocol/runtime-client.js'
 
 /**
  * Resolves once `socketPath` exists: watches its directory (inotify) instead of polling, so a runtime

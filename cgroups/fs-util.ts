@@ -2,7 +2,7 @@ import { access, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/prom
 import { closeSync, constants, openSync, readSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { KdlError, isKdlError } from '../../common/errors.js'
+import { KdlError, isKdlError } from '../common/errors.js'
 import type { CgroupLimits } from './types.js'
 
 /** The CFS period Kindling uses on both versions (µs). */

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import t, { type Test } from 'tap'
 import { create, Header, Pax, type HeaderData } from 'tar'
-import { CodeStore } from '../../builder/code-store.js'
+import { CodeStore } from '../../codestore/code-store.js'
 
 interface RawEntry {
   path: string

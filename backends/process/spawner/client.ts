@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter, once } from 'node:events'
-import { KdlError } from '../../common/errors.js'
+import { KdlError } from '../../../common/errors.js'
 
 /** An instance process started by the spawner: what the process backend needs of a ChildProcess. */
 export class SpawnedProcess extends EventEmitter {
@@ -38,7 +38,7 @@ export interface SpawnRequest {
 }
 
 /**
- * Starts instance processes through a small helper process (poolmgr/spawner/spawner.mjs), so that the
+ * Starts instance processes through a small helper process (backends/process/spawner/spawner.mjs), so that the
  * fork() of a new instance never blocks the platform's event loop (fork cost grows with the caller's RSS).
  * Lines of instance output arrive as `line` events on the SpawnedProcess.
  */

@@ -1,4 +1,4 @@
-import type { CgroupRef } from '../../common/backend.js'
+import type { CgroupRef } from '../common/backend.js'
 
 export type { CgroupRef }
 

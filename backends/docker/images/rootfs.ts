@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto'
 import { chmod, copyFile, mkdir, readFile, readdir, realpath, stat, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
 import { promisify } from 'node:util'
-import { KdlError } from '../../common/errors.js'
+import { KdlError } from '../../../common/errors.js'
 
 const run = promisify(execFile)
 

@@ -98,7 +98,7 @@ export async function measureStatsCost(driver: CgroupDriver, ref: CgroupRef, ite
 }
 
 /**
- * What one `stats()` sample costs, as measured by test/poolmgr/cgroups.test.ts (500 sequential calls
+ * What one `stats()` sample costs, as measured by test/cgroups/cgroups.test.ts (500 sequential calls
  * on one live group). The reads are synchronous open/read/close of in-memory control files, so this
  * is also how long a sample blocks the event loop; sampling N instances costs about N × this per tick.
  * The same reads through fs/promises readFile cost ~860 µs (v1) and 3–4× the CPU. Syscalls are slow

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import {
   CgroupV1Driver, CgroupV2Driver, detectCgroups, measureStatsCost, wrapCommand, type CgroupDriver, type CgroupRef, type CgroupStats,
-} from '../../poolmgr/cgroups/index.js'
+} from '../../cgroups/index.js'
 
 const MiB = 1024 * 1024
 /** Children get PATH only: NODE_OPTIONS / NODE_EXTRA_CA_CERTS would slow node down and skew the limits. */

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import { promisify } from 'node:util'
 import type Dockerode from 'dockerode'
 import { create as createTar } from 'tar'
-import { KdlError } from '../../common/errors.js'
+import { KdlError } from '../../../common/errors.js'
 import { IMAGE_NODE, IMAGE_PATH, RUNTIME_DIR, assembleNodeRootfs, imageVersion } from './rootfs.js'
 
 const run = promisify(execFile)
