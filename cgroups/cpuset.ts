@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
+import { QUARANTINE_ROOT } from '../common/backend.js'
 import { errno, exists, mkdirp, readText, writeText } from './fs-util.js'
 
 /**
@@ -29,7 +30,7 @@ export class QuarantineCpuset {
     const cpus = opts.cpus !== undefined && opts.cpus !== '' ? opts.cpus : n > 1 ? String(n - 1) : undefined
     if (cpus === undefined) return undefined
     if (!(await exists(join(root, 'cpuset.cpus')))) return undefined
-    const dir = join(root, opts.name ?? 'kindling-quarantine')
+    const dir = join(root, opts.name ?? QUARANTINE_ROOT)
     await mkdirp(dir)
     // A new v1 cpuset group starts empty: memory nodes first (copied from the root), then the CPUs.
     await writeText(join(dir, 'cpuset.mems'), (await readText(join(root, 'cpuset.mems'))).trim())

@@ -41,6 +41,15 @@ export interface InstanceHandle {
 export const BACKGROUND_SHARES = 64
 export const SERVING_SHARES = 1024
 
+/**
+ * Host-wide cgroup roots (one directory per controller; docker's cgroupfs parent of quarantined containers
+ * is `/<QUARANTINE_ROOT>`): each platform's instances live one level down, under its platform id.
+ */
+export const CGROUP_ROOT = 'kindling'
+export const QUARANTINE_ROOT = 'kindling-quarantine'
+/** cpu.shares of the quarantine root: quarantined instances of every platform share this small weight. */
+export const QUARANTINE_SHARES = 64
+
 export interface CgroupRef {
   version: 1 | 2
   /** v1: controller name → absolute directory; v2: `unified` → absolute directory. */

@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Ajv } from 'ajv'
 import { KdlError } from './errors.js'
+import { RUNTIME_DEFAULTS } from './spec.js'
 
 /**
  * Configuration of `kindling up` (and, later, of each component's main.ts).
@@ -22,7 +23,7 @@ export const ConfigSchema = Type.Object({
   /** pino level. @default info */
   KINDLING_LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
   /** Generic instances of the built-in `node` runtime kept warm until the runtime is configured otherwise. @default 2 */
-  KINDLING_POOL_SIZE: Type.Integer({ minimum: 0, maximum: 256, default: 2 }),
+  KINDLING_POOL_SIZE: Type.Integer({ minimum: 0, maximum: 256, default: RUNTIME_DEFAULTS.poolSize }),
   /** Largest invocation body, bytes. @default 6291456 (6 MiB) */
   KINDLING_MAX_BODY_BYTES: Type.Integer({ minimum: 1, default: 6 * 1024 * 1024 }),
   /** Largest deploy request (inline code or base64 archive), bytes. @default 52428800 (50 MiB) */

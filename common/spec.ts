@@ -107,6 +107,9 @@ export function functionSpecOf(body: FunctionBody): FunctionSpec {
   }
 }
 
+/** What a runtime is configured with until its spec says otherwise (`PUT /v1/runtimes/:name`). */
+export const RUNTIME_DEFAULTS = { poolSize: 2, memoryMb: 128, cpu: 1 } as const
+
 export function parseRuntimeBody(name: string, body: unknown, current: RuntimeSpec | undefined): RuntimeSpec {
   assertName('runtime', name)
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -115,9 +118,9 @@ export function parseRuntimeBody(name: string, body: unknown, current: RuntimeSp
   if (!checkRuntime(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid runtime spec: ${describe(checkRuntime.errors)}`)
   return {
     name,
-    poolSize: body.poolSize ?? current?.poolSize ?? 2,
-    memoryMb: body.memoryMb ?? current?.memoryMb ?? 128,
-    cpu: body.cpu ?? current?.cpu ?? 1,
+    poolSize: body.poolSize ?? current?.poolSize ?? RUNTIME_DEFAULTS.poolSize,
+    memoryMb: body.memoryMb ?? current?.memoryMb ?? RUNTIME_DEFAULTS.memoryMb,
+    cpu: body.cpu ?? current?.cpu ?? RUNTIME_DEFAULTS.cpu,
     image: body.image ?? current?.image,
   }
 }

@@ -1,33 +1,34 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import Dockerode from 'dockerode'
 import { mkdir } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import Dockerode from 'dockerode'
 import { pino, type Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { apiPlugin } from '../api/plugin.js'
+import { DockerBackend } from '../backends/docker/docker.js'
+import { buildNodeImage, ensureNodeImage } from '../backends/docker/images/node-image.js'
+import { ProcessBackend } from '../backends/process/process.js'
+import { Spawner } from '../backends/process/spawner/client.js'
+import { NsMounter } from '../backends/process/spawner/mounter.js'
+import { QuarantineCpuset } from '../cgroups/cpuset.js'
+import { detectCgroups } from '../cgroups/index.js'
 import { CodeStore } from '../codestore/code-store.js'
-import type { ContainerBackend } from '../common/backend.js'
+import { QUARANTINE_ROOT, QUARANTINE_SHARES, type ContainerBackend } from '../common/backend.js'
 import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
 import { EventLog } from '../common/events.js'
 import { Metrics } from '../common/metrics.js'
 import { platformIdentity } from '../common/platform-id.js'
+import { RUNTIME_DEFAULTS } from '../common/spec.js'
 import type { RuntimeSpec } from '../common/types.js'
 import { Executor } from '../executor/executor.js'
-import { DockerBackend } from '../backends/docker/docker.js'
-import { ProcessBackend, QUARANTINE_ROOT, QUARANTINE_SHARES } from '../backends/process/process.js'
-import { Spawner } from '../backends/process/spawner/client.js'
-import { NsMounter } from '../backends/process/spawner/mounter.js'
-import { buildNodeImage, ensureNodeImage } from '../backends/docker/images/node-image.js'
-import { QuarantineCpuset } from '../cgroups/cpuset.js'
-import { detectCgroups } from '../cgroups/index.js'
-import { PoolManager } from '../poolmgr/pool-manager.js'
 import { LoadGuard } from '../loadguard/guard.js'
 import { policyFromConfig } from '../loadguard/policy.js'
 import { createCgroupReader } from '../loadguard/reader.js'
+import { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildRouter } from '../router/app.js'
 import { FileStore } from '../store/file-store.js'
 
@@ -96,7 +97,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   for (const kind of RUNTIME_KINDS) {
     let spec: RuntimeSpec | undefined = await store.getRuntime(kind)
     if (spec === undefined) {
-      spec = { name: kind, poolSize: config.KINDLING_POOL_SIZE, memoryMb: 128, cpu: 1 }
+      spec = { name: kind, poolSize: config.KINDLING_POOL_SIZE, memoryMb: RUNTIME_DEFAULTS.memoryMb, cpu: RUNTIME_DEFAULTS.cpu }
       await store.putRuntime(spec)
     }
     pools.setRuntime(spec)

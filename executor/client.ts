@@ -37,15 +37,15 @@ export interface Lease {
 }
 
 /**
- * - `ok`: the call finished; ephemeral: destroy; persistent and recycle (which renews its function in the
- *   runtime, PROTOCOL §4.4): the instance stays leased.
+ * - `ok`: the call finished and the instance may serve again: it stays leased.
+ * - `ephemeral`: an ephemeral instance's call finished: destroy (common/modes.ts decides).
  * - `timeout` / `crashed`: the instance can no longer be trusted: destroy.
  * - `retire`: a newer version is deployed or the function was deleted: destroy.
  * - `idle`: unused for `idleTimeoutMs`: destroy.
  * - `max-invocations` / `max-age`: a recycle instance reached its limits: destroy.
  * - `exhausted`: a recycle instance can no longer load a fresh copy of its function: destroy.
  */
-export type ReleaseOutcome = 'ok' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted'
+export type ReleaseOutcome = 'ok' | 'ephemeral' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted'
 
 export type ExecutorEvent =
   | { type: 'function-changed'; name: string }

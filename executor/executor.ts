@@ -124,10 +124,9 @@ export class Executor implements ExecutorClient {
   }
 
   /**
-   * The router is done with an instance (it applies the persistence modes itself, issue 8: a recycle
-   * instance renews its function in the runtime and stays leased until the router retires it). Resolves
-   * true when the instance stays leased (an `ok` on a current persistent or recycle version), false once
-   * it is destroyed.
+   * The router is done with an instance. The router applies the persistence modes (common/modes.ts): what
+   * it gives back with any outcome but `ok` is destroyed. Resolves true when the instance stays leased (an
+   * `ok` on the current version), false once it is destroyed.
    */
   async release(lease: Lease, outcome: ReleaseOutcome): Promise<boolean> {
     const inst = this.#leased.get(lease.instanceId)
@@ -142,7 +141,6 @@ export class Executor implements ExecutorClient {
     }
     if (outcome !== 'ok') return retire(outcome)
     if (record === undefined || record.version !== lease.version) return retire('retire')
-    if (record.mode === 'ephemeral') return retire('ephemeral')
     return true
   }
 

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import { KdlError } from '../common/errors.js'
+import { afterCall } from '../common/modes.js'
 import type { Metrics } from '../common/metrics.js'
 import type { StartKind } from '../common/types.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from '../executor/client.js'
@@ -155,9 +156,8 @@ export class InstanceTable {
 
   /**
    * A call on `slot` ended; `outcome` says whether the instance can still be trusted. The table applies
-   * the persistence modes (issue 8): ephemeral instances go after their call; persistent and recycle ones
-   * take the next call at once — a recycle instance's runtime renews the function by itself (PROTOCOL
-   * §4.4) — until recycle's `maxInvocations` / `maxAgeMs` retire it.
+   * the persistence mode's decision (`afterCall`, common/modes.ts): the slot takes the next call at once,
+   * or retires.
    */
   done(entry: RouteEntry, slot: Slot, outcome: ReleaseOutcome): void {
     slot.inflight--
@@ -176,24 +176,9 @@ export class InstanceTable {
       this.#scale(entry)
       return
     }
-    switch (entry.spec.mode) {
-      case 'ephemeral':
-        if (slot.inflight === 0) this.#remove(entry, slot, 'ok')
-        this.#scale(entry)
-        return
-      case 'recycle': {
-        const limit = slot.calls >= entry.spec.maxInvocations ? 'max-invocations'
-          : now - slot.lease.startedAt >= entry.spec.maxAgeMs ? 'max-age' : undefined
-        if (limit !== undefined) {
-          this.retire(entry, slot, limit)
-          return
-        }
-        this.#serveWaiters(entry, slot, 'warm')
-        return
-      }
-      default:
-        this.#serveWaiters(entry, slot, 'warm')
-    }
+    const next = afterCall(entry.spec, slot.calls, now - slot.lease.startedAt)
+    if (next === 'keep') this.#serveWaiters(entry, slot, 'warm')
+    else this.retire(entry, slot, next)
   }
 
   /** Takes no new call on `slot`; the instance goes once its calls in flight are done. */

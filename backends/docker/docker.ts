@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os'
 import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import type Dockerode from 'dockerode'
-import { BACKGROUND_SHARES, SERVING_SHARES, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { IMAGE_PATH } from './images/rootfs.js'
 import { dispatcherFor, health } from '../../protocol/runtime-client.js'
@@ -41,7 +41,7 @@ export interface DockerBackendOptions {
 const SOCKET_DIR = '/run/kindling'
 const SOCKET_NAME = 'rt.sock'
 const CODE_DIR = '/code'
-const QUARANTINE_PARENT = '/kindling-quarantine'
+const QUARANTINE_PARENT = `/${QUARANTINE_ROOT}`
 /**
  * The bridge network of `network: egress` containers: the engine's default bridge, but with inter-container
  * traffic off (issue 8), so an egress instance reaches the outside and never another instance. Host-wide,
@@ -227,7 +227,7 @@ export class DockerBackend implements ContainerBackend {
         RestartPolicy: { Name: 'no' },
         // Bounded logs: an instance that prints in a loop must not fill the host's disk.
         LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
-        ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: 64 } : req.background === true ? { CpuShares: BACKGROUND_SHARES } : {}),
+        ...(req.quarantine === true ? { CgroupParent: QUARANTINE_PARENT, CpuShares: QUARANTINE_SHARES } : req.background === true ? { CpuShares: BACKGROUND_SHARES } : {}),
         ...(req.quarantine === true && this.#opts.quarantineCpus !== undefined ? { CpusetCpus: this.#opts.quarantineCpus } : {}),
       },
     }

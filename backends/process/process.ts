@@ -4,19 +4,13 @@ import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'n
 import { availableParallelism } from 'node:os'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
-import { BACKGROUND_SHARES, KILLED_DETAILS, killedFromOutside, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, CGROUP_ROOT, KILLED_DETAILS, QUARANTINE_ROOT, QUARANTINE_SHARES, killedFromOutside, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { QuarantineCpuset } from '../../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from './spawner/client.js'
 import type { NsMounter } from './spawner/mounter.js'
 import { waitForSocket, waitHealthy } from '../readiness.js'
-
-/** Host-wide cgroup roots; each platform's instances live one level down, under its platform id. */
-export const CGROUP_ROOT = 'kindling'
-export const QUARANTINE_ROOT = 'kindling-quarantine'
-/** cpu.shares of the quarantine root: quarantined instances of every platform share this small weight. */
-export const QUARANTINE_SHARES = 64
 
 /** How to run one runtime's server: `node <serverDir>/server.mjs` for the node runtime. */
 export interface RuntimeCommand {
