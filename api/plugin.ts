@@ -115,7 +115,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     })
   })
 
-  app.get('/v1/pools', async () => ({ pools: pools.snapshot(), functions: deps.routerSnapshot() }))
+  app.get('/v1/pools', async () => ({ pools: pools.snapshot(), starts: pools.starts(), functions: deps.routerSnapshot() }))
 
   app.get<{ Querystring: { since?: string; function?: string; limit?: string } }>('/v1/events', async (request) => {
     const q = request.query

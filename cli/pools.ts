@@ -6,6 +6,8 @@ import { cell, formatJson, formatTable, isRecord } from './output.js'
 export interface PoolsAnswer {
   pools: Array<{ pool: string; target: number; idle: number; starting: number; version?: number }>
   functions: Array<{ function: string; version: number; instances: number; busy: number; waiting: number; pending: number }>
+  /** The start gate: starts running now, waiting for their turn, and how many may run at once. */
+  starts?: { running: number; waiting: number; limit: number }
 }
 
 function isPoolsAnswer(data: unknown): data is PoolsAnswer {
@@ -17,11 +19,13 @@ export function formatPools(data: PoolsAnswer): string {
   const pools = formatTable(['POOL', 'TARGET', 'IDLE', 'STARTING'], data.pools.map((p) => [
     p.version === undefined ? p.pool : `${p.pool}@${p.version}`, cell(p.target), cell(p.idle), cell(p.starting),
   ]))
-  if (data.functions.length === 0) return pools
+  const s = data.starts
+  const gate = s === undefined ? '' : `instance starts: ${s.running} running, ${s.waiting} waiting (at most ${s.limit} at once)\n`
+  if (data.functions.length === 0) return `${pools}${gate}`
   const fns = formatTable(['FUNCTION', 'VERSION', 'INSTANCES', 'BUSY', 'WAITING', 'STARTING'], data.functions.map((f) => [
     f.function, cell(f.version), cell(f.instances), cell(f.busy), cell(f.waiting), cell(f.pending),
   ]))
-  return `${pools}\n${fns}`
+  return `${pools}${gate}\n${fns}`
 }
 
 export function registerPoolsCommand(program: Command, run: Runner): void {

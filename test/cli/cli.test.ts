@@ -280,6 +280,7 @@ t.test('pools prints the pools and the functions being served as tables', async 
         { pool: 'fn:hello', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
       ],
       functions: [{ function: 'hello', version: 3, instances: 2, busy: 1, waiting: 0, pending: 0 }],
+      starts: { running: 1, waiting: 3, limit: 4 },
     },
   }))
   const r = await cli(['pools'], { KINDLING_URL: api.url })
@@ -289,6 +290,7 @@ t.test('pools prints the pools and the functions being served as tables', async 
     'POOL          TARGET  IDLE  STARTING',
     'generic:node  2       2     0',
     'fn:hello@3    1       0     1',
+    'instance starts: 1 running, 3 waiting (at most 4 at once)',
     '',
     'FUNCTION  VERSION  INSTANCES  BUSY  WAITING  STARTING',
     'hello     3        2          1     0        0',

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import t from 'tap'
 import { runCli } from '../../cli/main.js'
 import { startPlatform } from '../fixtures/platform.js'
@@ -24,6 +25,7 @@ t.test('the CLI drives a real platform: deploy, invoke, list, pools, events, del
   t.match((await cli('fn', 'list')).out, /hello\s+node\s+1\s+persistent/)
   const pools = await cli('pools')
   t.match(pools.out, /generic:node\s+1/, 'the generic pool with its target')
+  t.match(pools.out, new RegExp(`instance starts: \\d+ running, \\d+ waiting \\(at most ${8 * availableParallelism()} at once\\)`), 'the start gate: the process backend\'s default, 8 per CPU')
   t.match(pools.out, /hello\s+1\s+1\s+0/, 'the function with its one instance')
   t.match((await cli('events')).out, /deployed\s+hello\s+version 1 deployed version=1/)
   await p.deploy('other', { runtime: 'node', code: 'export default () => 1' })

@@ -60,7 +60,7 @@ for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instance
 
 for (const backend of BACKENDS) t.test(`on the ${backend} backend, no more instance starts run at once than KINDLING_MAX_STARTING; the calls beyond wait their turn`, async (t) => {
   const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MAX_STARTING: 2 })
-  t.same(p.pools.starts(), { running: 0, waiting: 0, limit: 2 })
+  t.same((await p.api('GET', '/v1/pools')).json['starts'], { running: 0, waiting: 0, limit: 2 }, 'GET /v1/pools shows the start gate')
   await p.deploy('burst', { runtime: 'node', code: 'export default () => "b"', mode: 'ephemeral', maxInstances: 6 })
   // Counted where the engine is asked: every start that reaches the backend, and how many are in it at once.
   const real = p.pools.backend
@@ -80,4 +80,5 @@ for (const backend of BACKENDS) t.test(`on the ${backend} backend, no more insta
   t.same(answers.map((a) => a.headers['x-kindling-start']), ['cold', 'cold', 'cold', 'cold', 'cold', 'cold'], 'each on an instance started for it')
   t.ok(started >= 6, `${started} starts reached the backend`)
   t.equal(most, 2, 'two at a time, never more')
+  t.same(p.pools.starts(), { running: 0, waiting: 0, limit: 2 }, 'every turn was given back')
 })
