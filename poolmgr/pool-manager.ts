@@ -253,13 +253,12 @@ export class PoolManager {
    * When the budget has no room: KDL_ERR_NO_CAPACITY. Either waits its turn at the start gate first.
    */
   async start(runtime: string, pool: string, res: Resources, quarantine = false, forCall = true): Promise<Instance> {
-    if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
     return this.#gate.run(forCall ? 'call' : 'background', () => this.#start(runtime, pool, res, quarantine, forCall))
   }
 
-  /** Starts that run now and wait for their turn (see StartGate). */
+  /** Starts that run now, that wait for their turn, and how many may run at once (see StartGate). */
   starts(): { running: number; waiting: number; limit: number } {
-    return { ...this.#gate.stats(), limit: this.#gate.limit }
+    return this.#gate.stats()
   }
 
   async #start(runtime: string, pool: string, res: Resources, quarantine: boolean, forCall: boolean): Promise<Instance> {

@@ -27,9 +27,9 @@ export class StartGate {
     this.limit = limit
   }
 
-  /** Starts running now, and starts waiting for their turn. */
-  stats(): { running: number; waiting: number } {
-    return { running: this.#running, waiting: this.#waiting.call.length + this.#waiting.background.length }
+  /** Starts running now, starts waiting for their turn, and the limit. */
+  stats(): { running: number; waiting: number; limit: number } {
+    return { running: this.#running, waiting: this.#waiting.call.length + this.#waiting.background.length, limit: this.limit }
   }
 
   /** Runs `start` once fewer than `limit` starts run; waiting calls' starts go before waiting refills. */

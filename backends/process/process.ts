@@ -316,22 +316,24 @@ export class ProcessBackend implements ContainerBackend {
    * Why an instance ended before it was healthy. A SIGKILL that was not its memory limit came from outside
    * (KILLED_DETAILS: the next start would not meet it); one that was is the runtime's limit, and would.
    */
+  /** Whether the instance's cgroup saw its memory limit kill a process (false without cgroups). */
+  async #oomKilled(meta: Meta): Promise<boolean> {
+    if (meta.cgroup === undefined || this.#opts.cgroups === undefined) return false
+    const stats = await this.#opts.cgroups.stats(meta.cgroup).catch(() => undefined)
+    return stats !== undefined && stats.oomKills > 0
+  }
+
   async #startExit(meta: Meta, code: number | null, signal: string | null): Promise<KdlError> {
     const what = `instance ${meta.id} exited during start (code ${code}, signal ${signal})`
     if (!killedFromOutside(code, signal)) return new KdlError('KDL_ERR_BACKEND', what)
-    const stats = meta.cgroup !== undefined && this.#opts.cgroups !== undefined ? await this.#opts.cgroups.stats(meta.cgroup).catch(() => undefined) : undefined
-    if (stats !== undefined && stats.oomKills > 0) return new KdlError('KDL_ERR_BACKEND', `${what}: out of memory (the runtime's memory limit is too small to start it)`)
+    if (await this.#oomKilled(meta)) return new KdlError('KDL_ERR_BACKEND', `${what}: out of memory (the runtime's memory limit is too small to start it)`)
     return new KdlError('KDL_ERR_BACKEND', what, { details: KILLED_DETAILS })
   }
 
   async #onExit(live: Live, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     if (live.stopping) return
     const id = live.meta.id
-    let reason: ExitReason = code === 0 ? 'exited' : 'crashed'
-    if (live.meta.cgroup !== undefined && this.#opts.cgroups !== undefined) {
-      const stats = await this.#opts.cgroups.stats(live.meta.cgroup).catch(() => undefined)
-      if (stats !== undefined && stats.oomKills > 0) reason = 'oom'
-    }
+    const reason: ExitReason = await this.#oomKilled(live.meta) ? 'oom' : code === 0 ? 'exited' : 'crashed'
     this.#remember(id, reason)
     this.#opts.log.warn({ instance: id, code, signal, reason }, 'instance exited')
     // The pools hear of the exit whatever the clean-up says: a cgroup that cannot be removed must not
@@ -511,10 +513,7 @@ export class ProcessBackend implements ContainerBackend {
     // The call failed before the exit event was processed: wait for it (bounded by the kill below).
     await Promise.race([live.exited, new Promise((r) => setTimeout(r, 2000).unref())])
     await new Promise((r) => setImmediate(r))
-    if (live.meta.cgroup !== undefined && this.#opts.cgroups !== undefined) {
-      const stats = await this.#opts.cgroups.stats(live.meta.cgroup).catch(() => undefined)
-      if (stats !== undefined && stats.oomKills > 0) return 'oom'
-    }
+    if (await this.#oomKilled(live.meta)) return 'oom'
     return this.#reasons.get(id) ?? (live.child.exitCode === null && live.child.signalCode === null ? undefined : 'crashed')
   }
 

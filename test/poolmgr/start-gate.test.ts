@@ -21,7 +21,7 @@ t.test('no more than `limit` starts run at once; calls waiting go before refills
   const done = [h.start('r1', 'background'), h.start('r2', 'background'), h.start('r3', 'background'), h.start('c1', 'call'), h.start('r4', 'background'), h.start('c2', 'call')]
   await settle()
   t.same(h.began, ['r1', 'r2'], 'two run, the rest wait')
-  t.same(gate.stats(), { running: 2, waiting: 4 })
+  t.same(gate.stats(), { running: 2, waiting: 4, limit: 2 })
   h.end('r1')
   await settle()
   t.same(h.began, ['r1', 'r2', 'c1'], 'a waiting call takes the first free turn, ahead of refills that waited longer')
@@ -35,7 +35,7 @@ t.test('no more than `limit` starts run at once; calls waiting go before refills
   h.end('r3')
   h.end('r4')
   t.same(await Promise.all(done), ['r1', 'r2', 'r3', 'c1', 'r4', 'c2'])
-  t.same(gate.stats(), { running: 0, waiting: 0 }, 'every turn was given back')
+  t.same(gate.stats(), { running: 0, waiting: 0, limit: 2 }, 'every turn was given back')
 })
 
 t.test('a start that fails gives its turn to the next one', async (t) => {
@@ -44,7 +44,7 @@ t.test('a start that fails gives its turn to the next one', async (t) => {
   const next = gate.run('call', () => Promise.resolve('started'))
   await t.rejects(failed, { message: 'no container' })
   t.equal(await next, 'started')
-  t.same(gate.stats(), { running: 0, waiting: 0 })
+  t.same(gate.stats(), { running: 0, waiting: 0, limit: 1 })
 })
 
 t.test('closing refuses the waiting starts with KDL_ERR_SHUTTING_DOWN and lets the running one finish', async (t) => {
