@@ -5,10 +5,11 @@ import type { SelfTime } from './profile.js'
 import type { DefaultModes } from './modes.js'
 import type { GuardAction, NoisyResult } from './noisy.js'
 import type { RssRow } from './rss.js'
+import type { StartsRow } from './starts.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts'] as const
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -37,6 +38,8 @@ export interface Results {
   noisy?: NoisyResult
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
   chaos?: ChaosRow
+  /** Start rate and latency by how many starts run at once, per backend (starts.ts). */
+  starts?: StartsRow[]
   errors: Array<{ section: string; message: string }>
   /** Seconds each section took. */
   timings: Record<string, number>
@@ -130,6 +133,11 @@ export function render(r: Results): string {
     out.push(coldTable('5b. docker backend: cold start per kind', d.warm, d.kinds))
   }
   if (r.chaos !== undefined) out.push(chaosTable(r.chaos))
+  if (r.starts !== undefined && r.starts.length > 0) {
+    out.push(table('8. instance starts by how many run at once (the platform\'s start gate lifted: the engine itself)', ['backend', 'at once', 'wall', 'slowest start', 'starts/s'],
+      r.starts.map((s) => [s.backend, s.atOnce, ms(s.wallMs), ms(s.slowestMs), fmt(s.perSecond)])))
+    out.push('  the start gate (KINDLING_MAX_STARTING) defaults: docker 2 per CPU (its rate stops growing there); process 8 per CPU (the slowest start stays far inside the start timeout, and under load the starts keep their share of the CPUs)')
+  }
   if (r.errors.length > 0) out.push(`\nsections that failed: ${r.errors.map((e) => `${e.section}: ${e.message.split('\n')[0] ?? ''}`).join('; ')}`)
   out.push(table('summary against targets', ['target', 'measured', 'result'], r.summary.map((s) => [s.target, s.measured, s.pass === null ? 'n/a' : s.pass ? 'PASS' : 'MISS'])))
   return out.join('\n')

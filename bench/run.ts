@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
 // --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
@@ -22,6 +22,7 @@ import { measureNoisy } from './noisy.js'
 import { byCategory, profileDuring } from './profile.js'
 import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
 import { measureRss } from './rss.js'
+import { measureStarts } from './starts.js'
 import { round, summarize as summarizeMs } from './stats.js'
 import { HELLO_SPEC, measureBare, measureFloor, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
 
@@ -257,6 +258,21 @@ async function main(): Promise<number> {
             return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
           },
         })
+      })
+    }
+
+    if (flags.only.has('starts')) {
+      const track = (close: () => Promise<void>): (() => void) => {
+        cleanups.push(close)
+        return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+      }
+      const bursts = flags.quick ? [1, 4, 8] : [1, 2, 4, 8, 16]
+      await section('instance starts by burst size', async () => {
+        results.starts = []
+        const engines = [...(runProcess ? ['process'] as const : []), ...(backend !== 'process' ? ['docker'] as const : [])]
+        for (const engine of engines) {
+          results.starts.push(...await measureStarts({ dataDir: join(tmp, `starts-${engine}`), backend: engine, bursts, progress, track }))
+        }
       })
     }
 
