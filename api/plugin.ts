@@ -1,18 +1,23 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
-import type { CodeStore } from '../codestore/code-store.js'
-import { KdlError } from '../common/errors.js'
+import { Readable } from 'node:stream'
+import type { Builder, BuildRecord } from '../builder/builder.js'
+import type { CodeStore, StoredCode } from '../codestore/code-store.js'
+import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
 import { assertName, functionSpecOf, parseFunctionBody, parseRuntimeBody } from '../common/spec.js'
 import type { Store } from '../common/store.js'
-import type { FunctionRecord } from '../common/types.js'
+import type { FunctionRecord, FunctionSpec } from '../common/types.js'
 import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
+import { buildView, registerBuildRoutes } from './builds.js'
 import { KeyedMutex } from './keyed-mutex.js'
 
 export interface ApiDeps {
   store: Store
   codeStore: CodeStore
+  /** Builds code with dependencies (issue 9); without it a package.json is code like any other. */
+  builder?: Builder | undefined
   executor: Executor
   pools: PoolManager
   events: EventLog
@@ -28,7 +33,7 @@ export interface ApiDeps {
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
 export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstance, deps: ApiDeps) => {
-  const { store, codeStore, executor, pools } = deps
+  const { store, codeStore, executor, pools, builder } = deps
   const locks = new KeyedMutex()
 
   if (deps.apiToken !== undefined) {
@@ -53,7 +58,39 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     return view(r)
   })
 
-  app.put<{ Params: { name: string } }>('/v1/functions/:name', async (request, reply) => {
+  /**
+   * Deploys of a name in request order: a deploy that waited for its build while a later deploy (or a delete)
+   * of the same name was made does not land over it.
+   */
+  const latest = new Map<string, number>()
+  let requests = 0
+
+  /** Trial-loads and stores one version (under the name's lock); the answer's status and body. */
+  const commit = async (name: string, spec: FunctionSpec, code: StoredCode, seq: number, build: BuildRecord | undefined): Promise<{ status: number; body: Record<string, unknown> }> =>
+    locks.run(name, async () => {
+      if (latest.get(name) !== seq) {
+        throw new KdlError('KDL_ERR_DEPLOY_SUPERSEDED', `a later deploy or delete of "${name}" was made while this one was building; it was not applied`)
+      }
+      const prev = await store.getFunction(name)
+      const now = new Date().toISOString()
+      const record: FunctionRecord = {
+        name, ...spec, version: (prev?.version ?? 0) + 1, codeHash: code.hash, createdAt: prev?.createdAt ?? now, updatedAt: now,
+        ...(build === undefined ? {} : { build: { id: build.id, inputsHash: build.inputsHash } }),
+      }
+      // Code that does not load is refused here, with the loader's message, and nothing is stored.
+      const trial = await executor.trialLoad(record)
+      try {
+        await store.putFunction(record)
+      } catch (err) {
+        await pools.destroy(trial)
+        throw err
+      }
+      executor.deployed(record, trial)
+      app.log.info({ fn: name, version: record.version }, 'function deployed')
+      return { status: prev === undefined ? 201 : 200, body: view(record) }
+    })
+
+  app.put<{ Params: { name: string }; Querystring: { wait?: string } }>('/v1/functions/:name', async (request, reply) => {
     const { name } = request.params
     assertName('function', name)
     const body = parseFunctionBody(request.body)
@@ -65,30 +102,69 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       ? await codeStore.putArchive(decodeArchive(body.archive))
       : await codeStore.putInline(body.code ?? '')
     await codeStore.assertEntrypoint(code.dir, spec.entrypoint)
+    const seq = ++requests
+    latest.set(name, seq)
+    const plan = builder === undefined ? undefined : await builder.plan(code.dir, spec.runtime)
+    if (plan === undefined || builder === undefined) {
+      const r = await commit(name, spec, code, seq, undefined)
+      void reply.code(r.status)
+      return r.body
+    }
 
-    return locks.run(name, async () => {
-      const prev = await store.getFunction(name)
-      const now = new Date().toISOString()
-      const record: FunctionRecord = {
-        name, ...spec, version: (prev?.version ?? 0) + 1, codeHash: code.hash, createdAt: prev?.createdAt ?? now, updatedAt: now,
-      }
-      // Code that does not load is refused here, with the loader's message, and nothing is stored.
-      const trial = await executor.trialLoad(record)
-      try {
-        await store.putFunction(record)
-      } catch (err) {
-        await pools.destroy(trial)
-        throw err
-      }
-      executor.deployed(record, trial)
-      request.log.info({ fn: name, version: record.version }, 'function deployed')
-      void reply.code(prev === undefined ? 201 : 200)
-      return view(record)
+    // Dependencies: built once per set of inputs (issue 9), then trial-loaded with them in place.
+    const ticket = await builder.ensure(plan, name)
+    const finish = async (): Promise<{ status: number; body: Record<string, unknown> }> => {
+      await ticket.done
+      const r = await commit(name, spec, await builder.assemble(code, plan.inputsHash), seq, ticket.record)
+      return { status: r.status, body: { ...r.body, build: { ...buildView(ticket.record), reused: ticket.reused } } }
+    }
+    if (ticket.reused) {
+      const r = await finish()
+      void reply.code(r.status)
+      return r.body
+    }
+    const done = finish()
+    // Whoever waits (or nobody, after a 202): the outcome is logged and an event either way.
+    done.then(() => {}, (err: unknown) => {
+      const kdl = asKdl(err)
+      request.log.warn({ fn: name, code: kdl.code, build: ticket.record.id }, 'deploy after build failed')
+      deps.events.add({ type: 'deploy.failed', function: name, message: kdl.message, data: { code: kdl.code, build: ticket.record.id } })
     })
+    const wait = request.query.wait === 'true' || request.query.wait === '1'
+    if (!wait) {
+      void reply.code(202)
+      return { function: name, state: 'building', build: buildView(ticket.record) }
+    }
+    if ((request.headers.accept ?? '').includes('application/x-ndjson')) {
+      // The CLI's deploy: the build's log as it is written, then the deploy's outcome, one JSON object a line.
+      const ac = new AbortController()
+      request.raw.once('close', () => ac.abort())
+      const log = ticket.log
+      const lines = async function* (): AsyncGenerator<string> {
+        yield JSON.stringify({ event: 'build', build: buildView(ticket.record) }) + '\n'
+        if (log !== undefined) {
+          for await (const chunk of log.follow(ac.signal)) {
+            for (const line of chunk.split('\n')) if (line !== '') yield JSON.stringify({ event: 'log', line }) + '\n'
+          }
+        }
+        try {
+          const r = await done
+          yield JSON.stringify({ event: 'result', statusCode: r.status, body: r.body }) + '\n'
+        } catch (err) {
+          const kdl = asKdl(err)
+          yield JSON.stringify({ event: 'error', statusCode: kdl.statusCode, error: errorBody(kdl) }) + '\n'
+        }
+      }
+      return reply.code(202).type('application/x-ndjson').send(Readable.from(lines()))
+    }
+    const r = await done
+    void reply.code(r.status)
+    return r.body
   })
 
   app.delete<{ Params: { name: string } }>('/v1/functions/:name', async (request) => {
     const { name } = request.params
+    latest.set(name, ++requests)
     return locks.run(name, async () => {
       if (!await store.deleteFunction(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
       executor.removed(name)
@@ -96,6 +172,8 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       return { deleted: name }
     })
   })
+
+  if (builder !== undefined) registerBuildRoutes(app, builder)
 
   app.get('/v1/runtimes', async () => ({ runtimes: await store.listRuntimes() }))
 
@@ -127,6 +205,11 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       }),
     }
   })
+}
+
+/** Anything thrown, as the platform's error (a fault of its own is KDL_ERR_INTERNAL). */
+function asKdl(err: unknown): KdlError {
+  return isKdlError(err) ? err : new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
 }
 
 function decodeArchive(b64: string): Buffer {

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { Option, type Command } from 'commander'
 import { create as createTar } from 'tar'
 import { envOption, headerOption, intOption, numberOption, type Runner } from './args.js'
-import { CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
+import { ApiError, CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
 import { cell, formatJson, formatTable, isRecord, listOf, pick, type CliContext } from './output.js'
 
 /** Deploy options whose commander names equal the body fields of `PUT /v1/functions/:name`. */
@@ -17,6 +17,7 @@ interface DeployOptions {
   runtime: string
   code: string
   entrypoint?: string
+  includeNodeModules?: boolean
   env?: Record<string, string>
   [field: string]: unknown
 }
@@ -51,6 +52,7 @@ export function registerFnCommands(program: Command, run: Runner): void {
     .option('--max-invocations <n>', 'recycle an instance after this many calls', intOption)
     .option('--max-age-ms <ms>', 'recycle an instance after this age', intOption)
     .option('--idle-timeout-ms <ms>', 'stop an idle instance after this long', intOption)
+    .option('--include-node-modules', "pack the directory's node_modules as it is (vendored: the platform builds nothing)")
     .action((name: string, opts: DeployOptions) => run((ctx, client) => deploy(ctx, client, name, opts)))
 
   fn.command('invoke')
@@ -86,14 +88,19 @@ export function registerFnCommands(program: Command, run: Runner): void {
 }
 
 /** The code part of a deploy body, from a file, an archive or a directory. */
-export async function codeBody(path: string, entrypoint: string | undefined): Promise<{ code?: string; archive?: string; entrypoint?: string }> {
+export async function codeBody(path: string, entrypoint: string | undefined, opts: { includeNodeModules?: boolean; note?: (line: string) => void } = {}): Promise<{ code?: string; archive?: string; entrypoint?: string }> {
   const info = await stat(path).catch((err: NodeJS.ErrnoException) => {
     throw new CliError(`error: --code ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`)
   })
   const withEntry = <T extends object>(b: T): T & { entrypoint?: string } => (entrypoint === undefined ? b : { ...b, entrypoint })
   if (info.isDirectory()) {
-    // .git is never part of a function; everything else (node_modules included) is.
-    const entries = (await readdir(path)).filter((e) => e !== '.git').sort()
+    // .git is never part of a function. node_modules is not either when package.json declares dependencies:
+    // the platform builds them for its runtime (a local install may hold dev dependencies, other binaries).
+    let entries = (await readdir(path)).filter((e) => e !== '.git').sort()
+    if (opts.includeNodeModules !== true && entries.includes('node_modules') && await declaresDependencies(join(path, 'package.json'))) {
+      entries = entries.filter((e) => e !== 'node_modules')
+      opts.note?.('node_modules left out: the platform builds the dependencies package.json declares (--include-node-modules to ship them as they are)')
+    }
     if (entries.length === 0) throw new CliError(`error: --code ${path} is an empty directory`)
     const chunks: Buffer[] = []
     for await (const chunk of createTar({ gzip: true, cwd: path, portable: true }, entries)) chunks.push(chunk as Buffer)
@@ -106,15 +113,83 @@ export async function codeBody(path: string, entrypoint: string | undefined): Pr
   return withEntry({ code })
 }
 
+async function declaresDependencies(packageJson: string): Promise<boolean> {
+  try {
+    const pkg = JSON.parse(await readFile(packageJson, 'utf8')) as Record<string, unknown>
+    return ['dependencies', 'optionalDependencies'].some((k) => isRecord(pkg[k]) && Object.keys(pkg[k]).length > 0)
+  } catch {
+    return false
+  }
+}
+
 async function deploy(ctx: CliContext, client: ApiClient, name: string, opts: DeployOptions): Promise<void> {
-  const body: Record<string, unknown> = { runtime: opts.runtime, ...(await codeBody(opts.code, opts.entrypoint)) }
+  const note = (line: string): void => { ctx.stderr.write(`${line}\n`) }
+  const body: Record<string, unknown> = { runtime: opts.runtime, ...(await codeBody(opts.code, opts.entrypoint, { includeNodeModules: opts.includeNodeModules, note })) }
   for (const field of SPEC_FIELDS) {
     if (field !== 'entrypoint' && opts[field] !== undefined) body[field] = opts[field]
   }
   if (opts.env !== undefined) body['env'] = opts.env
-  const { data } = await client.call('PUT', `/v1/functions/${encodeURIComponent(name)}`, body)
+  // ?wait=true: a deploy that needs a build streams the build's log, then its outcome (one JSON object a line).
+  const res = await client.stream('PUT', `/v1/functions/${encodeURIComponent(name)}?wait=true`, {
+    headers: { 'content-type': 'application/json', accept: 'application/x-ndjson, application/json' },
+    body: JSON.stringify(body),
+  })
+  let data: unknown
+  if (String(res.headers['content-type'] ?? '').startsWith('application/x-ndjson')) {
+    data = await followDeploy(ctx, res.body)
+  } else {
+    const chunks: Buffer[] = []
+    for await (const c of res.body) chunks.push(c)
+    const raw = Buffer.concat(chunks)
+    data = parseJson(raw)
+    if (res.status < 200 || res.status > 299) throw apiErrorOf(res.status, data, raw)
+  }
+  const build = isRecord(data) && isRecord(data['build']) ? data['build'] : undefined
+  if (build?.['reused'] === true) note(`dependencies: build ${cell(build['id'])} reused (nothing installed)`)
   const version = isRecord(data) ? pick(data, 'version') : undefined
   ctx.stdout.write(`deployed ${name} version ${cell(version)}\n`)
+}
+
+function apiErrorOf(status: number, data: unknown, raw?: Buffer): ApiError {
+  const kerr = kindlingError(data)
+  if (kerr !== undefined) return new ApiError(status, kerr.code, kerr.message)
+  const text = raw?.toString('utf8').trim().slice(0, 200) ?? ''
+  return new ApiError(status, undefined, `deploy answered ${statusLine(status)}${text === '' ? '' : `: ${text}`}`)
+}
+
+/** Prints a deploy's build as it runs (stderr) and resolves with the deployed function, or throws its error. */
+async function followDeploy(ctx: CliContext, body: AsyncIterable<Buffer>): Promise<unknown> {
+  let buffered = ''
+  let buildId = ''
+  let outcome: { ok: true; data: unknown } | { ok: false; err: ApiError } | undefined
+  const handle = (line: string): void => {
+    if (line.trim() === '') return
+    const ev = parseJson(Buffer.from(line))
+    if (!isRecord(ev)) return
+    if (ev['event'] === 'build' && isRecord(ev['build'])) {
+      buildId = String(ev['build']['id'])
+      ctx.stderr.write(`building dependencies: build ${buildId} (${cell(ev['build']['command'])})\n`)
+    } else if (ev['event'] === 'log') {
+      ctx.stderr.write(`  | ${String(ev['line'])}\n`)
+    } else if (ev['event'] === 'result') {
+      outcome = { ok: true, data: ev['body'] }
+    } else if (ev['event'] === 'error') {
+      const status = typeof ev['statusCode'] === 'number' ? ev['statusCode'] : 500
+      outcome = { ok: false, err: apiErrorOf(status, ev['error']) }
+    }
+  }
+  for await (const chunk of body) {
+    buffered += chunk.toString('utf8')
+    let nl: number
+    while ((nl = buffered.indexOf('\n')) !== -1) { handle(buffered.slice(0, nl)); buffered = buffered.slice(nl + 1) }
+  }
+  handle(buffered)
+  if (outcome === undefined) throw new CliError(`error: the deploy's answer ended before its outcome${buildId === '' ? '' : ` (kindling builds get ${buildId})`}`)
+  if (!outcome.ok) {
+    if (buildId !== '' && outcome.err.code === 'KDL_ERR_BUILD_FAILED') ctx.stderr.write(`the whole log: kindling builds log ${buildId}\n`)
+    throw outcome.err
+  }
+  return outcome.data
 }
 
 function invokePath(name: string, sub: string | undefined): string {

@@ -111,6 +111,23 @@ export class ApiClient {
     }
   }
 
+  /** Sends one request and hands back its body as it arrives (build logs, the deploy's progress). */
+  async stream(method: string, path: string, opts: SendOptions = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer> }> {
+    const headers: Record<string, string | string[]> = { ...opts.headers }
+    if (this.#token !== undefined && path.startsWith('/v1/') && !hasHeader(headers, 'authorization')) headers['authorization'] = `Bearer ${this.#token}`
+    const target = this.#base.origin + this.#base.pathname.replace(/\/+$/, '') + path
+    try {
+      const res = await request(target, {
+        method: method.toUpperCase(), headers, body: opts.body ?? null,
+        ...(this.#dispatcher === undefined ? {} : { dispatcher: this.#dispatcher }),
+      })
+      return { status: res.statusCode, headers: res.headers, body: res.body as AsyncIterable<Buffer> }
+    } catch (err) {
+      if (unreachable(err)) throw new CliError(`error: cannot reach Kindling at ${this.url} (is "kindling up" running?)`)
+      throw new CliError(`error: request to ${this.url} failed: ${err instanceof Error ? err.message : String(err)}`)
+    }
+  }
+
   /**
    * A management call: JSON in, JSON out. Non-2xx answers become ApiError
    * (`error KDL_ERR_X: message` when the body is a Kindling error).

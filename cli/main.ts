@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander'
 import { Agent } from 'undici'
 import type { Action, Runner } from './args.js'
+import { registerBuildsCommands } from './builds.js'
 import { registerEventsCommand } from './events.js'
 import { registerFnCommands } from './fn.js'
 import { registerImagesCommands } from './images.js'
@@ -66,6 +67,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerRuntimesCommands(program, run)
   registerPoolsCommand(program, run)
   registerEventsCommand(program, run)
+  registerBuildsCommands(program, run)
   registerImagesCommands(program, run)
 
   try {

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { chmod, link, lstat, mkdir, mkdtemp, readdir, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, link, lstat, mkdir, mkdtemp, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { constants as fsConstants } from 'node:fs'
 import { constants as bufferConstants } from 'node:buffer'
 import { join, sep } from 'node:path'
 import { promisify } from 'node:util'
@@ -85,6 +86,15 @@ export class CodeStore {
     if (await this.has(hash)) return { hash, dir: this.dirOf(hash) }
     const planned = await this.#inspect(archive)
     return this.#put(hash, (dir) => writeTree(dir, planned))
+  }
+
+  /**
+   * Stores the union of directories under `hash` (a hash the caller derives from what they hold, e.g. code +
+   * build): every file hard-linked (copied across file systems), symlinks recreated, never followed. A name in
+   * two sources is refused.
+   */
+  async putLinked(hash: string, sources: readonly string[]): Promise<StoredCode> {
+    return this.#put(hash, async (dir) => { for (const src of sources) await linkTree(src, dir) })
   }
 
   /** The directory of a hash (whether or not it exists). Throws KDL_ERR_BAD_REQUEST for a non-hash. */
@@ -416,6 +426,26 @@ function resolveInside(linkPath: string, target: string, links: Map<string, stri
 }
 
 /** Writes validated entries: directories, then files, then hard links, and symlinks last so nothing is written through one. */
+async function linkTree(src: string, dst: string): Promise<void> {
+  for (const e of await readdir(src, { withFileTypes: true })) {
+    const from = join(src, e.name)
+    const to = join(dst, e.name)
+    if (e.isDirectory()) {
+      await mkdir(to, { mode: 0o755 }).catch((err: unknown) => { if (!isErrno(err, 'EEXIST')) throw err })
+      await linkTree(from, to)
+    } else if (e.isSymbolicLink()) {
+      await symlink(await readlink(from), to)
+    } else if (e.isFile()) {
+      try {
+        await link(from, to)
+      } catch (err) {
+        if (!isErrno(err, 'EXDEV') && !isErrno(err, 'EPERM')) throw err
+        await copyFile(from, to, fsConstants.COPYFILE_EXCL)
+      }
+    }
+  }
+}
+
 async function writeTree(root: string, planned: Planned[]): Promise<void> {
   const dirs = new Set<string>()
   for (const item of planned) {

@@ -73,6 +73,41 @@ export function lostToKill(err: unknown): boolean {
   return (err as { details?: { lost?: unknown } } | undefined)?.details?.lost === KILLED_DETAILS.lost
 }
 
+/**
+ * One build (issue 9): the runtime's build step (`runtimes/<kind>/build.mjs`: npm for node) run once in a
+ * sandboxed build instance — its own cgroup (CPU, memory, pids), a wall-clock limit, no network but the
+ * registry proxy's socket in `dir`, none of the platform's data.
+ */
+export interface BuildJob {
+  /** Unique; also the instance id of the build (its cgroup, its container), so an orphan is reaped like one. */
+  id: string
+  runtime: string
+  /**
+   * Host directory of the build: `app/` (package.json, lockfile; node_modules lands here), `tmp/`, and
+   * `proxy.sock`. The only host directory the build can write.
+   */
+  dir: string
+  /** Host directory of the npm package (its `bin/npm-cli.js` runs the install). */
+  npmDir: string
+  registry: string
+  command: 'ci' | 'install'
+  memoryMb: number
+  cpu: number
+  pidsLimit: number
+  timeoutMs: number
+  /** Each line the build prints, as it prints it. */
+  onLine: (stream: 'stdout' | 'stderr', line: string) => void
+  /** Aborting stops the build (platform shutdown). */
+  signal?: AbortSignal | undefined
+}
+
+/** How a build instance ended: `ok` (exit 0), `failed` (another exit), over its `memory` limit or its `timeout`, or `aborted`. */
+export interface BuildJobResult {
+  outcome: 'ok' | 'failed' | 'memory' | 'timeout' | 'aborted'
+  code: number | null
+  signal: string | null
+}
+
 /** Why an instance went away, as far as the backend can tell. */
 export type ExitReason = 'exited' | 'crashed' | 'oom' | 'killed' | 'stopped'
 
@@ -115,6 +150,8 @@ export interface ContainerBackend {
   setPriority?(id: string, priority: 'background' | 'serving'): Promise<void>
   /** Change an instance's CPU quota (load guard throttle). */
   setCpu?(id: string, cpu: number): Promise<void>
+  /** Runs one build in a sandboxed build instance (issue 9); absent on a backend that cannot build. */
+  runBuild?(job: BuildJob): Promise<BuildJobResult>
   /** Stop everything this backend started and release its clients. */
   close(): Promise<void>
 }

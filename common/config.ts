@@ -54,6 +54,21 @@ export const ConfigSchema = Type.Object({
   KINDLING_QUARANTINE_CPUS: Type.String({ pattern: '^([0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)?$', default: '' }),
   /** Path of the `node` binary instances run (process backend) or copied into the runtime image (docker). @default the platform's own */
   KINDLING_NODE_BIN: Type.Optional(Type.String({ minLength: 1 })),
+  // Builds (issue 9): dependencies installed with npm in a sandboxed build instance.
+  /** Registry builds install from (the only host a build reaches). @default what `npm config get registry` says on the platform's host */
+  KINDLING_BUILD_REGISTRY: Type.Optional(Type.String({ pattern: '^https?://' })),
+  /** npm's package directory on the host (holding bin/npm-cli.js). @default the npm beside the node binary, else the one on PATH */
+  KINDLING_NPM_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  /** Memory limit of one build (npm and the install scripts it runs), MiB. @default 1024 */
+  KINDLING_BUILD_MEMORY_MB: Type.Integer({ minimum: 64, default: 1024 }),
+  /** CPU quota of one build, cores. @default 1 */
+  KINDLING_BUILD_CPU: Type.Number({ exclusiveMinimum: 0, default: 1 }),
+  /** Max processes/threads of one build. @default 512 */
+  KINDLING_BUILD_PIDS_LIMIT: Type.Integer({ minimum: 16, default: 512 }),
+  /** Wall-clock limit of one build, ms. @default 300000 */
+  KINDLING_BUILD_TIMEOUT_MS: Type.Integer({ minimum: 1000, default: 300_000 }),
+  /** Builds that run at once (more wait, state queued). @default 2 */
+  KINDLING_BUILD_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 2 }),
   // Load guard (issue 5; loadguard/README.md). Ratios are of each instance's own quota / limit.
   /** Run the load guard (cgroup sampling, throttle / quarantine / kill of noisy functions). @default true */
   KINDLING_LOADGUARD_ENABLED: Type.Boolean({ default: true }),

@@ -18,9 +18,12 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_FN_NOT_FOUND: { status: 404, description: 'No function of that name is deployed.' },
   KDL_ERR_RUNTIME_NOT_FOUND: { status: 404, description: 'No runtime of that name is configured.' },
   KDL_ERR_NOT_FOUND: { status: 404, description: 'No such route.' },
+  KDL_ERR_DEPLOY_SUPERSEDED: { status: 409, description: 'A deploy that waited for its build was not applied: a later deploy or delete of the same function was made meanwhile.' },
   KDL_ERR_PAYLOAD_TOO_LARGE: { status: 413, description: 'The request body (invocation or deploy) exceeds the configured limit.' },
   KDL_ERR_LOAD_FAILED: { status: 422, description: 'The function code does not load (syntax error, missing entrypoint, throwing module).' },
   KDL_ERR_LOAD_TIMEOUT: { status: 422, description: 'The function module did not finish loading within KINDLING_LOAD_TIMEOUT_MS (a top-level loop); its instance was destroyed.' },
+  KDL_ERR_BUILD_FAILED: { status: 422, description: "The function's dependencies could not be built (npm failed: missing package, failing install script; or the build ran past its memory or time limit); the answer carries the build id and the log's tail." },
+  KDL_ERR_BUILD_NOT_FOUND: { status: 404, description: 'No build of that id is on record.' },
   KDL_ERR_SATURATED: { status: 429, description: 'All instances the function may use are busy and the queue wait ran out; retry after Retry-After.' },
   KDL_ERR_FN_ERROR: { status: 500, description: 'The handler threw or rejected (x-kindling-error: handled).' },
   KDL_ERR_INTERNAL: { status: 500, description: 'A platform fault; the log has the details.' },
@@ -66,7 +69,7 @@ export function isKdlError(err: unknown): err is KdlError {
 }
 
 const STATUS_TEXT: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 413: 'Payload Too Large', 422: 'Unprocessable Entity',
+  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large', 422: 'Unprocessable Entity',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 }
 

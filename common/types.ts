@@ -45,6 +45,8 @@ export interface FunctionRecord extends FunctionSpec {
   version: number
   /** sha256 of the deployed code; names the content-addressed code directory. */
   codeHash: string
+  /** The build that installed its dependencies (code with a package.json), when there was one. */
+  build?: { id: string; inputsHash: string } | undefined
   createdAt: string
   updatedAt: string
 }

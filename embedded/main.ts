@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile, realpath } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -15,6 +15,7 @@ import { Spawner } from '../backends/process/spawner/client.js'
 import { NsMounter } from '../backends/process/spawner/mounter.js'
 import { QuarantineCpuset } from '../cgroups/cpuset.js'
 import { detectCgroups } from '../cgroups/index.js'
+import { Builder, type NpmSetup } from '../builder/builder.js'
 import { CodeStore } from '../codestore/code-store.js'
 import { QUARANTINE_ROOT, QUARANTINE_SHARES, type ContainerBackend } from '../common/backend.js'
 import { loadConfig, type Config } from '../common/config.js'
@@ -81,6 +82,19 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const registry = new Registry()
   const metrics = new Metrics(registry)
   const events = new EventLog()
+  const builder = new Builder({
+    root: join(dataDir, 'builds'),
+    codeStore,
+    run: backend.runBuild === undefined ? undefined : (job) => backend.runBuild!(job),
+    npm: () => findNpm(config),
+    runtimeVersion: () => process.version,
+    limits: { memoryMb: config.KINDLING_BUILD_MEMORY_MB, cpu: config.KINDLING_BUILD_CPU, pidsLimit: config.KINDLING_BUILD_PIDS_LIMIT, timeoutMs: config.KINDLING_BUILD_TIMEOUT_MS },
+    concurrency: config.KINDLING_BUILD_CONCURRENCY,
+    maxLogBytes: 2 * 1024 * 1024,
+    log: log.child({ component: 'builder' }),
+    events,
+  })
+  await builder.init()
   const pools = new PoolManager({
     backend,
     log: log.child({ component: 'poolmgr' }),
@@ -119,7 +133,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // ── end load guard ──
   const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   await app.register(apiPlugin, {
-    store, codeStore, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
+    store, codeStore, builder, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
   })
   metrics.setPoolSource(() => pools.snapshot())
@@ -147,6 +161,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     close: () => {
       closing ??= (async () => {
         await loadGuard?.stop()
+        await builder.close()
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
         // keep an idle keep-alive connection open that would otherwise hold the close for its timeout.
         const closed = app.close()
@@ -181,7 +196,7 @@ async function createBackend(config: Config, platformId: string, runDir: string,
     codeRoot,
     // The data directory holds the store (every spec, its env), the code cache and every instance's socket.
     hidden: [dirname(runDir)],
-    runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs' } },
+    runtimes: { node: { command: config.KINDLING_NODE_BIN ?? process.execPath, serverDir: NODE_SERVER_DIR, serverFile: 'server.mjs', buildFile: 'build.mjs' } },
     cgroups,
     user: isRoot ? { uid, gid } : undefined,
     namespaces,
@@ -190,6 +205,33 @@ async function createBackend(config: Config, platformId: string, runDir: string,
   })
   await backend.init()
   return backend
+}
+
+/**
+ * npm as builds use it: KINDLING_NPM_DIR, else the npm beside the node binary, else the one on PATH; the
+ * registry is KINDLING_BUILD_REGISTRY, else the one the host's npm is configured with.
+ */
+async function findNpm(config: Config): Promise<NpmSetup> {
+  const nodeBin = config.KINDLING_NODE_BIN ?? process.execPath
+  const candidates = config.KINDLING_NPM_DIR !== undefined ? [config.KINDLING_NPM_DIR] : [join(dirname(nodeBin), '..', 'lib', 'node_modules', 'npm')]
+  if (config.KINDLING_NPM_DIR === undefined) {
+    for (const dir of (process.env['PATH'] ?? '').split(':')) {
+      const real = await realpath(join(dir, 'npm')).catch(() => undefined)
+      if (real?.endsWith(join('bin', 'npm-cli.js')) === true) candidates.push(dirname(dirname(real)))
+    }
+  }
+  for (const dir of candidates) {
+    const pkg = await readFile(join(dir, 'package.json'), 'utf8').then((t) => JSON.parse(t) as { name?: string; version?: string }, () => undefined)
+    if (pkg?.name !== 'npm' || typeof pkg.version !== 'string' || !existsSync(join(dir, 'bin', 'npm-cli.js'))) continue
+    let registry = config.KINDLING_BUILD_REGISTRY
+    if (registry === undefined) {
+      const got = spawnSync(nodeBin, [join(dir, 'bin', 'npm-cli.js'), 'config', 'get', 'registry'], { encoding: 'utf8', timeout: 30_000 })
+      registry = got.status === 0 ? got.stdout.trim() : 'https://registry.npmjs.org/'
+    }
+    if (!/^https?:\/\//.test(registry)) throw new KdlError('KDL_ERR_BAD_REQUEST', `the registry "${registry}" is not an http(s) URL (KINDLING_BUILD_REGISTRY)`)
+    return { dir: await realpath(dir), version: pkg.version, registry }
+  }
+  throw new KdlError('KDL_ERR_SANDBOX_UNAVAILABLE', `no npm found (looked in ${candidates.join(', ')}; set KINDLING_NPM_DIR)`)
 }
 
 /** The load-time code binder (backends/process/spawner/mounter.pl); without perl the backend spawns `mount -N` per load. */

@@ -4,7 +4,7 @@ import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'n
 import { availableParallelism } from 'node:os'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
-import { BACKGROUND_SHARES, CGROUP_ROOT, KILLED_DETAILS, QUARANTINE_ROOT, QUARANTINE_SHARES, killedFromOutside, SERVING_SHARES, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, CGROUP_ROOT, KILLED_DETAILS, QUARANTINE_ROOT, QUARANTINE_SHARES, killedFromOutside, SERVING_SHARES, type BuildJob, type BuildJobResult, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { QuarantineCpuset } from '../../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../../cgroups/index.js'
@@ -20,6 +20,8 @@ export interface RuntimeCommand {
   serverDir: string
   /** The server's file within `serverDir`. */
   serverFile: string
+  /** The runtime's build step within `serverDir` (`build.mjs`: npm), when it has one (issue 9). */
+  buildFile?: string | undefined
 }
 
 export interface ProcessBackendOptions {
@@ -113,6 +115,9 @@ const NS_INSTANCE = `${NS_ROOT}/instance`
 export const NS_CODE = `${NS_ROOT}/code`
 const NS_STAGE = `${NS_CODE}/cache`
 const NS_RUNTIME = `${NS_ROOT}/runtime`
+/** A build instance's own directory (read-write) and npm (read-only), in its mount namespace. */
+const NS_BUILD = `${NS_ROOT}/build`
+const NS_NPM = `${NS_ROOT}/npm`
 
 /**
  * Inside the new namespaces, as root, before dropping to the instance user: `lo` up, bind the instance
@@ -129,6 +134,24 @@ function mountScript(ip: string | undefined, hidden: readonly string[]): string 
     // may itself be on the host's loopback, out of the instance's reach). Before /tmp is replaced: "$1"
     // may be under /tmp.
     '{ [ ! -f "$1/resolv.conf" ] || [ ! -e /etc/resolv.conf ] || mount --bind -o ro "$1/resolv.conf" /etc/resolv.conf; }',
+    'mount --bind "$1/tmp" /tmp',
+    ...hidden.map((d) => `{ [ ! -d ${shQuote(d)} ] || mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=000 kindling-hidden ${shQuote(d)}; }`),
+    'shift 3',
+    'exec "$@"',
+  ].join(' && ')
+}
+
+/**
+ * The build instance's namespace (issue 9): `lo` up (the build step relays npm's proxy connections from
+ * 127.0.0.1 to the registry proxy's socket), its directory read-write, the runtime's files and npm
+ * read-only, its own tmp over /tmp, the hidden directories covered — as for instances, without the code.
+ */
+function buildMountScript(ip: string, hidden: readonly string[]): string {
+  return [
+    `${ip} link set lo up`,
+    `mount --bind "$1" ${NS_BUILD}`,
+    `mount --bind -o ro "$2" ${NS_RUNTIME}`,
+    `mount --bind -o ro "$3" ${NS_NPM}`,
     'mount --bind "$1/tmp" /tmp',
     ...hidden.map((d) => `{ [ ! -d ${shQuote(d)} ] || mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=000 kindling-hidden ${shQuote(d)}; }`),
     'shift 3',
@@ -161,6 +184,9 @@ export class ProcessBackend implements ContainerBackend {
   #closed = false
   /** The `sh -c` script run inside each instance's new namespaces (set by init()). */
   #mountNs = ''
+  /** The same for build instances; '' when builds cannot be sandboxed (no `ip`). */
+  #buildNs = ''
+  #hidden: readonly string[] = []
   #slirp = false
   get #slirpBin(): string { return this.#opts.slirp4netns ?? SLIRP4NETNS }
 
@@ -179,12 +205,13 @@ export class ProcessBackend implements ContainerBackend {
       await this.#opts.cgroups.ensureParent(this.#quarantineParent)
     }
     if (!this.#opts.namespaces) return
-    for (const d of [NS_INSTANCE, NS_STAGE, NS_RUNTIME]) await mkdir(d, { recursive: true, mode: 0o755 })
+    for (const d of [NS_INSTANCE, NS_STAGE, NS_RUNTIME, NS_BUILD, NS_NPM]) await mkdir(d, { recursive: true, mode: 0o755 })
     await chmod(NS_CODE, 0o700)
     let ip: string | undefined
     for (const c of IP_CANDIDATES) if (ip === undefined && await isExecutable(c)) ip = c
     // With the mounter, `lo` comes up with the code at load (no `ip` process in every start: ~10 ms of CPU
     // here). Without `ip` either, the namespace is just as closed, only its own 127.0.0.1 does not answer.
+    const hostIp = ip
     if (this.#opts.mounter !== undefined) ip = undefined
     else if (ip === undefined) this.#opts.log.warn('no `ip` (iproute2): instances run with their loopback down (scripts/ensure-sandbox.sh installs it)')
     this.#slirp = await isExecutable(this.#slirpBin)
@@ -196,6 +223,8 @@ export class ProcessBackend implements ContainerBackend {
       return !covers
     })
     this.#mountNs = mountScript(ip, hidden)
+    this.#hidden = hidden
+    this.#buildNs = hostIp === undefined ? '' : buildMountScript(hostIp, hidden)
   }
 
   /** Starts in progress: close() waits for them, so none can finish after it and leave an orphan. */
@@ -501,6 +530,83 @@ export class ProcessBackend implements ContainerBackend {
     if (live.net !== undefined) await killSpawned(live.net)
   }
 
+  /**
+   * One build in a build instance: the instance's cgroup (CPU, memory + swap, pids) joined before exec,
+   * new pid/mount/ipc/network namespaces with only `lo`, the build directory the one writable host
+   * directory, the data directory covered, uid 65534 without new privileges, a wall-clock limit after which
+   * the cgroup is destroyed (every process of the build with it).
+   */
+  async runBuild(job: BuildJob): Promise<BuildJobResult> {
+    if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the process backend is closed')
+    const rt = this.#opts.runtimes[job.runtime]
+    if (rt?.buildFile === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${job.runtime}" has no build step on the process backend`)
+    const ns = this.#opts.namespaces
+    if (ns && this.#buildNs === '') {
+      throw new KdlError('KDL_ERR_SANDBOX_UNAVAILABLE', 'a build instance needs `ip` (iproute2) for its loopback; scripts/ensure-sandbox.sh installs it as root')
+    }
+    const needed = [job.npmDir]
+    if (this.#hidden.some((d) => needed.some((n) => { const rel = relative(d, n); return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel)) }))) {
+      throw new KdlError('KDL_ERR_BACKEND', `npm (${job.npmDir}) is inside a directory builds may not see`)
+    }
+    const user = this.#opts.user
+    if (user !== undefined) await chownTree(job.dir, user.uid, user.gid)
+    const cg = this.#opts.cgroups
+    const cgroup = cg === undefined ? undefined : await cg.create(this.#parent, job.id, {
+      cpu: job.cpu, memoryBytes: job.memoryMb * 1024 * 1024, pidsLimit: job.pidsLimit,
+    })
+    const inside = ns ? NS_BUILD : job.dir
+    const env: Record<string, string> = {
+      PATH: '/usr/local/bin:/usr/bin:/bin',
+      HOME: ns ? '/tmp' : join(job.dir, 'tmp'),
+      TMPDIR: ns ? '/tmp' : join(job.dir, 'tmp'),
+      KINDLING_BUILD_DIR: inside,
+      KINDLING_BUILD_NPM: join(ns ? NS_NPM : job.npmDir, 'bin', 'npm-cli.js'),
+      KINDLING_BUILD_REGISTRY: job.registry,
+      KINDLING_BUILD_COMMAND: job.command,
+    }
+    let argv = [ENV, '-u', 'NODE_OPTIONS', '--', rt.command, join(ns ? NS_RUNTIME : rt.serverDir, rt.buildFile), `--kindling-instance=${job.id}`]
+    if (user !== undefined) argv = [SETPRIV, `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--no-new-privs', '--', ...argv]
+    if (ns) argv = [UNSHARE, '--pid', '--fork', '--kill-child', '--mount', '--ipc', '--net', '--mount-proc', '--', SH, '-c', this.#buildNs, 'kindling-build', job.dir, rt.serverDir, job.npmDir, ...argv]
+    const [command0, ...args0] = argv as [string, ...string[]]
+    const { command, args } = cgroup === undefined || cg === undefined ? { command: command0, args: args0 } : wrapCommand(cg.procsFiles(cgroup), command0, args0)
+
+    let child: SpawnedProcess
+    try {
+      child = await this.#opts.spawner.spawn({ id: job.id, command, args, env, cwd: '/' })
+    } catch (err) {
+      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      throw err
+    }
+    child.on('line', (stream: 'stdout' | 'stderr', line: string) => job.onLine(stream, line))
+    const exited = child.running ? once(child, 'exit') as Promise<[number | null, string | null]> : Promise.resolve([child.exitCode, child.signalCode] as [number | null, string | null])
+    let ended: 'timeout' | 'aborted' | undefined
+    const kill = async (why: 'timeout' | 'aborted'): Promise<void> => {
+      ended ??= why
+      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      else try { process.kill(-child.pid, 'SIGKILL') } catch { /* gone */ }
+    }
+    const timer = setTimeout(() => { void kill('timeout') }, job.timeoutMs)
+    const onAbort = (): void => { void kill('aborted') }
+    job.signal?.addEventListener('abort', onAbort)
+    if (job.signal?.aborted === true) onAbort()
+    this.#builds.add(kill)
+    try {
+      const [code, signal] = await exited
+      const stats = cgroup !== undefined && cg !== undefined ? await cg.stats(cgroup).catch(() => undefined) : undefined
+      const oom = (stats?.oomKills ?? 0) > 0
+      const outcome: BuildJobResult['outcome'] = ended ?? (oom ? 'memory' : code === 0 ? 'ok' : 'failed')
+      return { outcome, code, signal }
+    } finally {
+      clearTimeout(timer)
+      job.signal?.removeEventListener('abort', onAbort)
+      this.#builds.delete(kill)
+      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+    }
+  }
+
+  /** Kills of the builds running now (close() ends them). */
+  readonly #builds = new Set<(why: 'aborted') => Promise<void>>()
+
   onExit(listener: (exit: InstanceExit) => void): void {
     this.#exitListeners.push(listener)
   }
@@ -542,9 +648,20 @@ export class ProcessBackend implements ContainerBackend {
     this.#closed = true
     // A start past its closed check finds #closed set once its process runs, and stops it itself.
     await Promise.all(this.#starting)
+    await Promise.all([...this.#builds].map((kill) => kill('aborted')))
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
     await this.#opts.spawner.close()
     await this.#opts.mounter?.close()
+  }
+}
+
+/** Hands a build directory to the build's user (the build writes node_modules and its cache there). */
+async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
+  await chown(dir, uid, gid)
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    if (e.isDirectory()) await chownTree(p, uid, gid)
+    else if (!e.isSymbolicLink()) await chown(p, uid, gid)
   }
 }
 
