@@ -1,14 +1,17 @@
 import { availableParallelism } from 'node:os'
 import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
+import { createInterface } from 'node:readline'
+import { PassThrough } from 'node:stream'
 import type Dockerode from 'dockerode'
-import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type BuildJob, type BuildJobResult, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
-import { IMAGE_PATH } from './images/rootfs.js'
+import { IMAGE_NODE, IMAGE_PATH, RUNTIME_DIR } from './images/rootfs.js'
 import { dispatcherFor, health } from '../../protocol/runtime-client.js'
 import { CgroupLocator } from './docker-cgroup.js'
 import { LABEL, backendError, checkId, containerName, followPull, noop, silent, statusOf, tailLogs, type BackendLog, type Live } from './docker-common.js'
 import { DockerEvents } from './docker-events.js'
+import { chownTree } from '../chown-tree.js'
 import { waitForSocket } from '../readiness.js'
 
 export type { BackendLog } from './docker-common.js'
@@ -402,6 +405,90 @@ export class DockerBackend implements ContainerBackend {
     }
   }
 
+  /**
+   * One build in a build container (issue 9): the runtime image with npm bound read-only and the host's `sh`
+   * (npm runs install scripts through it; the image has no shell of its own), the build directory the one
+   * writable bind, no network (the loopback only: the build step relays npm to the registry proxy's socket),
+   * the build limits, the instance user, a wall-clock limit after which the container is removed.
+   */
+  async runBuild(job: BuildJob): Promise<BuildJobResult> {
+    if (this.#closing) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'docker backend is closed')
+    checkId(job.id)
+    const image = this.#opts.images?.[job.runtime] ?? this.#opts.image
+    await this.#events.ensure()
+    try {
+      await chownTree(job.dir, this.#user.uid, this.#user.gid)
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'EPERM') throw err
+      await chmod(job.dir, 0o777)
+    }
+    const shell = await realpath('/bin/sh')
+    const memory = job.memoryMb * 1024 * 1024
+    const inside = '/run/kindling/build'
+    const env: Record<string, string> = {
+      PATH: IMAGE_PATH, HOME: `${inside}/tmp`, TMPDIR: `${inside}/tmp`,
+      KINDLING_BUILD_DIR: inside, KINDLING_BUILD_NPM: '/opt/kindling/npm/bin/npm-cli.js',
+      KINDLING_BUILD_REGISTRY: job.registry, KINDLING_BUILD_COMMAND: job.command,
+    }
+    const container = await this.#docker.createContainer({
+      name: containerName(job.id),
+      Image: image,
+      // The image's entrypoint is the runtime server: the build step replaces it.
+      Entrypoint: [IMAGE_NODE, `${RUNTIME_DIR}/build.mjs`],
+      Cmd: [`--kindling-instance=${job.id}`],
+      Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      Labels: { [LABEL.instance]: job.id, [LABEL.platform]: this.#opts.platformId, [LABEL.runtime]: job.runtime, [LABEL.pool]: 'build' },
+      User: this.#user.spec,
+      WorkingDir: `${inside}/app`,
+      HostConfig: {
+        Binds: [`${resolve(job.dir)}:${inside}:rw`, `${job.npmDir}:/opt/kindling/npm:ro`, `${shell}:/bin/sh:ro`],
+        Memory: memory,
+        MemorySwap: memory,
+        NanoCpus: Math.round(job.cpu * 1e9),
+        PidsLimit: job.pidsLimit,
+        ReadonlyRootfs: true,
+        Tmpfs: { '/tmp': 'rw,nosuid,nodev,size=64m,mode=1777' },
+        CapDrop: ['ALL'],
+        SecurityOpt: ['no-new-privileges'],
+        NetworkMode: 'none',
+        IpcMode: 'private',
+        RestartPolicy: { Name: 'no' },
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
+      },
+    }).catch((err: unknown) => { throw backendError(`cannot create build container ${job.id} (${image})`, err) })
+    let ended: 'timeout' | 'aborted' | undefined
+    const kill = (why: 'timeout' | 'aborted'): void => {
+      ended ??= why
+      container.kill().catch(noop)
+    }
+    const timer = setTimeout(() => kill('timeout'), job.timeoutMs)
+    const onAbort = (): void => kill('aborted')
+    job.signal?.addEventListener('abort', onAbort)
+    try {
+      const stream = await container.attach({ stream: true, stdout: true, stderr: true })
+      const out = new PassThrough()
+      const err = new PassThrough()
+      this.#docker.modem.demuxStream(stream, out, err)
+      const lines = [createInterface({ input: out, crlfDelay: Infinity }), createInterface({ input: err, crlfDelay: Infinity })]
+      lines[0]!.on('line', (l) => job.onLine('stdout', l))
+      lines[1]!.on('line', (l) => job.onLine('stderr', l))
+      const streamEnded = new Promise<void>((r) => { stream.once('end', r); stream.once('close', r) })
+      await container.start()
+      if (job.signal?.aborted === true) onAbort()
+      const waited = await container.wait() as { StatusCode?: number }
+      await Promise.race([streamEnded, new Promise((r) => setTimeout(r, 1000).unref())])
+      out.end(); err.end()
+      const info = await container.inspect()
+      const code = waited.StatusCode ?? info.State.ExitCode
+      const outcome: BuildJobResult['outcome'] = ended ?? (info.State.OOMKilled ? 'memory' : code === 0 ? 'ok' : 'failed')
+      return { outcome, code, signal: null }
+    } finally {
+      clearTimeout(timer)
+      job.signal?.removeEventListener('abort', onAbort)
+      await container.remove({ force: true }).catch(noop)
+    }
+  }
+
   /** Stops every instance this backend started, then the event stream. */
   async close(): Promise<void> {
     this.#closing = true
@@ -411,6 +498,7 @@ export class DockerBackend implements ContainerBackend {
     if (failed !== undefined) throw backendError('cannot stop every instance', failed.reason)
   }
 }
+
 
 /** Recreates `src` under `dest`: hard links where allowed (same filesystem, world-readable files), copies elsewhere. */
 async function copyTree(src: string, dest: string, sameFs: boolean): Promise<void> {

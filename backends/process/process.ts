@@ -10,6 +10,7 @@ import type { QuarantineCpuset } from '../../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../../cgroups/index.js'
 import type { SpawnedProcess, Spawner } from './spawner/client.js'
 import type { NsMounter } from './spawner/mounter.js'
+import { chownTree } from '../chown-tree.js'
 import { waitForSocket, waitHealthy } from '../readiness.js'
 
 /** How to run one runtime's server: `node <serverDir>/server.mjs` for the node runtime. */
@@ -655,15 +656,6 @@ export class ProcessBackend implements ContainerBackend {
   }
 }
 
-/** Hands a build directory to the build's user (the build writes node_modules and its cache there). */
-async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
-  await chown(dir, uid, gid)
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name)
-    if (e.isDirectory()) await chownTree(p, uid, gid)
-    else if (!e.isSymbolicLink()) await chown(p, uid, gid)
-  }
-}
 
 async function isExecutable(path: string): Promise<boolean> {
   try { await access(path, fsConstants.X_OK); return true } catch { return false }

@@ -209,3 +209,27 @@ t.test('a build over its memory or time limit is stopped and reported, and leave
   t.same(await readdir(join(p.dataDir, 'builds', 'out')), [], 'no output of a failed build is kept')
   t.same(await readdir(join(p.dataDir, 'builds', 'work')), [], 'and nothing is left in work/')
 })
+
+t.test('builds on the docker backend: a build container, the dependency loaded in the function container', async (t) => {
+  const p = await startPlatform(t, { KINDLING_BACKEND: 'docker', KINDLING_BUILD_REGISTRY: registry.url })
+  const res = await p.api('PUT', '/v1/functions/ms-docker?wait=true', {
+    runtime: 'node', prewarm: 1,
+    archive: await archiveOf({
+      'package.json': pkg({ description: 'docker', scripts: { postinstall: "node -e \"console.log('probe uid ' + process.getuid())\"" } }),
+      'index.js': MS_FN,
+    }),
+  })
+  t.equal(res.status, 201, JSON.stringify(res.json))
+  const call = await p.invoke('ms-docker')
+  t.equal(call.text, '2m / 7200000')
+  t.equal(call.headers['x-kindling-start'], 'prewarmed')
+  const log = await logOf(p, String((res.json['build'] as Record<string, unknown>)['id']))
+  t.match(log, /probe uid 65534/, 'install scripts run as the instance user, through the host\'s sh')
+  t.match(log, /added 1 package/)
+  const missing = await p.api('PUT', '/v1/functions/ms-docker?wait=true', {
+    runtime: 'node', archive: await archiveOf({ 'package.json': JSON.stringify({ dependencies: { 'kdl-no-such-package': '1.0.0' } }), 'index.js': MS_FN }),
+  })
+  t.equal(missing.status, 422)
+  t.equal(missing.json['code'], 'KDL_ERR_BUILD_FAILED')
+  t.equal((await p.invoke('ms-docker')).text, '2m / 7200000', 'the previous version keeps serving')
+})
