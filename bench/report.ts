@@ -6,10 +6,11 @@ import type { DefaultModes } from './modes.js'
 import type { GuardAction, NoisyResult } from './noisy.js'
 import type { RssRow } from './rss.js'
 import type { StartsRow } from './starts.js'
+import type { BuildsResult } from './builds.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds'] as const
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -40,6 +41,8 @@ export interface Results {
   chaos?: ChaosRow
   /** Start rate and latency by how many starts run at once, per backend (starts.ts). */
   starts?: StartsRow[]
+  /** Build time cold vs reused, first calls of a function with a dependency (builds.ts). */
+  builds?: BuildsResult
   errors: Array<{ section: string; message: string }>
   /** Seconds each section took. */
   timings: Record<string, number>
@@ -137,6 +140,19 @@ export function render(r: Results): string {
     out.push(table('8. instance starts by how many run at once (the platform\'s start gate lifted: the engine itself)', ['backend', 'at once', 'wall', 'slowest start', 'starts/s'],
       r.starts.map((s) => [s.backend, s.atOnce, ms(s.wallMs), ms(s.slowestMs), fmt(s.perSecond)])))
     out.push('  the start gate (KINDLING_MAX_STARTING) defaults: docker 2 per CPU (its rate stops growing there); process 8 per CPU (the slowest start stays far inside the start timeout, and under load the starts keep their share of the CPUs)')
+  }
+  if (r.builds !== undefined) {
+    const b = r.builds
+    out.push(table(`9. builds (process backend, ${b.builds} functions, ms from a loopback registry): p50 / p90`, ['what', 'p50', 'p90'], [
+      ['build (npm install in its build instance)', ms(b.buildMs.p50), ms(b.buildMs.p90)],
+      ['deploy that builds (?wait=true)', ms(b.coldDeployMs.p50), ms(b.coldDeployMs.p90)],
+      ['deploy whose build is reused', ms(b.reusedDeployMs.p50), ms(b.reusedDeployMs.p90)],
+    ]))
+    out.push(table('9b. first call of a function importing ms vs the same function without it', ['kind', 'with ms p50', 'without p50', 'with ms p90', 'without p90', 'not served as the kind'],
+      (['prewarmed', 'specialized', 'cold'] as const).map((k) => {
+        const f = b.firstCall[k]
+        return [k, ms(f.withDependency.p50), ms(f.without.p50), ms(f.withDependency.p90), ms(f.without.p90), f.mismatches]
+      })))
   }
   if (r.errors.length > 0) out.push(`\nsections that failed: ${r.errors.map((e) => `${e.section}: ${e.message.split('\n')[0] ?? ''}`).join('; ')}`)
   out.push(table('summary against targets', ['target', 'measured', 'result'], r.summary.map((s) => [s.target, s.measured, s.pass === null ? 'n/a' : s.pass ? 'PASS' : 'MISS'])))

@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
 // --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
@@ -23,6 +23,7 @@ import { byCategory, profileDuring } from './profile.js'
 import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
 import { measureRss } from './rss.js'
 import { measureStarts } from './starts.js'
+import { measureBuilds } from './builds.js'
 import { round, summarize as summarizeMs } from './stats.js'
 import { HELLO_SPEC, measureBare, measureFloor, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
 
@@ -273,6 +274,18 @@ async function main(): Promise<number> {
         for (const engine of engines) {
           results.starts.push(...await measureStarts({ dataDir: join(tmp, `starts-${engine}`), backend: engine, bursts, progress, track }))
         }
+      })
+    }
+
+    if (runProcess && flags.only.has('builds')) {
+      await section('builds', async () => {
+        results.builds = await measureBuilds({
+          dataDir: join(tmp, 'builds'), functions: flags.quick ? 3 : 8, progress,
+          track: (close) => {
+            cleanups.push(close)
+            return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+          },
+        })
       })
     }
 

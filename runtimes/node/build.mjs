@@ -1,5 +1,5 @@
 // Kindling's build step for the node runtime: installs a function's dependencies with npm, inside the build
-// instance's sandbox (PROTOCOL.md §8). Plain ESM, no dependencies, imports nothing of the platform.
+// instance's sandbox (PROTOCOL.md §9). Plain ESM, no dependencies, imports nothing of the platform.
 //
 // The sandbox has no network but its own loopback. The one way out is the platform's registry proxy, a Unix
 // socket in the build directory that lets through only the registry npm is configured with. npm speaks to

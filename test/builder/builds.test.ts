@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
 import { archiveOf } from '../fixtures/code.js'
-import { TestRegistry } from '../fixtures/npm-registry.js'
+import { TestRegistry } from '../../bench/npm-registry.js'
 import { processesMentioning, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 

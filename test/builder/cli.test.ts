@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { runCli } from '../../cli/main.js'
 import { writeCodeDir } from '../fixtures/code.js'
-import { TestRegistry } from '../fixtures/npm-registry.js'
+import { TestRegistry } from '../../bench/npm-registry.js'
 import { startPlatform } from '../fixtures/platform.js'
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url))

@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline'
 import t from 'tap'
 import { request } from 'undici'
 import { archiveOf } from '../fixtures/code.js'
-import { TestRegistry } from '../fixtures/npm-registry.js'
+import { TestRegistry } from '../../bench/npm-registry.js'
 import { processesMentioning } from '../fixtures/platform.js'
 
 /** The real CLI (`kindling up`, compiled by the test command) on a data directory; resolves with its URL. */

@@ -103,7 +103,7 @@ t.test('fn deploy FILE sends the module text and every spec flag as PUT /v1/func
   t.equal(r.stderr, '')
   const req = only(api.requests)
   t.equal(req.method, 'PUT')
-  t.equal(req.url, '/v1/functions/hello')
+  t.equal(req.url, '/v1/functions/hello?wait=true', 'the CLI waits for a build (and streams it, when there is one)')
   t.match(req.headers['content-type'], /^application\/json/)
   t.equal(req.headers['authorization'], undefined, 'no token, no authorization header')
   t.strictSame(req.json, {
