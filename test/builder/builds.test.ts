@@ -18,6 +18,7 @@ const registry = await TestRegistry.start()
 t.teardown(() => registry.close())
 await registry.publishDir(join(REPO, 'node_modules', 'ms'))
 await registry.publish({ name: 'kdl-dev-only', version: '1.0.0', main: 'index.js' }, { 'index.js': 'module.exports = 1\n' })
+await registry.publish({ name: 'kdl-bad-install', version: '1.0.0', main: 'index.js', scripts: { postinstall: "node -e \"console.log('kdl-bad-install: cannot set up'); process.exit(9)\"" } }, { 'index.js': 'module.exports = 2\n' })
 
 async function logOf(p: TestPlatform, id: string): Promise<string> {
   const res = await request(`${p.url}/v1/builds/${id}/log`)
@@ -118,6 +119,21 @@ t.test('builds on the process backend', async (t) => {
     t.equal(res.json['code'], 'KDL_ERR_BUILD_FAILED')
     t.match((res.json['logTail'] as string[]).join('\n'), /postinstall: giving up/)
     t.equal((await p.api('GET', '/v1/functions/bad-script')).status, 404)
+  })
+
+  t.test("a dependency's failing install script fails the build; npm's allowScripts policy holds", async (t) => {
+    const files = (allow: boolean): Promise<string> => archiveOf({
+      'package.json': pkg({ dependencies: { ms: '^2.1.0', 'kdl-bad-install': '1.0.0' }, allowScripts: { 'kdl-bad-install': allow } }),
+      'index.js': MS_FN,
+    })
+    const allowed = await p.api('PUT', '/v1/functions/dep-script?wait=true', { runtime: 'node', archive: await files(true) })
+    t.equal(allowed.status, 422)
+    t.equal(allowed.json['code'], 'KDL_ERR_BUILD_FAILED')
+    t.match((allowed.json['logTail'] as string[]).join('\n'), /kdl-bad-install: cannot set up/)
+    // npm's own script policy holds in the build: a denied dependency script does not run.
+    const skipped = await p.api('PUT', '/v1/functions/dep-script?wait=true', { runtime: 'node', archive: await files(false) })
+    t.equal(skipped.status, 201, JSON.stringify(skipped.json))
+    t.notMatch(await logOf(p, String((skipped.json['build'] as Record<string, unknown>)['id'])), /cannot set up/)
   })
 
   t.test('a build sees neither the data directory nor the API, and reaches nothing but the registry', async (t) => {
