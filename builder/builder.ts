@@ -65,6 +65,8 @@ export interface BuilderOptions {
   /** Builds that run at once; more wait (state `queued`). */
   concurrency: number
   maxLogBytes: number
+  /** Largest build output (node_modules) taken into the code cache: bytes of its files, entries. */
+  maxOutput: { bytes: number; entries: number }
   /** Records kept (newest first; the build of a stored output is kept while its output is). */
   maxRecords?: number
   log: Logger
@@ -318,7 +320,7 @@ export class Builder {
     if (await exists(join(app, 'node_modules'))) await rename(join(app, 'node_modules'), join(staged, 'node_modules'))
     else await mkdir(join(staged, 'node_modules'), { mode: 0o755 })
     if (plan.lockfile === undefined && await exists(join(app, 'package-lock.json'))) await rename(join(app, 'package-lock.json'), join(staged, 'package-lock.json'))
-    await normalise(staged, process.getuid?.() === 0)
+    await normalise(staged, process.getuid?.() === 0, { bytes: 0, entries: 0, max: this.#o.maxOutput })
     const out = join(this.#dirs.out, plan.inputsHash)
     try {
       await rename(staged, out)
@@ -431,14 +433,21 @@ async function exists(p: string): Promise<boolean> {
  * 0644 or 0755 — nothing an instance could write, everything any instance user can read. Symlinks are left
  * as they are (never followed).
  */
-async function normalise(dir: string, asRoot: boolean): Promise<void> {
+async function normalise(dir: string, asRoot: boolean, size: { bytes: number; entries: number; max: { bytes: number; entries: number } }): Promise<void> {
   for (const e of await readdir(dir, { withFileTypes: true })) {
     const p = join(dir, e.name)
+    if (++size.entries > size.max.entries) throw new Error(`the build's output holds more than ${size.max.entries} entries (the code cache's limit)`)
     if (asRoot) await lchown(p, 0, 0)
     if (e.isSymbolicLink()) continue
-    if (e.isDirectory()) { await chmod(p, 0o755); await normalise(p, asRoot); continue }
-    if (e.isFile()) await chmod(p, ((await lstat(p)).mode & 0o111) !== 0 ? 0o755 : 0o644)
-    else await rm(p, { force: true }) // sockets, fifos: nothing code needs
+    if (e.isDirectory()) { await chmod(p, 0o755); await normalise(p, asRoot, size); continue }
+    if (e.isFile()) {
+      const st = await lstat(p)
+      size.bytes += st.size
+      if (size.bytes > size.max.bytes) throw new Error(`the build's output is larger than ${size.max.bytes} bytes (KINDLING_MAX_UNPACKED_BYTES)`)
+      await chmod(p, (st.mode & 0o111) !== 0 ? 0o755 : 0o644)
+    } else {
+      await rm(p, { force: true }) // sockets, fifos: nothing code needs
+    }
   }
   if (asRoot) await lchown(dir, 0, 0)
 }

@@ -91,6 +91,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     limits: { memoryMb: config.KINDLING_BUILD_MEMORY_MB, cpu: config.KINDLING_BUILD_CPU, pidsLimit: config.KINDLING_BUILD_PIDS_LIMIT, timeoutMs: config.KINDLING_BUILD_TIMEOUT_MS },
     concurrency: config.KINDLING_BUILD_CONCURRENCY,
     maxLogBytes: 2 * 1024 * 1024,
+    maxOutput: { bytes: config.KINDLING_MAX_UNPACKED_BYTES, entries: 200_000 },
     log: log.child({ component: 'builder' }),
     events,
   })

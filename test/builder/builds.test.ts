@@ -200,8 +200,8 @@ t.test('builds on the process backend', async (t) => {
   })
 })
 
-t.test('a build over its memory or time limit is stopped and reported, and leaves no process', async (t) => {
-  const p = await startPlatform(t, { KINDLING_BUILD_REGISTRY: registry.url, KINDLING_BUILD_MEMORY_MB: 256, KINDLING_BUILD_TIMEOUT_MS: 3000 })
+t.test('a build over its memory, time or size limit is stopped and reported, and leaves no process', async (t) => {
+  const p = await startPlatform(t, { KINDLING_BUILD_REGISTRY: registry.url, KINDLING_BUILD_MEMORY_MB: 256, KINDLING_BUILD_TIMEOUT_MS: 3000, KINDLING_MAX_UNPACKED_BYTES: 2000 })
   const hog = await p.api('PUT', '/v1/functions/hog?wait=true', {
     runtime: 'node',
     archive: await archiveOf({ 'package.json': pkg({ scripts: { postinstall: "node -e \"const a = []; for (;;) a.push(Buffer.alloc(1 << 20, 1))\"" } }), 'index.js': MS_FN }),
@@ -218,7 +218,11 @@ t.test('a build over its memory or time limit is stopped and reported, and leave
   t.equal(hang.status, 422)
   t.match(hang.json['build'], { reason: 'timeout' })
   t.match(hang.json['message'], /ran past its time limit \(3000 ms/)
-  for (const r of [hog, hang]) {
+  const big = await p.api('PUT', '/v1/functions/big?wait=true', { runtime: 'node', archive: await archiveOf({ 'package.json': pkg(), 'index.js': MS_FN }) })
+  t.equal(big.status, 422)
+  t.match(big.json['build'], { reason: 'output' })
+  t.match(big.json['message'], /larger than 2000 bytes \(KINDLING_MAX_UNPACKED_BYTES\)/, 'ms with its readme and lockfile is over 2000 bytes')
+  for (const r of [hog, hang, big]) {
     const id = String((r.json['build'] as Record<string, unknown>)['id'])
     t.same(await processesMentioning(id), [], `no process of build ${id} is left`)
   }
