@@ -311,11 +311,15 @@ export class ProcessBackend implements ContainerBackend {
       throw err
     }
     const startFailed = new AbortController()
-    const exited = once(child, 'exit').then(() => undefined, () => undefined)
+    // The spawner reports a process that died at once (killed the moment it appeared) in the same IPC
+    // batch as its spawn, before this continuation runs: its exit is already on record, not to come.
+    const exited = child.running ? once(child, 'exit').then(() => undefined, () => undefined) : Promise.resolve()
     child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
-    child.once('exit', (code: number | null, signal: string | null) => {
+    const onStartExit = (code: number | null, signal: string | null): void => {
       void this.#startExit(meta, code, signal).then((err) => startFailed.abort(err))
-    })
+    }
+    if (child.running) child.once('exit', onStartExit)
+    else onStartExit(child.exitCode, child.signalCode)
     meta.pid = child.pid
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
@@ -336,9 +340,12 @@ export class ProcessBackend implements ContainerBackend {
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
     }
     this.#opts.log.debug({ instance: req.id, pool: req.pool, ms: Math.round(performance.now() - t0) }, 'instance started')
-    child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
       this.#onExit(live, code, signal).catch((err: unknown) => this.#opts.log.error({ err, instance: req.id }, 'exit handling failed'))
-    })
+    }
+    // An exit during the last await (after the health answer) has been emitted already: handle it now.
+    if (child.running) child.once('exit', onExit)
+    else onExit(child.exitCode, child.signalCode)
     return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
   }
 
@@ -511,6 +518,7 @@ export class ProcessBackend implements ContainerBackend {
         const fail = (why: string): void => reject(new KdlError('KDL_ERR_BACKEND', `slirp4netns of instance ${id} ${why}: ${lines.join(' ')}`))
         net.once('fd-ready', () => resolve())
         net.once('exit', (code: number | null, signal: string | null) => fail(`exited (code ${code}, signal ${signal})`))
+        if (!net.running) fail(`exited (code ${net.exitCode}, signal ${net.signalCode})`)
         ac.signal.addEventListener('abort', () => fail(`was not ready within ${this.#opts.startTimeoutMs} ms`))
         failed.addEventListener('abort', () => reject(failed.reason))
         if (failed.aborted) reject(failed.reason)
