@@ -1,4 +1,3 @@
-import { once } from 'node:events'
 import { constants as fsConstants } from 'node:fs'
 import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
@@ -311,15 +310,9 @@ export class ProcessBackend implements ContainerBackend {
       throw err
     }
     const startFailed = new AbortController()
-    // The spawner reports a process that died at once (killed the moment it appeared) in the same IPC
-    // batch as its spawn, before this continuation runs: its exit is already on record, not to come.
-    const exited = child.running ? once(child, 'exit').then(() => undefined, () => undefined) : Promise.resolve()
+    const exited = child.exited.then(() => undefined)
     child.once('error', (err: Error) => startFailed.abort(new KdlError('KDL_ERR_BACKEND', `instance ${req.id} failed`, { cause: err })))
-    const onStartExit = (code: number | null, signal: string | null): void => {
-      void this.#startExit(meta, code, signal).then((err) => startFailed.abort(err))
-    }
-    if (child.running) child.once('exit', onStartExit)
-    else onStartExit(child.exitCode, child.signalCode)
+    void child.exited.then(async ({ code, signal }) => { if (!startFailed.signal.aborted) startFailed.abort(await this.#startExit(meta, code, signal)) })
     meta.pid = child.pid
     const live: Live = { meta, child, stopping: false, exited }
     this.#live.set(req.id, live)
@@ -340,12 +333,8 @@ export class ProcessBackend implements ContainerBackend {
       throw err instanceof KdlError ? err : new KdlError('KDL_ERR_BACKEND', `instance ${req.id} did not become healthy`, { cause: err })
     }
     this.#opts.log.debug({ instance: req.id, pool: req.pool, ms: Math.round(performance.now() - t0) }, 'instance started')
-    const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
-      this.#onExit(live, code, signal).catch((err: unknown) => this.#opts.log.error({ err, instance: req.id }, 'exit handling failed'))
-    }
-    // An exit during the last await (after the health answer) has been emitted already: handle it now.
-    if (child.running) child.once('exit', onExit)
-    else onExit(child.exitCode, child.signalCode)
+    void child.exited.then(({ code, signal }) => this.#onExit(live, code, signal))
+      .catch((err: unknown) => this.#opts.log.error({ err, instance: req.id }, 'exit handling failed'))
     return { id: req.id, runtime: req.runtime, pool: req.pool, address: { socketPath }, pid: child.pid, cgroup, startedAt: Date.now() }
   }
 
@@ -497,7 +486,7 @@ export class ProcessBackend implements ContainerBackend {
     const proc = await this.#opts.spawner.spawn({ id, command, args, env: { PATH: '/usr/bin:/bin:/usr/sbin:/sbin' }, cwd: '/' })
     const err: string[] = []
     proc.on('line', (_stream: string, line: string) => { if (err.length < 10) err.push(line) })
-    const [code, signal] = proc.running ? await once(proc, 'exit') as [number | null, string | null] : [proc.exitCode, proc.signalCode]
+    const { code, signal } = await proc.exited
     if (code !== 0) throw new KdlError('KDL_ERR_BACKEND', `${command} failed (code ${code}, signal ${signal}): ${err.join(' ')}`)
   }
 
@@ -517,8 +506,7 @@ export class ProcessBackend implements ContainerBackend {
       await new Promise<void>((resolve, reject) => {
         const fail = (why: string): void => reject(new KdlError('KDL_ERR_BACKEND', `slirp4netns of instance ${id} ${why}: ${lines.join(' ')}`))
         net.once('fd-ready', () => resolve())
-        net.once('exit', (code: number | null, signal: string | null) => fail(`exited (code ${code}, signal ${signal})`))
-        if (!net.running) fail(`exited (code ${net.exitCode}, signal ${net.signalCode})`)
+        void net.exited.then(({ code, signal }) => fail(`exited (code ${code}, signal ${signal})`))
         ac.signal.addEventListener('abort', () => fail(`was not ready within ${this.#opts.startTimeoutMs} ms`))
         failed.addEventListener('abort', () => reject(failed.reason))
         if (failed.aborted) reject(failed.reason)
@@ -529,7 +517,7 @@ export class ProcessBackend implements ContainerBackend {
     } finally {
       clearTimeout(timer)
     }
-    net.on('exit', (code: number | null, signal: string | null) => {
+    void net.exited.then(({ code, signal }) => {
       if (this.#live.get(id)?.stopping === false) this.#opts.log.warn({ instance: id, code, signal, output: lines.join(' ') }, 'slirp4netns exited')
     })
     return net
@@ -587,20 +575,25 @@ export class ProcessBackend implements ContainerBackend {
       throw err
     }
     child.on('line', (stream: 'stdout' | 'stderr', line: string) => job.onLine(stream, line))
-    const exited = child.running ? once(child, 'exit') as Promise<[number | null, string | null]> : Promise.resolve([child.exitCode, child.signalCode] as [number | null, string | null])
+    const exited = child.exited
     let ended: 'timeout' | 'aborted' | undefined
+    // One destroy of the build's cgroup, shared by a kill and the clean-up after the exit: two at once race
+    // on the files of a group being removed (ENODEV).
+    let destroying: Promise<void> | undefined
+    const destroy = (): Promise<void> => (destroying ??= cgroup !== undefined && cg !== undefined ? cg.destroy(cgroup) : Promise.resolve())
     const kill = async (why: 'timeout' | 'aborted'): Promise<void> => {
       ended ??= why
-      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      if (cgroup !== undefined) await destroy()
       else try { process.kill(-child.pid, 'SIGKILL') } catch { /* gone */ }
     }
-    const timer = setTimeout(() => { void kill('timeout') }, job.timeoutMs)
-    const onAbort = (): void => { void kill('aborted') }
+    // A failing destroy is reported by the clean-up below, which awaits the same one.
+    const timer = setTimeout(() => { kill('timeout').catch(() => {}) }, job.timeoutMs)
+    const onAbort = (): void => { kill('aborted').catch(() => {}) }
     job.signal?.addEventListener('abort', onAbort)
     if (job.signal?.aborted === true) onAbort()
     this.#builds.add(kill)
     try {
-      const [code, signal] = await exited
+      const { code, signal } = await exited
       const stats = cgroup !== undefined && cg !== undefined ? await cg.stats(cgroup).catch(() => undefined) : undefined
       const oom = (stats?.oomKills ?? 0) > 0
       const outcome: BuildJobResult['outcome'] = ended ?? (oom ? 'memory' : code === 0 ? 'ok' : 'failed')
@@ -609,7 +602,7 @@ export class ProcessBackend implements ContainerBackend {
       clearTimeout(timer)
       job.signal?.removeEventListener('abort', onAbort)
       this.#builds.delete(kill)
-      if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
+      await destroy()
     }
   }
 
@@ -657,7 +650,7 @@ export class ProcessBackend implements ContainerBackend {
     this.#closed = true
     // A start past its closed check finds #closed set once its process runs, and stops it itself.
     await Promise.all(this.#starting)
-    await Promise.all([...this.#builds].map((kill) => kill('aborted')))
+    await Promise.all([...this.#builds].map((kill) => kill('aborted').catch(() => {})))
     await Promise.all([...this.#live.keys()].map((id) => this.stop(id)))
     await this.#opts.spawner.close()
     await this.#opts.mounter?.close()
@@ -672,9 +665,8 @@ async function isExecutable(path: string): Promise<boolean> {
 /** SIGKILLs a spawned helper (its process group: it was started detached) and waits for its exit. */
 async function killSpawned(proc: SpawnedProcess): Promise<void> {
   if (!proc.running) return
-  const exited = once(proc, 'exit').then(() => {}, () => {})
   try { process.kill(-proc.pid, 'SIGKILL') } catch { try { process.kill(proc.pid, 'SIGKILL') } catch { /* gone */ } }
-  await exited
+  await proc.exited
 }
 
 async function readMeta(dir: string): Promise<Meta | undefined> {

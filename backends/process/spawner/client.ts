@@ -8,14 +8,30 @@ export class SpawnedProcess extends EventEmitter {
   pid = -1
   exitCode: number | null = null
   signalCode: NodeJS.Signals | null = null
+  /**
+   * Resolves once the process has exited, whenever one asks. Wait on this, not on the `exit` event: a process
+   * killed the moment it appeared has its `spawned` and `exit` read in one IPC chunk, so the event is
+   * emitted before the caller of `spawn()` has resumed and could listen (the chaos test's hang, issue 9).
+   */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  #markExited: (exit: { code: number | null; signal: NodeJS.Signals | null }) => void = () => {}
 
   constructor(id: string) {
     super()
     this.id = id
+    this.exited = new Promise((resolve) => { this.#markExited = resolve })
   }
 
   get running(): boolean {
     return this.exitCode === null && this.signalCode === null
+  }
+
+  /** Records the exit, resolves `exited`, then emits `exit` (for listeners attached in time). */
+  ended(code: number | null, signal: NodeJS.Signals | null): void {
+    this.exitCode = code
+    this.signalCode = signal
+    this.#markExited({ code, signal })
+    this.emit('exit', code, signal)
   }
 }
 
@@ -63,7 +79,7 @@ export class Spawner {
       // Its children are orphans now: report them gone so the pools replace them.
       for (const { proc, started } of this.#procs.values()) {
         started(this.#dead)
-        if (proc.running) { proc.signalCode = 'SIGKILL'; proc.emit('exit', null, 'SIGKILL') }
+        if (proc.running) proc.ended(null, 'SIGKILL')
       }
       this.#procs.clear()
     })
@@ -115,9 +131,7 @@ export class Spawner {
         return
       case 'exit':
         this.#procs.delete(m.id)
-        proc.exitCode = m.code
-        proc.signalCode = m.signal
-        proc.emit('exit', m.code, m.signal)
+        proc.ended(m.code, m.signal)
     }
   }
 }
