@@ -5,6 +5,7 @@ import type { Builder, BuildRecord } from '../builder/builder.js'
 import type { CodeStore, StoredCode } from '../codestore/code-store.js'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
+import type { FunctionLogs } from '../common/function-logs.js'
 import { assertName, functionSpecOf, parseFunctionBody, parseRuntimeBody } from '../common/spec.js'
 import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec } from '../common/types.js'
@@ -12,6 +13,7 @@ import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildView, registerBuildRoutes } from './builds.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { registerLogRoutes } from './logs.js'
 
 export interface ApiDeps {
   store: Store
@@ -21,6 +23,8 @@ export interface ApiDeps {
   executor: Executor
   pools: PoolManager
   events: EventLog
+  /** Each function's recent output (`GET /v1/functions/:name/logs`). */
+  logs: FunctionLogs
   /** The router's per-function view (slots, waiting calls), for `GET /v1/pools`. */
   routerSnapshot: () => unknown
   /** Runtime kinds the backend can start (`node`, later `python`). */
@@ -168,12 +172,14 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     return locks.run(name, async () => {
       if (!await store.deleteFunction(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
       executor.removed(name)
+      deps.logs.drop(name)
       request.log.info({ fn: name }, 'function deleted')
       return { deleted: name }
     })
   })
 
   if (builder !== undefined) registerBuildRoutes(app, builder)
+  registerLogRoutes(app, { store, logs: deps.logs })
 
   app.get('/v1/runtimes', async () => ({ runtimes: await store.listRuntimes() }))
 

@@ -5,6 +5,7 @@ import { Option, type Command } from 'commander'
 import { create as createTar } from 'tar'
 import { envOption, headerOption, intOption, numberOption, type Runner } from './args.js'
 import { ApiError, CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
+import { registerLogsCommand } from './logs.js'
 import { cell, formatJson, formatTable, isRecord, listOf, pick, type CliContext } from './output.js'
 
 /** Deploy options whose commander names equal the body fields of `PUT /v1/functions/:name`. */
@@ -64,6 +65,8 @@ export function registerFnCommands(program: Command, run: Runner): void {
     .option('--path <path>', 'sub-path after /fn/NAME (becomes event.path)')
     .option('-i, --include', 'print the status line and headers before the body')
     .action((name: string, opts: InvokeOptions) => run((ctx, client) => invoke(ctx, client, name, opts)))
+
+  registerLogsCommand(fn, run)
 
   fn.command('list')
     .description('list functions')

@@ -33,6 +33,8 @@ export interface RawResponse {
 export interface SendOptions {
   body?: string | Buffer | undefined
   headers?: Record<string, string | string[]> | undefined
+  /** Aborts the request (and a streamed body): `fn logs -f` ended by Ctrl-C. */
+  signal?: AbortSignal | undefined
 }
 
 export interface ApiClientOptions {
@@ -120,6 +122,7 @@ export class ApiClient {
       const res = await request(target, {
         method: method.toUpperCase(), headers, body: opts.body ?? null,
         ...(this.#dispatcher === undefined ? {} : { dispatcher: this.#dispatcher }),
+        ...(opts.signal === undefined ? {} : { signal: opts.signal }),
       })
       return { status: res.statusCode, headers: res.headers, body: res.body as AsyncIterable<Buffer> }
     } catch (err) {

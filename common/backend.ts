@@ -119,6 +119,26 @@ export interface InstanceExit {
 }
 
 /**
+ * What an instance printed (issue 14): one line of its stdout or stderr, or how many lines over its output rate
+ * the backend counted instead of passing on. Who the instance runs for is the platform's to say, not the line's.
+ */
+export type InstanceOutput =
+  | { id: string; stream: 'stdout' | 'stderr'; line: string; truncated: boolean }
+  | { id: string; stream: 'stdout' | 'stderr'; dropped: number }
+
+/** Bounds a backend puts on each instance's output before it reaches the platform. */
+export interface OutputLimits {
+  /** Longest line passed on, characters; the rest of a longer line is cut. */
+  maxLine: number
+  /** Lines a second an instance may print (both streams); more are counted as dropped. */
+  linesPerSec: number
+  /** Lines an instance may print at once above its rate. */
+  burst: number
+}
+
+export const DEFAULT_OUTPUT_LIMITS: OutputLimits = { maxLine: 16_384, linesPerSec: 1000, burst: 2000 }
+
+/**
  * A place instances run: `process` (child processes + cgroups), `docker`, `kubernetes`.
  * Implementations wrap their client's failures as `KdlError('KDL_ERR_BACKEND', …, {cause})`.
  */
@@ -142,6 +162,8 @@ export interface ContainerBackend {
   prepareCode(id: string, hostCodeDir: string): Promise<string>
   /** Subscribe to instance exits that the platform did not ask for (crash, OOM). */
   onExit(listener: (exit: InstanceExit) => void): void
+  /** Subscribe to what instances print (bounded by the backend's OutputLimits). */
+  onOutput?(listener: (output: InstanceOutput) => void): void
   /** Why an instance died, when the call that was running on it failed. */
   exitReason(id: string): Promise<ExitReason | undefined>
   /** Confine a running instance to the quarantine CPUs (load guard), or release it. */

@@ -40,6 +40,15 @@ export const ConfigSchema = Type.Object({
   KINDLING_MAX_STARTING: Type.Integer({ minimum: 0, maximum: 1024, default: 0 }),
   /** How long a function's module may take to load (top level and imports) before the load is refused with KDL_ERR_LOAD_TIMEOUT, ms. @default 5000 */
   KINDLING_LOAD_TIMEOUT_MS: Type.Integer({ minimum: 100, default: 5000 }),
+  // Function logs (issue 14): what each instance prints, kept per function in memory.
+  /** Lines a second one instance may print (stdout and stderr together, burst twice that); more are counted as dropped. @default 1000 */
+  KINDLING_LOG_LINES_PER_SEC: Type.Integer({ minimum: 1, default: 1000 }),
+  /** Longest log line kept, characters; a longer line is cut and marked `truncated`. @default 16384 */
+  KINDLING_LOG_MAX_LINE: Type.Integer({ minimum: 80, maximum: 1_048_576, default: 16_384 }),
+  /** Log entries kept per function (the oldest fall off). @default 2000 */
+  KINDLING_LOG_RETAIN_LINES: Type.Integer({ minimum: 1, default: 2000 }),
+  /** Log text kept per function, bytes (the oldest entries fall off). @default 1048576 */
+  KINDLING_LOG_RETAIN_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /** Memory all instances together may use, MiB (adaptive pools stay inside it). @default 4096 */
   KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
   /** Docker engine socket (docker backend). @default /var/run/docker.sock */

@@ -17,10 +17,11 @@ import { QuarantineCpuset } from '../cgroups/cpuset.js'
 import { detectCgroups } from '../cgroups/index.js'
 import { Builder, type NpmSetup } from '../builder/builder.js'
 import { CodeStore } from '../codestore/code-store.js'
-import { QUARANTINE_ROOT, QUARANTINE_SHARES, type ContainerBackend } from '../common/backend.js'
+import { QUARANTINE_ROOT, QUARANTINE_SHARES, type ContainerBackend, type OutputLimits } from '../common/backend.js'
 import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
 import { EventLog } from '../common/events.js'
+import { FunctionLogs } from '../common/function-logs.js'
 import { Metrics } from '../common/metrics.js'
 import { platformIdentity } from '../common/platform-id.js'
 import { RUNTIME_DEFAULTS } from '../common/spec.js'
@@ -79,6 +80,17 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const store = new FileStore({ dir: join(dataDir, 'store') })
   const codeStore = new CodeStore({ root: join(dataDir, 'code'), maxUnpackedBytes: config.KINDLING_MAX_UNPACKED_BYTES, maxEntries: 10_000 })
   const backend = await createBackend(config, platformId, runDir, join(dataDir, 'code'), log)
+  // Function logs (issue 14): what instances print, the function's from the start of its load on.
+  const backendLog = log.child({ component: 'backend' })
+  const logs = new FunctionLogs({
+    maxEntries: config.KINDLING_LOG_RETAIN_LINES,
+    maxBytes: config.KINDLING_LOG_RETAIN_BYTES,
+    unowned: (o) => {
+      if ('line' in o) backendLog.warn({ instance: o.id, stream: o.stream, line: o.line }, 'instance output')
+      else backendLog.warn({ instance: o.id, stream: o.stream, dropped: o.dropped }, 'instance output dropped')
+    },
+  })
+  backend.onOutput?.((o) => logs.ingest(o))
   const registry = new Registry()
   const metrics = new Metrics(registry)
   const events = new EventLog()
@@ -103,6 +115,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB,
     loadTimeoutMs: config.KINDLING_LOAD_TIMEOUT_MS,
     maxStarting: config.KINDLING_MAX_STARTING > 0 ? config.KINDLING_MAX_STARTING : undefined,
+    owners: logs,
     adaptive: config.KINDLING_POOL_ADAPTIVE
       ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
       : undefined,
@@ -134,7 +147,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // ── end load guard ──
   const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   await app.register(apiPlugin, {
-    store, codeStore, builder, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
+    store, codeStore, builder, executor, pools, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
   })
   metrics.setPoolSource(() => pools.snapshot())
@@ -177,6 +190,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   }
 }
 
+function outputLimits(config: Config): OutputLimits {
+  return { maxLine: config.KINDLING_LOG_MAX_LINE, linesPerSec: config.KINDLING_LOG_LINES_PER_SEC, burst: 2 * config.KINDLING_LOG_LINES_PER_SEC }
+}
+
 async function createBackend(config: Config, platformId: string, runDir: string, codeRoot: string, log: Logger): Promise<ContainerBackend> {
   if (config.KINDLING_BACKEND === 'docker') return createDockerBackend(config, platformId, runDir, codeRoot, log)
   const isRoot = process.getuid?.() === 0
@@ -202,6 +219,7 @@ async function createBackend(config: Config, platformId: string, runDir: string,
     user: isRoot ? { uid, gid } : undefined,
     namespaces,
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
+    output: outputLimits(config),
     log: log.child({ component: 'backend', backend: 'process' }),
   })
   await backend.init()
@@ -276,6 +294,7 @@ async function createDockerBackend(config: Config, platformId: string, runDir: s
     codeRoot,
     user: config.KINDLING_INSTANCE_USER,
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
+    output: outputLimits(config),
     quarantineCpus: config.KINDLING_QUARANTINE_CPUS !== '' ? config.KINDLING_QUARANTINE_CPUS : availableParallelism() > 1 ? String(availableParallelism() - 1) : undefined,
     log: log.child({ component: 'backend', backend: 'docker' }),
   })

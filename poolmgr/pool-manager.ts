@@ -43,6 +43,14 @@ export interface PoolManagerOptions {
   loadTimeoutMs?: number
   /** Instance starts that may run at once; more wait, calls' before refills (see StartGate). @default the backend's parallelStarts, else 2 × CPUs */
   maxStarting?: number
+  /** Told which function each instance runs for, from the start of its load to its end (function logs, issue 14). */
+  owners?: InstanceOwners | undefined
+}
+
+/** Who learns the function an instance is bound to: what it prints from its load on is that function's. */
+export interface InstanceOwners {
+  bind(instance: string, fn: string, version: number): void
+  release(instance: string): void
 }
 
 /**
@@ -122,6 +130,7 @@ export class PoolManager {
 
   readonly #loadTimeoutMs: number
   readonly #gate: StartGate
+  readonly #owners: InstanceOwners | undefined
 
   constructor(opts: PoolManagerOptions) {
     this.backend = opts.backend
@@ -131,6 +140,7 @@ export class PoolManager {
     this.#budgetMb = opts.memoryBudgetMb ?? Infinity
     this.#adaptive = opts.adaptive
     this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
+    this.#owners = opts.owners
     this.#gate = new StartGate(opts.maxStarting ?? opts.backend.parallelStarts ?? 2 * availableParallelism())
     this.backend.onExit((exit) => this.#onExit(exit))
     if (this.#adaptive !== undefined) {
@@ -298,6 +308,8 @@ export class PoolManager {
    */
   async load(inst: Instance, record: FunctionRecord, codeDir: string, ahead = false): Promise<number> {
     inst.state = 'loading'
+    // Bound before the load: the module's top level prints as the function, and so does a load that fails.
+    this.#owners?.bind(inst.id, record.name, record.version)
     try {
       const inside = await this.backend.prepareCode(inst.id, codeDir)
       const t0 = performance.now()
@@ -340,7 +352,7 @@ export class PoolManager {
         })
       }
       if (exit !== undefined && (exit.signal ?? null) === null && typeof exit.code === 'number') {
-        return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" ended its instance while loading (exit code ${exit.code}: process.exit() or a crash at its top level; its output is in the platform log)`, {
+        return new KdlError('KDL_ERR_LOAD_FAILED', `function "${fn}" ended its instance while loading (exit code ${exit.code}: process.exit() or a crash at its top level; \`kindling fn logs ${fn}\` shows its output)`, {
           cause: err, details: { reason: 'exited', exitCode: exit.code },
         })
       }
@@ -412,6 +424,7 @@ export class PoolManager {
     this.#dropFromPools(inst)
     retireDispatcher(inst)
     await this.backend.stop(inst.id).catch((err: unknown) => this.#log.error({ err, instance: inst.id }, 'stopping an instance failed'))
+    this.#owners?.release(inst.id)
     // Memory came free: pools left short by the budget may fill now.
     for (const runtime of this.#generic.keys()) this.#fillGeneric(runtime)
   }
@@ -453,6 +466,7 @@ export class PoolManager {
     if (inst === undefined) return
     inst.exit = exit
     inst.state = 'dead'
+    this.#owners?.release(inst.id)
     this.#all.delete(inst.id)
     this.#dropFromPools(inst)
     retireDispatcher(inst)

@@ -2,9 +2,10 @@ import { availableParallelism } from 'node:os'
 import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import { createInterface } from 'node:readline'
-import { PassThrough } from 'node:stream'
+import { PassThrough, Writable } from 'node:stream'
+import { StringDecoder } from 'node:string_decoder'
 import type Dockerode from 'dockerode'
-import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type BuildJob, type BuildJobResult, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type BuildJob, type BuildJobResult, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceOutput, type InstanceRequest, DEFAULT_OUTPUT_LIMITS, type OutputLimits } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import { IMAGE_NODE, IMAGE_PATH, RUNTIME_DIR } from './images/rootfs.js'
 import { dispatcherFor, health } from '../../protocol/runtime-client.js'
@@ -12,6 +13,7 @@ import { CgroupLocator } from './docker-cgroup.js'
 import { LABEL, backendError, checkId, containerName, followPull, noop, silent, statusOf, tailLogs, type BackendLog, type Live } from './docker-common.js'
 import { DockerEvents } from './docker-events.js'
 import { chownTree } from '../chown-tree.js'
+import { OutputLimiter } from '../output-limit.js'
 import { waitForSocket } from '../readiness.js'
 
 export type { BackendLog } from './docker-common.js'
@@ -37,6 +39,8 @@ export interface DockerBackendOptions {
   quarantineCpus?: string | undefined
   /** Size of each instance's tmpfs /tmp, MiB (it counts against the memory limit). @default 64 */
   tmpfsMb?: number | undefined
+  /** Bounds on each instance's output as the platform reads it from the engine. @default DEFAULT_OUTPUT_LIMITS */
+  output?: OutputLimits | undefined
   log?: BackendLog | undefined
 }
 
@@ -75,6 +79,7 @@ export class DockerBackend implements ContainerBackend {
   readonly #stops = new Map<string, Promise<void>>()
   readonly #events: DockerEvents
   readonly #cgroups: CgroupLocator
+  readonly #outputListeners: Array<(output: InstanceOutput) => void> = []
   #closing = false
 
   constructor(opts: DockerBackendOptions) {
@@ -147,6 +152,8 @@ export class DockerBackend implements ContainerBackend {
       live.containerId = container.id
       // stop() or close() ran while the container was being created: it could not see it, so remove it here.
       if (live.stopping || this.#closing) throw new KdlError('KDL_ERR_BACKEND', `instance ${req.id} was stopped while starting`)
+      // Attached before the start, so not a line of the runtime's (or the module's top level) is missed.
+      if (this.#outputListeners.length > 0) await Promise.race([this.#attachOutput(req.id, container), failed])
       const tRun = performance.now()
       await Promise.race([container.start(), failed])
       const tListen = performance.now()
@@ -361,6 +368,35 @@ export class DockerBackend implements ContainerBackend {
 
   onExit(listener: (exit: InstanceExit) => void): void {
     this.#events.onExit(listener)
+  }
+
+  onOutput(listener: (output: InstanceOutput) => void): void {
+    this.#outputListeners.push(listener)
+  }
+
+  /** Follows a created container's stdout and stderr (the engine's attach stream) into the output listeners, bounded. */
+  async #attachOutput(id: string, container: Dockerode.Container): Promise<void> {
+    const stream = await container.attach({ stream: true, stdout: true, stderr: true })
+    const limiter = new OutputLimiter(id, this.#opts.output ?? DEFAULT_OUTPUT_LIMITS, (output) => {
+      for (const l of this.#outputListeners) {
+        try { l(output) } catch (err) { this.#log.error({ err, instance: id }, 'output listener threw') }
+      }
+    })
+    const sink = (name: 'stdout' | 'stderr'): Writable => {
+      const lines = limiter.splitter(name)
+      const decoder = new StringDecoder('utf8')
+      return new Writable({
+        write(chunk: Buffer, _enc, cb) { lines.write(decoder.write(chunk)); cb() },
+        final(cb) { lines.write(decoder.end()); lines.end(); cb() },
+      })
+    }
+    const out = sink('stdout')
+    const err = sink('stderr')
+    this.#docker.modem.demuxStream(stream, out, err)
+    const ended = (): void => { out.end(); err.end(); limiter.close() }
+    stream.once('end', ended)
+    stream.once('close', ended)
+    stream.on('error', noop)
   }
 
   exitReason(id: string): Promise<ExitReason | undefined> {

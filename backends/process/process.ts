@@ -3,7 +3,7 @@ import { access, chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'n
 import { availableParallelism } from 'node:os'
 import { isAbsolute, join, relative } from 'node:path'
 import type { Logger } from 'pino'
-import { BACKGROUND_SHARES, CGROUP_ROOT, KILLED_DETAILS, QUARANTINE_ROOT, QUARANTINE_SHARES, killedFromOutside, SERVING_SHARES, type BuildJob, type BuildJobResult, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
+import { BACKGROUND_SHARES, CGROUP_ROOT, KILLED_DETAILS, QUARANTINE_ROOT, QUARANTINE_SHARES, killedFromOutside, SERVING_SHARES, type BuildJob, type BuildJobResult, type CgroupRef, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceOutput, type InstanceRequest, DEFAULT_OUTPUT_LIMITS, type OutputLimits } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { QuarantineCpuset } from '../../cgroups/cpuset.js'
 import { wrapCommand, type CgroupDriver } from '../../cgroups/index.js'
@@ -66,8 +66,12 @@ export interface ProcessBackendOptions {
    */
   namespaces: boolean
   startTimeoutMs: number
+  /** Bounds on each instance's output, applied in the spawner before a line reaches the platform. @default DEFAULT_OUTPUT_LIMITS */
+  output?: OutputLimits | undefined
   log: Logger
 }
+
+const UNSHARE_STOP_NOISE = 'unshare: sigprocmask unblock failed'
 
 interface Meta {
   id: string
@@ -177,6 +181,7 @@ export class ProcessBackend implements ContainerBackend {
   readonly #opts: ProcessBackendOptions
   readonly #live = new Map<string, Live>()
   readonly #exitListeners: Array<(exit: InstanceExit) => void> = []
+  readonly #outputListeners: Array<(output: InstanceOutput) => void> = []
   readonly #reasons = new Map<string, ExitReason>()
   readonly #stopping = new Map<string, Promise<void>>()
   readonly #parent: string
@@ -303,7 +308,8 @@ export class ProcessBackend implements ContainerBackend {
     await writeFile(join(dir, 'meta.json'), JSON.stringify(meta))
     let child: SpawnedProcess
     try {
-      child = await this.#opts.spawner.spawn({ id: req.id, command, args, env, cwd: dir })
+      const o = this.#opts.output ?? DEFAULT_OUTPUT_LIMITS
+      child = await this.#opts.spawner.spawn({ id: req.id, command, args, env, cwd: dir, output: { maxLine: o.maxLine, rate: o.linesPerSec, burst: o.burst } })
     } catch (err) {
       if (cgroup !== undefined && cg !== undefined) await cg.destroy(cgroup)
       await rm(dir, { recursive: true, force: true })
@@ -378,12 +384,25 @@ export class ProcessBackend implements ContainerBackend {
     }
   }
 
-  #pipeLogs(child: SpawnedProcess, instance: string): void {
+  onOutput(listener: (output: InstanceOutput) => void): void {
+    this.#outputListeners.push(listener)
+  }
+
+  /** Instance output, already bounded by the spawner (see OutputLimits), to the output listeners and the debug log. */
+  #pipeLogs(child: SpawnedProcess, id: string): void {
     const log = this.#opts.log
-    child.on('line', (stream: 'stdout' | 'stderr', line: string) => {
-      if (stream === 'stdout') log.info({ instance, stream, line }, 'instance output')
-      else log.warn({ instance, stream, line }, 'instance output')
+    const emit = (output: InstanceOutput): void => {
+      for (const l of this.#outputListeners) {
+        try { l(output) } catch (err) { log.error({ err, instance: id }, 'output listener threw') }
+      }
+    }
+    child.on('line', (stream: 'stdout' | 'stderr', line: string, truncated: boolean) => {
+      // util-linux's unshare says this when the instance is stopped with --kill-child: the sandbox's noise, not the function's.
+      if (stream === 'stderr' && line.startsWith(UNSHARE_STOP_NOISE)) return
+      log.debug({ instance: id, stream, line }, 'instance output')
+      emit({ id, stream, line, truncated })
     })
+    child.on('dropped', (stream: 'stdout' | 'stderr', dropped: number) => emit({ id, stream, dropped }))
   }
 
   stop(id: string): Promise<void> {

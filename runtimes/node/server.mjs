@@ -40,6 +40,11 @@ let loading = false
 let loads = 0
 let invocations = 0
 let inflight = 0
+/**
+ * The invocation console output belongs to: the one call in flight, when exactly one is (with several, a line
+ * cannot be told apart without async context tracking, which would tax every call — it goes untagged).
+ */
+let currentInv
 let terminating = false
 /** Whether function code was ever imported: later loads need fresh module URLs (see loader-hooks.mjs). */
 let imported = false
@@ -109,8 +114,9 @@ function refuseUnrun(res) {
 
 function invoke(fn, req, res, rawUrl, body) {
   invocations++
-  inflight++
   const headers = req.headers
+  const invocationId = headers[INVOCATION_ID]
+  currentInv = ++inflight === 1 ? invocationId : undefined
   const url = rawUrl.charCodeAt(0) === 47 ? rawUrl : absoluteFormPath(rawUrl)
   const q = url.indexOf('?')
   const contentType = headers['content-type']
@@ -122,7 +128,6 @@ function invoke(fn, req, res, rawUrl, body) {
     body,
     json: body !== '' && contentType !== undefined && contentType.includes('json') ? parseJson(body) : undefined,
   }
-  const invocationId = headers[INVOCATION_ID]
   const deadline = headers[DEADLINE_MS]
   const deadlineMs = deadline === undefined ? undefined : Number(deadline)
   const name = fnName
@@ -230,6 +235,7 @@ function fail(res, err, context) {
 function done(res) {
   if (recycleSpec !== null && res[WARM] !== true) spent = true
   if (--inflight === 0) {
+    currentInv = undefined
     if (terminating) {
       if (res.writableFinished) exitNow()
       else res.once('finish', exitNow).once('close', exitNow)
@@ -276,6 +282,19 @@ function writeLog(level, fn, inv, args) {
   if (args.length === 1 && typeof args[0] === 'string') msg = args[0]
   else msg = util().format(...args)
   stdout().write(`${JSON.stringify({ t: Date.now(), level, fn, inv, msg })}\n`)
+}
+
+/**
+ * console.log/info/debug/warn/error of the function's code, as the same JSON lines as context.log: with its
+ * level, and with the invocation when one call is in flight (see currentInv). Other console methods and
+ * direct writes to process.stdout/stderr reach the platform as plain lines of their stream.
+ */
+function tagConsole() {
+  const levels = { log: 'info', info: 'info', debug: 'debug', warn: 'warn', error: 'error' }
+  for (const method of Object.keys(levels)) {
+    const level = levels[method]
+    console[method] = (...args) => writeLog(level, fnName ?? boundFn, currentInv, args)
+  }
 }
 
 let stdoutStream = null
@@ -719,6 +738,7 @@ function removeStaleSocket(path, spec, unlink) {
   if (unlink) unlinkSync(path)
 }
 
+tagConsole()
 const server = createServer({ requireHostHeader: false, requestTimeout: 0 }, onRequest)
 // The platform keeps one connection per concurrent call open for as long as the instance lives (its
 // dispatcher uses a 600 s keep-alive); a shorter idle timeout here would make it reconnect on quiet functions.

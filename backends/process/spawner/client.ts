@@ -40,7 +40,8 @@ type FromSpawner =
   | { op: 'spawned'; id: string; pid: number }
   | { op: 'error'; id: string; message: string }
   | { op: 'fd-ready'; id: string }
-  | { op: 'line'; id: string; stream: 'stdout' | 'stderr'; line: string }
+  | { op: 'line'; id: string; stream: 'stdout' | 'stderr'; line: string; truncated?: boolean }
+  | { op: 'dropped'; id: string; stream: 'stdout' | 'stderr'; count: number }
   | { op: 'exit'; id: string; code: number | null; signal: NodeJS.Signals | null }
 
 export interface SpawnRequest {
@@ -51,16 +52,24 @@ export interface SpawnRequest {
   cwd: string
   /** An extra pipe at this fd (> 2): the first byte the process writes to it emits `fd-ready` (slirp4netns --ready-fd). */
   readyFd?: number
+  /**
+   * Bounds on the process's output: lines longer than `maxLine` characters are cut (default 8192); with `rate`,
+   * at most `burst` lines at once and `rate` a second pass, the rest are counted (`dropped` events).
+   */
+  output?: { maxLine: number; rate?: number; burst?: number }
 }
 
 /**
  * Starts instance processes through a small helper process (backends/process/spawner/spawner.mjs), so that the
  * fork() of a new instance never blocks the platform's event loop (fork cost grows with the caller's RSS).
- * Lines of instance output arrive as `line` events on the SpawnedProcess.
+ * Lines of instance output arrive as `line` events on the SpawnedProcess (`line`, `stream`, `line`, `truncated`),
+ * lines over its rate as `dropped` events (`stream`, `count`) — also the last ones, read after its exit.
  */
 export class Spawner {
   readonly #child: ChildProcess
   readonly #procs = new Map<string, { proc: SpawnedProcess; started: (err?: Error) => void }>()
+  /** Processes that exited lately: their last lines can arrive after the exit (a crash's stack trace). */
+  readonly #ended = new Map<string, SpawnedProcess>()
   readonly #ready: Promise<void>
   #dead: Error | undefined
 
@@ -112,7 +121,12 @@ export class Spawner {
   #onMessage(m: FromSpawner): void {
     if (m.op === 'ready') return
     const entry = this.#procs.get(m.id)
-    if (entry === undefined) return
+    if (entry === undefined) {
+      const late = this.#ended.get(m.id)
+      if (late !== undefined && m.op === 'line') late.emit('line', m.stream, m.line, m.truncated === true)
+      else if (late !== undefined && m.op === 'dropped') late.emit('dropped', m.stream, m.count)
+      return
+    }
     const { proc } = entry
     switch (m.op) {
       case 'spawned':
@@ -127,10 +141,15 @@ export class Spawner {
         proc.emit('fd-ready')
         return
       case 'line':
-        proc.emit('line', m.stream, m.line)
+        proc.emit('line', m.stream, m.line, m.truncated === true)
+        return
+      case 'dropped':
+        proc.emit('dropped', m.stream, m.count)
         return
       case 'exit':
         this.#procs.delete(m.id)
+        this.#ended.set(m.id, proc)
+        if (this.#ended.size > 256) this.#ended.delete(this.#ended.keys().next().value as string)
         proc.ended(m.code, m.signal)
     }
   }
