@@ -36,7 +36,7 @@ export const ErrorSchema = Type.Object({
   code: Type.String({ pattern: '^KDL_ERR_[A-Z_]+$', description: 'Stable: a shipped code is never renamed or reused.' }),
   error: Type.String({ description: 'The status text.' }),
   message: Type.String({ description: 'What went wrong, for a person.' }),
-}, { $id: 'Error', additionalProperties: true, description: 'An error answer: `{statusCode, code, error, message}` and, for some codes, more fields.' })
+}, { $id: 'Error', description: 'An error answer: `{statusCode, code, error, message}` and, for some codes, more fields.' })
 
 const Iso = (description: string): TSchema => Type.String({ format: 'date-time', description })
 
@@ -56,14 +56,14 @@ export const FunctionSchema = Type.Composite([
       loadGuard: Type.Optional(Type.Object({}, { additionalProperties: true, description: "The load guard's view of the function (absent when the guard is off)." })),
     }),
   }),
-], { $id: 'Function', additionalProperties: true })
+], { $id: 'Function' })
 
 /** A runtime's stored spec (`PUT /v1/runtimes/:name` takes the same fields, each optional). */
 export const RuntimeSchema = Type.Composite([
   Type.Object({ name: Type.String({ pattern: NAME_PATTERN }) }),
   Type.Required(Type.Omit(RuntimeBody, ['image'])),
   Type.Pick(RuntimeBody, ['image']),
-], { $id: 'Runtime', additionalProperties: true })
+], { $id: 'Runtime' })
 
 /** A dependency build (builder/builder.ts `BuildRecord`) and the links to it and its log. */
 export const BuildSchema = Type.Object({
@@ -84,7 +84,7 @@ export const BuildSchema = Type.Object({
     message: Type.String(),
   })),
   links: Type.Object({ self: Type.String(), log: Type.String() }),
-}, { $id: 'Build', additionalProperties: true })
+}, { $id: 'Build' })
 
 /** One platform event (`GET /v1/events`). */
 export const EventSchema = Type.Object({
@@ -95,7 +95,7 @@ export const EventSchema = Type.Object({
   instance: Type.Optional(Type.String()),
   message: Type.String(),
   data: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'The numbers behind the event.' })),
-}, { $id: 'Event', additionalProperties: true })
+}, { $id: 'Event' })
 
 const SHARED = [ErrorSchema, FunctionSchema, RuntimeSchema, BuildSchema, EventSchema] as const
 export type SharedSchemaId = 'Error' | 'Function' | 'Runtime' | 'Build' | 'Event'
@@ -152,24 +152,22 @@ function describeRoute(schema: FastifySchema, auth: boolean): FastifySchema {
   }
   for (const c of commonCodes(auth)) codes.add(c)
   Object.assign(response, errors(...codes))
-  return {
-    ...schema,
-    response,
-    ...(auth ? { security: [{ bearerAuth: [] }] } : {}),
-    ...{ 'x-kindling-errors': [...codes].sort() },
-  }
+  const described: FastifySchema & { 'x-kindling-errors': ErrorCode[] } = { ...schema, response, 'x-kindling-errors': [...codes].sort() }
+  if (auth) described.security = [{ bearerAuth: [] }]
+  return described
 }
 
 /** The error answers of a hand-described operation, as OpenAPI response objects. */
 function errorResponses(codes: ErrorCode[], headers: Record<number, Record<string, { description: string; schema: unknown }>> = {}): Record<string, unknown> {
   const out: Record<string, unknown> = {}
   for (const [status, s] of Object.entries(errors(...codes))) {
+    const h = {
+      ...(s.headers === undefined ? {} : { 'retry-after': { description: RETRY_AFTER.description, schema: { type: 'string' } } }),
+      ...headers[Number(status)],
+    }
     out[status] = {
       description: s.description,
-      headers: {
-        ...(s.headers === undefined ? {} : { 'retry-after': { description: RETRY_AFTER.description, schema: { type: 'string' } } }),
-        ...headers[Number(status)],
-      },
+      ...(Object.keys(h).length === 0 ? {} : { headers: h }),
       content: { 'application/json': { schema: { allOf: [{ $ref: '#/components/schemas/Error' }, s.allOf[1]], 'x-kindling-errors': s['x-kindling-errors'] } } },
     }
   }

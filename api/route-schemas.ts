@@ -126,12 +126,12 @@ export const getPools: FastifySchema = {
         target: count('Instances the pool keeps.'),
         idle: count('Started (and, for prewarm, code-loaded) instances waiting.'),
         starting: count('Instances being started for it.'),
-      }, { additionalProperties: true })),
+      })),
       starts: Type.Object({ running: count('Starts running.'), waiting: count('Starts waiting their turn.'), limit: count('KINDLING_MAX_STARTING in force.') }),
       functions: Type.Array(Type.Object({
         function: Type.String(), version: Type.Integer(), instances: count('Instances serving it.'), busy: count('Instances with a call in flight.'),
         waiting: count('Calls waiting for a slot.'), pending: count('Instances being acquired for it.'),
-      }, { additionalProperties: true }), { description: "The router's per-function view." }),
+      }), { description: "The router's per-function view." }),
     }, { description: 'The pools.' }),
   },
 }
