@@ -4,6 +4,7 @@ import { KdlError } from '../common/errors.js'
 import { parseSince, type FunctionLogs, type LogEntry } from '../common/function-logs.js'
 import { assertName } from '../common/spec.js'
 import type { Store } from '../common/store.js'
+import * as S from './route-schemas.js'
 
 export interface LogsQuerystring {
   since?: string
@@ -24,7 +25,7 @@ const FOLLOW_BUFFER_BYTES = 1024 * 1024
  */
 export function registerLogRoutes(app: FastifyInstance, deps: { store: Store; logs: FunctionLogs }): void {
   const { logs } = deps
-  app.get<{ Params: { name: string }; Querystring: LogsQuerystring }>('/v1/functions/:name/logs', async (request, reply) => {
+  app.get<{ Params: { name: string }; Querystring: LogsQuerystring }>('/v1/functions/:name/logs', { schema: S.functionLogs }, async (request, reply) => {
     const { name } = request.params
     assertName('function', name)
     const q = parseLogQuery(request.query)

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import Dockerode from 'dockerode'
 import { pino, type Logger } from 'pino'
 import { Registry } from 'prom-client'
+import { collectRoutes, registerOpenApi, type RouteEntry } from '../api/openapi.js'
 import { apiPlugin } from '../api/plugin.js'
 import { DockerBackend } from '../backends/docker/docker.js'
 import { buildNodeImage, ensureNodeImage } from '../backends/docker/images/node-image.js'
@@ -61,6 +62,8 @@ export interface Embedded {
   executor: Executor
   /** The load guard, unless KINDLING_LOADGUARD_ENABLED is false or no cgroup hierarchy is usable. */
   loadGuard: LoadGuard | undefined
+  /** Every route the HTTP app registered after the router's own: what the API description (`/docs/json`) must cover. */
+  routes: readonly RouteEntry[]
   close(): Promise<void>
 }
 
@@ -146,6 +149,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   loadGuard?.start()
   // ── end load guard ──
   const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  const routes = collectRoutes(app)
+  // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
+  await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
@@ -172,6 +178,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pools,
     executor,
     loadGuard,
+    routes,
     close: () => {
       closing ??= (async () => {
         await loadGuard?.stop()

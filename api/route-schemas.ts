@@ -1,0 +1,190 @@
+import { Type, type TSchema } from '@sinclair/typebox'
+import type { FastifySchema } from 'fastify'
+import { FunctionBody, FUNCTION_DEFAULTS, NAME_PATTERN, RUNTIME_DEFAULTS, RuntimeBody } from '../common/spec.js'
+import { errors, ref } from './openapi.js'
+
+/**
+ * The schemas of the `/v1` routes of api/plugin.ts and api/builds.ts, for the API description (issue 14).
+ * Request bodies are the very TypeBox schemas common/spec.ts validates with; the API's scope does not
+ * validate or serialise with them (see api/plugin.ts).
+ */
+
+const nameParam = (what: string): TSchema => Type.Object({ name: Type.String({ pattern: NAME_PATTERN, description: `The ${what}: a DNS label.` }) })
+const buildParam = Type.Object({ id: Type.String({ description: 'A build id (`b-…`).' }) })
+const list = (key: string, item: TSchema, description: string): TSchema => Type.Object({ [key]: Type.Array(item) }, { description })
+const defaults = (d: Readonly<Record<string, unknown>>): string => Object.entries(d).map(([k, v]) => `\`${k}: ${JSON.stringify(v)}\``).join(', ')
+
+const Building = Type.Object({
+  function: Type.String(),
+  state: Type.Literal('building'),
+  build: ref('Build'),
+}, { description: 'Its dependencies are being built; the deploy lands when the build succeeds (`GET /v1/builds/{id}`, `GET /v1/events`).' })
+
+const DeployLine = Type.String({
+  description: 'With `?wait=true` and `Accept: application/x-ndjson`: one JSON object a line — `{"event":"build","build"}`, ' +
+    '`{"event":"log","line"}` for each line of the build log, then `{"event":"result","statusCode","body"}` or `{"event":"error","statusCode","error"}`.',
+})
+
+const DEPLOY_ERRORS = [
+  'KDL_ERR_BAD_REQUEST', 'KDL_ERR_BAD_SPEC', 'KDL_ERR_BAD_ARCHIVE', 'KDL_ERR_PAYLOAD_TOO_LARGE', 'KDL_ERR_DEPLOY_SUPERSEDED', 'KDL_ERR_LOAD_FAILED',
+  'KDL_ERR_LOAD_TIMEOUT', 'KDL_ERR_BUILD_FAILED', 'KDL_ERR_BACKEND', 'KDL_ERR_NO_CAPACITY', 'KDL_ERR_SHUTTING_DOWN', 'KDL_ERR_SANDBOX_UNAVAILABLE',
+] as const
+
+export const listFunctions: FastifySchema = {
+  tags: ['functions'], summary: 'List the deployed functions', operationId: 'listFunctions',
+  response: { 200: list('functions', ref('Function'), 'Every deployed function.') },
+}
+
+export const getFunction: FastifySchema = {
+  tags: ['functions'], summary: 'Get a function', operationId: 'getFunction',
+  description: 'Its spec, version and code hash, and `status`: its instances by state and the load guard\'s view of it.',
+  params: nameParam('function'),
+  response: { 200: ref('Function', 'The function.'), ...errors('KDL_ERR_FN_NOT_FOUND') },
+}
+
+export const deployFunction: FastifySchema = {
+  tags: ['functions'], summary: 'Deploy a function (create or update)', operationId: 'deployFunction',
+  description: 'Exactly one of `code` (an ES module as a string, stored as `index.mjs`) or `archive` (base64 of a `.tar.gz`, with an `entrypoint` such as ' +
+    '`index.js` or `lib/main.js:handler`). The code is trial-loaded first: code that does not load is refused (422) and nothing is stored. ' +
+    'Code with a package.json declaring dependencies is built first: the answer is `202` unless `?wait=true`. ' +
+    `Defaults: ${defaults(FUNCTION_DEFAULTS)}; \`entrypoint\`: \`index.mjs\` for \`code\`, \`index.js\` for \`archive\`.`,
+  params: nameParam('function'),
+  querystring: Type.Object({
+    wait: Type.Optional(Type.String({ enum: ['true', '1'], description: 'Wait for a build and answer as a deploy without one does (201/200 or the error).' })),
+  }),
+  body: FunctionBody,
+  response: {
+    200: ref('Function', 'Updated: a new version.'),
+    201: ref('Function', 'Created: version 1.'),
+    202: { description: 'Accepted: a build runs first.', content: { 'application/json': { schema: Building }, 'application/x-ndjson': { schema: DeployLine } } },
+    ...errors(...DEPLOY_ERRORS),
+  },
+}
+
+export const deleteFunction: FastifySchema = {
+  tags: ['functions'], summary: 'Delete a function', operationId: 'deleteFunction',
+  description: 'Stops routing to it at once; calls in flight finish, then its instances go.',
+  params: nameParam('function'),
+  response: { 200: Type.Object({ deleted: Type.String() }, { description: 'Deleted.' }), ...errors('KDL_ERR_FN_NOT_FOUND') },
+}
+
+export const listBuilds: FastifySchema = {
+  tags: ['builds'], summary: 'List dependency builds, newest first', operationId: 'listBuilds',
+  querystring: Type.Object({
+    function: Type.Optional(Type.String({ description: 'Only the builds this function asked for.' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 100 })),
+  }),
+  response: { 200: list('builds', ref('Build'), 'The builds on record.') },
+}
+
+export const getBuild: FastifySchema = {
+  tags: ['builds'], summary: 'Get a build', operationId: 'getBuild',
+  params: buildParam,
+  response: { 200: ref('Build', 'The build.'), ...errors('KDL_ERR_BUILD_NOT_FOUND') },
+}
+
+export const getBuildLog: FastifySchema = {
+  tags: ['builds'], summary: "A build's log", operationId: 'getBuildLog',
+  description: 'The whole log; while the build runs it is streamed as it is written, until the build ends (unless `?follow=false`).',
+  params: buildParam,
+  querystring: Type.Object({ follow: Type.Optional(Type.String({ enum: ['true', 'false'], default: 'true', description: '`false`: what is written so far, then the end.' })) }),
+  response: {
+    200: {
+      description: 'The log, text.',
+      headers: { 'x-kindling-build-state': { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed'], description: 'The build\'s state when the answer started.' } },
+      content: { 'text/plain': { schema: Type.String() } },
+    },
+    ...errors('KDL_ERR_BUILD_NOT_FOUND'),
+  },
+}
+
+export const listRuntimes: FastifySchema = {
+  tags: ['runtimes'], summary: 'List the runtimes', operationId: 'listRuntimes',
+  response: { 200: list('runtimes', ref('Runtime'), 'Every configured runtime.') },
+}
+
+export const putRuntime: FastifySchema = {
+  tags: ['runtimes'], summary: 'Configure a runtime', operationId: 'putRuntime',
+  description: `Only kinds the backend can run (\`node\`). A field left out keeps its current value; first defaults: ${defaults(RUNTIME_DEFAULTS)}. The generic pool follows \`poolSize\` at once.`,
+  params: nameParam('runtime'),
+  body: RuntimeBody,
+  response: { 200: ref('Runtime', 'Updated.'), 201: ref('Runtime', 'Created.'), ...errors('KDL_ERR_BAD_REQUEST', 'KDL_ERR_BAD_SPEC') },
+}
+
+const count = (description: string): TSchema => Type.Integer({ minimum: 0, description })
+
+export const getPools: FastifySchema = {
+  tags: ['platform'], summary: 'Pools, the start gate and the router\'s view', operationId: 'getPools',
+  response: {
+    200: Type.Object({
+      pools: Type.Array(Type.Object({
+        pool: Type.String({ description: '`generic:<runtime>` or `fn:<function>`.' }),
+        kind: Type.Union([Type.Literal('generic'), Type.Literal('prewarm')]),
+        runtime: Type.String(),
+        function: Type.Optional(Type.String()),
+        version: Type.Optional(Type.Integer()),
+        target: count('Instances the pool keeps.'),
+        idle: count('Started (and, for prewarm, code-loaded) instances waiting.'),
+        starting: count('Instances being started for it.'),
+      })),
+      starts: Type.Object({ running: count('Starts running.'), waiting: count('Starts waiting their turn.'), limit: count('KINDLING_MAX_STARTING in force.') }),
+      functions: Type.Array(Type.Object({
+        function: Type.String(), version: Type.Integer(), instances: count('Instances serving it.'), busy: count('Instances with a call in flight.'),
+        waiting: count('Calls waiting for a slot.'), pending: count('Instances being acquired for it.'),
+      }), { description: "The router's per-function view." }),
+    }, { description: 'The pools.' }),
+  },
+}
+
+export const listEvents: FastifySchema = {
+  tags: ['platform'], summary: 'Recent platform events', operationId: 'listEvents',
+  description: 'Deploys, crashes, OOM kills, recycles, load-guard actions: the newest last, from a bounded in-memory ring.',
+  querystring: Type.Object({
+    since: Type.Optional(Type.Integer({ description: 'Only events with a higher id.' })),
+    function: Type.Optional(Type.String({ description: 'Only this function\'s events.' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 200 })),
+  }),
+  response: { 200: list('events', ref('Event'), 'The events.') },
+}
+
+const LogEntrySchema = Type.Object({
+  seq: Type.Integer({ description: 'Increasing over the platform\'s life: `after=<seq>` reads on from this entry.' }),
+  t: Type.Integer({ description: 'When the platform read the line, epoch milliseconds.' }),
+  function: Type.String(),
+  version: Type.Integer({ description: 'The version the instance had loaded (or was loading) when it printed the line.' }),
+  instance: Type.String(),
+  invocation: Type.Optional(Type.String({ description: 'The call the line was printed during: always for `context.log`, for `console.*` when one call was in flight on the instance.' })),
+  stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+  level: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')], {
+    description: '`console.*`/`context.log` carry their level; a plain stdout line is `info`, a plain stderr line `error`.',
+  }),
+  msg: Type.String(),
+  truncated: Type.Optional(Type.Literal(true, { description: 'The line was longer than KINDLING_LOG_MAX_LINE and was cut there.' })),
+  dropped: Type.Optional(Type.Integer({ description: 'A marker, not a line: this many lines went over KINDLING_LOG_LINES_PER_SEC and were not kept.' })),
+})
+
+export const functionLogs: FastifySchema = {
+  tags: ['functions'], summary: "A function's output (logs)", operationId: 'functionLogs',
+  description: 'What its instances printed — `console.*`, `context.log`, stdout and stderr — kept in memory per function (KINDLING_LOG_RETAIN_LINES, ' +
+    'KINDLING_LOG_RETAIN_BYTES), oldest first. Without `after`: the newest `limit` entries; with it: the entries after that sequence number. ' +
+    'Poll with `after` set to the answer\'s `next`. `follow=true` answers `application/x-ndjson`: the same backlog, then each new entry as it is ' +
+    'printed, one JSON object a line, until the client leaves. A deleted function\'s logs go with it.',
+  params: nameParam('function'),
+  querystring: Type.Object({
+    since: Type.Optional(Type.String({ description: 'Only entries since a duration ago (`30s`, `5m`, `2h`, `1d`), an ISO date, or epoch milliseconds.' })),
+    after: Type.Optional(Type.Integer({ minimum: 0, description: 'Only entries with a larger `seq` (the `next` of an earlier answer).' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 200 })),
+    invocation: Type.Optional(Type.String({ description: 'Only the lines of one call (its `x-kindling-invocation-id`).' })),
+    follow: Type.Optional(Type.Boolean({ default: false, description: 'Stream new entries as they are printed (ndjson).' })),
+  }),
+  response: {
+    200: {
+      description: 'The entries; with `follow=true`, a stream of them.',
+      content: {
+        'application/json': { schema: Type.Object({ logs: Type.Array(LogEntrySchema), next: Type.Integer({ description: 'Pass as `after` to read on.' }) }) },
+        'application/x-ndjson': { schema: LogEntrySchema },
+      },
+    },
+    ...errors('KDL_ERR_BAD_REQUEST', 'KDL_ERR_FN_NOT_FOUND'),
+  },
+}
