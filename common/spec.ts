@@ -53,7 +53,8 @@ export const FUNCTION_DEFAULTS = Object.freeze({
   idleTimeoutMs: 300_000,
 } as const)
 
-const ajv = new Ajv({ allErrors: true, strict: false })
+// verbose: a failed union's error carries its branches, so the message can list the values allowed.
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true })
 const checkFunction = ajv.compile<FunctionBody>(FunctionBody)
 const checkRuntime = ajv.compile<RuntimeBody>(RuntimeBody)
 
@@ -65,7 +66,10 @@ export interface SpecProblem {
 
 function problemsOf(errors: ErrorObject[] | null | undefined): SpecProblem[] {
   // A bad env key reports twice (the pattern inside propertyNames, then propertyNames): keep the second.
-  return (errors ?? []).filter((e) => e.propertyName === undefined).map((e) => {
+  const all = errors ?? []
+  // A union (mode, network) that failed reports each branch and then the union: keep the union, named by its values.
+  const unions = all.filter((e) => e.keyword === 'anyOf').map((e) => e.schemaPath + '/')
+  return all.filter((e) => e.propertyName === undefined && !unions.some((u) => e.schemaPath.startsWith(u))).map((e) => {
     const path = e.instancePath === '' ? [] : e.instancePath.slice(1).split('/').map((s) => s.replaceAll('~1', '/').replaceAll('~0', '~'))
     const where = path.length === 0 ? 'spec' : path.join('.')
     if (e.keyword === 'additionalProperties') {
@@ -75,6 +79,9 @@ function problemsOf(errors: ErrorObject[] | null | undefined): SpecProblem[] {
     if (e.keyword === 'propertyNames') {
       const key = String(e.params['propertyName'])
       return { path: [...path, key], message: `${where} key "${key}" is not a valid name (letters, digits and _, not starting with a digit)` }
+    }
+    if (e.keyword === 'anyOf' && Array.isArray(e.schema) && e.schema.every((b: { const?: unknown }) => b.const !== undefined)) {
+      return { path, message: `${where} must be one of ${e.schema.map((b: { const: unknown }) => JSON.stringify(b.const)).join(', ')}` }
     }
     return { path, message: `${where} ${e.message ?? 'is invalid'}` }
   })
