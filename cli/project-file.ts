@@ -115,22 +115,19 @@ export async function loadProject(file: string, opts: { note?: (line: string) =>
 
   function checkFunction(name: string, keyNode: Node, spec: YAMLMap): void {
     const body = spec.toJSON() as Record<string, unknown>
-    let fieldsOk = true
     for (const pair of spec.items) {
       const k = pair.key as Node | null
       const field = isScalar(k) ? String(k.value) : ''
       if (!FUNCTION_KEYS.includes(field)) {
         bad(k, `function "${name}": unknown field "${field}"${field === 'archive' ? ' (code names a file, an archive or a directory)' : ''}`)
-        fieldsOk = false
+        delete body[field]
       }
     }
     const { code, includeNodeModules, ...rest } = body
     if (includeNodeModules !== undefined && typeof includeNodeModules !== 'boolean') {
       bad(fieldNode(spec, ['includeNodeModules']), `function "${name}": includeNodeModules must be true or false`)
     }
-    if (fieldsOk) {
-      for (const p of functionBodyProblems(rest)) bad(fieldNode(spec, p.path) ?? keyNode, `function "${name}": ${p.message}`)
-    }
+    for (const p of functionBodyProblems(rest)) bad(fieldNode(spec, p.path) ?? keyNode, `function "${name}": ${p.message}`)
     const codeNode = spec.get('code', true) as Node | undefined
     if (code === undefined) {
       bad(keyNode, `function "${name}": code is missing (a path to an ES module file, a .tar.gz or a directory, relative to ${file})`)
