@@ -1,7 +1,11 @@
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { TestRegistry } from '../../bench/npm-registry.js'
 import { archiveOf } from '../fixtures/code.js'
 import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
 
+const REPO = fileURLToPath(new URL('../..', import.meta.url))
 const hello = (word: string): string => `export default () => ${JSON.stringify(word)}`
 
 async function apply(p: TestPlatform, body: Record<string, unknown>): Promise<{ status: number; json: Record<string, unknown> }> {
@@ -176,4 +180,37 @@ t.test('apply and a concurrent PUT of the same name do not interleave: each land
     const text = (await p.invoke('race')).text
     t.equal(text, got.json['timeoutMs'] === 5000 + round ? `apply${round}` : `put${round}`, 'the stored spec and the code served are of the same deploy')
   }
+})
+
+t.test('a function with dependencies: built before anything lands, unchanged when applied again, a failed build applies nothing', async (t) => {
+  const registry = await TestRegistry.start()
+  t.teardown(() => registry.close())
+  await registry.publishDir(join(REPO, 'node_modules', 'ms'))
+  const p = await startPlatform(t, { KINDLING_BUILD_REGISTRY: registry.url })
+  const files = {
+    'package.json': JSON.stringify({ name: 'dur', type: 'module', dependencies: { ms: '^2.1.0' } }),
+    'index.js': "import ms from 'ms'\nexport default () => 'in ' + ms(60_000)\n",
+  }
+  const project = { functions: { dur: { runtime: 'node', archive: await archiveOf(files) }, plain: { runtime: 'node', code: hello('plain') } } }
+  const first = await apply(p, project)
+  t.equal(first.status, 200, JSON.stringify(first.json))
+  t.same(summary(first.json), ['create function dur', 'create function plain'])
+  t.equal((await p.invoke('dur')).text, 'in 1m', 'the dependency was built')
+  const builds = (await p.api('GET', '/v1/builds')).json['builds'] as unknown[]
+  t.equal(builds.length, 1)
+
+  const again = await apply(p, { ...project, functions: { ...project.functions, dur: { runtime: 'node', archive: await archiveOf(files) } } })
+  t.same(summary(again.json), [], 'code with a build compares by its files and its build inputs: unchanged')
+  t.equal(((await p.api('GET', '/v1/builds')).json['builds'] as unknown[]).length, 1, 'nothing built again')
+
+  const broken = {
+    ...files,
+    'package.json': JSON.stringify({ name: 'dur', type: 'module', dependencies: { ms: '^2.1.0', 'kdl-missing': '^1.0.0' } }),
+  }
+  const failed = await apply(p, { functions: { dur: { runtime: 'node', archive: await archiveOf(broken) }, plain: { runtime: 'node', code: hello('changed') } } })
+  t.equal(failed.status, 422, JSON.stringify(failed.json))
+  t.equal(failed.json['code'], 'KDL_ERR_BUILD_FAILED')
+  t.match(failed.json['message'], /^a build failed, nothing was applied: function "dur" \(code\): /)
+  t.equal((await p.invoke('plain')).text, 'plain', 'the other function is not updated')
+  t.equal(await versionOf(p, 'dur'), 1)
 })
