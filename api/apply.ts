@@ -102,9 +102,10 @@ export function registerApplyRoute(app: FastifyInstance, deps: ApplyDeps): void 
     }
     if (body.dryRun) return { changes: (await plan()).changes, applied: false }
 
-    // From here on this apply is the latest deploy of every name it touches: a PUT still building lands no more.
+    // From here on this apply is the latest deploy of every name it changes: a PUT still building lands no more.
+    // (An apply that leaves a function as it is does not cancel a deploy of it in flight.)
     const touched = [...named, ...(body.prune ? await unnamed() : [])]
-    const seqs = new Map(touched.map((n) => [n, deployer.claim(n)]))
+    const seqs = new Map((await plan()).changes.filter((c) => c.kind === 'function' && c.action !== 'unchanged').map((c) => [c.name, deployer.claim(c.name)]))
 
     // Builds run before the locks are taken (they may take minutes), for what the store says is changing now.
     const built = new Map<string, Promise<{ code: StoredCode; build: BuildRecord | undefined }>>()
@@ -117,13 +118,13 @@ export function registerApplyRoute(app: FastifyInstance, deps: ApplyDeps): void 
     for (const p of prepared) if ((await store.getFunction(p.name))?.codeHash !== p.targetHash) changing.push(p)
     await settleOrThrow(changing, changing.length, materialize, 'a build failed')
 
-    const keys = [...runtimeBodies.keys()].map((n) => `runtime:${n}`).concat([...seqs.keys()]).sort()
+    const keys = [...runtimeBodies.keys()].map((n) => `runtime:${n}`).concat(touched).sort()
     return withLocks(deployer.locks, keys, async () => {
       const superseded = [...seqs].filter(([n, seq]) => !deployer.isLatest(n, seq)).map(([n]) => n)
       if (superseded.length > 0) {
         throw new KdlError('KDL_ERR_DEPLOY_SUPERSEDED', `a later deploy or delete of ${superseded.map((n) => `"${n}"`).join(', ')} was made while this apply was building; nothing was applied`)
       }
-      const p = await plan(new Set(seqs.keys()))
+      const p = await plan(new Set(touched))
       const records = new Map<string, FunctionRecord>()
       await settleOrThrow(p.functions, p.functions.length, async ({ prepared: fn, prev }) => {
         const { code, build } = await materialize(fn)
