@@ -6,13 +6,14 @@ import type { CodeStore, StoredCode } from '../codestore/code-store.js'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
 import type { FunctionLogs } from '../common/function-logs.js'
-import { assertName, functionSpecOf, parseFunctionBody, parseRuntimeBody } from '../common/spec.js'
+import { assertName, parseRuntimeBody } from '../common/spec.js'
 import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec } from '../common/types.js'
 import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
+import { registerApplyRoute } from './apply.js'
 import { buildView, registerBuildRoutes } from './builds.js'
-import { KeyedMutex } from './keyed-mutex.js'
+import { Deployer } from './deployer.js'
 import { registerLogRoutes } from './logs.js'
 import * as S from './route-schemas.js'
 
@@ -39,11 +40,14 @@ export interface ApiDeps {
 /** The management API under `/v1`: functions, runtimes, pools, events. */
 export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstance, deps: ApiDeps) => {
   const { store, codeStore, executor, pools, builder } = deps
-  const locks = new KeyedMutex()
   // The route schemas describe the API (/docs, issue 14); validation stays with common/spec.ts (KDL_ERR_BAD_SPEC
   // naming each field), and answers are sent whole, not trimmed to their schema.
   app.setValidatorCompiler(() => () => true)
   app.setSerializerCompiler(() => (data) => JSON.stringify(data))
+  const deployer = new Deployer({
+    store, codeStore, builder, executor, pools, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => deps.logs.drop(name),
+  })
+  const { locks } = deployer
 
   if (deps.apiToken !== undefined) {
     const expected = Buffer.from(`Bearer ${deps.apiToken}`)
@@ -67,53 +71,23 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     return view(r)
   })
 
-  /**
-   * Deploys of a name in request order: a deploy that waited for its build while a later deploy (or a delete)
-   * of the same name was made does not land over it.
-   */
-  const latest = new Map<string, number>()
-  let requests = 0
-
   /** Trial-loads and stores one version (under the name's lock); the answer's status and body. */
   const commit = async (name: string, spec: FunctionSpec, code: StoredCode, seq: number, build: BuildRecord | undefined): Promise<{ status: number; body: Record<string, unknown> }> =>
     locks.run(name, async () => {
-      if (latest.get(name) !== seq) {
-        throw new KdlError('KDL_ERR_DEPLOY_SUPERSEDED', `a later deploy or delete of "${name}" was made while this one was building; it was not applied`)
-      }
+      deployer.assertLatest(name, seq)
       const prev = await store.getFunction(name)
-      const now = new Date().toISOString()
-      const record: FunctionRecord = {
-        name, ...spec, version: (prev?.version ?? 0) + 1, codeHash: code.hash, createdAt: prev?.createdAt ?? now, updatedAt: now,
-        ...(build === undefined ? {} : { build: { id: build.id, inputsHash: build.inputsHash } }),
-      }
-      // Code that does not load is refused here, with the loader's message, and nothing is stored.
-      const trial = await executor.trialLoad(record)
-      try {
-        await store.putFunction(record)
-      } catch (err) {
-        await pools.destroy(trial)
-        throw err
-      }
-      executor.deployed(record, trial)
-      app.log.info({ fn: name, version: record.version }, 'function deployed')
+      const record = deployer.recordOf(name, spec, code, build, prev)
+      await deployer.deploy(record)
       return { status: prev === undefined ? 201 : 200, body: view(record) }
     })
 
   app.put<{ Params: { name: string }; Querystring: { wait?: string } }>('/v1/functions/:name', { schema: S.deployFunction }, async (request, reply) => {
     const { name } = request.params
     assertName('function', name)
-    const body = parseFunctionBody(request.body)
-    const spec = functionSpecOf(body)
-    if (!deps.runtimeKinds.includes(spec.runtime) || pools.runtime(spec.runtime) === undefined) {
-      throw new KdlError('KDL_ERR_BAD_SPEC', `unknown runtime "${spec.runtime}" (configured: ${deps.runtimeKinds.join(', ')})`)
-    }
-    const code = body.archive !== undefined
-      ? await codeStore.putArchive(decodeArchive(body.archive))
-      : await codeStore.putInline(body.code ?? '')
-    await codeStore.assertEntrypoint(code.dir, spec.entrypoint)
-    const seq = ++requests
-    latest.set(name, seq)
-    const plan = builder === undefined ? undefined : await builder.plan(code.dir, spec.runtime)
+    const { body, spec } = deployer.specOf(request.body)
+    const code = await deployer.storeCode(body, spec)
+    const seq = deployer.claim(name)
+    const plan = await deployer.buildPlan(code, spec.runtime)
     if (plan === undefined || builder === undefined) {
       const r = await commit(name, spec, code, seq, undefined)
       void reply.code(r.status)
@@ -173,18 +147,16 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
 
   app.delete<{ Params: { name: string } }>('/v1/functions/:name', { schema: S.deleteFunction }, async (request) => {
     const { name } = request.params
-    latest.set(name, ++requests)
+    deployer.claim(name)
     return locks.run(name, async () => {
-      if (!await store.deleteFunction(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
-      executor.removed(name)
-      deps.logs.drop(name)
-      request.log.info({ fn: name }, 'function deleted')
+      if (!await deployer.remove(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
       return { deleted: name }
     })
   })
 
   if (builder !== undefined) registerBuildRoutes(app, builder)
   registerLogRoutes(app, { store, logs: deps.logs })
+  registerApplyRoute(app, { deployer, store, runtimeKinds: deps.runtimeKinds })
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 
@@ -197,8 +169,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     return locks.run(`runtime:${name}`, async () => {
       const current = await store.getRuntime(name)
       const spec = parseRuntimeBody(name, request.body, current)
-      await store.putRuntime(spec)
-      pools.setRuntime(spec)
+      await deployer.setRuntime(spec)
       void reply.code(current === undefined ? 201 : 200)
       return spec
     })
@@ -223,7 +194,3 @@ function asKdl(err: unknown): KdlError {
   return isKdlError(err) ? err : new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
 }
 
-function decodeArchive(b64: string): Buffer {
-  if (!/^[A-Za-z0-9+/=\s]+$/.test(b64)) throw new KdlError('KDL_ERR_BAD_ARCHIVE', 'archive must be base64 of a .tar.gz')
-  return Buffer.from(b64, 'base64')
-}

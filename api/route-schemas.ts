@@ -188,3 +188,29 @@ export const functionLogs: FastifySchema = {
     ...errors('KDL_ERR_BAD_REQUEST', 'KDL_ERR_FN_NOT_FOUND'),
   },
 }
+
+const ApplyChangeSchema = Type.Object({
+  kind: Type.Union([Type.Literal('function'), Type.Literal('runtime')]),
+  name: Type.String(),
+  action: Type.Union([Type.Literal('create'), Type.Literal('update'), Type.Literal('unchanged'), Type.Literal('delete')]),
+  fields: Type.Optional(Type.Array(Type.String(), { description: 'The spec fields an update changes (`code` when the code or its build differs).' })),
+  version: Type.Optional(Type.Integer({ description: 'The function\'s version after the apply.' })),
+})
+
+export const applyProject: FastifySchema = {
+  tags: ['functions'], summary: 'Apply a whole project (functions and runtimes) at once', operationId: 'applyProject',
+  description: 'What `kindling apply -f kindling.yaml` sends. Every entry is checked and every problem answered at once (`errors`, each naming its ' +
+    'entry and field) before anything changes; every created or updated function is built and trial-loaded before any lands; then all land. ' +
+    'Unchanged entries keep their version and instances. `dryRun` answers the plan only (`kindling diff`); `prune` deletes the functions the ' +
+    'project no longer names. `triggers` and `workflows` are refused until the platform has them.',
+  body: Type.Object({
+    functions: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), FunctionBody, { description: 'Function name → deploy body (as `PUT /v1/functions/{name}`).' })),
+    runtimes: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), RuntimeBody, { description: 'Runtime name → runtime body (as `PUT /v1/runtimes/{name}`).' })),
+    prune: Type.Optional(Type.Boolean({ default: false })),
+    dryRun: Type.Optional(Type.Boolean({ default: false })),
+  }),
+  response: {
+    200: Type.Object({ changes: Type.Array(ApplyChangeSchema), applied: Type.Boolean() }, { description: 'The plan, and whether it was carried out.' }),
+    ...errors(...DEPLOY_ERRORS),
+  },
+}

@@ -337,8 +337,7 @@ export class Builder {
    */
   async assemble(code: StoredCode, inputsHash: string): Promise<StoredCode> {
     if (!HASH_RE.test(inputsHash)) throw new KdlError('KDL_ERR_INTERNAL', `bad inputs hash ${inputsHash}`)
-    const hash = createHash('sha256').update('built\0').update(code.hash).update('\0').update(inputsHash).digest('hex')
-    return this.#o.codeStore.putLinked(hash, [code.dir, join(this.#dirs.out, inputsHash)])
+    return this.#o.codeStore.putLinked(assembledHash(code.hash, inputsHash), [code.dir, join(this.#dirs.out, inputsHash)])
   }
 
   get(id: string): BuildRecord | undefined {
@@ -450,4 +449,9 @@ async function normalise(dir: string, asRoot: boolean, size: { bytes: number; en
     }
   }
   if (asRoot) await lchown(dir, 0, 0)
+}
+
+/** The code hash of a function's files assembled with a build's output (`kindling apply` compares by it before building). */
+export function assembledHash(codeHash: string, inputsHash: string): string {
+  return createHash('sha256').update('built\0').update(codeHash).update('\0').update(inputsHash).digest('hex')
 }

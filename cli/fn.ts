@@ -1,8 +1,6 @@
-import { readdir, readFile, stat } from 'node:fs/promises'
-import { existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { readFile } from 'node:fs/promises'
 import { Option, type Command } from 'commander'
-import { create as createTar } from 'tar'
+import { CodeError, packCode, type CodeBody, type PackOptions } from './code-pack.js'
 import { envOption, headerOption, intOption, numberOption, type Runner } from './args.js'
 import { ApiError, CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
 import { registerLogsCommand } from './logs.js'
@@ -90,38 +88,13 @@ export function registerFnCommands(program: Command, run: Runner): void {
     }))
 }
 
-/** The code part of a deploy body, from a file, an archive or a directory. */
-export async function codeBody(path: string, entrypoint: string | undefined, opts: { includeNodeModules?: boolean; note?: (line: string) => void } = {}): Promise<{ code?: string; archive?: string; entrypoint?: string }> {
-  const info = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    throw new CliError(`error: --code ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`)
-  })
-  const withEntry = <T extends object>(b: T): T & { entrypoint?: string } => (entrypoint === undefined ? b : { ...b, entrypoint })
-  if (info.isDirectory()) {
-    // .git is never part of a function. node_modules is not either when package.json declares dependencies:
-    // the platform builds them for its runtime (a local install may hold dev dependencies, other binaries).
-    let entries = (await readdir(path)).filter((e) => e !== '.git').sort()
-    if (opts.includeNodeModules !== true && entries.includes('node_modules') && await declaresDependencies(join(path, 'package.json'))) {
-      entries = entries.filter((e) => e !== 'node_modules')
-      opts.note?.('node_modules left out: the platform builds the dependencies package.json declares (--include-node-modules to ship them as they are)')
-    }
-    if (entries.length === 0) throw new CliError(`error: --code ${path} is an empty directory`)
-    const chunks: Buffer[] = []
-    for await (const chunk of createTar({ gzip: true, cwd: path, portable: true }, entries)) chunks.push(chunk as Buffer)
-    const fallback = !existsSync(join(path, 'index.js')) && existsSync(join(path, 'index.mjs')) ? 'index.mjs' : 'index.js'
-    return { archive: Buffer.concat(chunks).toString('base64'), entrypoint: entrypoint ?? fallback }
-  }
-  if (/\.(tar\.gz|tgz)$/i.test(path)) return withEntry({ archive: (await readFile(path)).toString('base64') })
-  const code = await readFile(path, 'utf8')
-  if (code.length === 0) throw new CliError(`error: --code ${path} is empty`)
-  return withEntry({ code })
-}
-
-async function declaresDependencies(packageJson: string): Promise<boolean> {
+/** The code part of a deploy body, from a file, an archive or a directory (`--code`). */
+export async function codeBody(path: string, entrypoint: string | undefined, opts: PackOptions = {}): Promise<CodeBody> {
   try {
-    const pkg = JSON.parse(await readFile(packageJson, 'utf8')) as Record<string, unknown>
-    return ['dependencies', 'optionalDependencies'].some((k) => isRecord(pkg[k]) && Object.keys(pkg[k]).length > 0)
-  } catch {
-    return false
+    return await packCode(path, entrypoint, opts)
+  } catch (err) {
+    if (!(err instanceof CodeError)) throw err
+    throw new CliError(`error: --code ${path}${err.message.startsWith('is ') ? ' ' : ': '}${err.message}`)
   }
 }
 

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander'
 import { Agent } from 'undici'
+import { registerApplyCommands } from './apply.js'
 import type { Action, Runner } from './args.js'
 import { registerBuildsCommands } from './builds.js'
 import { registerEventsCommand } from './events.js'
@@ -69,6 +70,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerEventsCommand(program, run)
   registerBuildsCommands(program, run)
   registerImagesCommands(program, run)
+  registerApplyCommands(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -80,11 +80,16 @@ export class CodeStore {
     })
   }
 
-  /** Validates and unpacks a `.tar.gz`; the hash is the sha256 of the archive bytes. */
+  /**
+   * Validates and unpacks a `.tar.gz`. The hash covers the tree the archive unpacks to (paths, kinds, the
+   * normalised modes, contents, link targets), not the archive bytes: the same directory packed again — another
+   * entry order, other mtimes or owners, another gzip — is the same code (issue 14: `kindling apply` tells
+   * unchanged code from changed code by this hash).
+   */
   async putArchive(archive: Buffer): Promise<StoredCode> {
-    const hash = createHash('sha256').update(archive).digest('hex')
-    if (await this.has(hash)) return { hash, dir: this.dirOf(hash) }
     const planned = await this.#inspect(archive)
+    const hash = treeHash(planned)
+    if (await this.has(hash)) return { hash, dir: this.dirOf(hash) }
     return this.#put(hash, (dir) => writeTree(dir, planned))
   }
 
@@ -423,6 +428,35 @@ function resolveInside(linkPath: string, target: string, links: Map<string, stri
     parts.pop()
     pending.unshift(...next.split('/'))
   }
+}
+
+/**
+ * sha256 of a canonical listing of the tree validated entries unpack to: every directory (explicit or implied),
+ * file (mode as written: 0644 or 0755; a hard link counts as a file with its target's content) and symlink,
+ * sorted by path.
+ */
+function treeHash(planned: Planned[]): string {
+  const files = new Map<string, { mode: number; body: Buffer }>()
+  const lines = new Map<string, string>()
+  const addParents = (path: string): void => {
+    const parts = path.split('/')
+    for (let i = 1; i < parts.length; i++) lines.set(parts.slice(0, i).join('/'), 'dir')
+  }
+  for (const item of planned) {
+    addParents(item.path)
+    if (item.kind === 'dir') lines.set(item.path, 'dir')
+    else if (item.kind === 'symlink') lines.set(item.path, `symlink\0${item.target}`)
+    else {
+      const file = item.kind === 'file' ? item : files.get(item.target)
+      // checkTree guarantees a hard link's target is an earlier file; the fallback is never taken.
+      if (file === undefined) throw badArchive(`hard link "${item.path}" has no target`)
+      files.set(item.path, file)
+      lines.set(item.path, `file\0${file.mode.toString(8)}\0${createHash('sha256').update(file.body).digest('hex')}`)
+    }
+  }
+  const h = createHash('sha256').update('kindling-tree/1\n')
+  for (const path of [...lines.keys()].sort()) h.update(path).update('\0').update(lines.get(path) ?? '').update('\n')
+  return h.digest('hex')
 }
 
 /** Writes validated entries: directories, then files, then hard links, and symlinks last so nothing is written through one. */

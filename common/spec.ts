@@ -53,19 +53,56 @@ export const FUNCTION_DEFAULTS = Object.freeze({
   idleTimeoutMs: 300_000,
 } as const)
 
-const ajv = new Ajv({ allErrors: true, strict: false })
+// verbose: a failed union's error carries its branches, so the message can list the values allowed.
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true })
 const checkFunction = ajv.compile<FunctionBody>(FunctionBody)
 const checkRuntime = ajv.compile<RuntimeBody>(RuntimeBody)
 
-function describe(errors: ErrorObject[] | null | undefined): string {
-  // A bad env key reports twice (the pattern inside propertyNames, then propertyNames): keep the second.
-  return (errors ?? []).filter((e) => e.propertyName === undefined).map((e) => {
-    const where = e.instancePath === '' ? 'spec' : e.instancePath.slice(1).replaceAll('/', '.')
-    if (e.keyword === 'additionalProperties') return `unknown field "${String(e.params['additionalProperty'])}"`
-    if (e.keyword === 'propertyNames') return `${where} key "${String(e.params['propertyName'])}" is not a valid name (letters, digits and _, not starting with a digit)`
-    return `${where} ${e.message ?? 'is invalid'}`
-  }).join('; ')
+/** One thing wrong with a spec: where (field names from the spec's root; `[]` for the spec itself) and what. */
+export interface SpecProblem {
+  path: string[]
+  message: string
 }
+
+function problemsOf(errors: ErrorObject[] | null | undefined): SpecProblem[] {
+  // A bad env key reports twice (the pattern inside propertyNames, then propertyNames): keep the second.
+  const all = errors ?? []
+  // A union (mode, network) that failed reports each branch and then the union: keep the union, named by its values.
+  const unions = all.filter((e) => e.keyword === 'anyOf').map((e) => e.schemaPath + '/')
+  return all.filter((e) => e.propertyName === undefined && !unions.some((u) => e.schemaPath.startsWith(u))).map((e) => {
+    const path = e.instancePath === '' ? [] : e.instancePath.slice(1).split('/').map((s) => s.replaceAll('~1', '/').replaceAll('~0', '~'))
+    const where = path.length === 0 ? 'spec' : path.join('.')
+    if (e.keyword === 'additionalProperties') {
+      const field = String(e.params['additionalProperty'])
+      return { path: [...path, field], message: `unknown field "${field}"` }
+    }
+    if (e.keyword === 'propertyNames') {
+      const key = String(e.params['propertyName'])
+      return { path: [...path, key], message: `${where} key "${key}" is not a valid name (letters, digits and _, not starting with a digit)` }
+    }
+    if (e.keyword === 'anyOf' && Array.isArray(e.schema) && e.schema.every((b: { const?: unknown }) => b.const !== undefined)) {
+      return { path, message: `${where} must be one of ${e.schema.map((b: { const: unknown }) => JSON.stringify(b.const)).join(', ')}` }
+    }
+    return { path, message: `${where} ${e.message ?? 'is invalid'}` }
+  })
+}
+
+/**
+ * Every schema problem of a deploy body, each with its field (`kindling apply` puts each on its line of the
+ * project file). The rule that a body has exactly one of `code` / `archive` is parseFunctionBody's.
+ */
+export function functionBodyProblems(body: unknown): SpecProblem[] {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return [{ path: [], message: 'function spec must be a JSON object' }]
+  return checkFunction(body) ? [] : problemsOf(checkFunction.errors)
+}
+
+/** Every schema problem of a runtime body, each with its field. */
+export function runtimeBodyProblems(body: unknown): SpecProblem[] {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return [{ path: [], message: 'runtime spec must be a JSON object' }]
+  return checkRuntime(body) ? [] : problemsOf(checkRuntime.errors)
+}
+
+const describe = (problems: SpecProblem[]): string => problems.map((p) => p.message).join('; ')
 
 export function assertName(kind: 'function' | 'runtime', name: string): void {
   if (!nameRe.test(name)) {
@@ -78,7 +115,7 @@ export function parseFunctionBody(body: unknown): FunctionBody {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new KdlError('KDL_ERR_BAD_SPEC', 'function spec must be a JSON object')
   }
-  if (!checkFunction(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid function spec: ${describe(checkFunction.errors)}`)
+  if (!checkFunction(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid function spec: ${describe(problemsOf(checkFunction.errors))}`)
   if ((body.code === undefined) === (body.archive === undefined)) {
     throw new KdlError('KDL_ERR_BAD_SPEC', 'a function needs exactly one of "code" (an ES module as a string) or "archive" (base64 .tar.gz)')
   }
@@ -115,7 +152,7 @@ export function parseRuntimeBody(name: string, body: unknown, current: RuntimeSp
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new KdlError('KDL_ERR_BAD_SPEC', 'runtime spec must be a JSON object')
   }
-  if (!checkRuntime(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid runtime spec: ${describe(checkRuntime.errors)}`)
+  if (!checkRuntime(body)) throw new KdlError('KDL_ERR_BAD_SPEC', `invalid runtime spec: ${describe(problemsOf(checkRuntime.errors))}`)
   return {
     name,
     poolSize: body.poolSize ?? current?.poolSize ?? RUNTIME_DEFAULTS.poolSize,

@@ -258,6 +258,30 @@ t.test('the same archive twice, or concurrently, gives one hash and one dir', as
   t.equal(await readFile(join(first.dir, 'index.js'), 'utf8'), 'export default () => "hi"\n')
 })
 
+t.test('an archive is named by the tree it unpacks to: the same files packed another way are one hash, a change is another', async (t) => {
+  const env = await setup(t)
+  const files: RawEntry[] = [
+    { path: 'lib/', type: 'Directory' },
+    { path: 'lib/util.js', body: 'export const x = 1\n' },
+    { path: 'index.js', body: 'export default () => 1\n' },
+    { path: 'run.sh', body: '#!/bin/sh\n', mode: 0o755 },
+  ]
+  const base = await env.store.putArchive(tgz(files))
+  // Other entry order, implied instead of explicit directory, other mtime and owner, another compression level.
+  const reordered = rawTar([files[3]!, files[2]!, files[1]!])
+  const again = await env.store.putArchive(gzipSync(reordered, { level: 1 }))
+  t.equal(again.hash, base.hash, 'order, implied directory and compression do not change the hash')
+  const withOddMode = await env.store.putArchive(tgz([files[0]!, files[1]!, files[2]!, { ...files[3]!, mode: 0o700 }]))
+  t.equal(withOddMode.hash, base.hash, 'modes count as the store writes them (0700 is 0755)')
+  const changed = await env.store.putArchive(tgz([files[0]!, files[1]!, { path: 'index.js', body: 'export default () => 2\n' }, files[3]!]))
+  t.not(changed.hash, base.hash, 'a changed file is another hash')
+  const notExec = await env.store.putArchive(tgz([files[0]!, files[1]!, files[2]!, { ...files[3]!, mode: 0o644 }]))
+  t.not(notExec.hash, base.hash, 'a lost executable bit is another hash')
+  const emptyDir = await env.store.putArchive(tgz([...files, { path: 'empty/', type: 'Directory' }]))
+  t.not(emptyDir.hash, base.hash, 'an added empty directory is another hash')
+  t.same(await codeDirs(env.root), [base.hash, changed.hash, notExec.hash, emptyDir.hash].sort(), 'one directory per tree')
+})
+
 t.test('putInline stores index.mjs under a hash of its canonical form', async (t) => {
   const env = await setup(t)
   const code = 'export default () => 42\n'
