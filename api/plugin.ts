@@ -12,6 +12,7 @@ import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildView, registerBuildRoutes } from './builds.js'
 import { KeyedMutex } from './keyed-mutex.js'
+import { registerStatsRoutes, type CallStatsSource } from './stats.js'
 
 export interface ApiDeps {
   store: Store
@@ -29,6 +30,8 @@ export interface ApiDeps {
   apiToken?: string | undefined
   /** The load guard's state of a function (`status.loadGuard` in `GET /v1/functions/:name`); absent when the guard is off. */
   loadGuardState?: ((fn: string) => unknown) | undefined
+  /** The router's per-function call counts (`GET /v1/stats`, the dashboard's charts). */
+  callStats?: CallStatsSource | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -168,12 +171,14 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     return locks.run(name, async () => {
       if (!await store.deleteFunction(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
       executor.removed(name)
+      deps.callStats?.forget(name)
       request.log.info({ fn: name }, 'function deleted')
       return { deleted: name }
     })
   })
 
   if (builder !== undefined) registerBuildRoutes(app, builder)
+  if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
 
   app.get('/v1/runtimes', async () => ({ runtimes: await store.listRuntimes() }))
 

@@ -31,6 +31,7 @@ import { policyFromConfig } from '../loadguard/policy.js'
 import { createCgroupReader } from '../loadguard/reader.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildRouter } from '../router/app.js'
+import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
@@ -132,10 +133,11 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   if (config.KINDLING_LOADGUARD_ENABLED && loadGuard === undefined) log.warn('load guard off: no writable cgroup hierarchy (not root?)')
   loadGuard?.start()
   // ── end load guard ──
-  const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  const callStats = new CallStats()
+  const { app, table } = buildRouter({ executor, metrics, log, callStats }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, events, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
-    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
+    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
   })
   metrics.setPoolSource(() => pools.snapshot())
 
