@@ -16,6 +16,7 @@ import { buildView, registerBuildRoutes } from './builds.js'
 import { Deployer } from './deployer.js'
 import { registerLogRoutes } from './logs.js'
 import * as S from './route-schemas.js'
+import { registerStatsRoutes, type CallStatsSource } from './stats.js'
 
 export interface ApiDeps {
   store: Store
@@ -35,6 +36,8 @@ export interface ApiDeps {
   apiToken?: string | undefined
   /** The load guard's state of a function (`status.loadGuard` in `GET /v1/functions/:name`); absent when the guard is off. */
   loadGuardState?: ((fn: string) => unknown) | undefined
+  /** The router's per-function call counts (`GET /v1/stats`, the dashboard's charts). */
+  callStats?: CallStatsSource | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -45,7 +48,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   app.setValidatorCompiler(() => () => true)
   app.setSerializerCompiler(() => (data) => JSON.stringify(data))
   const deployer = new Deployer({
-    store, codeStore, builder, executor, pools, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => deps.logs.drop(name),
+    store, codeStore, builder, executor, pools, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => { deps.logs.drop(name); deps.callStats?.forget(name) },
   })
   const { locks } = deployer
 
@@ -157,6 +160,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   if (builder !== undefined) registerBuildRoutes(app, builder)
   registerLogRoutes(app, { store, logs: deps.logs })
   registerApplyRoute(app, { deployer, store, runtimeKinds: deps.runtimeKinds })
+  if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 

@@ -214,3 +214,37 @@ export const applyProject: FastifySchema = {
     ...errors(...DEPLOY_ERRORS),
   },
 }
+
+const counts = (keys: readonly string[], description: string): TSchema => Type.Object(Object.fromEntries(keys.map((k) => [k, Type.Integer({ minimum: 0 })])), { description })
+const StatsBucketFields = {
+  calls: Type.Integer({ minimum: 0 }),
+  errors: Type.Integer({ minimum: 0, description: 'Calls whose outcome was not `ok`.' }),
+  p50Ms: Type.Union([Type.Number(), Type.Null()], { description: 'From a log-spaced latency histogram (0.1 ms – 60 s); null when no call was timed.' }),
+  p99Ms: Type.Union([Type.Number(), Type.Null()]),
+  meanMs: Type.Union([Type.Number(), Type.Null()]),
+  maxMs: Type.Union([Type.Number(), Type.Null()]),
+  outcomes: counts(['ok', 'http5xx', 'timeout', 'crashed', 'oom', 'refused'], 'Calls by how they ended.'),
+  starts: counts(['warm', 'prewarmed', 'specialized', 'cold'], 'Calls by how their instance was had (`x-kindling-start`).'),
+}
+
+export const getStats: FastifySchema = {
+  tags: ['platform'], summary: 'Per-function call rate, errors, latency and start kinds over the last minutes', operationId: 'getStats',
+  description: 'What the dashboard charts: for each deployed function (or one), its calls in fixed buckets (`bucketMs`, 5 s) over the last `window` ' +
+    'seconds (at most 15 minutes), oldest first, and their totals. Counted by the router where it counts outcomes; kept in memory.',
+  querystring: Type.Object({
+    function: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'Only this function.' })),
+    window: Type.Optional(Type.Integer({ minimum: 1, maximum: 900, description: 'Seconds back from now (default: the whole 15 minutes).' })),
+  }),
+  response: {
+    200: Type.Object({
+      bucketMs: Type.Integer(),
+      windowMs: Type.Integer(),
+      now: Type.Integer({ description: 'The platform\'s clock, epoch ms.' }),
+      functions: Type.Record(Type.String(), Type.Object({
+        buckets: Type.Array(Type.Object({ t: Type.Integer({ description: 'Start of the bucket, epoch ms.' }), ...StatsBucketFields })),
+        totals: Type.Object(StatsBucketFields),
+      })),
+    }, { description: 'The numbers of each function.' }),
+    ...errors('KDL_ERR_BAD_REQUEST', 'KDL_ERR_FN_NOT_FOUND'),
+  },
+}

@@ -9,6 +9,7 @@ import { pino, type Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { collectRoutes, registerOpenApi, type RouteEntry } from '../api/openapi.js'
 import { apiPlugin } from '../api/plugin.js'
+import { uiPlugin } from '../api/ui.js'
 import { DockerBackend } from '../backends/docker/docker.js'
 import { buildNodeImage, ensureNodeImage } from '../backends/docker/images/node-image.js'
 import { ProcessBackend } from '../backends/process/process.js'
@@ -33,6 +34,7 @@ import { policyFromConfig } from '../loadguard/policy.js'
 import { createCgroupReader } from '../loadguard/reader.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
 import { buildRouter } from '../router/app.js'
+import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
@@ -148,14 +150,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   if (config.KINDLING_LOADGUARD_ENABLED && loadGuard === undefined) log.warn('load guard off: no writable cgroup hierarchy (not root?)')
   loadGuard?.start()
   // ── end load guard ──
-  const { app, table } = buildRouter({ executor, metrics, log }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  const callStats = new CallStats()
+  const { app, table } = buildRouter({ executor, metrics, log, callStats }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
-    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn),
+    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
   })
+  await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
 
   try {

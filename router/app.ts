@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
+import type { CallOutcome, CallStats } from './call-stats.js'
 import { InstanceTable, type Granted } from './instance-table.js'
 import { drainRefused, forward, refuseOversized, sendError } from './proxy.js'
 
@@ -11,6 +12,8 @@ export interface RouterDeps {
   executor: ExecutorClient
   metrics: Metrics
   log: Logger
+  /** Per-function call counts for the dashboard (`GET /v1/stats`, issue 14). */
+  callStats: CallStats
 }
 
 export interface RouterConfig {
@@ -73,7 +76,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   }
   const app = Fastify({ loggerInstance: log, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
   const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
-  const { metrics } = deps
+  const { metrics, callStats } = deps
 
   app.setErrorHandler((err, request, reply) => {
     const kdl = toKdlError(err)
@@ -113,11 +116,13 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
           // Unknown names are not labels: a client must not be able to grow the metric set at will.
           metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
+          if (kdl.code !== 'KDL_ERR_FN_NOT_FOUND') callStats.record(name, 'refused', Number.NaN, undefined)
           sendError(res, kdl)
           return
         }
       }
       const { entry, slot, kind } = granted
+      let outcome: CallOutcome = 'ok'
       const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
       if (result.outcome === 'unsent' && result.retire === true) refusals++
       if (result.outcome === 'unsent' && refusals < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
@@ -135,14 +140,17 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
         if (result.retire === true) table.retire(entry, slot, 'exhausted')
         table.done(entry, slot, 'ok')
         entry.countStatus(result.status)
+        if (result.status >= 500) outcome = 'http5xx'
       } else if (result.retire === true) {
         // Refused unrun by instance after instance, out of attempts: the function no longer loads.
         table.done(entry, slot, 'exhausted')
+        outcome = 'refused'
         const err = new KdlError('KDL_ERR_LOAD_FAILED', `function "${name}" no longer loads a fresh copy in its instances; see its logs`)
         metrics.invocations.inc({ function: name, code: err.code })
         sendError(res, err, { 'x-kindling-error': 'unhandled' })
       } else if (result.outcome === 'timeout') {
         table.done(entry, slot, 'timeout')
+        outcome = 'timeout'
         const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
         metrics.invocations.inc({ function: name, code: err.code })
         sendError(res, err, { 'x-kindling-error': 'unhandled' })
@@ -152,11 +160,14 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
         const err = why === 'oom'
           ? new KdlError('KDL_ERR_FN_OOM', `function "${name}" exceeded its memory limit; its instance was killed`)
           : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call on instance ${slot.lease.instanceId} (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
+        outcome = why === 'oom' ? 'oom' : 'crashed'
         log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
         metrics.invocations.inc({ function: name, code: err.code })
         sendError(res, err, { 'x-kindling-error': 'unhandled' })
       }
-      entry.observeDuration((performance.now() - t0) / 1000)
+      const ms = performance.now() - t0
+      entry.observeDuration(ms / 1000)
+      callStats.record(name, outcome, ms, kind)
       return
     }
   }

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command runs it (`npm test`).
 # As root it first makes the real parts answer: a Docker engine (installed and started when missing), and the
-# process backend's sandbox tools (iproute2, slirp4netns).
+# process backend's sandbox tools (iproute2, slirp4netns), and Debian's chromium for the dashboard's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/ensure-docker.sh
   bash scripts/ensure-sandbox.sh
+  bash scripts/ensure-browser.sh
 else
   echo "test: not root — the docker and cgroup suites need root and will fail without it" >&2
 fi
 npx tsc --noEmit -p .
+npx tsc --noEmit -p ui/tsconfig.json
 npx tsc -p tsconfig.build.json
+npx vite build --config ui/vite.config.ts
 npx tap "$@"

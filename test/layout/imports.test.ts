@@ -22,6 +22,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'router', 'api'],
   cli: ['common', 'embedded'],
   runtimes: [],
+  ui: [],
 }
 /** Files of `executor/` the router may import: the data plane asks the control plane through its client only. */
 const ROUTER_SEES_OF_EXECUTOR = ['executor/client.ts']
