@@ -7,7 +7,7 @@ import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
 // The dashboard at /ui (issue 14) in headless Chromium (Debian's, scripts/ensure-browser.sh): it shows a
 // function deployed here, and its charts and pool view follow the calls the test sends.
 const CHROMIUM = '/usr/bin/chromium'
-const CODE = `export default async (event) => ({ status: Number(event.query.status ?? 200), body: 'hi' })`
+const CODE = `export default async (event) => { console.log('served status', event.query.status ?? 200); return { status: Number(event.query.status ?? 200), body: 'hi' } }`
 
 t.ok(existsSync('dist/ui/index.html'), 'the dashboard is built (npm run build / scripts/test.sh build it)')
 
@@ -75,7 +75,8 @@ t.test('the dashboard shows a deployed function and follows its calls', async (t
   t.pass('the pool view shows the instance the router now holds')
   t.match(await text(page, 'states-dash'), /\bleased 1\b/, 'and its state: leased to the router')
   await page.getByRole('region', { name: 'Load guard' }).waitFor()
-  await page.getByRole('region', { name: 'Logs' }).waitFor()
+  await page.getByRole('region', { name: 'Logs' }).getByText('served status 500').waitFor()
+  t.pass('the logs tail shows what the function printed')
   await page.getByTestId('events').getByText('version 1 deployed').waitFor()
   t.pass('the deploy is among the events')
 

@@ -40,8 +40,8 @@ export function FunctionPanel({ fn, stats }: { fn: FunctionView; stats: StatsAns
   ], [])
   const latencySeries = useMemo<uPlot.Series[]>(() => [
     {},
-    { label: 'p50 ms', stroke: '#3fa96b', width: 2, spanGaps: false, value: (_u, v) => fmt(v, 1) },
-    { label: 'p99 ms', stroke: '#d6a54c', width: 2, spanGaps: false, value: (_u, v) => fmt(v, 1) },
+    { label: 'p50 ms', stroke: '#3fa96b', width: 2, spanGaps: false, points: { show: true, size: 5 }, value: (_u, v) => fmt(v, 1) },
+    { label: 'p99 ms', stroke: '#d6a54c', width: 2, spanGaps: false, points: { show: true, size: 5 }, value: (_u, v) => fmt(v, 1) },
   ], [])
   // The legend shows each kind's own count, not the stacked sum.
   const raw = useRef<number[][]>([])

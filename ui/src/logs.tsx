@@ -16,13 +16,14 @@ export function LogsTail({ fn }: { fn: string }) {
 
   useEffect(() => {
     let stopped = false
-    let after = 0
+    // The first read takes the newest lines; each next one what came after them.
+    let after: number | undefined
     let timer: ReturnType<typeof setTimeout> | undefined
     setLines([])
     setState('loading')
     const tick = async (): Promise<void> => {
       try {
-        const res = await get<LogsAnswer>(`/v1/functions/${encodeURIComponent(fn)}/logs?after=${after}&limit=200`)
+        const res = await get<LogsAnswer>(`/v1/functions/${encodeURIComponent(fn)}/logs?${after === undefined ? '' : `after=${after}&`}limit=200`)
         if (stopped) return
         const got = res.logs ?? []
         if (got.length > 0) {
