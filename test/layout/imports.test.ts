@@ -22,6 +22,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'router', 'api'],
   cli: ['common', 'embedded'],
   runtimes: [],
+  // The dashboard (issue 14) runs in the browser and reads the platform over /v1 only.
   ui: [],
 }
 /** Files of `executor/` the router may import: the data plane asks the control plane through its client only. */
@@ -32,7 +33,7 @@ async function sources(dir: string): Promise<string[]> {
   for (const e of await readdir(join(ROOT, dir), { withFileTypes: true })) {
     const p = join(dir, e.name)
     if (e.isDirectory()) { if (e.name !== 'node_modules') out.push(...await sources(p)) }
-    else if (/\.(ts|mjs|js)$/.test(e.name) && !e.name.endsWith('.d.ts')) out.push(p)
+    else if (/\.(ts|tsx|mjs|js)$/.test(e.name) && !e.name.endsWith('.d.ts')) out.push(p)
   }
   return out
 }
