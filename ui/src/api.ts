@@ -96,16 +96,21 @@ export interface StatsAnswer {
   functions: Record<string, { buckets: StatsBucket[]; totals: Omit<StatsBucket, 't'> }>
 }
 
+/** One entry of `GET /v1/functions/:name/logs` (the server's LogEntry, common/function-logs.ts). */
 export interface LogLine {
   seq: number
-  t: string | number
+  /** Epoch ms. */
+  t: number
   function: string
   version: number
   instance: string
   invocation?: string
-  stream: string
-  level: string
+  stream: 'stdout' | 'stderr'
+  level: 'debug' | 'info' | 'warn' | 'error'
   msg: string
+  truncated?: true
+  /** A marker: this many lines went over the instance's output rate. */
+  dropped?: number
 }
 
 export interface LogsAnswer { logs: LogLine[]; next?: number }

@@ -72,7 +72,7 @@ export function LogsTail({ fn }: { fn: string }) {
   )
 }
 
-function time(t: string | number): string {
+function time(t: number): string {
   const d = new Date(t)
   return Number.isNaN(d.getTime()) ? String(t) : d.toLocaleTimeString()
 }
