@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { Option, type Command } from 'commander'
 import { CodeError, packCode, type CodeBody, type PackOptions } from './code-pack.js'
 import { envOption, headerOption, intOption, numberOption, type Runner } from './args.js'
-import { ApiError, CliError, hasHeader, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
+import { ApiError, CliError, hasHeader, jsonLines, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
 import { registerLogsCommand } from './logs.js'
 import { cell, formatJson, formatTable, isRecord, listOf, pick, type CliContext } from './output.js'
 
@@ -135,13 +135,10 @@ function apiErrorOf(status: number, data: unknown, raw?: Buffer): ApiError {
 
 /** Prints a deploy's build as it runs (stderr) and resolves with the deployed function, or throws its error. */
 async function followDeploy(ctx: CliContext, body: AsyncIterable<Buffer>): Promise<unknown> {
-  let buffered = ''
   let buildId = ''
   let outcome: { ok: true; data: unknown } | { ok: false; err: ApiError } | undefined
-  const handle = (line: string): void => {
-    if (line.trim() === '') return
-    const ev = parseJson(Buffer.from(line))
-    if (!isRecord(ev)) return
+  for await (const ev of jsonLines(body)) {
+    if (!isRecord(ev)) continue
     if (ev['event'] === 'build' && isRecord(ev['build'])) {
       buildId = String(ev['build']['id'])
       ctx.stderr.write(`building dependencies: build ${buildId} (${cell(ev['build']['command'])})\n`)
@@ -154,12 +151,6 @@ async function followDeploy(ctx: CliContext, body: AsyncIterable<Buffer>): Promi
       outcome = { ok: false, err: apiErrorOf(status, ev['error']) }
     }
   }
-  for await (const chunk of body) {
-    buffered += chunk.toString('utf8')
-    let nl: number
-    while ((nl = buffered.indexOf('\n')) !== -1) { handle(buffered.slice(0, nl)); buffered = buffered.slice(nl + 1) }
-  }
-  handle(buffered)
   if (outcome === undefined) throw new CliError(`error: the deploy's answer ended before its outcome${buildId === '' ? '' : ` (kindling builds get ${buildId})`}`)
   if (!outcome.ok) {
     if (buildId !== '' && outcome.err.code === 'KDL_ERR_BUILD_FAILED') ctx.stderr.write(`the whole log: kindling builds log ${buildId}\n`)

@@ -154,6 +154,21 @@ export class ApiClient {
   }
 }
 
+/** The JSON values of a streamed ndjson body, one a line, as they arrive (blank or unparsable lines are skipped). */
+export async function* jsonLines(body: AsyncIterable<Buffer>): AsyncGenerator<unknown> {
+  let buffered = ''
+  for await (const chunk of body) {
+    buffered += chunk.toString('utf8')
+    let nl: number
+    while ((nl = buffered.indexOf('\n')) !== -1) {
+      const line = buffered.slice(0, nl)
+      buffered = buffered.slice(nl + 1)
+      if (line.trim() !== '') yield parseJson(Buffer.from(line))
+    }
+  }
+  if (buffered.trim() !== '') yield parseJson(Buffer.from(buffered))
+}
+
 export function hasHeader(headers: Record<string, unknown>, name: string): boolean {
   return Object.keys(headers).some((k) => k.toLowerCase() === name)
 }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander'
 import type { LogEntry } from '../common/function-logs.js'
 import { intOption, type Runner } from './args.js'
-import { ApiError, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
+import { ApiError, jsonLines, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
 import { isRecord, type CliContext } from './output.js'
 
 interface LogsOptions {
@@ -54,18 +54,10 @@ async function follow(ctx: CliContext, client: ApiClient, path: string, print: (
       const kerr = kindlingError(parseJson(raw))
       throw new ApiError(res.status, kerr?.code, kerr?.message ?? `GET ${path} answered ${statusLine(res.status)}`)
     }
-    let buffered = ''
     try {
-      for await (const chunk of res.body) {
-        buffered += chunk.toString('utf8')
-        let nl
-        while ((nl = buffered.indexOf('\n')) !== -1) {
-          const line = buffered.slice(0, nl)
-          buffered = buffered.slice(nl + 1)
-          const e = parseJson(Buffer.from(line))
-          if (isRecord(e) && typeof e['seq'] === 'number') print(e as unknown as LogEntry)
-          else if (isRecord(e) && typeof e['missed'] === 'number') ctx.stderr.write(`… ${String(e['missed'])} lines skipped: this terminal read slower than the function printed\n`)
-        }
+      for await (const e of jsonLines(res.body)) {
+        if (isRecord(e) && typeof e['seq'] === 'number') print(e as unknown as LogEntry)
+        else if (isRecord(e) && typeof e['missed'] === 'number') ctx.stderr.write(`… ${String(e['missed'])} lines skipped: this terminal read slower than the function printed\n`)
       }
     } catch (err) {
       if (!ac.signal.aborted) throw err
