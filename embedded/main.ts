@@ -166,7 +166,6 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     await app.listen({ host: config.KINDLING_HOST, port: config.KINDLING_PORT })
   } catch (err) {
     await loadGuard?.stop()
-    callStats.close()
     await pools.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
@@ -194,7 +193,6 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         await table.whenIdle(SHUTDOWN_GRACE_MS)
         app.server.closeAllConnections()
         await closed
-        callStats.close()
         await pools.close()
         await store.close()
       })()

@@ -116,7 +116,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
           // Unknown names are not labels: a client must not be able to grow the metric set at will.
           metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
-          if (kdl.code !== 'KDL_ERR_FN_NOT_FOUND') callStats.record(name, 'refused', -1, undefined)
+          if (kdl.code !== 'KDL_ERR_FN_NOT_FOUND') callStats.record(name, 'refused', Number.NaN, undefined)
           sendError(res, kdl)
           return
         }
@@ -167,8 +167,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       }
       const ms = performance.now() - t0
       entry.observeDuration(ms / 1000)
-      // Whole microseconds: a small integer, passed and stored without a boxed double (router/call-stats.ts).
-      callStats.record(name, outcome, Math.round(ms * 1000), kind)
+      callStats.record(name, outcome, ms, kind)
       return
     }
   }

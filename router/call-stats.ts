@@ -5,13 +5,13 @@ export const OUTCOMES = ['ok', 'http5xx', 'timeout', 'crashed', 'oom', 'refused'
 export type CallOutcome = (typeof OUTCOMES)[number]
 export const START_KINDS: readonly StartKind[] = ['warm', 'prewarmed', 'specialized', 'cold']
 
-/** Upper bounds (µs) of the latency histogram: 32 log-spaced bounds from 0.1 ms to 60 s (×1.54 each), and an overflow bin. */
-export const LATENCY_BOUNDS_US: Float64Array = (() => {
+/** Upper bounds (ms) of the latency histogram: 32 log-spaced bounds from 0.1 ms to 60 s (×1.54 each), and an overflow bin. */
+export const LATENCY_BOUNDS_MS: Float64Array = (() => {
   const n = 32
-  const lo = 100
-  const hi = 60_000_000
+  const lo = 0.1
+  const hi = 60_000
   const out = new Float64Array(n)
-  for (let i = 0; i < n; i++) out[i] = Math.round(lo * (hi / lo) ** (i / (n - 1)))
+  for (let i = 0; i < n; i++) out[i] = lo * (hi / lo) ** (i / (n - 1))
   return out
 })()
 
@@ -19,7 +19,7 @@ export const LATENCY_BOUNDS_US: Float64Array = (() => {
 const OFF_OUTCOME = 1
 const OFF_KIND = OFF_OUTCOME + OUTCOMES.length
 const OFF_HIST = OFF_KIND + START_KINDS.length
-const HIST_BINS = LATENCY_BOUNDS_US.length + 1
+const HIST_BINS = LATENCY_BOUNDS_MS.length + 1
 const STRIDE = OFF_HIST + HIST_BINS
 const OUTCOME_INDEX: Record<CallOutcome, number> = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<CallOutcome, number>
 const KIND_INDEX: Record<StartKind, number> = { warm: 0, prewarmed: 1, specialized: 2, cold: 3 }
@@ -29,10 +29,7 @@ export interface CallStatsOptions {
   bucketMs?: number
   /** Buckets kept per function (the window is `bucketMs × buckets`). @default 180 (15 minutes) */
   buckets?: number
-  /**
-   * Wall clock in ms, read on every record (tests inject one). Without it the current bucket is kept by a
-   * timer at each bucket boundary, and a record reads no clock at all. @default a timer over Date.now
-   */
+  /** Wall clock in ms (tests inject one). @default Date.now */
   clock?: () => number
 }
 
@@ -56,59 +53,37 @@ export interface FunctionStats {
   totals: Omit<StatsBucket, 't'>
 }
 
-/** One function's ring: bucket numbers, counters, latency sums and maxima (µs); allocated on its first call. */
+/** One function's ring: bucket numbers, counters, latency sums and maxima; allocated on its first call. */
 class Ring {
   readonly epoch: Float64Array
   readonly counts: Uint32Array
-  readonly sumUs: Float64Array
-  readonly maxUs: Float64Array
+  readonly sumMs: Float64Array
+  readonly maxMs: Float64Array
 
   constructor(n: number) {
     this.epoch = new Float64Array(n).fill(-1)
     this.counts = new Uint32Array(n * STRIDE)
-    this.sumUs = new Float64Array(n)
-    this.maxUs = new Float64Array(n)
+    this.sumMs = new Float64Array(n)
+    this.maxMs = new Float64Array(n)
   }
 }
 
 /**
  * Per-function call counts over the last minutes, for the dashboard: fixed buckets in a ring, each with
  * calls, outcomes, start kinds and a latency histogram. Recording is on the call path, so it allocates
- * nothing once a function's ring exists: a map lookup, integer index math on the current bucket number
- * (a small integer kept by a timer: no clock read — `Date.now()` costs ≈ 65 ns here and returns a boxed
- * double) and a few typed-array writes (a bucket reused after its time is zeroed in place). Latencies come
- * in as whole microseconds for the same reason: small integers (up to 17 minutes) are passed unboxed.
+ * nothing once a function's ring exists: a map lookup, a clock read, integer index math and a few
+ * typed-array increments (a bucket reused after its time is zeroed in place).
  */
 export class CallStats {
   readonly bucketMs: number
   readonly buckets: number
   readonly #clock: () => number
-  /** The injected clock is read on each record; else `#bucket` is kept current by `#timer`. */
-  readonly #exact: boolean
-  #bucket = 0
-  #timer: NodeJS.Timeout | undefined
   readonly #rings = new Map<string, Ring>()
 
   constructor(opts: CallStatsOptions = {}) {
     this.bucketMs = opts.bucketMs ?? 5000
     this.buckets = opts.buckets ?? 180
-    this.#exact = opts.clock !== undefined
     this.#clock = opts.clock ?? Date.now
-    if (!this.#exact) this.#tick()
-  }
-
-  /** Moves `#bucket` on at each boundary (a timer that fires early re-arms for the rest). */
-  #tick(): void {
-    const now = this.#clock()
-    this.#bucket = Math.floor(now / this.bucketMs)
-    this.#timer = setTimeout(() => this.#tick(), (this.#bucket + 1) * this.bucketMs - now + 1)
-    this.#timer.unref()
-  }
-
-  /** Stops the bucket timer (the platform is stopping). */
-  close(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer)
-    this.#timer = undefined
   }
 
   /** The longest window a read can cover, in ms. */
@@ -117,33 +92,32 @@ export class CallStats {
   }
 
   /**
-   * One call of `fn` ended. `us` is its latency through the router in whole microseconds (negative: not
-   * timed, e.g. a call refused before it had an instance); `kind` how its instance was found (undefined:
-   * it had none).
+   * One call of `fn` ended. `ms` is its latency through the router (NaN or negative: not timed, e.g. a call
+   * refused before it had an instance); `kind` how its instance was found (undefined: it had none).
    */
-  record(fn: string, outcome: CallOutcome, us: number, kind: StartKind | undefined): void {
+  record(fn: string, outcome: CallOutcome, ms: number, kind: StartKind | undefined): void {
     let ring = this.#rings.get(fn)
     if (ring === undefined) {
       ring = new Ring(this.buckets)
       this.#rings.set(fn, ring)
     }
-    const b = this.#exact ? Math.floor(this.#clock() / this.bucketMs) : this.#bucket
+    const b = Math.floor(this.#clock() / this.bucketMs)
     const i = b % this.buckets
     const base = i * STRIDE
     const counts = ring.counts
     if (ring.epoch[i] !== b) {
       counts.fill(0, base, base + STRIDE)
-      ring.sumUs[i] = 0
-      ring.maxUs[i] = 0
+      ring.sumMs[i] = 0
+      ring.maxMs[i] = 0
       ring.epoch[i] = b
     }
     counts[base]!++
     counts[base + OFF_OUTCOME + OUTCOME_INDEX[outcome]]!++
     if (kind !== undefined) counts[base + OFF_KIND + KIND_INDEX[kind]]!++
-    if (us >= 0) {
-      counts[base + OFF_HIST + binOf(us)]!++
-      ring.sumUs[i]! += us
-      if (us > ring.maxUs[i]!) ring.maxUs[i] = us
+    if (ms >= 0) {
+      counts[base + OFF_HIST + binOf(ms)]!++
+      ring.sumMs[i]! += ms
+      if (ms > ring.maxMs[i]!) ring.maxMs[i] = ms
     }
   }
 
@@ -173,8 +147,8 @@ export class CallStats {
       const i = ((b % this.buckets) + this.buckets) % this.buckets
       const live = ring !== undefined && ring.epoch[i] === b
       const view = live ? ring.counts.subarray(i * STRIDE, (i + 1) * STRIDE) : EMPTY
-      const s = live ? ring.sumUs[i]! : 0
-      const m = live ? ring.maxUs[i]! : 0
+      const s = live ? ring.sumMs[i]! : 0
+      const m = live ? ring.maxMs[i]! : 0
       if (live) for (let k = 0; k < STRIDE; k++) merged[k]! += view[k]!
       sum += s
       if (m > max) max = m
@@ -187,18 +161,18 @@ export class CallStats {
 const EMPTY = new Uint32Array(STRIDE)
 
 /** The histogram bin of a latency: binary search over the bounds (5 comparisons). */
-function binOf(us: number): number {
+function binOf(ms: number): number {
   let lo = 0
-  let hi = LATENCY_BOUNDS_US.length
+  let hi = LATENCY_BOUNDS_MS.length
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
-    if (us <= LATENCY_BOUNDS_US[mid]!) hi = mid
+    if (ms <= LATENCY_BOUNDS_MS[mid]!) hi = mid
     else lo = mid + 1
   }
   return lo
 }
 
-function summarise(c: Uint32Array, sumUs: number, maxUs: number): Omit<StatsBucket, 't'> {
+function summarise(c: Uint32Array, sumMs: number, maxMs: number): Omit<StatsBucket, 't'> {
   const outcomes = {} as Record<CallOutcome, number>
   let errors = 0
   for (let k = 0; k < OUTCOMES.length; k++) {
@@ -212,18 +186,18 @@ function summarise(c: Uint32Array, sumUs: number, maxUs: number): Omit<StatsBuck
   for (let k = 0; k < HIST_BINS; k++) timed += c[OFF_HIST + k]!
   return {
     calls: c[0]!, errors,
-    p50Ms: percentile(c, timed, 0.5, maxUs), p99Ms: percentile(c, timed, 0.99, maxUs), meanMs: timed === 0 ? null : ms(sumUs / timed),
-    maxMs: timed === 0 ? null : ms(maxUs),
+    p50Ms: percentile(c, timed, 0.5, maxMs), p99Ms: percentile(c, timed, 0.99, maxMs), meanMs: timed === 0 ? null : round(sumMs / timed),
+    maxMs: timed === 0 ? null : round(maxMs),
     outcomes, starts,
   }
 }
 
 /**
- * The `q` quantile (in ms) from a bucket's histogram: the bin holding the rank, interpolated log-linearly
- * between its bounds (the first bin linearly from 0), its top bound no higher than the slowest call seen
- * (which is also what the overflow bin reads as).
+ * The `q` quantile from a bucket's histogram: the bin holding the rank, interpolated log-linearly between
+ * its bounds (the first bin linearly from 0), its top bound no higher than the slowest call seen (which is
+ * also what the overflow bin reads as).
  */
-function percentile(c: Uint32Array, timed: number, q: number, maxUs: number): number | null {
+export function percentile(c: Uint32Array, timed: number, q: number, maxMs: number): number | null {
   if (timed === 0) return null
   const rank = Math.max(1, Math.ceil(q * timed))
   let seen = 0
@@ -233,17 +207,16 @@ function percentile(c: Uint32Array, timed: number, q: number, maxUs: number): nu
       seen += inBin
       continue
     }
-    if (k >= LATENCY_BOUNDS_US.length) return ms(maxUs)
-    const hi = Math.min(LATENCY_BOUNDS_US[k]!, maxUs)
+    if (k >= LATENCY_BOUNDS_MS.length) return round(maxMs)
+    const hi = Math.min(LATENCY_BOUNDS_MS[k]!, maxMs)
     const frac = (rank - seen) / inBin
-    if (k === 0) return ms(hi * frac)
-    const lo = LATENCY_BOUNDS_US[k - 1]!
-    return hi <= lo ? ms(hi) : ms(lo * (hi / lo) ** frac)
+    if (k === 0) return round(hi * frac)
+    const lo = LATENCY_BOUNDS_MS[k - 1]!
+    return hi <= lo ? round(hi) : round(lo * (hi / lo) ** frac)
   }
   return null
 }
 
-/** Microseconds as milliseconds, to the microsecond. */
-function ms(us: number): number {
-  return Math.round(us) / 1000
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000
 }

@@ -1,6 +1,5 @@
 import t from 'tap'
-import { CallStats, LATENCY_BOUNDS_US } from '../../router/call-stats.js'
-import { waitFor } from '../fixtures/wait.js'
+import { CallStats, LATENCY_BOUNDS_MS } from '../../router/call-stats.js'
 
 // The dashboard's call counts (issue 14), on a clock the test moves by hand.
 function clocked(start = 1_700_000_000_000) {
@@ -11,10 +10,10 @@ function clocked(start = 1_700_000_000_000) {
 
 t.test('a call lands in the bucket of its time, with its outcome, its start kind and its latency', async (t) => {
   const { stats, now } = clocked()
-  stats.record('f', 'ok', 3000, 'cold')
-  stats.record('f', 'ok', 1000, 'warm')
-  stats.record('f', 'http5xx', 2000, 'warm')
-  stats.record('f', 'refused', -1, undefined)
+  stats.record('f', 'ok', 3, 'cold')
+  stats.record('f', 'ok', 1, 'warm')
+  stats.record('f', 'http5xx', 2, 'warm')
+  stats.record('f', 'refused', Number.NaN, undefined)
   const { buckets, totals } = stats.read('f', 5000)
   t.equal(buckets.length, 1, 'a 5 s window is one bucket')
   const b = buckets[0]!
@@ -29,10 +28,10 @@ t.test('a call lands in the bucket of its time, with its outcome, its start kind
 
 t.test('the ring rolls over: a bucket reused after its time starts from zero, older buckets leave the window', async (t) => {
   const { stats, advance } = clocked(0)
-  stats.record('f', 'ok', 1000, 'warm')
+  stats.record('f', 'ok', 1, 'warm')
   advance(5000)
-  stats.record('f', 'ok', 1000, 'warm')
-  stats.record('f', 'ok', 1000, 'warm')
+  stats.record('f', 'ok', 1, 'warm')
+  stats.record('f', 'ok', 1, 'warm')
   let r = stats.read('f', 10_000)
   t.same(r.buckets.map((b) => b.calls), [1, 2], 'two buckets, oldest first')
   t.same(r.buckets.map((b) => b.t), [0, 5000])
@@ -40,7 +39,7 @@ t.test('the ring rolls over: a bucket reused after its time starts from zero, ol
 
   // 180 buckets later the first call's slot comes round again: it must read as this bucket only.
   advance(179 * 5000)
-  stats.record('f', 'timeout', 30_000_000, 'warm')
+  stats.record('f', 'timeout', 30_000, 'warm')
   r = stats.read('f')
   t.equal(r.buckets.length, 180, 'the default window is the whole ring')
   t.equal(r.buckets[179]!.calls, 1, 'the reused slot counts only the new call')
@@ -58,7 +57,7 @@ t.test('the ring rolls over: a bucket reused after its time starts from zero, ol
 t.test('the window is whole buckets, at least one and at most the ring', async (t) => {
   const { stats, advance } = clocked(0)
   for (let i = 0; i < 10; i++) {
-    stats.record('f', 'ok', 1000, 'warm')
+    stats.record('f', 'ok', 1, 'warm')
     advance(5000)
   }
   t.equal(stats.read('f', 12_000).buckets.length, 3, '12 s is rounded up to 3 buckets')
@@ -70,10 +69,10 @@ t.test('the window is whole buckets, at least one and at most the ring', async (
 
 t.test('percentiles come from the histogram, within one bin of the true value', async (t) => {
   const { stats } = clocked()
-  // 100 calls at 1..100 ms (recorded in µs): p50 ≈ 50 ms, p99 ≈ 99 ms.
-  for (let ms = 1; ms <= 100; ms++) stats.record('f', 'ok', ms * 1000, 'warm')
+  // 100 calls at 1..100 ms: p50 ≈ 50 ms, p99 ≈ 99 ms.
+  for (let ms = 1; ms <= 100; ms++) stats.record('f', 'ok', ms, 'warm')
   const b = stats.read('f', 5000).buckets[0]!
-  const ratio = LATENCY_BOUNDS_US[1]! / LATENCY_BOUNDS_US[0]!
+  const ratio = LATENCY_BOUNDS_MS[1]! / LATENCY_BOUNDS_MS[0]!
   t.ok(b.p50Ms! > 50 / ratio && b.p50Ms! < 50 * ratio, `p50 ${b.p50Ms} is near 50 ms`)
   t.ok(b.p99Ms! > 99 / ratio && b.p99Ms! < 99 * ratio, `p99 ${b.p99Ms} is near 99 ms`)
   t.ok(b.p99Ms! > b.p50Ms!, 'p99 above p50')
@@ -81,24 +80,24 @@ t.test('percentiles come from the histogram, within one bin of the true value', 
 
   // A single slow call among fast ones moves p99, not p50.
   const s2 = clocked().stats
-  for (let i = 0; i < 99; i++) s2.record('g', 'ok', 500, 'warm')
-  s2.record('g', 'ok', 2_000_000, 'cold')
-  s2.record('g', 'ok', 2_000_000, 'cold')
+  for (let i = 0; i < 99; i++) s2.record('g', 'ok', 0.5, 'warm')
+  s2.record('g', 'ok', 2000, 'cold')
+  s2.record('g', 'ok', 2000, 'cold')
   const g = s2.read('g', 5000).totals
   t.ok(g.p50Ms! < 1, `p50 ${g.p50Ms} stays sub-millisecond`)
   t.ok(g.p99Ms! > 1000, `p99 ${g.p99Ms} shows the slow calls`)
 
   // Beyond the top bound: read as the slowest call, not lost.
   const s3 = clocked().stats
-  s3.record('h', 'ok', 120_000_000, 'cold')
+  s3.record('h', 'ok', 120_000, 'cold')
   t.equal(s3.read('h', 5000).totals.p50Ms, 120_000)
   t.equal(s3.read('h', 5000).totals.maxMs, 120_000)
 })
 
 t.test('functions are kept apart; forget drops one; a function never called reads as zeros', async (t) => {
   const { stats } = clocked()
-  stats.record('a', 'ok', 1000, 'warm')
-  stats.record('b', 'crashed', 1000, 'prewarmed')
+  stats.record('a', 'ok', 1, 'warm')
+  stats.record('b', 'crashed', 1, 'prewarmed')
   t.same(stats.functions().sort(), ['a', 'b'])
   t.equal(stats.read('a').totals.calls, 1)
   t.equal(stats.read('b').totals.outcomes.crashed, 1)
@@ -106,18 +105,4 @@ t.test('functions are kept apart; forget drops one; a function never called read
   t.same(stats.functions(), ['b'])
   t.equal(stats.read('a').totals.calls, 0)
   t.equal(stats.read('never').buckets.length, 180)
-})
-
-t.test('without an injected clock, a timer moves the current bucket on at each boundary', async (t) => {
-  const stats = new CallStats({ bucketMs: 20, buckets: 50 })
-  t.teardown(() => stats.close())
-  stats.record('f', 'ok', 1000, 'warm')
-  const first = stats.read('f', 1000).buckets.filter((b) => b.calls > 0)
-  t.equal(first.length, 1, 'the call is in the window')
-  // Wait until the current bucket is a later one, then record again: it must land there, not in the first.
-  await waitFor(() => stats.read('f', 20).buckets[0]!.t > first[0]!.t, 'a later bucket')
-  stats.record('f', 'ok', 1000, 'warm')
-  const after = stats.read('f', 1000).buckets.filter((b) => b.calls > 0)
-  t.equal(after.length, 2, 'two buckets hold one call each')
-  t.ok(after[1]!.t > first[0]!.t, 'the second call is in the later bucket')
 })
