@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os'
 import { chmod, chown, copyFile, link, lstat, mkdir, readdir, readlink, realpath, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import { createInterface } from 'node:readline'
-import { PassThrough, Writable } from 'node:stream'
+import { PassThrough, Writable, type Duplex } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
 import type Dockerode from 'dockerode'
 import { BACKGROUND_SHARES, QUARANTINE_ROOT, QUARANTINE_SHARES, SERVING_SHARES, type BuildJob, type BuildJobResult, type ContainerBackend, type ExitReason, type InstanceExit, type InstanceHandle, type InstanceOutput, type InstanceRequest, DEFAULT_OUTPUT_LIMITS, type OutputLimits } from '../../common/backend.js'
@@ -80,6 +80,8 @@ export class DockerBackend implements ContainerBackend {
   readonly #events: DockerEvents
   readonly #cgroups: CgroupLocator
   readonly #outputListeners: Array<(output: InstanceOutput) => void> = []
+  /** Each instance's attach stream while it is open: a stop ends it even if the engine does not. */
+  readonly #attached = new Map<string, Duplex>()
   #closing = false
 
   constructor(opts: DockerBackendOptions) {
@@ -292,6 +294,8 @@ export class DockerBackend implements ContainerBackend {
     const p = (async () => {
       try {
         await this.#remove(id, live?.containerId)
+        this.#attached.get(id)?.destroy()
+        this.#attached.delete(id)
         if (live !== undefined) this.#events.stopped(id)
         await rm(this.#socketDir(id), { recursive: true, force: true })
         await rm(this.#codeDir(id), { recursive: true, force: true })
@@ -376,7 +380,9 @@ export class DockerBackend implements ContainerBackend {
 
   /** Follows a created container's stdout and stderr (the engine's attach stream) into the output listeners, bounded. */
   async #attachOutput(id: string, container: Dockerode.Container): Promise<void> {
-    const stream = await container.attach({ stream: true, stdout: true, stderr: true })
+    // A hijacked connection to the engine: a socket underneath (dockerode types it as a bare ReadWriteStream).
+    const stream = await container.attach({ stream: true, stdout: true, stderr: true }) as unknown as Duplex
+    this.#attached.set(id, stream)
     const limiter = new OutputLimiter(id, this.#opts.output ?? DEFAULT_OUTPUT_LIMITS, (output) => {
       for (const l of this.#outputListeners) {
         try { l(output) } catch (err) { this.#log.error({ err, instance: id }, 'output listener threw') }
@@ -393,7 +399,10 @@ export class DockerBackend implements ContainerBackend {
     const out = sink('stdout')
     const err = sink('stderr')
     this.#docker.modem.demuxStream(stream, out, err)
-    const ended = (): void => { out.end(); err.end(); limiter.close() }
+    const ended = (): void => {
+      if (this.#attached.get(id) === stream) this.#attached.delete(id)
+      out.end(); err.end(); limiter.close()
+    }
     stream.once('end', ended)
     stream.once('close', ended)
     stream.on('error', noop)
