@@ -1,13 +1,15 @@
 import type { FastifyInstance } from 'fastify'
 import type { BuildRecord } from '../builder/builder.js'
 import type { StoredCode } from '../codestore/code-store.js'
+import { lastVersionOf } from '../common/aliases.js'
 import { isKdlError, KdlError, type ErrorCode } from '../common/errors.js'
 import { assertName, functionBodyProblems, parseRuntimeBody, runtimeBodyProblems } from '../common/spec.js'
 import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec, RuntimeSpec } from '../common/types.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { Deployer, PreparedFunction } from './deployer.js'
-import type { KeyedMutex } from './keyed-mutex.js'
+import type { KeyedMutex } from '../common/keyed-mutex.js'
+import { actorOf } from './releases.js'
 import * as S from './route-schemas.js'
 
 export interface ApplyDeps {
@@ -67,7 +69,7 @@ interface Plan {
 export function registerApplyRoute(app: FastifyInstance, deps: ApplyDeps): void {
   const { deployer, store } = deps
 
-  app.post('/v1/apply', { schema: S.applyProject }, async (request) => {
+  app.post('/v1/apply', { schema: S.applyProject }, async (request) => deployer.deploying(async () => {
     const body = parseApplyBody(request.body)
     const problems: ApplyProblem[] = []
     const runtimeBodies = checkRuntimes(body.runtimes, deps.runtimeKinds, problems)
@@ -129,7 +131,7 @@ export function registerApplyRoute(app: FastifyInstance, deps: ApplyDeps): void 
       const records = new Map<string, FunctionRecord>()
       await settleOrThrow(p.functions, p.functions.length, async ({ prepared: fn, prev }) => {
         const { code, build } = await materialize(fn)
-        records.set(fn.name, deployer.recordOf(fn.name, fn.spec, code, build, prev))
+        records.set(fn.name, deployer.recordOf(fn.name, fn.spec, code, build, prev, actorOf(request)))
       }, 'a build failed')
       const trials = new Map<string, Instance>()
       try {
@@ -157,7 +159,7 @@ export function registerApplyRoute(app: FastifyInstance, deps: ApplyDeps): void 
       if (applied) request.log.info({ changes: p.changes.filter((c) => c.action !== 'unchanged').length }, 'project applied')
       return { changes: p.changes, applied }
     })
-  })
+  }))
 }
 
 function parseApplyBody(raw: unknown): ApplyBody {
@@ -264,7 +266,7 @@ function functionChange(p: PreparedFunction, prev: FunctionRecord | undefined): 
   if (p.targetHash !== prev.codeHash) fields.push('code')
   return fields.length === 0
     ? { kind: 'function', name: p.name, action: 'unchanged', version: prev.version }
-    : { kind: 'function', name: p.name, action: 'update', fields, version: prev.version + 1 }
+    : { kind: 'function', name: p.name, action: 'update', fields, version: lastVersionOf(prev) + 1 }
 }
 
 /** Equal as stored: scalars by value, objects (env) by their sorted entries; absent is undefined. */

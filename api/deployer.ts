@@ -8,7 +8,9 @@ import type { FunctionRecord, FunctionSpec, RuntimeSpec } from '../common/types.
 import type { Executor } from '../executor/executor.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
-import { KeyedMutex } from './keyed-mutex.js'
+import { lastVersionOf } from '../common/aliases.js'
+import type { KeyedMutex } from '../common/keyed-mutex.js'
+import type { Releases } from '../releases/versions.js'
 
 export interface DeployerDeps {
   store: Store
@@ -16,6 +18,8 @@ export interface DeployerDeps {
   builder?: Builder | undefined
   executor: Executor
   pools: PoolManager
+  /** Versions and aliases (issue 15): a deploy lands as a new version; old ones are pruned. */
+  releases: Releases
   runtimeKinds: readonly string[]
   log: FastifyBaseLogger
   /** Told after a function was deleted (its logs go with it). */
@@ -40,7 +44,7 @@ export interface PreparedFunction {
  * One mutex per name (`runtime:<name>` for runtimes) orders them, whichever route they came by.
  */
 export class Deployer {
-  readonly locks = new KeyedMutex()
+  readonly locks: KeyedMutex
   readonly #d: DeployerDeps
   /**
    * Deploys of a name in request order: a deploy that waited for its build while a later deploy (or a delete,
@@ -51,6 +55,12 @@ export class Deployer {
 
   constructor(deps: DeployerDeps) {
     this.#d = deps
+    this.locks = deps.releases.locks
+  }
+
+  /** Runs a whole deploy, from before its code is stored to its landing (Releases.deploying: pruned code waits). */
+  deploying<T>(work: () => Promise<T>): Promise<T> {
+    return this.#d.releases.deploying(work)
   }
 
   /** Records a deploy or delete of `name` made now; resolves its sequence number for `assertLatest`. */
@@ -122,12 +132,13 @@ export class Deployer {
     return { code: await builder.assemble(p.code, p.plan.inputsHash), build: ticket.record }
   }
 
-  /** The next version's record of `name` over `prev` (its previous version, if any). */
-  recordOf(name: string, spec: FunctionSpec, code: StoredCode, build: BuildRecord | undefined, prev: FunctionRecord | undefined): FunctionRecord {
+  /** The next version's record of `name` over `prev` (its head, if any); numbers are never reused. */
+  recordOf(name: string, spec: FunctionSpec, code: StoredCode, build: BuildRecord | undefined, prev: FunctionRecord | undefined, deployedBy?: string): FunctionRecord {
     const now = new Date().toISOString()
     return {
-      name, ...spec, version: (prev?.version ?? 0) + 1, codeHash: code.hash, createdAt: prev?.createdAt ?? now, updatedAt: now,
+      name, ...spec, version: prev === undefined ? 1 : lastVersionOf(prev) + 1, codeHash: code.hash, createdAt: prev?.createdAt ?? now, updatedAt: now,
       ...(build === undefined ? {} : { build: { id: build.id, inputsHash: build.inputsHash } }),
+      ...(deployedBy === undefined ? {} : { deployedBy }),
     }
   }
 
@@ -141,21 +152,28 @@ export class Deployer {
     await this.#d.pools.destroy(trial)
   }
 
-  /** Stores a trial-loaded version and routes to it (call under the name's lock). */
-  async land(record: FunctionRecord, trial: Instance): Promise<void> {
+  /**
+   * Stores a trial-loaded version and, with `promote` (the default), routes `latest` to it; then prunes the
+   * versions beyond those kept (call under the name's lock). Resolves the function's head.
+   */
+  async land(record: FunctionRecord, trial: Instance, promote = true): Promise<FunctionRecord> {
+    const { releases, store, executor } = this.#d
+    let head: FunctionRecord
     try {
-      await this.#d.store.putFunction(record)
+      head = await releases.landLocked(await store.getFunction(record.name), record, promote)
     } catch (err) {
       await this.discard(trial)
       throw err
     }
-    this.#d.executor.deployed(record, trial)
-    this.#d.log.info({ fn: record.name, version: record.version }, 'function deployed')
+    await executor.deployed(head, record, trial)
+    this.#d.log.info({ fn: record.name, version: record.version, serving: head.version }, 'function deployed')
+    await releases.pruneLocked(head).catch((err: unknown) => this.#d.log.error({ err, fn: record.name }, 'pruning old versions failed'))
+    return head
   }
 
   /** Trial-loads and lands one version (call under the name's lock). */
-  async deploy(record: FunctionRecord): Promise<void> {
-    await this.land(record, await this.trialLoad(record))
+  async deploy(record: FunctionRecord, promote = true): Promise<FunctionRecord> {
+    return this.land(record, await this.trialLoad(record), promote)
   }
 
   /** Stores a runtime's spec and reconfigures its generic pool (call under `runtime:<name>`). */
@@ -169,6 +187,7 @@ export class Deployer {
     if (!await this.#d.store.deleteFunction(name)) return false
     this.#d.executor.removed(name)
     this.#d.removed?.(name)
+    this.#d.releases.removed(name)
     this.#d.log.info({ fn: name }, 'function deleted')
     return true
   }

@@ -18,6 +18,7 @@ export const DOCS_PREFIX = '/docs'
 /** Tags of the `/v1` operations, in the order the UI shows them. */
 export const TAGS = [
   { name: 'functions', description: 'Deploy, list and delete functions.' },
+  { name: 'versions', description: 'Versions, aliases, rollback and canary releases (issue 15).' },
   { name: 'builds', description: "Dependency builds: a function's package.json installed before its first load." },
   { name: 'runtimes', description: 'Runtime kinds and their generic pools.' },
   { name: 'platform', description: 'Pools, the start gate and platform events.' },
@@ -40,17 +41,27 @@ export const ErrorSchema = Type.Object({
 
 const Iso = (description: string): TSchema => Type.String({ format: 'date-time', description })
 
+/** What an alias routes to. */
+export const AliasTargetSchema = Type.Union([
+  Type.Object({ version: Type.Integer({ minimum: 1 }) }, { additionalProperties: false }),
+  Type.Object({ weights: Type.Record(Type.String({ pattern: '^[1-9][0-9]*$' }), Type.Integer({ minimum: 0, maximum: 1_000_000 })) }, { additionalProperties: false }),
+], { description: 'One version, or versions by integer weight: `{"weights": {"3": 90, "4": 10}}` sends a call to 4 with probability 10/100.' })
+
 /** A function as the API shows it: its stored spec (defaults filled in), its version, and its instances. */
 export const FunctionSchema = Type.Composite([
   Type.Required(Type.Omit(FunctionBody, ['code', 'archive', 'memoryMb', 'cpu'])),
   Type.Pick(FunctionBody, ['memoryMb', 'cpu']),
   Type.Object({
     name: Type.String({ pattern: NAME_PATTERN }),
-    version: Type.Integer({ minimum: 1, description: 'Increases by one on every successful deploy.' }),
+    version: Type.Integer({ minimum: 1, description: 'The version `latest` serves (the heaviest one while it is split by weight). Every deploy makes a new one.' }),
     codeHash: Type.String({ description: 'sha256 of the deployed code.' }),
     build: Type.Optional(Type.Object({ id: Type.String(), inputsHash: Type.String() }, { description: 'The build that installed its dependencies.' })),
     createdAt: Iso('First deploy.'),
     updatedAt: Iso('Latest deploy.'),
+    deployedBy: Type.Optional(Type.String({ description: 'Who deployed the version: the `x-kindling-actor` header, else the caller\'s address.' })),
+    aliases: Type.Optional(Type.Record(Type.String(), AliasTargetSchema, { description: 'The function\'s aliases; `latest` is what the bare name serves.' })),
+    lastVersion: Type.Optional(Type.Integer({ minimum: 1, description: 'The highest version number given so far (a rollback does not reuse numbers).' })),
+    canary: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'The running or last canary (`GET /v1/functions/{name}/canary`).' })),
     status: Type.Object({
       instances: Type.Record(Type.String(), Type.Integer(), { description: 'Instances of the function by state.' }),
       loadGuard: Type.Optional(Type.Object({}, { additionalProperties: true, description: "The load guard's view of the function (absent when the guard is off)." })),

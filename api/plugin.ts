@@ -15,6 +15,9 @@ import { registerApplyRoute } from './apply.js'
 import { buildView, registerBuildRoutes } from './builds.js'
 import { Deployer } from './deployer.js'
 import { registerLogRoutes } from './logs.js'
+import { actorOf, registerReleaseRoutes } from './releases.js'
+import type { CanaryController } from '../releases/canary.js'
+import type { Releases } from '../releases/versions.js'
 import * as S from './route-schemas.js'
 import { registerStatsRoutes, type CallStatsSource } from './stats.js'
 
@@ -25,6 +28,9 @@ export interface ApiDeps {
   builder?: Builder | undefined
   executor: Executor
   pools: PoolManager
+  /** Versions, aliases, rollback (issue 15). */
+  releases: Releases
+  canary: CanaryController
   events: EventLog
   /** Each function's recent output (`GET /v1/functions/:name/logs`). */
   logs: FunctionLogs
@@ -48,7 +54,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   app.setValidatorCompiler(() => () => true)
   app.setSerializerCompiler(() => (data) => JSON.stringify(data))
   const deployer = new Deployer({
-    store, codeStore, builder, executor, pools, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => { deps.logs.drop(name); deps.callStats?.forget(name) },
+    store, codeStore, builder, executor, pools, releases: deps.releases, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => { deps.logs.drop(name); deps.callStats?.forget(name) },
   })
   const { locks } = deployer
 
@@ -75,77 +81,84 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   })
 
   /** Trial-loads and stores one version (under the name's lock); the answer's status and body. */
-  const commit = async (name: string, spec: FunctionSpec, code: StoredCode, seq: number, build: BuildRecord | undefined): Promise<{ status: number; body: Record<string, unknown> }> =>
+  const commit = async (name: string, spec: FunctionSpec, code: StoredCode, seq: number, build: BuildRecord | undefined, how: DeployHow): Promise<{ status: number; body: Record<string, unknown> }> =>
     locks.run(name, async () => {
       deployer.assertLatest(name, seq)
       const prev = await store.getFunction(name)
-      const record = deployer.recordOf(name, spec, code, build, prev)
-      await deployer.deploy(record)
-      return { status: prev === undefined ? 201 : 200, body: view(record) }
+      const record = deployer.recordOf(name, spec, code, build, prev, how.actor)
+      const head = await deployer.deploy(record, how.promote)
+      // The answer is the function as it is now; a version stored without promotion is named beside it.
+      return { status: prev === undefined ? 201 : 200, body: { ...view(head), deployed: record.version } }
     })
 
-  app.put<{ Params: { name: string }; Querystring: { wait?: string } }>('/v1/functions/:name', { schema: S.deployFunction }, async (request, reply) => {
+  app.put<{ Params: { name: string }; Querystring: { wait?: string; promote?: string } }>('/v1/functions/:name', { schema: S.deployFunction }, async (request, reply) => {
     const { name } = request.params
     assertName('function', name)
-    const { body, spec } = deployer.specOf(request.body)
-    const code = await deployer.storeCode(body, spec)
-    const seq = deployer.claim(name)
-    const plan = await deployer.buildPlan(code, spec.runtime)
-    if (plan === undefined || builder === undefined) {
-      const r = await commit(name, spec, code, seq, undefined)
-      void reply.code(r.status)
-      return r.body
-    }
+    const promote = request.query.promote
+    if (promote !== undefined && promote !== 'true' && promote !== 'false') throw new KdlError('KDL_ERR_BAD_REQUEST', 'promote: must be true or false')
+    const how: DeployHow = { promote: promote !== 'false', actor: actorOf(request) }
+    return deployer.deploying(async () => {
+      const { body, spec } = deployer.specOf(request.body)
+      const code = await deployer.storeCode(body, spec)
+      const seq = deployer.claim(name)
+      const plan = await deployer.buildPlan(code, spec.runtime)
+      if (plan === undefined || builder === undefined) {
+        const r = await commit(name, spec, code, seq, undefined, how)
+        void reply.code(r.status)
+        return r.body
+      }
 
-    // Dependencies: built once per set of inputs (issue 9), then trial-loaded with them in place.
-    const ticket = await builder.ensure(plan, name)
-    const finish = async (): Promise<{ status: number; body: Record<string, unknown> }> => {
-      await ticket.done
-      const r = await commit(name, spec, await builder.assemble(code, plan.inputsHash), seq, ticket.record)
-      return { status: r.status, body: { ...r.body, build: { ...buildView(ticket.record), reused: ticket.reused } } }
-    }
-    if (ticket.reused) {
-      const r = await finish()
-      void reply.code(r.status)
-      return r.body
-    }
-    const done = finish()
-    // Whoever waits (or nobody, after a 202): the outcome is logged and an event either way.
-    done.then(() => {}, (err: unknown) => {
-      const kdl = asKdl(err)
-      request.log.warn({ fn: name, code: kdl.code, build: ticket.record.id }, 'deploy after build failed')
-      deps.events.add({ type: 'deploy.failed', function: name, message: kdl.message, data: { code: kdl.code, build: ticket.record.id } })
-    })
-    const wait = request.query.wait === 'true' || request.query.wait === '1'
-    if (!wait) {
-      void reply.code(202)
-      return { function: name, state: 'building', build: buildView(ticket.record) }
-    }
-    if ((request.headers.accept ?? '').includes('application/x-ndjson')) {
-      // The CLI's deploy: the build's log as it is written, then the deploy's outcome, one JSON object a line.
-      const ac = new AbortController()
-      request.raw.once('close', () => ac.abort())
-      const log = ticket.log
-      const lines = async function* (): AsyncGenerator<string> {
-        yield JSON.stringify({ event: 'build', build: buildView(ticket.record) }) + '\n'
-        if (log !== undefined) {
-          for await (const chunk of log.follow(ac.signal)) {
-            for (const line of chunk.split('\n')) if (line !== '') yield JSON.stringify({ event: 'log', line }) + '\n'
+      // Dependencies: built once per set of inputs (issue 9), then trial-loaded with them in place.
+      const ticket = await builder.ensure(plan, name)
+      const finish = async (): Promise<{ status: number; body: Record<string, unknown> }> => {
+        await ticket.done
+        const r = await commit(name, spec, await builder.assemble(code, plan.inputsHash), seq, ticket.record, how)
+        return { status: r.status, body: { ...r.body, build: { ...buildView(ticket.record), reused: ticket.reused } } }
+      }
+      if (ticket.reused) {
+        const r = await finish()
+        void reply.code(r.status)
+        return r.body
+      }
+      // The build goes on after a 202: it counts as a deploy in flight until it lands or fails.
+      const done = deployer.deploying(finish)
+      // Whoever waits (or nobody, after a 202): the outcome is logged and an event either way.
+      done.then(() => {}, (err: unknown) => {
+        const kdl = asKdl(err)
+        request.log.warn({ fn: name, code: kdl.code, build: ticket.record.id }, 'deploy after build failed')
+        deps.events.add({ type: 'deploy.failed', function: name, message: kdl.message, data: { code: kdl.code, build: ticket.record.id } })
+      })
+      const wait = request.query.wait === 'true' || request.query.wait === '1'
+      if (!wait) {
+        void reply.code(202)
+        return { function: name, state: 'building', build: buildView(ticket.record) }
+      }
+      if ((request.headers.accept ?? '').includes('application/x-ndjson')) {
+        // The CLI's deploy: the build's log as it is written, then the deploy's outcome, one JSON object a line.
+        const ac = new AbortController()
+        request.raw.once('close', () => ac.abort())
+        const log = ticket.log
+        const lines = async function* (): AsyncGenerator<string> {
+          yield JSON.stringify({ event: 'build', build: buildView(ticket.record) }) + '\n'
+          if (log !== undefined) {
+            for await (const chunk of log.follow(ac.signal)) {
+              for (const line of chunk.split('\n')) if (line !== '') yield JSON.stringify({ event: 'log', line }) + '\n'
+            }
+          }
+          try {
+            const r = await done
+            yield JSON.stringify({ event: 'result', statusCode: r.status, body: r.body }) + '\n'
+          } catch (err) {
+            const kdl = asKdl(err)
+            yield JSON.stringify({ event: 'error', statusCode: kdl.statusCode, error: errorBody(kdl) }) + '\n'
           }
         }
-        try {
-          const r = await done
-          yield JSON.stringify({ event: 'result', statusCode: r.status, body: r.body }) + '\n'
-        } catch (err) {
-          const kdl = asKdl(err)
-          yield JSON.stringify({ event: 'error', statusCode: kdl.statusCode, error: errorBody(kdl) }) + '\n'
-        }
+        return reply.code(202).type('application/x-ndjson').send(Readable.from(lines()))
       }
-      return reply.code(202).type('application/x-ndjson').send(Readable.from(lines()))
-    }
-    const r = await done
-    void reply.code(r.status)
-    return r.body
+      const r = await done
+      void reply.code(r.status)
+      return r.body
+    })
   })
 
   app.delete<{ Params: { name: string } }>('/v1/functions/:name', { schema: S.deleteFunction }, async (request) => {
@@ -160,6 +173,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   if (builder !== undefined) registerBuildRoutes(app, builder)
   registerLogRoutes(app, { store, logs: deps.logs })
   registerApplyRoute(app, { deployer, store, runtimeKinds: deps.runtimeKinds })
+  registerReleaseRoutes(app, { releases: deps.releases, canary: deps.canary, view })
   if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
@@ -191,6 +205,12 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       }),
     }
   })
+}
+
+/** How a deploy lands: moving `latest` or not, and who made it. */
+interface DeployHow {
+  promote: boolean
+  actor: string
 }
 
 /** Anything thrown, as the platform's error (a fault of its own is KDL_ERR_INTERNAL). */

@@ -1,7 +1,9 @@
 import { Type, type TSchema } from '@sinclair/typebox'
 import type { FastifySchema } from 'fastify'
 import { FunctionBody, FUNCTION_DEFAULTS, NAME_PATTERN, RUNTIME_DEFAULTS, RuntimeBody } from '../common/spec.js'
-import { errors, ref } from './openapi.js'
+import { ALIAS_PATTERN } from '../common/aliases.js'
+import { CANARY_DEFAULTS } from '../releases/canary.js'
+import { AliasTargetSchema, errors, FunctionSchema, ref } from './openapi.js'
 
 /**
  * The schemas of the `/v1` routes of api/plugin.ts and api/builds.ts, for the API description (issue 14).
@@ -51,7 +53,9 @@ export const deployFunction: FastifySchema = {
   params: nameParam('function'),
   querystring: Type.Object({
     wait: Type.Optional(Type.String({ enum: ['true', '1'], description: 'Wait for a build and answer as a deploy without one does (201/200 or the error).' })),
+    promote: Type.Optional(Type.String({ enum: ['true', 'false'], default: 'true', description: '`false`: store the new version without moving `latest` to it (for a canary or an alias). A first deploy always promotes.' })),
   }),
+  headers: Type.Object({ 'x-kindling-actor': Type.Optional(Type.String({ maxLength: 200, description: 'Who deploys (kept as the version\'s `deployedBy`); the CLI sends user@host.' })) }),
   body: FunctionBody,
   response: {
     200: ref('Function', 'Updated: a new version.'),
@@ -247,4 +251,94 @@ export const getStats: FastifySchema = {
     }, { description: 'The numbers of each function.' }),
     ...errors('KDL_ERR_BAD_REQUEST', 'KDL_ERR_FN_NOT_FOUND'),
   },
+}
+
+const versionParams = Type.Object({
+  name: Type.String({ pattern: NAME_PATTERN, description: 'The function.' }),
+  version: Type.Integer({ minimum: 1, description: 'A version number.' }),
+})
+const aliasParams = Type.Object({
+  name: Type.String({ pattern: NAME_PATTERN, description: 'The function.' }),
+  alias: Type.String({ pattern: ALIAS_PATTERN, description: 'An alias: a letter, then lowercase letters, digits and dashes.' }),
+})
+const VersionView = Type.Composite([
+  Type.Omit(FunctionSchema, ['status', 'aliases', 'lastVersion', 'canary']),
+  Type.Object({ routedBy: Type.Array(Type.Object({ alias: Type.String(), percent: Type.Number() }), { description: 'Aliases routing to it and their share of the alias\'s calls.' }) }),
+], { description: 'One immutable version.' })
+const Aliases = Type.Object({ aliases: Type.Record(Type.String(), AliasTargetSchema) }, { description: 'The function\'s aliases after the change.' })
+
+export const listVersions: FastifySchema = {
+  tags: ['versions'], summary: 'List a function\'s kept versions, oldest first', operationId: 'listVersions',
+  description: 'Every deploy keeps an immutable version; the newest `keep` (KINDLING_KEEP_VERSIONS) are kept, and older ones as long as an alias, a canary or a workflow run uses them.',
+  params: nameParam('function'),
+  response: { 200: Type.Object({ versions: Type.Array(VersionView), keep: Type.Integer() }, { description: 'The versions.' }), ...errors('KDL_ERR_FN_NOT_FOUND') },
+}
+
+export const getVersion: FastifySchema = {
+  tags: ['versions'], summary: 'Get one version', operationId: 'getVersion',
+  params: versionParams,
+  response: { 200: VersionView, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND') },
+}
+
+export const rollback: FastifySchema = {
+  tags: ['versions'], summary: 'Roll `latest` back to an earlier version', operationId: 'rollback',
+  description: 'From the next call on, the bare name serves `to` (default: the newest kept version below the one served now). A canary running on `latest` ends as aborted.',
+  params: nameParam('function'),
+  body: Type.Object({ to: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }),
+  response: {
+    200: Type.Object({ from: Type.Integer(), to: Type.Integer(), function: ref('Function') }, { description: 'Rolled back.' }),
+    ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND', 'KDL_ERR_BAD_REQUEST'),
+  },
+}
+
+export const listAliases: FastifySchema = {
+  tags: ['versions'], summary: 'List a function\'s aliases', operationId: 'listAliases',
+  params: nameParam('function'),
+  response: { 200: Aliases, ...errors('KDL_ERR_FN_NOT_FOUND') },
+}
+
+export const putAlias: FastifySchema = {
+  tags: ['versions'], summary: 'Create or move an alias', operationId: 'putAlias',
+  description: '`/fn/{name}@{alias}` calls through it. A weighted pick is uniform over the total weight; a caller that sends `x-kindling-route-key` always lands on the same version while the weights stay. Each routed version keeps its share of the function\'s prewarm pool.',
+  params: aliasParams,
+  body: AliasTargetSchema,
+  response: { 200: Aliases, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND', 'KDL_ERR_BAD_SPEC', 'KDL_ERR_CANARY_CONFLICT') },
+}
+
+export const deleteAlias: FastifySchema = {
+  tags: ['versions'], summary: 'Delete an alias', operationId: 'deleteAlias',
+  params: aliasParams,
+  response: { 200: Type.Object({ deleted: Type.String() }, { description: 'Deleted.' }), ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND', 'KDL_ERR_BAD_SPEC', 'KDL_ERR_CANARY_CONFLICT') },
+}
+
+const CanaryBody = Type.Object({
+  to: Type.Integer({ minimum: 1, description: 'The version to release.' }),
+  alias: Type.Optional(Type.String({ pattern: ALIAS_PATTERN, default: CANARY_DEFAULTS.alias, description: 'The alias it releases on (its version now is the baseline).' })),
+  steps: Type.Optional(Type.Array(Type.Integer({ minimum: 1, maximum: 100 }), { default: CANARY_DEFAULTS.steps, description: 'The canary\'s weight at each step, in percent, rising, ending at 100.' })),
+  interval: Type.Optional(Type.String({ default: '60s', description: 'How long each step\'s window lasts: `30s`, `5m`, `500ms` (or `intervalMs`).' })),
+  intervalMs: Type.Optional(Type.Integer({ minimum: 100 })),
+  minCalls: Type.Optional(Type.Integer({ minimum: 1, default: CANARY_DEFAULTS.minCalls, description: 'Canary calls a window needs for a verdict; fewer hold the step.' })),
+  maxErrorRate: Type.Optional(Type.Number({ minimum: 0, maximum: 1, default: CANARY_DEFAULTS.maxErrorRate, description: 'How far the canary\'s error rate (5xx and platform errors) may exceed the baseline\'s.' })),
+  maxP99Ms: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'A p99 above it breaches when the canary is also slower than the baseline (Mann-Whitney, p < 0.01).' })),
+}, { additionalProperties: false })
+const Canary = Type.Object({}, { additionalProperties: true, description: 'The canary: alias, baseline, to, steps, step, state (`running`, `promoted`, `rolled-back`, `aborted`), reason, history of verdicts with their numbers, and while running the live window.' })
+
+export const startCanary: FastifySchema = {
+  tags: ['versions'], summary: 'Start a canary release', operationId: 'startCanary',
+  description: 'The alias\'s weight moves to `to` step by step. Each step\'s window is judged against the baseline over the same time: a breach rolls back at once; a window with fewer than `minCalls` canary calls holds; a pass moves on, and after the last step `to` is promoted.',
+  params: nameParam('function'),
+  body: CanaryBody,
+  response: { 201: Canary, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND', 'KDL_ERR_BAD_SPEC', 'KDL_ERR_CANARY_CONFLICT') },
+}
+
+export const getCanary: FastifySchema = {
+  tags: ['versions'], summary: 'A canary\'s state and verdicts', operationId: 'getCanary',
+  params: nameParam('function'),
+  response: { 200: Canary, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND') },
+}
+
+export const abortCanary: FastifySchema = {
+  tags: ['versions'], summary: 'Abort a running canary (the alias goes back to the baseline)', operationId: 'abortCanary',
+  params: nameParam('function'),
+  response: { 200: Canary, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND') },
 }

@@ -49,6 +49,8 @@ export const ConfigSchema = Type.Object({
   KINDLING_LOG_RETAIN_LINES: Type.Integer({ minimum: 1, default: 2000 }),
   /** Log text kept per function, bytes (the oldest entries fall off). @default 1048576 */
   KINDLING_LOG_RETAIN_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
+  /** Versions kept per function (issue 15), besides those an alias, a running canary or a workflow run uses. @default 10 */
+  KINDLING_KEEP_VERSIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   /** Memory all instances together may use, MiB (adaptive pools stay inside it). @default 4096 */
   KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
   /** Docker engine socket (docker backend). @default /var/run/docker.sock */

@@ -18,6 +18,8 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_FN_NOT_FOUND: { status: 404, description: 'No function of that name is deployed.' },
   KDL_ERR_RUNTIME_NOT_FOUND: { status: 404, description: 'No runtime of that name is configured.' },
   KDL_ERR_NOT_FOUND: { status: 404, description: 'No such route.' },
+  KDL_ERR_VERSION_NOT_FOUND: { status: 404, description: 'The function has no such version (never deployed, or pruned) or no such alias.' },
+  KDL_ERR_CANARY_CONFLICT: { status: 409, description: 'A canary is already running on the alias, or the change would cut it short (abort it first), or it names the version the alias already serves.' },
   KDL_ERR_DEPLOY_SUPERSEDED: { status: 409, description: 'A deploy that waited for its build was not applied: a later deploy or delete of the same function was made meanwhile.' },
   KDL_ERR_PAYLOAD_TOO_LARGE: { status: 413, description: 'The request body (invocation or deploy) exceeds the configured limit.' },
   KDL_ERR_LOAD_FAILED: { status: 422, description: 'The function code does not load (syntax error, missing entrypoint, throwing module).' },

@@ -6,13 +6,14 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
  */
 export class Metrics {
   readonly registry: Registry
-  readonly invocations: Counter<'function' | 'code'>
-  readonly invocationDuration: Histogram<'function'>
+  readonly invocations: Counter<'function' | 'version' | 'code'>
+  readonly invocationDuration: Histogram<'function' | 'version'>
   readonly coldStarts: Counter<'kind'>
   readonly coldStartPhase: Histogram<'phase'>
   readonly poolInstances: Gauge<'pool' | 'state'>
   readonly recycles: Counter<'reason'>
   readonly retries: Counter<'stage'>
+  readonly canarySteps: Counter<'result'>
   #poolSource: (() => Array<{ pool: string; idle: number; starting: number; target: number }>) | undefined
 
   /** Where `kindling_pool_instances` reads its numbers at scrape time. */
@@ -20,12 +21,32 @@ export class Metrics {
     this.#poolSource = source
   }
 
+  /**
+   * Drops the series of a function's version (pruned), or of every version (deleted), so the label set
+   * stays bounded by the versions kept.
+   */
+  async forgetVersion(fn: string, version?: string): Promise<void> {
+    for (const metric of [this.invocations, this.invocationDuration] as Array<Counter<string> | Histogram<string>>) {
+      const { values } = await metric.get()
+      const seen = new Set<string>()
+      for (const { labels } of values) {
+        if (labels.function !== fn || (version !== undefined && labels.version !== version)) continue
+        const own: Record<string, string> = {}
+        for (const k of ['function', 'version', 'code']) if (labels[k] !== undefined) own[k] = String(labels[k])
+        const id = JSON.stringify(own)
+        if (seen.has(id)) continue
+        seen.add(id)
+        metric.remove(own)
+      }
+    }
+  }
+
   constructor(registry: Registry) {
     this.registry = registry
     const registers = [registry]
-    this.invocations = new Counter({ name: 'kindling_invocations_total', help: 'Invocations by function and answer code (HTTP status or KDL_ERR_*).', labelNames: ['function', 'code'], registers })
+    this.invocations = new Counter({ name: 'kindling_invocations_total', help: 'Invocations by function, version and answer code (HTTP status or KDL_ERR_*).', labelNames: ['function', 'version', 'code'], registers })
     this.invocationDuration = new Histogram({
-      name: 'kindling_invocation_duration_seconds', help: 'Time from request to response end, through the router.', labelNames: ['function'], registers,
+      name: 'kindling_invocation_duration_seconds', help: 'Time from request to response end, through the router.', labelNames: ['function', 'version'], registers,
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     })
     this.coldStarts = new Counter({ name: 'kindling_cold_starts_total', help: 'Calls that needed an instance not yet serving the function, by how it was found.', labelNames: ['kind'], registers })
@@ -50,6 +71,7 @@ export class Metrics {
       name: 'kindling_call_retries_total', help: 'Calls served on another instance because theirs died before the call reached it, by stage (acquire: start or load; send: connect).',
       labelNames: ['stage'], registers,
     })
+    this.canarySteps = new Counter({ name: 'kindling_canary_steps_total', help: 'Canary verdicts (issue 15), by result: pass, hold, breach.', labelNames: ['result'], registers })
     this.recycles = new Counter({ name: 'kindling_recycles_total', help: 'Instances retired by the platform, by reason (ephemeral, max-invocations, max-age, exhausted, retire, idle, crashed, timeout).', labelNames: ['reason'], registers })
   }
 }

@@ -38,17 +38,72 @@ export interface FunctionSpec {
   idleTimeoutMs: number
 }
 
-/** A stored function: its spec, its code and its version. */
+/**
+ * What an alias routes to (issue 15): one version, or several by weight — `{ "3": 90, "4": 10 }` sends a call to
+ * version 3 with probability 90/100.
+ */
+export type AliasTarget = { version: number } | { weights: Record<string, number> }
+
+/** One step of a canary's history: the weight it ran at and the verdict on its window. */
+export interface CanaryStep {
+  step: number
+  weight: number
+  result: 'pass' | 'hold' | 'breach'
+  at: string
+  reasons: string[]
+  canary: { calls: number; errors: number; errorRate: number; p50Ms: number; p99Ms: number }
+  baseline: { calls: number; errors: number; errorRate: number; p50Ms: number; p99Ms: number }
+  latency?: { u: number; z: number; p: number } | undefined
+}
+
+/** A canary release of one alias (`PUT /v1/functions/:name/canary`), kept on the function after it ends. */
+export interface CanaryState {
+  alias: string
+  /** The version the alias served when the canary began: what a breach rolls back to. */
+  baseline: number
+  /** The version being released. */
+  to: number
+  /** The canary's weight at each step, in percent; the last is 100. */
+  steps: number[]
+  intervalMs: number
+  minCalls: number
+  maxErrorRate: number
+  maxP99Ms?: number | undefined
+  /** Index into `steps` of the step running now (or the last one run). */
+  step: number
+  state: 'running' | 'promoted' | 'rolled-back' | 'aborted'
+  startedAt: string
+  stepStartedAt: string
+  endedAt?: string | undefined
+  /** Why it ended, in words. */
+  reason?: string | undefined
+  /** Verdicts, oldest first (the last 50). */
+  history: CanaryStep[]
+}
+
+/**
+ * A function version (issue 15): its spec, its code and its number — immutable once stored. The function's own
+ * record (`functions/<name>.json`) is the version its `latest` alias serves, plus the fields marked *head*.
+ */
 export interface FunctionRecord extends FunctionSpec {
   name: string
-  /** Increases by one on every successful PUT. */
+  /** The version number; the head's is the version `latest` serves. */
   version: number
   /** sha256 of the deployed code; names the content-addressed code directory. */
   codeHash: string
   /** The build that installed its dependencies (code with a package.json), when there was one. */
   build?: { id: string; inputsHash: string } | undefined
   createdAt: string
+  /** When this version was deployed (on the head: when the function last changed). */
   updatedAt: string
+  /** Who deployed this version: the `x-kindling-actor` header, else the caller's address. */
+  deployedBy?: string | undefined
+  /** Head: the function's aliases. Absent on records older than issue 15: `latest` is `version`. */
+  aliases?: Record<string, AliasTarget> | undefined
+  /** Head: the highest version number given so far (numbers are never reused, even after a rollback). */
+  lastVersion?: number | undefined
+  /** Head: the function's running or last canary. */
+  canary?: CanaryState | undefined
 }
 
 /** Where an instance's runtime server listens: a Unix socket path or a TCP host:port. */

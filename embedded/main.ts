@@ -24,15 +24,19 @@ import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
 import { EventLog } from '../common/events.js'
 import { FunctionLogs } from '../common/function-logs.js'
+import { KeyedMutex } from '../common/keyed-mutex.js'
 import { Metrics } from '../common/metrics.js'
 import { platformIdentity } from '../common/platform-id.js'
 import { RUNTIME_DEFAULTS } from '../common/spec.js'
 import type { RuntimeSpec } from '../common/types.js'
+import { VersionSamples } from '../common/version-samples.js'
 import { Executor } from '../executor/executor.js'
 import { LoadGuard } from '../loadguard/guard.js'
 import { policyFromConfig } from '../loadguard/policy.js'
 import { createCgroupReader } from '../loadguard/reader.js'
 import { PoolManager } from '../poolmgr/pool-manager.js'
+import { CanaryController } from '../releases/canary.js'
+import { Releases } from '../releases/versions.js'
 import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
@@ -62,6 +66,8 @@ export interface Embedded {
   config: Config
   pools: PoolManager
   executor: Executor
+  /** Versions and aliases (issue 15); a workflow run pins its versions here. */
+  releases: Releases
   /** The load guard, unless KINDLING_LOADGUARD_ENABLED is false or no cgroup hierarchy is usable. */
   loadGuard: LoadGuard | undefined
   /** Every route the HTTP app registered after the router's own: what the API description (`/docs/json`) must cover. */
@@ -150,13 +156,20 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   if (config.KINDLING_LOADGUARD_ENABLED && loadGuard === undefined) log.warn('load guard off: no writable cgroup hierarchy (not root?)')
   loadGuard?.start()
   // ── end load guard ──
+  // ── Versions, aliases and canaries (issue 15): every writer of a function holds its lock. ──
+  const releases = new Releases({
+    store, executor, codeStore, events, metrics, log: log.child({ component: 'releases' }), locks: new KeyedMutex(), keepVersions: config.KINDLING_KEEP_VERSIONS,
+  })
+  const samples = new VersionSamples()
+  const canary = new CanaryController({ releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }) })
+  canary.resume(await store.listFunctions())
   const callStats = new CallStats()
-  const { app, table } = buildRouter({ executor, metrics, log, callStats }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
-    store, codeStore, builder, executor, pools, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
+    store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
@@ -166,6 +179,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     await app.listen({ host: config.KINDLING_HOST, port: config.KINDLING_PORT })
   } catch (err) {
     await loadGuard?.stop()
+    canary.close()
     await pools.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
@@ -181,10 +195,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     config,
     pools,
     executor,
+    releases,
     loadGuard,
     routes,
     close: () => {
       closing ??= (async () => {
+        canary.close()
         await loadGuard?.stop()
         await builder.close()
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
@@ -194,6 +210,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         app.server.closeAllConnections()
         await closed
         await pools.close()
+        await releases.settled()
         await store.close()
       })()
       return closing

@@ -21,6 +21,22 @@ export interface RouteSpec {
   maxAgeMs: number
 }
 
+/** One version an alias routes to, and its share of the alias's calls (`weight` over the targets' total). */
+export interface RouteTarget {
+  spec: RouteSpec
+  weight: number
+}
+
+/** Where the calls of `name[@qualifier]` go (issue 15): one version, or several by weight. */
+export interface ResolvedRoute {
+  /** The segment the call named: `name`, `name@alias` or `name@7`. */
+  key: string
+  name: string
+  /** The alias (`latest` for the bare name) or the version number. */
+  qualifier: string
+  targets: RouteTarget[]
+}
+
 /** A loaded instance handed to the router until it is released. */
 export interface Lease {
   instanceId: string
@@ -40,7 +56,7 @@ export interface Lease {
  * - `ok`: the call finished and the instance may serve again: it stays leased.
  * - `ephemeral`: an ephemeral instance's call finished: destroy (common/modes.ts decides).
  * - `timeout` / `crashed`: the instance can no longer be trusted: destroy.
- * - `retire`: a newer version is deployed or the function was deleted: destroy.
+ * - `retire`: its version is no longer routed (a deploy, an alias change, a rollback) or the function was deleted: destroy.
  * - `idle`: unused for `idleTimeoutMs`: destroy.
  * - `max-invocations` / `max-age`: a recycle instance reached its limits: destroy.
  * - `exhausted`: a recycle instance can no longer load a fresh copy of its function: destroy.
@@ -48,13 +64,20 @@ export interface Lease {
 export type ReleaseOutcome = 'ok' | 'ephemeral' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted'
 
 export type ExecutorEvent =
-  | { type: 'function-changed'; name: string }
+  /**
+   * A deploy, alias change, canary step, rollback or delete: the function's routes are looked up again.
+   * `live`: versions still routed — their instances stay; any other version's retire as their calls end.
+   */
+  | { type: 'function-changed'; name: string; live: readonly number[] }
   | { type: 'instance-gone'; name: string; instanceId: string; reason: string }
 
 export interface ExecutorClient {
-  /** The function's current route spec; KDL_ERR_FN_NOT_FOUND when it is not deployed. */
-  resolve(name: string): Promise<RouteSpec>
-  /** A loaded instance of this version: prewarmed, else specialized, else cold. */
+  /**
+   * Where `name[@qualifier]` routes now: KDL_ERR_FN_NOT_FOUND when the function is not deployed,
+   * KDL_ERR_VERSION_NOT_FOUND for an unknown alias or version.
+   */
+  resolve(key: string): Promise<ResolvedRoute>
+  /** A loaded instance of this version (any version still stored): prewarmed, else specialized, else cold. */
   acquire(name: string, version: number): Promise<Lease>
   /** Gives an instance back after a call; resolves true when the same instance is loaded and ready again. */
   release(lease: Lease, outcome: ReleaseOutcome): Promise<boolean>

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { aliasesOf, liveVersions, splitQualifier, targetsOf, versionQualifier } from '../common/aliases.js'
 import { lostToKill } from '../common/backend.js'
 import { KdlError } from '../common/errors.js'
 import { NAME_PATTERN } from '../common/spec.js'
@@ -8,7 +9,7 @@ import type { Store } from '../common/store.js'
 import type { FunctionRecord } from '../common/types.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
-import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from './client.js'
+import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, ResolvedRoute, RouteSpec } from './client.js'
 
 const NAME_RE = new RegExp(NAME_PATTERN)
 /** Instances one acquisition may lose for reasons that may repeat on the next one (see #retrying). */
@@ -30,7 +31,10 @@ export interface ExecutorOptions {
  */
 export class Executor implements ExecutorClient {
   readonly #o: ExecutorOptions
+  /** Each function's head: the version `latest` serves, with its aliases. */
   readonly #records = new Map<string, FunctionRecord>()
+  /** Versions read so far, by function (immutable once stored: cached until pruned or deleted). */
+  readonly #versions = new Map<string, Map<number, FunctionRecord>>()
   readonly #leased = new Map<string, Instance>()
   readonly #listeners = new Set<(e: ExecutorEvent) => void>()
   readonly #reported = new Set<string>()
@@ -46,28 +50,34 @@ export class Executor implements ExecutorClient {
     })
   }
 
-  /** Start-up: prewarm pools of every stored function. */
+  /** Start-up: prewarm pools of every stored function's routed versions. */
   async restore(): Promise<void> {
     for (const record of await this.#o.store.listFunctions()) {
       this.#records.set(record.name, record)
-      if (record.prewarm > 0 && this.#o.pools.runtime(record.runtime) !== undefined) {
-        this.#o.pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash))
-      }
+      if (this.#o.pools.runtime(record.runtime) !== undefined) await this.#applyPrewarm(record, undefined)
     }
   }
 
-  async resolve(name: string): Promise<RouteSpec> {
-    const r = await this.#record(name)
-    return {
-      name: r.name, version: r.version, mode: r.mode, concurrency: r.concurrency, maxInstances: r.maxInstances,
-      queueTimeoutMs: r.queueTimeoutMs, timeoutMs: r.timeoutMs, idleTimeoutMs: r.idleTimeoutMs,
-      maxInvocations: r.maxInvocations, maxAgeMs: r.maxAgeMs,
+  async resolve(key: string): Promise<ResolvedRoute> {
+    const { name, qualifier } = splitQualifier(key)
+    const head = await this.#record(name)
+    const asVersion = versionQualifier(qualifier)
+    let pairs: Array<[number, number]>
+    if (asVersion !== undefined) {
+      pairs = [[asVersion, 1]]
+    } else {
+      const target = aliasesOf(head)[qualifier]
+      if (target === undefined) throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `function "${name}" has no alias "${qualifier.slice(0, 80)}"`)
+      pairs = targetsOf(target)
     }
+    const targets = []
+    for (const [v, weight] of pairs) targets.push({ spec: routeSpecOf(await this.version(name, v)), weight })
+    return { key, name, qualifier, targets }
   }
 
   async acquire(name: string, version: number): Promise<Lease> {
-    const record = await this.#record(name)
-    if (record.version !== version) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" version ${version} is no longer deployed`)
+    await this.#record(name)
+    const record = await this.version(name, version)
     return this.#retrying(record, () => this.#acquireOnce(record, version))
   }
 
@@ -140,7 +150,7 @@ export class Executor implements ExecutorClient {
       return false
     }
     if (outcome !== 'ok') return retire(outcome)
-    if (record === undefined || record.version !== lease.version) return retire('retire')
+    if (record === undefined || this.#versions.get(lease.fn)?.has(lease.version) !== true) return retire('retire')
     return true
   }
 
@@ -178,26 +188,92 @@ export class Executor implements ExecutorClient {
     })
   }
 
-  /** A new version is stored: route to it from now on; old instances drain and retire. */
-  deployed(record: FunctionRecord, trial: Instance | undefined): void {
-    this.#records.set(record.name, record)
-    const pools = this.#o.pools
-    if (record.prewarm > 0) {
-      pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash), trial)
-    } else {
-      pools.removePrewarm(record.name)
-      if (trial !== undefined) void pools.destroy(trial)
-    }
-    this.#o.events.add({ type: 'deployed', function: record.name, message: `version ${record.version} deployed`, data: { version: record.version } })
-    this.#emit({ type: 'function-changed', name: record.name })
+  /**
+   * A version was stored (`version`) and the function's head written (`head`): route by the head's aliases
+   * from now on. The trial instance seeds the version's prewarm pool when it is routed and prewarmed.
+   */
+  async deployed(head: FunctionRecord, version: FunctionRecord, trial: Instance | undefined): Promise<void> {
+    this.#cacheVersion(version)
+    await this.routed(head, trial)
+    this.#o.events.add({ type: 'deployed', function: head.name, message: `version ${version.version} deployed`, data: { version: version.version, serving: head.version } })
+  }
+
+  /**
+   * The head changed (a deploy, an alias, a rollback, a canary step): calls route by it from now on; the
+   * versions still routed keep their instances and get their prewarm share, the others drain and retire.
+   */
+  async routed(head: FunctionRecord, seed?: Instance): Promise<void> {
+    this.#records.set(head.name, head)
+    await this.#applyPrewarm(head, seed)
+    this.#emit({ type: 'function-changed', name: head.name, live: [...liveVersions(head)] })
+  }
+
+  /** The function's head as routed now (no I/O), if it was read or deployed. */
+  head(name: string): FunctionRecord | undefined {
+    return this.#records.get(name)
+  }
+
+  /** A pruned version: no call reaches it any more. */
+  forgetVersion(name: string, version: number): void {
+    this.#versions.get(name)?.delete(version)
   }
 
   /** The function was deleted: stop routing to it; in-flight calls finish, then their instances go. */
   removed(name: string): void {
     this.#records.delete(name)
+    this.#versions.delete(name)
     this.#o.pools.removePrewarm(name)
     this.#o.events.add({ type: 'deleted', function: name, message: 'function deleted' })
-    this.#emit({ type: 'function-changed', name })
+    this.#emit({ type: 'function-changed', name, live: [] })
+  }
+
+  /** One stored version (cached); KDL_ERR_VERSION_NOT_FOUND when it was never deployed or was pruned. */
+  async version(name: string, version: number): Promise<FunctionRecord> {
+    const cached = this.#versions.get(name)?.get(version)
+    if (cached !== undefined) return cached
+    const head = await this.#record(name)
+    // A function deployed before versions were kept has its head only.
+    const stored = await this.#o.store.getVersion(name, version) ?? (head.version === version ? stripHead(head) : undefined)
+    if (stored === undefined) throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `function "${name}" has no version ${version} (never deployed, or pruned)`)
+    this.#cacheVersion(stored)
+    return stored
+  }
+
+  #cacheVersion(record: FunctionRecord): void {
+    let m = this.#versions.get(record.name)
+    if (m === undefined) { m = new Map(); this.#versions.set(record.name, m) }
+    m.set(record.version, record)
+  }
+
+  /**
+   * Prewarm pools for the versions the head routes to: a version gets its share of its own `prewarm` — the
+   * largest share of calls any alias gives it, rounded up, at least one — so a canary's first calls are not cold.
+   */
+  async #applyPrewarm(head: FunctionRecord, seed: Instance | undefined): Promise<void> {
+    const pools = this.#o.pools
+    const shares = new Map<number, number>()
+    for (const target of Object.values(aliasesOf(head))) {
+      const pairs = targetsOf(target)
+      const total = pairs.reduce((n, [, w]) => n + w, 0)
+      for (const [v, w] of pairs) shares.set(v, Math.max(shares.get(v) ?? 0, w / total))
+    }
+    const kept = new Set<number>()
+    for (const [v, share] of shares) {
+      let record: FunctionRecord
+      try {
+        record = await this.version(head.name, v)
+      } catch (err) {
+        this.#o.log.error({ err, fn: head.name, version: v }, 'an alias names a version that cannot be read: not prewarmed')
+        continue
+      }
+      if (record.prewarm === 0) continue
+      kept.add(v)
+      const target = Math.min(record.prewarm, Math.max(1, Math.ceil(record.prewarm * share - 1e-9)))
+      pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash), seed?.version === v ? seed : undefined, target)
+      if (seed?.version === v) seed = undefined
+    }
+    pools.retainPrewarm(head.name, kept)
+    if (seed !== undefined) void pools.destroy(seed)
   }
 
   /** Instances by state for one function (GET /v1/functions/:name). */
@@ -225,4 +301,18 @@ export class Executor implements ExecutorClient {
       try { l(e) } catch (err) { this.#o.log.error({ err }, 'executor listener failed') }
     }
   }
+}
+
+function routeSpecOf(r: FunctionRecord): RouteSpec {
+  return {
+    name: r.name, version: r.version, mode: r.mode, concurrency: r.concurrency, maxInstances: r.maxInstances,
+    queueTimeoutMs: r.queueTimeoutMs, timeoutMs: r.timeoutMs, idleTimeoutMs: r.idleTimeoutMs,
+    maxInvocations: r.maxInvocations, maxAgeMs: r.maxAgeMs,
+  }
+}
+
+/** A head without its head-only fields: the version record it was written from. */
+export function stripHead(head: FunctionRecord): FunctionRecord {
+  const { aliases: _a, lastVersion: _l, canary: _c, ...version } = head
+  return version
 }

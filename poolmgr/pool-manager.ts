@@ -86,6 +86,8 @@ interface GenericPool {
 interface PrewarmPool {
   record: FunctionRecord
   codeDir: string
+  /** Instances kept: the version's share of its function's `prewarm` (issue 15: each routed version has its own). */
+  target: number
   idle: Instance[]
   filling: number
   retryTimer: NodeJS.Timeout | undefined
@@ -117,6 +119,7 @@ export class PoolManager {
   readonly #adaptive: AdaptiveOptions | undefined
   readonly #adaptTimer: NodeJS.Timeout | undefined
   readonly #generic = new Map<string, GenericPool>()
+  /** Code-loaded pools by `name@version` (prewarmKey). */
   readonly #prewarm = new Map<string, PrewarmPool>()
   readonly #all = new Map<string, Instance>()
   /** Memory of instances being started (not yet in #all), MiB. */
@@ -225,10 +228,10 @@ export class PoolManager {
       if (inst.fn !== fn) continue
       this.backend.setQuarantine?.(inst.id, on).catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot move an instance in or out of quarantine'))
     }
-    const pool = this.#prewarm.get(fn)
-    if (pool !== undefined) {
+    for (const [key, pool] of this.#prewarm) {
+      if (pool.record.name !== fn) continue
       for (const inst of pool.idle.splice(0)) void this.destroy(inst)
-      this.#fillPrewarm(fn)
+      this.#fillPrewarm(key)
     }
   }
 
@@ -378,41 +381,54 @@ export class PoolManager {
     })
   }
 
-  /** Keeps `record.prewarm` code-loaded instances of this version; an earlier version's are destroyed. */
-  setPrewarm(record: FunctionRecord, codeDir: string, seed?: Instance): void {
-    const pool = this.#prewarm.get(record.name)
-    if (pool !== undefined && pool.record.version !== record.version) this.removePrewarm(record.name)
-    const current = this.#prewarm.get(record.name)
-    if (current === undefined) {
-      this.#prewarm.set(record.name, { record, codeDir, idle: [], filling: 0, retryTimer: undefined })
+  /**
+   * Keeps `target` (default `record.prewarm`) code-loaded instances of this version. Other versions of the
+   * function keep their pools: `retainPrewarm` says which versions are still routed.
+   */
+  setPrewarm(record: FunctionRecord, codeDir: string, seed?: Instance, target = record.prewarm): void {
+    const key = prewarmKey(record.name, record.version)
+    let pool = this.#prewarm.get(key)
+    if (pool === undefined) {
+      pool = { record, codeDir, target, idle: [], filling: 0, retryTimer: undefined }
+      this.#prewarm.set(key, pool)
     } else {
-      current.record = record
-      for (const inst of current.idle.splice(record.prewarm)) void this.destroy(inst)
+      pool.target = target
+      for (const inst of pool.idle.splice(target)) void this.destroy(inst)
     }
-    const p = this.#prewarm.get(record.name)
-    if (seed !== undefined && p !== undefined) {
-      if (p.idle.length < record.prewarm) p.idle.push(seed)
+    if (seed !== undefined) {
+      if (pool.idle.length < target) pool.idle.push(seed)
       else void this.destroy(seed)
     }
-    this.#fillPrewarm(record.name)
+    this.#fillPrewarm(key)
   }
 
+  /** Drops the prewarm pools of the function's versions not in `keep`. */
+  retainPrewarm(name: string, keep: ReadonlySet<number>): void {
+    for (const [key, pool] of [...this.#prewarm]) {
+      if (pool.record.name === name && !keep.has(pool.record.version)) this.#dropPrewarm(key, pool)
+    }
+  }
+
+  /** Drops every prewarm pool of the function. */
   removePrewarm(name: string): void {
-    const pool = this.#prewarm.get(name)
-    if (pool === undefined) return
-    this.#prewarm.delete(name)
+    this.retainPrewarm(name, new Set())
+  }
+
+  #dropPrewarm(key: string, pool: PrewarmPool): void {
+    this.#prewarm.delete(key)
     clearTimeout(pool.retryTimer)
     for (const inst of pool.idle.splice(0)) void this.destroy(inst)
   }
 
   /** A code-loaded instance of exactly this version, or undefined (never waits). */
   takePrewarmed(name: string, version: number): Instance | undefined {
-    const pool = this.#prewarm.get(name)
-    if (pool === undefined || pool.record.version !== version) return undefined
+    const key = prewarmKey(name, version)
+    const pool = this.#prewarm.get(key)
+    if (pool === undefined) return undefined
     const inst = pool.idle.shift()
     if (inst !== undefined) {
       this.#serving(inst)
-      this.#afterTake(() => this.#fillPrewarm(name))
+      this.#afterTake(() => this.#fillPrewarm(key))
     }
     return inst
   }
@@ -442,8 +458,8 @@ export class PoolManager {
     for (const [runtime, p] of this.#generic) {
       out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.target, idle: p.idle.length, starting: p.starting })
     }
-    for (const [name, p] of this.#prewarm) {
-      out.push({ pool: `fn:${name}`, kind: 'prewarm', runtime: p.record.runtime, function: name, version: p.record.version, target: p.record.prewarm, idle: p.idle.length, starting: p.filling })
+    for (const [key, p] of this.#prewarm) {
+      out.push({ pool: `fn:${key}`, kind: 'prewarm', runtime: p.record.runtime, function: p.record.name, version: p.record.version, target: p.target, idle: p.idle.length, starting: p.filling })
     }
     return out
   }
@@ -479,10 +495,11 @@ export class PoolManager {
       const i = g.idle.indexOf(inst)
       if (i >= 0) { g.idle.splice(i, 1); this.#fillGeneric(inst.runtime) }
     }
-    if (inst.fn !== undefined) {
-      const p = this.#prewarm.get(inst.fn)
+    if (inst.fn !== undefined && inst.version !== undefined) {
+      const key = prewarmKey(inst.fn, inst.version)
+      const p = this.#prewarm.get(key)
       const i = p?.idle.indexOf(inst) ?? -1
-      if (p !== undefined && i >= 0) { p.idle.splice(i, 1); this.#fillPrewarm(inst.fn) }
+      if (p !== undefined && i >= 0) { p.idle.splice(i, 1); this.#fillPrewarm(key) }
     }
   }
 
@@ -507,20 +524,20 @@ export class PoolManager {
     }
   }
 
-  #fillPrewarm(name: string): void {
-    const pool = this.#prewarm.get(name)
+  #fillPrewarm(key: string): void {
+    const pool = this.#prewarm.get(key)
     if (pool === undefined || this.#closed || pool.retryTimer !== undefined) return
-    while (pool.idle.length + pool.filling < pool.record.prewarm) {
+    while (pool.idle.length + pool.filling < pool.target) {
       pool.filling++
       const record = pool.record
       this.#prepareLoaded(record, pool.codeDir).then((inst) => {
         pool.filling--
-        if (this.#prewarm.get(name) === pool && pool.record.version === record.version && pool.idle.length < pool.record.prewarm) pool.idle.push(inst)
+        if (this.#prewarm.get(key) === pool && pool.idle.length < pool.target) pool.idle.push(inst)
         else void this.destroy(inst)
       }, (err: unknown) => {
         pool.filling--
         if (this.#closed) return
-        this.#refillAfter(err, pool, () => this.#fillPrewarm(name), { fn: name }, 'prewarm instance failed to load')
+        this.#refillAfter(err, pool, () => this.#fillPrewarm(key), { fn: record.name, version: record.version }, 'prewarm instance failed to load')
       })
     }
   }
@@ -576,7 +593,7 @@ export class PoolManager {
    * A refill failed. An instance killed from outside while it started (lostToKill) says nothing about the
    * backend: the pool refills at once. Any other failure may repeat: the pool waits `retryMs` first.
    */
-  #refillAfter(err: unknown, pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void, fields: Record<string, string>, msg: string): void {
+  #refillAfter(err: unknown, pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void, fields: Record<string, string | number>, msg: string): void {
     if (lostToKill(err)) {
       this.#log.warn({ err, ...fields }, `${msg}: killed while it started`)
       again()
@@ -591,4 +608,9 @@ export class PoolManager {
     pool.retryTimer = setTimeout(() => { pool.retryTimer = undefined; again() }, this.#retryMs)
     pool.retryTimer.unref()
   }
+}
+
+/** A prewarm pool's key: one per function version. */
+function prewarmKey(name: string, version: number): string {
+  return `${name}@${version}`
 }

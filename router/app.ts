@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
+import type { VersionSamples } from '../common/version-samples.js'
 import type { CallOutcome, CallStats } from './call-stats.js'
 import { InstanceTable, type Granted } from './instance-table.js'
 import { drainRefused, forward, refuseOversized, sendError } from './proxy.js'
@@ -14,6 +15,8 @@ export interface RouterDeps {
   log: Logger
   /** Per-function call counts for the dashboard (`GET /v1/stats`, issue 14). */
   callStats: CallStats
+  /** Per-version outcomes and latencies of the functions a canary watches (issue 15). */
+  samples?: VersionSamples | undefined
 }
 
 export interface RouterConfig {
@@ -29,6 +32,10 @@ export interface Router {
 }
 
 const FN_PREFIX = '/fn/'
+/** Names the caller whose calls a weighted alias sends to the same version (issue 15). */
+const ROUTE_KEY_HEADER = 'x-kindling-route-key'
+/** The version that answered, on every answer of a call routed to one. */
+const VERSION_HEADER = 'x-kindling-version'
 /** Instances one call may be refused unrun by (x-kindling-retire) before it fails with KDL_ERR_LOAD_FAILED (issue 8). */
 const SEND_ATTEMPTS = 3
 
@@ -61,7 +68,9 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           end++
         }
         if (end > FN_PREFIX.length) {
-          handleInvocation(url.slice(FN_PREFIX.length, end), req, res, log).catch((err: unknown) => {
+          const segment = url.slice(FN_PREFIX.length, end)
+          // `name@alias`, also when a client encoded the @ (`name%40alias`); the key's length stays the segment's.
+          handleInvocation(segment, segment.includes('%') ? segment.replaceAll('%40', '@') : segment, req, res, log).catch((err: unknown) => {
             // A bug or an unexpected backend failure: the caller still gets an answer, the platform stays up.
             log.error({ err }, 'invocation failed unexpectedly')
             sendError(res, toKdlError(err))
@@ -76,7 +85,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   }
   const app = Fastify({ loggerInstance: log, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
   const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
-  const { metrics, callStats } = deps
+  const { metrics, callStats, samples } = deps
 
   app.setErrorHandler((err, request, reply) => {
     const kdl = toKdlError(err)
@@ -100,30 +109,43 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     return metrics.registry.metrics()
   })
 
-  async function handleInvocation(name: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
+  async function handleInvocation(segment: string, key: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
     const t0 = performance.now()
     const url = req.url ?? '/'
-    const rest = url.slice(FN_PREFIX.length + name.length)
+    const rest = url.slice(FN_PREFIX.length + segment.length)
     const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
-    let granted: Granted | undefined = table.tryWarm(name)
+    const sticky = req.headers[ROUTE_KEY_HEADER]
+    const routeKey = typeof sticky === 'string' ? sticky : undefined
+    // The warm path: the route's pick (weights, sticky key), then a free slot of that version.
+    let picked = table.pick(key, routeKey)
+    let granted: Granted | undefined = picked === undefined ? undefined : table.tryWarm(picked)
     let refusals = 0
     for (let attempt = 1; ; attempt++) {
       if (granted === undefined) {
         try {
-          granted = await table.acquire(name, attempt > 1)
+          granted = await table.acquire(key, routeKey, attempt > 1, picked)
         } catch (err) {
           const kdl = toKdlError(err)
+          const name = picked?.spec.name ?? nameOf(key)
           if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
           // Unknown names are not labels: a client must not be able to grow the metric set at will.
-          metrics.invocations.inc({ function: kdl.code === 'KDL_ERR_FN_NOT_FOUND' ? '' : name, code: kdl.code })
-          if (kdl.code !== 'KDL_ERR_FN_NOT_FOUND') callStats.record(name, 'refused', Number.NaN, undefined)
-          sendError(res, kdl)
+          const unknown = kdl.code === 'KDL_ERR_FN_NOT_FOUND' || kdl.code === 'KDL_ERR_VERSION_NOT_FOUND'
+          metrics.invocations.inc({ function: unknown ? '' : name, version: picked?.versionText ?? '', code: kdl.code })
+          if (!unknown) callStats.record(name, 'refused', Number.NaN, undefined)
+          if (picked !== undefined) {
+            samples?.record(name, picked.spec.version, false, performance.now() - t0)
+            sendError(res, kdl, { [VERSION_HEADER]: picked.versionText })
+          } else {
+            sendError(res, kdl)
+          }
           return
         }
       }
+      picked = granted.entry
       const { entry, slot, kind } = granted
+      const name = entry.spec.name
       let outcome: CallOutcome = 'ok'
-      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind)
+      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind, entry.versionText)
       if (result.outcome === 'unsent' && result.retire === true) refusals++
       if (result.outcome === 'unsent' && refusals < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
         // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another —
@@ -146,14 +168,14 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
         table.done(entry, slot, 'exhausted')
         outcome = 'refused'
         const err = new KdlError('KDL_ERR_LOAD_FAILED', `function "${name}" no longer loads a fresh copy in its instances; see its logs`)
-        metrics.invocations.inc({ function: name, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled' })
+        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
       } else if (result.outcome === 'timeout') {
         table.done(entry, slot, 'timeout')
         outcome = 'timeout'
         const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
-        metrics.invocations.inc({ function: name, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled' })
+        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
       } else {
         const why = await deps.executor.diagnose(slot.lease).catch(() => 'crashed' as const)
         table.done(entry, slot, 'crashed')
@@ -162,18 +184,25 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call on instance ${slot.lease.instanceId} (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
         outcome = why === 'oom' ? 'oom' : 'crashed'
         log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
-        metrics.invocations.inc({ function: name, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled' })
+        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
+        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
       }
       const ms = performance.now() - t0
       entry.observeDuration(ms / 1000)
       callStats.record(name, outcome, ms, kind)
+      samples?.record(name, entry.spec.version, outcome === 'ok', ms)
       return
     }
   }
 
   app.addHook('onClose', async () => table.close())
   return { app, table }
+}
+
+/** The function a route key names (`name@alias` → `name`). */
+function nameOf(key: string): string {
+  const at = key.indexOf('@')
+  return at < 0 ? key : key.slice(0, at)
 }
 
 /** Fastify's own errors (body too large, bad JSON) mapped onto the platform's codes. */

@@ -3,7 +3,7 @@ import { KdlError } from '../common/errors.js'
 import { afterCall } from '../common/modes.js'
 import type { Metrics } from '../common/metrics.js'
 import type { StartKind } from '../common/types.js'
-import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, RouteSpec } from '../executor/client.js'
+import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, ResolvedRoute, RouteSpec } from '../executor/client.js'
 
 /** One instance the router holds for a function, and the calls it carries now. */
 export class Slot {
@@ -35,6 +35,9 @@ interface Waiter {
   reject: (err: unknown) => void
   timer: NodeJS.Timeout
   since: number
+  /** What the call named and its sticky key: where it is routed again if its version stops being routed. */
+  key: string
+  routeKey: string | undefined
 }
 
 /** The router's view of one function version: its slots, its bounded queue, its pending acquisitions. */
@@ -48,17 +51,20 @@ export class RouteEntry {
   /** Metric children bound to this function once, so a call does no label hashing. */
   readonly #byStatus = new Map<number, { inc(): void }>()
   readonly #duration: { observe(v: number): void }
+  /** `x-kindling-version` of its answers. */
+  readonly versionText: string
 
   constructor(spec: RouteSpec, metrics: Metrics) {
     this.spec = spec
+    this.versionText = String(spec.version)
     this.#metrics = metrics
-    this.#duration = metrics.invocationDuration.labels(spec.name)
+    this.#duration = metrics.invocationDuration.labels(spec.name, this.versionText)
   }
 
   countStatus(status: number): void {
     let c = this.#byStatus.get(status)
     if (c === undefined) {
-      c = this.#metrics.invocations.labels(this.spec.name, String(status))
+      c = this.#metrics.invocations.labels(this.spec.name, this.versionText, String(status))
       this.#byStatus.set(status, c)
     }
     c.inc()
@@ -74,6 +80,49 @@ export class RouteEntry {
     for (const s of this.slots) if (s.usable && s.inflight < max) return s
     return undefined
   }
+}
+
+/**
+ * Where one route key (`name`, `name@alias`, `name@7`) sends its calls: one version's entry, or several by
+ * weight. Immutable: a change of the function's routes makes a new one.
+ */
+export class AliasRoute {
+  readonly key: string
+  readonly entries: readonly RouteEntry[]
+  /** Running totals of the entries' weights, and their sum. */
+  readonly #bounds: number[]
+  readonly #total: number
+
+  constructor(key: string, targets: ReadonlyArray<{ entry: RouteEntry; weight: number }>) {
+    this.key = key
+    this.entries = targets.map((t) => t.entry)
+    let sum = 0
+    this.#bounds = targets.map((t) => (sum += t.weight))
+    this.#total = sum
+  }
+
+  /**
+   * The entry a call goes to: uniform over the total weight, or — when the caller names a key
+   * (`x-kindling-route-key`) — always the same entry for the same key while the weights stay.
+   */
+  pick(routeKey: string | undefined): RouteEntry {
+    const entries = this.entries
+    if (entries.length === 1) return entries[0] as RouteEntry
+    const x = routeKey === undefined ? Math.random() * this.#total : stickyPoint(routeKey, this.#total)
+    const bounds = this.#bounds
+    for (let i = 0; i < bounds.length; i++) if (x < (bounds[i] as number)) return entries[i] as RouteEntry
+    return entries[entries.length - 1] as RouteEntry
+  }
+}
+
+/** A key's point in [0, total): FNV-1a of its UTF-16 units, scaled (the same key lands on the same point). */
+function stickyPoint(key: string, total: number): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return ((h >>> 0) / 0x1_0000_0000) * total
 }
 
 export interface InstanceTableOptions {
@@ -95,8 +144,14 @@ export class InstanceTable {
   readonly #log: Logger
   readonly #metrics: Metrics
   readonly #maxQueue: number
-  readonly #entries = new Map<string, RouteEntry>()
-  readonly #resolving = new Map<string, Promise<RouteEntry>>()
+  /** Entries by function, then version: a version keeps its entry (and its instances) while it is routed. */
+  readonly #entries = new Map<string, Map<number, RouteEntry>>()
+  /** Routes by the key calls name them by; dropped when their function's routes change. */
+  readonly #routes = new Map<string, AliasRoute>()
+  readonly #routeKeys = new Map<string, Set<string>>()
+  /** Changes seen per function: a lookup that raced a change looks again. */
+  readonly #generation = new Map<string, number>()
+  readonly #resolving = new Map<string, Promise<AliasRoute>>()
   readonly #byInstance = new Map<string, { entry: RouteEntry; slot: Slot }>()
   readonly #unsubscribe: () => void
   readonly #sweeper: NodeJS.Timeout
@@ -114,43 +169,52 @@ export class InstanceTable {
     this.#sweeper.unref()
   }
 
-  /** The warm path: a slot with a free call on an already-known function, synchronously. */
-  tryWarm(name: string): Granted | undefined {
-    const entry = this.#entries.get(name)
-    return entry === undefined ? undefined : this.#takeFree(entry)
+  /** The entry a call to an already-known route key goes to (weights and sticky key applied), synchronously. */
+  pick(key: string, routeKey: string | undefined): RouteEntry | undefined {
+    return this.#routes.get(key)?.pick(routeKey)
+  }
+
+  /** The warm path: a slot with a free call on the entry, synchronously. */
+  tryWarm(entry: RouteEntry): Granted | undefined {
+    return this.#takeFree(entry)
   }
 
   /**
-   * Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. `again`: the
-   * call already had its turn and lost its instance before reaching it — it keeps its place, ahead of
-   * the calls that queued after it (a free slot is its own, and it waits at the head of the queue).
+   * Waits (bounded) for a slot: a freed one, a recycled one, or a newly acquired instance. The call goes to
+   * `entry` when it was picked already (its weighted pick stands), else to the route's pick. `again`: the
+   * call already had its turn and lost its instance before reaching it — it keeps its place, ahead of the
+   * calls that queued after it (a free slot is its own, and it waits at the head of the queue).
    */
-  async acquire(name: string, again = false): Promise<Granted> {
-    const entry = this.#entries.get(name) ?? await this.#resolve(name)
-    // Redeployed while this call looked the function up: a waiter on the old entry would never be
-    // served (a stale entry acquires nothing) and be refused 429 at its queue timeout.
-    if (entry.stale) return this.acquire(name, again)
-    const free = again ? this.#takeAny(entry) : this.#takeFree(entry)
+  async acquire(key: string, routeKey: string | undefined, again = false, entry?: RouteEntry): Promise<Granted> {
+    if (entry === undefined || entry.stale) {
+      const route = this.#routes.get(key) ?? await this.#resolve(key)
+      entry = route.pick(routeKey)
+    }
+    // Its version stopped being routed while this call looked the function up: a waiter on the old entry
+    // would never be served (a stale entry acquires nothing) and be refused 429 at its queue timeout.
+    if (entry.stale) return this.acquire(key, routeKey, again)
+    const picked = entry
+    const free = again ? this.#takeAny(picked) : this.#takeFree(picked)
     if (free !== undefined) return free
-    if (entry.waiters.length >= this.#maxQueue) throw saturated(entry.spec, `function "${name}" has ${entry.waiters.length} calls waiting`)
+    if (picked.waiters.length >= this.#maxQueue) throw saturated(picked.spec, `function "${picked.spec.name}" has ${picked.waiters.length} calls waiting`)
     return new Promise<Granted>((resolve, reject) => {
       const onTimeout = (): void => {
-        const i = entry.waiters.indexOf(waiter)
+        const i = picked.waiters.indexOf(waiter)
         if (i < 0) return
         // A call whose own instance is being started is not saturated, only cold: it waits on (the
         // acquisition itself is bounded by the start timeout). Only calls beyond the capacity that is
         // on its way are refused.
-        if (i < entry.pending * entry.spec.concurrency) {
-          waiter.timer = setTimeout(onTimeout, entry.spec.queueTimeoutMs)
+        if (i < picked.pending * picked.spec.concurrency) {
+          waiter.timer = setTimeout(onTimeout, picked.spec.queueTimeoutMs)
           return
         }
-        entry.waiters.splice(i, 1)
-        reject(saturated(entry.spec, `function "${name}" is saturated: no instance was free within ${entry.spec.queueTimeoutMs} ms`))
+        picked.waiters.splice(i, 1)
+        reject(saturated(picked.spec, `function "${picked.spec.name}" is saturated: no instance was free within ${picked.spec.queueTimeoutMs} ms`))
       }
-      const waiter: Waiter = { resolve, reject, since: performance.now(), timer: setTimeout(onTimeout, entry.spec.queueTimeoutMs) }
-      if (again) entry.waiters.unshift(waiter)
-      else entry.waiters.push(waiter)
-      this.#scale(entry)
+      const waiter: Waiter = { resolve, reject, since: performance.now(), timer: setTimeout(onTimeout, picked.spec.queueTimeoutMs), key, routeKey }
+      if (again) picked.waiters.unshift(waiter)
+      else picked.waiters.push(waiter)
+      this.#scale(picked)
     })
   }
 
@@ -192,7 +256,7 @@ export class InstanceTable {
 
   /** Slots and waiters per function (for /v1/pools and tests). */
   snapshot(): Array<{ function: string; version: number; instances: number; busy: number; waiting: number; pending: number }> {
-    return [...this.#entries.values()].map((e) => ({
+    return [...this.#allEntries()].map((e) => ({
       function: e.spec.name, version: e.spec.version, instances: e.slots.length,
       busy: e.slots.filter((s) => s.inflight > 0).length, waiting: e.waiters.length, pending: e.pending,
     }))
@@ -210,7 +274,7 @@ export class InstanceTable {
   close(): void {
     clearInterval(this.#sweeper)
     this.#unsubscribe()
-    for (const entry of this.#entries.values()) {
+    for (const entry of this.#allEntries()) {
       for (const w of entry.waiters.splice(0)) {
         clearTimeout(w.timer)
         w.reject(new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping'))
@@ -237,17 +301,48 @@ export class InstanceTable {
     if (entry.spec.mode === 'ephemeral') slot.usable = false
   }
 
-  #resolve(name: string): Promise<RouteEntry> {
-    let p = this.#resolving.get(name)
+  *#allEntries(): IterableIterator<RouteEntry> {
+    for (const byVersion of this.#entries.values()) yield* byVersion.values()
+  }
+
+  /** Looks a route key up, once at a time per key; a lookup that raced a change of the function looks again. */
+  #resolve(key: string): Promise<AliasRoute> {
+    let p = this.#resolving.get(key)
     if (p === undefined) {
-      p = this.#executor.resolve(name).then((spec) => {
-        const entry = this.#entries.get(name) ?? new RouteEntry(spec, this.#metrics)
-        this.#entries.set(name, entry)
-        return entry
-      }).finally(() => this.#resolving.delete(name))
-      this.#resolving.set(name, p)
+      p = this.#lookUp(key).finally(() => this.#resolving.delete(key))
+      this.#resolving.set(key, p)
     }
     return p
+  }
+
+  async #lookUp(key: string): Promise<AliasRoute> {
+    for (;;) {
+      const { name } = splitKey(key)
+      const gen = this.#generation.get(name) ?? 0
+      const resolved = await this.#executor.resolve(key)
+      if ((this.#generation.get(name) ?? 0) !== gen) continue
+      return this.#install(resolved)
+    }
+  }
+
+  /** A looked-up route, on the entries of its versions (made for the versions not seen yet). */
+  #install(r: ResolvedRoute): AliasRoute {
+    let byVersion = this.#entries.get(r.name)
+    if (byVersion === undefined) { byVersion = new Map(); this.#entries.set(r.name, byVersion) }
+    const targets = r.targets.map((t) => {
+      let entry = byVersion.get(t.spec.version)
+      if (entry === undefined) {
+        entry = new RouteEntry(t.spec, this.#metrics)
+        byVersion.set(t.spec.version, entry)
+      }
+      return { entry, weight: t.weight }
+    })
+    const route = new AliasRoute(r.key, targets)
+    this.#routes.set(r.key, route)
+    let keys = this.#routeKeys.get(r.name)
+    if (keys === undefined) { keys = new Set(); this.#routeKeys.set(r.name, keys) }
+    keys.add(r.key)
+    return route
   }
 
   /**
@@ -333,25 +428,35 @@ export class InstanceTable {
       this.#scale(hit.entry)
       return
     }
-    const entry = this.#entries.get(e.name)
-    if (entry === undefined) return
-    this.#entries.delete(e.name)
-    entry.stale = true
-    for (const slot of [...entry.slots]) {
-      slot.retiring = true
-      slot.usable = false
-      if (slot.inflight === 0) this.#remove(entry, slot, 'retire')
+    // The function's routes changed: every key of it is looked up again at its next call. Versions still
+    // routed keep their entries (a canary's weight step or a rollback moves calls, not instances).
+    this.#generation.set(e.name, (this.#generation.get(e.name) ?? 0) + 1)
+    for (const key of this.#routeKeys.get(e.name) ?? []) this.#routes.delete(key)
+    this.#routeKeys.delete(e.name)
+    const byVersion = this.#entries.get(e.name)
+    if (byVersion === undefined) return
+    const live = new Set(e.live)
+    for (const [version, entry] of [...byVersion]) {
+      if (live.has(version)) continue
+      byVersion.delete(version)
+      entry.stale = true
+      for (const slot of [...entry.slots]) {
+        slot.retiring = true
+        slot.usable = false
+        if (slot.inflight === 0) this.#remove(entry, slot, 'retire')
+      }
+      // Calls still waiting are routed again (to what the function routes to now, or its 404).
+      for (const w of entry.waiters.splice(0)) {
+        clearTimeout(w.timer)
+        this.acquire(w.key, w.routeKey).then(w.resolve, w.reject)
+      }
     }
-    // Calls still waiting are routed to the new version (or get its 404).
-    for (const w of entry.waiters.splice(0)) {
-      clearTimeout(w.timer)
-      this.acquire(e.name).then(w.resolve, w.reject)
-    }
+    if (byVersion.size === 0) this.#entries.delete(e.name)
   }
 
   #sweepIdle(): void {
     const now = Date.now()
-    for (const entry of this.#entries.values()) {
+    for (const entry of this.#allEntries()) {
       for (const slot of [...entry.slots]) {
         if (slot.inflight === 0 && now - slot.lastUsed >= entry.spec.idleTimeoutMs) this.#remove(entry, slot, 'idle')
       }
@@ -362,4 +467,10 @@ export class InstanceTable {
 function saturated(spec: RouteSpec, message: string): KdlError {
   const retryAfter = String(Math.max(1, Math.ceil(spec.queueTimeoutMs / 1000)))
   return new KdlError('KDL_ERR_SATURATED', message, { headers: { 'retry-after': retryAfter } })
+}
+
+/** The function a route key names. */
+function splitKey(key: string): { name: string } {
+  const at = key.indexOf('@')
+  return { name: at < 0 ? key : key.slice(0, at) }
 }

@@ -37,6 +37,7 @@ export async function forward(
   timeoutMs: number,
   maxBodyBytes: number,
   startKind: string,
+  version: string,
 ): Promise<ForwardResult> {
   // The caller left while the call waited for an instance: nothing to run it for.
   if (res.destroyed) return { outcome: 'ok', status: 499 }
@@ -87,6 +88,7 @@ export async function forward(
       delete h['transfer-encoding']
       h['x-kindling-start'] = startKind
       h['x-kindling-invocation-id'] = invocationId
+      h['x-kindling-version'] = version
       out.writeHead(statusCode, h as Record<string, string | string[]>)
       return out
     })

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KdlError } from '../common/errors.js'
 import { assertName, NAME_PATTERN } from '../common/spec.js'
@@ -7,7 +7,10 @@ import type { Store } from '../common/store.js'
 import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
 
 export interface FileStoreOptions {
-  /** Data directory; records live in `functions/<name>.json` and `runtimes/<name>.json`. Created on first write. */
+  /**
+   * Data directory; records live in `functions/<name>.json`, `versions/<name>/<version>.json` and
+   * `runtimes/<name>.json`. Created on first write.
+   */
   dir: string
 }
 
@@ -16,6 +19,7 @@ type Kind = 'function' | 'runtime'
 const FOLDER: Record<Kind, string> = { function: 'functions', runtime: 'runtimes' }
 /** Only files named like a record are read; temp files (`.<name>.json.<pid>.<rand>.tmp`) never match. */
 const RECORD_FILE = new RegExp(`${NAME_PATTERN.slice(0, -1)}\\.json$`)
+const VERSION_FILE = /^[1-9][0-9]*\.json$/
 
 /**
  * The embedded store: one JSON file per record. A write goes to a temp file in the same directory, is
@@ -45,7 +49,71 @@ export class FileStore implements Store {
   }
 
   async deleteFunction(name: string): Promise<boolean> {
-    return this.#track(this.#delete('function', name))
+    return this.#track((async () => {
+      // The head goes first: it is the commit, so a crash midway leaves versions no head names (removed
+      // by the next deploy of the name, which starts from an empty version folder).
+      const removed = await this.#delete('function', name)
+      const folder = this.#versionFolder(name)
+      await rm(folder, { recursive: true, force: true }).catch((err: unknown) => {
+        throw new KdlError('KDL_ERR_INTERNAL', `removing the versions of "${name}" failed`, { cause: err })
+      })
+      return removed
+    })())
+  }
+
+  async getVersion(name: string, version: number): Promise<FunctionRecord | undefined> {
+    this.#assertOpen()
+    const file = this.#versionFile(name, version)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return undefined
+      throw new KdlError('KDL_ERR_INTERNAL', `reading versions/${name}/${version}.json failed`, { cause: err })
+    }
+    const record = parseRecord<FunctionRecord>('function', name, text)
+    if (record.version !== version) throw new KdlError('KDL_ERR_INTERNAL', `stored version versions/${name}/${version}.json holds version ${record.version}`)
+    return record
+  }
+
+  async listVersions(name: string): Promise<FunctionRecord[]> {
+    this.#assertOpen()
+    let files: string[]
+    try {
+      files = await readdir(this.#versionFolder(name))
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return []
+      throw new KdlError('KDL_ERR_INTERNAL', `listing the versions of "${name}" failed`, { cause: err })
+    }
+    const numbers = files.filter((f) => VERSION_FILE.test(f)).map((f) => Number(f.slice(0, -'.json'.length))).sort((a, b) => a - b)
+    const out: FunctionRecord[] = []
+    for (const v of numbers) {
+      const record = await this.getVersion(name, v)
+      if (record !== undefined) out.push(record)
+    }
+    return out
+  }
+
+  async putVersion(record: FunctionRecord): Promise<void> {
+    this.#assertOpen()
+    const folder = this.#versionFolder(record.name)
+    const { aliases: _a, lastVersion: _l, canary: _c, ...version } = record
+    return this.#track(atomicWrite(folder, this.#versionFile(record.name, record.version), `${JSON.stringify(version, null, 2)}\n`, String(record.version)))
+  }
+
+  async deleteVersion(name: string, version: number): Promise<boolean> {
+    this.#assertOpen()
+    const file = this.#versionFile(name, version)
+    return this.#track((async () => {
+      try {
+        await unlink(file)
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) return false
+        throw new KdlError('KDL_ERR_INTERNAL', `deleting versions/${name}/${version}.json failed`, { cause: err })
+      }
+      await syncDir(this.#versionFolder(name))
+      return true
+    })())
   }
 
   async getRuntime(name: string): Promise<RuntimeSpec | undefined> {
@@ -72,6 +140,16 @@ export class FileStore implements Store {
 
   #folder(kind: Kind): string {
     return join(this.#dir, FOLDER[kind])
+  }
+
+  #versionFolder(name: string): string {
+    assertName('function', name)
+    return join(this.#dir, 'versions', name)
+  }
+
+  #versionFile(name: string, version: number): string {
+    if (!Number.isInteger(version) || version < 1) throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `version ${String(version).slice(0, 20)} is not a version number`)
+    return join(this.#versionFolder(name), `${version}.json`)
   }
 
   #file(kind: Kind, name: string): string {

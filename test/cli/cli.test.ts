@@ -277,7 +277,7 @@ t.test('pools prints the pools and the functions being served as tables', async 
     body: {
       pools: [
         { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 2, idle: 2, starting: 0 },
-        { pool: 'fn:hello', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
+        { pool: 'fn:hello@3', kind: 'prewarm', runtime: 'node', function: 'hello', version: 3, target: 1, idle: 0, starting: 1 },
       ],
       functions: [{ function: 'hello', version: 3, instances: 2, busy: 1, waiting: 0, pending: 0 }],
       starts: { running: 1, waiting: 3, limit: 4 },

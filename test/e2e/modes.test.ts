@@ -33,7 +33,7 @@ async function calls(p: TestPlatform, name: string, n: number): Promise<Array<Tr
 
 async function poolOf(p: TestPlatform, fn: string): Promise<{ target: number; idle: number } | undefined> {
   const res = await p.api('GET', '/v1/pools')
-  return (res.json['pools'] as Array<{ pool: string; target: number; idle: number }>).find((x) => x.pool === `fn:${fn}`)
+  return (res.json['pools'] as Array<{ pool: string; target: number; idle: number }>).find((x) => x.pool.startsWith(`fn:${fn}@`))
 }
 
 async function routed(p: TestPlatform, fn: string): Promise<{ instances: number; busy: number } | undefined> {
@@ -175,11 +175,11 @@ export default () => ({ boot })`
     await p.invoke('met')
     const res = await fetch(`${p.url}/metrics`)
     const text = await res.text()
-    t.match(text, /kindling_invocations_total\{function="met",code="200"\} 2/)
+    t.match(text, /kindling_invocations_total\{function="met",version="1",code="200"\} 2/)
     t.match(text, /kindling_cold_starts_total\{kind="(specialized|cold)"\} 1/)
     t.match(text, /kindling_cold_start_phase_seconds_count\{phase="load"\} [1-9]/)
     t.match(text, /kindling_pool_instances\{pool="generic:node",state="target"\} 1/)
-    t.match(text, /kindling_invocation_duration_seconds_count\{function="met"\} 2/)
+    t.match(text, /kindling_invocation_duration_seconds_count\{function="met",version="1"\} 2/)
   })
 
  })

@@ -9,7 +9,7 @@ const CODE = 'export default () => ({ pid: process.pid })'
 
 async function idleOf(p: TestPlatform, fn: string): Promise<number | undefined> {
   const res = await p.api('GET', '/v1/pools')
-  return (res.json['pools'] as Array<{ pool: string; idle: number }>).find((x) => x.pool === `fn:${fn}`)?.idle
+  return (res.json['pools'] as Array<{ pool: string; idle: number }>).find((x) => x.pool.startsWith(`fn:${fn}@`))?.idle
 }
 
 function instancesOf(p: TestPlatform, fn: string): string[] {

@@ -18,8 +18,9 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   loadguard: ['common', 'cgroups'],
   executor: ['common', 'poolmgr'],
   router: ['common', 'executor'],
-  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr'],
-  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'router', 'api'],
+  releases: ['common', 'codestore', 'executor'],
+  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases'],
+  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api'],
   cli: ['common', 'embedded'],
   runtimes: [],
   // The dashboard (issue 14) runs in the browser and reads the platform over /v1 only.

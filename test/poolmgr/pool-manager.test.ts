@@ -51,7 +51,7 @@ for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instance
   const idle = [...p.pools.instances()].find((i) => i.state === 'generic')!
   t.equal(await shares(idle.id), 64, 'a refill runs in the background: it never competes with calls being served')
   await p.deploy('served', { runtime: 'node', code: 'export default () => "s"', mode: 'persistent', prewarm: 1 })
-  await waitFor(() => p.pools.snapshot().find((s) => s.pool === 'fn:served')?.idle === 1, 'the prewarm pool to fill')
+  await waitFor(() => p.pools.snapshot().find((s) => s.pool === 'fn:served@1')?.idle === 1, 'the prewarm pool to fill')
   const res = await p.invoke('served')
   t.equal(res.headers['x-kindling-start'], 'prewarmed')
   const serving = [...p.pools.instances()].find((i) => i.fn === 'served' && i.state === 'leased')!

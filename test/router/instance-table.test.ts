@@ -17,7 +17,7 @@ function handExecutor(spec: RouteSpec) {
   const dispatcher = new Agent()
   let n = 0
   const executor: ExecutorClient = {
-    resolve: async () => spec,
+    resolve: async (key: string) => ({ key, name: spec.name, qualifier: 'latest', targets: [{ spec, weight: 1 }] }),
     acquire: () => new Promise<Lease>((resolve) => asked.push(resolve)),
     release: async () => false,
     diagnose: async () => 'crashed',
@@ -34,18 +34,18 @@ t.test('a call whose instance was gone before the call reached it keeps its plac
   const table = new InstanceTable({ executor: h.executor, log: pino({ level: 'silent' }), metrics: new Metrics(new Registry()) })
   t.teardown(() => { table.close(); return h.close() })
   const order: string[] = []
-  const first = table.acquire('f')
+  const first = table.acquire('f', undefined)
   await tick()
   t.equal(h.asked.length, 1, 'one instance asked for (maxInstances 1)')
   h.asked.shift()!(h.lease())
   const a = await first
   // Two calls queue behind A's instance.
-  const b = table.acquire('f').then((g) => { order.push('B'); return g })
-  const c = table.acquire('f').then((g) => { order.push('C'); return g })
+  const b = table.acquire('f', undefined).then((g) => { order.push('B'); return g })
+  const c = table.acquire('f', undefined).then((g) => { order.push('C'); return g })
   await tick()
   // A's instance turns out dead before A's request reached it: the router gives the slot up and asks again.
   table.done(a.entry, a.slot, 'crashed')
-  const again = table.acquire('f', true).then((g) => { order.push('A'); return g })
+  const again = table.acquire('f', undefined, true).then((g) => { order.push('A'); return g })
   await tick()
   t.equal(h.asked.length, 1, 'a replacement is asked for')
   h.asked.shift()!(h.lease())
@@ -66,17 +66,17 @@ t.test('a re-sent call waits at the head: the next slot to free up is its own', 
   const h = handExecutor({ ...SPEC, maxInstances: 2 })
   const table = new InstanceTable({ executor: h.executor, log: pino({ level: 'silent' }), metrics: new Metrics(new Registry()) })
   t.teardown(() => { table.close(); return h.close() })
-  const p1 = table.acquire('f')
-  const p2 = table.acquire('f')
+  const p1 = table.acquire('f', undefined)
+  const p2 = table.acquire('f', undefined)
   await tick()
   h.asked.shift()!(h.lease())
   h.asked.shift()!(h.lease())
   const [g1, g2] = await Promise.all([p1, p2])
-  const later = table.acquire('f')
+  const later = table.acquire('f', undefined)
   await tick()
   // g1's instance was gone before its call was sent; its replacement is asked for (for the queued call).
   table.done(g1.entry, g1.slot, 'crashed')
-  const again = table.acquire('f', true)
+  const again = table.acquire('f', undefined, true)
   await tick()
   // g2's call ends first: its slot goes to the re-sent call, not to the one that queued later.
   let first: string | undefined
