@@ -360,6 +360,20 @@ async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string, wa
     await floor?.stop()
   }
   if (!want.warm) return rows
+  // Alias routing (issue 15): the same code as two versions behind a 50/50 weighted alias, each version on its
+  // own instance — the warm path's extra cost is the alias's pick (a Math.random and a bounds scan).
+  await p.deploy('hello-alias', HELLO_SPEC)
+  await p.deploy('hello-alias', { ...HELLO_SPEC, env: { KINDLING_BENCH_VERSION: '2' } })
+  await p.api('PUT', '/v1/functions/hello-alias/aliases/split', { weights: { 1: 50, 2: 50 } })
+  await p.settle()
+  try {
+    for (const connections of [1, 32]) {
+      rows.push({ target: 'router @alias 50/50', connections, result: await measureRouter(ctx, p, 'hello-alias@split', connections) })
+    }
+  } finally {
+    await p.remove('hello-alias')
+    await p.settle()
+  }
   // The default concurrency (one call per instance): the router spreads 32 connections over 8 prewarmed
   // instances (the longer warm-up covers the prewarm pool's refill of the 8 it gave away).
   await p.deploy('hello-c1', { code: HELLO_SPEC.code, mode: 'persistent', concurrency: 1, maxInstances: 8, prewarm: 8 })
