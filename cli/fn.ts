@@ -5,6 +5,7 @@ import { envOption, headerOption, intOption, numberOption, type Runner } from '.
 import { ApiError, CliError, hasHeader, jsonLines, kindlingError, parseJson, statusLine, type ApiClient } from './http.js'
 import { registerLogsCommand } from './logs.js'
 import { cell, formatJson, formatTable, isRecord, listOf, pick, type CliContext } from './output.js'
+import { registerVersionCommands } from './versions.js'
 
 /** Deploy options whose commander names equal the body fields of `PUT /v1/functions/:name`. */
 const SPEC_FIELDS = [
@@ -18,6 +19,8 @@ interface DeployOptions {
   entrypoint?: string
   includeNodeModules?: boolean
   env?: Record<string, string>
+  /** false with `--no-promote`: store the version, keep `latest` where it is. */
+  promote?: boolean
   [field: string]: unknown
 }
 
@@ -52,11 +55,12 @@ export function registerFnCommands(program: Command, run: Runner): void {
     .option('--max-age-ms <ms>', 'recycle an instance after this age', intOption)
     .option('--idle-timeout-ms <ms>', 'stop an idle instance after this long', intOption)
     .option('--include-node-modules', "pack the directory's node_modules as it is (vendored: the platform builds nothing)")
+    .option('--no-promote', 'store the new version without moving latest to it (for an alias or a canary)')
     .action((name: string, opts: DeployOptions) => run((ctx, client) => deploy(ctx, client, name, opts)))
 
   fn.command('invoke')
-    .description('call a function (ANY /fn/NAME[/path]) and print its answer')
-    .argument('<name>', 'function name')
+    .description('call a function (ANY /fn/NAME[@alias][/path]) and print its answer')
+    .argument('<name>', 'function name, or NAME@alias / NAME@version')
     .option('-X, --request <method>', 'HTTP method (default GET, or POST with -d)')
     .option('-d, --data <body>', 'request body, or @file to send a file')
     .option('-H, --header <header>', "request header 'name: value' (repeatable)", headerOption)
@@ -65,6 +69,7 @@ export function registerFnCommands(program: Command, run: Runner): void {
     .action((name: string, opts: InvokeOptions) => run((ctx, client) => invoke(ctx, client, name, opts)))
 
   registerLogsCommand(fn, run)
+  registerVersionCommands(fn, run)
 
   fn.command('list')
     .description('list functions')
@@ -106,7 +111,9 @@ async function deploy(ctx: CliContext, client: ApiClient, name: string, opts: De
   }
   if (opts.env !== undefined) body['env'] = opts.env
   // ?wait=true: a deploy that needs a build streams the build's log, then its outcome (one JSON object a line).
-  const res = await client.stream('PUT', `/v1/functions/${encodeURIComponent(name)}?wait=true`, {
+  const promote = opts.promote !== false
+  const query = promote ? '?wait=true' : '?wait=true&promote=false'
+  const res = await client.stream('PUT', `/v1/functions/${encodeURIComponent(name)}${query}`, {
     headers: { 'content-type': 'application/json', accept: 'application/x-ndjson, application/json' },
     body: JSON.stringify(body),
   })
@@ -123,6 +130,13 @@ async function deploy(ctx: CliContext, client: ApiClient, name: string, opts: De
   const build = isRecord(data) && isRecord(data['build']) ? data['build'] : undefined
   if (build?.['reused'] === true) note(`dependencies: build ${cell(build['id'])} reused (nothing installed)`)
   const version = isRecord(data) ? pick(data, 'version') : undefined
+  // The answer is the function as it is served now; `deployed` names the version this deploy stored.
+  const stored = isRecord(data) ? pick(data, 'deployed') : undefined
+  if (!promote && stored !== undefined && stored !== version) {
+    ctx.stdout.write(`stored ${name} version ${cell(stored)} (latest still serves ${cell(version)})\n`)
+    return
+  }
+  if (!promote && stored !== undefined) note('note: a first deploy is always promoted')
   ctx.stdout.write(`deployed ${name} version ${cell(version)}\n`)
 }
 
@@ -160,7 +174,10 @@ async function followDeploy(ctx: CliContext, body: AsyncIterable<Buffer>): Promi
 }
 
 function invokePath(name: string, sub: string | undefined): string {
-  const base = `/fn/${encodeURIComponent(name)}`
+  // NAME@alias / NAME@7: the @ stays readable in the path, each side is encoded on its own.
+  const at = name.indexOf('@')
+  const target = at < 0 ? encodeURIComponent(name) : `${encodeURIComponent(name.slice(0, at))}@${encodeURIComponent(name.slice(at + 1))}`
+  const base = `/fn/${target}`
   if (sub === undefined || sub === '' || sub === '/') return base
   return base + (sub.startsWith('/') || sub.startsWith('?') ? sub : `/${sub}`)
 }

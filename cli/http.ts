@@ -1,4 +1,5 @@
 import { STATUS_CODES } from 'node:http'
+import { hostname, userInfo } from 'node:os'
 import { request, type Dispatcher } from 'undici'
 import { isRecord } from './output.js'
 
@@ -43,6 +44,21 @@ export interface ApiClientOptions {
   /** Bearer token for `/v1`; never sent to `/fn`, so function code does not see the operator's token. */
   token?: string | undefined
   dispatcher?: Dispatcher | undefined
+  /** Sent as `x-kindling-actor` with every request (the API keeps it as who deployed, moved an alias…); default {@link defaultActor}. */
+  actor?: string | undefined
+}
+
+/** `user@host` of whoever runs the CLI (`unknown` for a part the OS will not tell), as a header value can carry it. */
+export function defaultActor(): string {
+  const part = (get: () => string): string => {
+    try {
+      const v = get().replace(/[^\x21-\x7e]/g, '?')
+      return v === '' ? 'unknown' : v
+    } catch {
+      return 'unknown'
+    }
+  }
+  return `${part(() => userInfo().username)}@${part(hostname)}`.slice(0, 200)
 }
 
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'])
@@ -82,20 +98,29 @@ export class ApiClient {
   readonly #base: URL
   readonly #token: string | undefined
   readonly #dispatcher: Dispatcher | undefined
+  readonly #actor: string
 
   constructor(opts: ApiClientOptions) {
     this.url = opts.url
     this.#base = new URL(opts.url)
     this.#token = opts.token
     this.#dispatcher = opts.dispatcher
+    this.#actor = opts.actor ?? defaultActor()
+  }
+
+  /** The headers of every request: the caller's, the bearer token for `/v1` (never `/fn`), and who is asking. */
+  #headers(path: string, own: SendOptions['headers']): Record<string, string | string[]> {
+    const headers: Record<string, string | string[]> = { ...own }
+    if (this.#token !== undefined && (path === '/v1' || path.startsWith('/v1/')) && !hasHeader(headers, 'authorization')) {
+      headers['authorization'] = `Bearer ${this.#token}`
+    }
+    if (!hasHeader(headers, 'x-kindling-actor')) headers['x-kindling-actor'] = this.#actor
+    return headers
   }
 
   /** Sends one request; throws CliError only when the platform cannot be reached or the exchange fails. */
   async send(method: string, path: string, opts: SendOptions = {}): Promise<RawResponse> {
-    const headers: Record<string, string | string[]> = { ...opts.headers }
-    if (this.#token !== undefined && (path === '/v1' || path.startsWith('/v1/')) && !hasHeader(headers, 'authorization')) {
-      headers['authorization'] = `Bearer ${this.#token}`
-    }
+    const headers = this.#headers(path, opts.headers)
     const target = this.#base.origin + this.#base.pathname.replace(/\/+$/, '') + path
     try {
       const res = await request(target, {
@@ -115,8 +140,7 @@ export class ApiClient {
 
   /** Sends one request and hands back its body as it arrives (build logs, the deploy's progress). */
   async stream(method: string, path: string, opts: SendOptions = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer> }> {
-    const headers: Record<string, string | string[]> = { ...opts.headers }
-    if (this.#token !== undefined && path.startsWith('/v1/') && !hasHeader(headers, 'authorization')) headers['authorization'] = `Bearer ${this.#token}`
+    const headers = this.#headers(path, opts.headers)
     const target = this.#base.origin + this.#base.pathname.replace(/\/+$/, '') + path
     try {
       const res = await request(target, {
