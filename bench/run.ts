@@ -349,9 +349,12 @@ async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string, wa
   }
   try {
     if (want.floor) floor = await startFloor({ upstreamSocket: ctx.bareSocket })
+    // The same instance through an alias (issue 15): what naming an alias costs the warm path.
+    if (want.warm) await p.api('PUT', '/v1/functions/hello/aliases/stable', { version: 1 })
     for (const connections of [1, 32]) {
       rows.push({ target: 'bare', connections, result: await ctx.bareRef(connections) })
       rows.push({ target: 'router', connections, result: await measureRouter(ctx, p, 'hello', connections) })
+      if (want.warm) rows.push({ target: 'router @alias', connections, result: await measureRouter(ctx, p, 'hello@stable', connections) })
       if (nginx !== undefined) rows.push({ target: 'nginx', connections, result: await measureNginx(ctx, nginx.port, connections) })
       if (floor !== undefined) rows.push({ target: 'floor', connections, result: await measureFloor(ctx, floor.port, connections) })
     }
@@ -360,8 +363,9 @@ async function warmPath(ctx: LoadContext, p: BenchPlatform, nginxDir: string, wa
     await floor?.stop()
   }
   if (!want.warm) return rows
-  // Alias routing (issue 15): the same code as two versions behind a 50/50 weighted alias, each version on its
-  // own instance — the warm path's extra cost is the alias's pick (a Math.random and a bounds scan).
+  // A weighted alias (issue 15): the same code as two versions behind a 50/50 split, each version on its own
+  // instance (so two runtime processes share the CPUs where `router` has one) — the pick itself is a
+  // Math.random and a bounds scan.
   await p.deploy('hello-alias', HELLO_SPEC)
   await p.deploy('hello-alias', { ...HELLO_SPEC, env: { KINDLING_BENCH_VERSION: '2' } })
   await p.api('PUT', '/v1/functions/hello-alias/aliases/split', { weights: { 1: 50, 2: 50 } })
