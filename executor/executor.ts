@@ -204,8 +204,9 @@ export class Executor implements ExecutorClient {
    */
   async routed(head: FunctionRecord, seed?: Instance): Promise<void> {
     this.#records.set(head.name, head)
-    await this.#applyPrewarm(head, seed)
+    // Calls move first; the pools follow (reading a version record may wait for the store).
     this.#emit({ type: 'function-changed', name: head.name, live: [...liveVersions(head)] })
+    await this.#applyPrewarm(head, seed)
   }
 
   /** The function's head as routed now (no I/O), if it was read or deployed. */

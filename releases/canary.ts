@@ -88,7 +88,8 @@ export class CanaryController {
 
   /** The canary's state, with the running step's window judged now. */
   async status(name: string): Promise<CanaryStatus> {
-    const head = await this.#head(name)
+    // What calls are routed by now: the executor's head (the store's may be a write ahead of the router's).
+    const head = this.#d.executor.head(name) ?? await this.#head(name)
     const c = head.canary
     if (c === undefined) throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `function "${name}" has had no canary`)
     if (c.state !== 'running') return c
