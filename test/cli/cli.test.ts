@@ -1,80 +1,13 @@
-import { createServer, type IncomingHttpHeaders } from 'node:http'
+import { createServer } from 'node:http'
 import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
 import { spawnSync } from 'node:child_process'
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { create as createTar, extract, list } from 'tar'
-import { runCli } from '../../cli/main.js'
-
-interface Recorded {
-  method: string
-  url: string
-  headers: IncomingHttpHeaders
-  body: Buffer
-  json: unknown
-}
-
-interface Canned {
-  status?: number
-  headers?: Record<string, string>
-  /** Objects are sent as JSON; strings and buffers as they are. */
-  body?: unknown
-}
-
-/** A stand-in for the platform: records every request and answers what `answer` returns. */
-async function fakeApi(t: Test, answer: (req: Recorded) => Canned = () => ({ body: {} })): Promise<{ url: string; requests: Recorded[] }> {
-  const requests: Recorded[] = []
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks)
-      let json: unknown
-      try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
-      const rec: Recorded = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body, json }
-      requests.push(rec)
-      const out = answer(rec)
-      const isRaw = typeof out.body === 'string' || Buffer.isBuffer(out.body)
-      const payload = out.body === undefined ? '' : isRaw ? (out.body as string | Buffer) : JSON.stringify(out.body)
-      res.writeHead(out.status ?? 200, {
-        ...(out.body !== undefined && !isRaw ? { 'content-type': 'application/json' } : {}),
-        ...out.headers,
-      })
-      res.end(payload)
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests }
-}
-
-function sink(): { write(c: string | Uint8Array): boolean; text(): string; bytes(): Buffer } {
-  const chunks: Buffer[] = []
-  return {
-    write(c) { chunks.push(Buffer.from(c)); return true },
-    text: () => Buffer.concat(chunks).toString('utf8'),
-    bytes: () => Buffer.concat(chunks),
-  }
-}
-
-async function cli(argv: string[], env: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string; raw: Buffer }> {
-  const stdout = sink()
-  const stderr = sink()
-  const code = await runCli(argv, { stdout, stderr, env })
-  return { code, stdout: stdout.text(), stderr: stderr.text(), raw: stdout.bytes() }
-}
-
-function only(requests: Recorded[]): Recorded {
-  if (requests.length !== 1 || requests[0] === undefined) throw new Error(`expected one request, got ${requests.length}`)
-  return requests[0]
-}
+import { cli, fakeApi, only, sink, type Recorded } from '../fixtures/cli.js'
 
 async function unpack(t: Test, base64: unknown): Promise<{ names: string[]; dir: string }> {
   if (typeof base64 !== 'string') throw new Error('archive is not a string')

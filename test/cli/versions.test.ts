@@ -1,76 +1,7 @@
-import { createServer, type IncomingHttpHeaders } from 'node:http'
-import { once } from 'node:events'
 import { join } from 'node:path'
-import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import { defaultActor } from '../../cli/http.js'
-import { runCli } from '../../cli/main.js'
-
-interface Recorded {
-  method: string
-  url: string
-  headers: IncomingHttpHeaders
-  body: Buffer
-  json: unknown
-}
-
-interface Canned {
-  status?: number
-  headers?: Record<string, string>
-  /** Objects are sent as JSON; strings and buffers as they are. */
-  body?: unknown
-}
-
-/** A stand-in for the platform: records every request and answers what `answer` returns. */
-async function fakeApi(t: Test, answer: (req: Recorded) => Canned = () => ({ body: {} })): Promise<{ url: string; requests: Recorded[] }> {
-  const requests: Recorded[] = []
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks)
-      let json: unknown
-      try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
-      const rec: Recorded = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body, json }
-      requests.push(rec)
-      const out = answer(rec)
-      const isRaw = typeof out.body === 'string' || Buffer.isBuffer(out.body)
-      const payload = out.body === undefined ? '' : isRaw ? (out.body as string | Buffer) : JSON.stringify(out.body)
-      res.writeHead(out.status ?? 200, {
-        ...(out.body !== undefined && !isRaw ? { 'content-type': 'application/json' } : {}),
-        ...out.headers,
-      })
-      res.end(payload)
-    })
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  t.teardown(() => {
-    server.closeAllConnections()
-    server.close()
-  })
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests }
-}
-
-function sink(): { write(c: string | Uint8Array): boolean; text(): string } {
-  const chunks: Buffer[] = []
-  return {
-    write(c) { chunks.push(Buffer.from(c)); return true },
-    text: () => Buffer.concat(chunks).toString('utf8'),
-  }
-}
-
-async function cli(argv: string[], env: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = sink()
-  const stderr = sink()
-  const code = await runCli(argv, { stdout, stderr, env })
-  return { code, stdout: stdout.text(), stderr: stderr.text() }
-}
-
-function only(requests: Recorded[]): Recorded {
-  if (requests.length !== 1 || requests[0] === undefined) throw new Error(`expected one request, got ${requests.length}`)
-  return requests[0]
-}
+import { cli, fakeApi, only, type Recorded } from '../fixtures/cli.js'
 
 const ACTOR = defaultActor()
 
