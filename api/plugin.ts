@@ -72,7 +72,14 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     ...r, status: { instances: executor.instancesOf(r.name), loadGuard: deps.loadGuardState?.(r.name) },
   })
 
-  app.get('/v1/functions', { schema: S.listFunctions }, async () => ({ functions: (await store.listFunctions()).map(view) }))
+  app.get<{ Querystring: { limit?: string; cursor?: string } }>('/v1/functions', { schema: S.listFunctions }, async (request) => {
+    const { limit, after } = pageOf(request.query)
+    // One more than asked tells whether a next page exists.
+    const records = await store.listFunctions({ after, limit: limit + 1 })
+    const page = records.slice(0, limit)
+    const last = page.at(-1)
+    return { functions: page.map(view), ...(records.length > limit && last !== undefined ? { next: cursorOf(last.name) } : {}) }
+  })
 
   app.get<{ Params: { name: string } }>('/v1/functions/:name', { schema: S.getFunction }, async (request) => {
     const r = await store.getFunction(request.params.name)
@@ -205,6 +212,31 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       }),
     }
   })
+}
+
+/** Functions a page of `GET /v1/functions` holds by default, and at most. */
+export const PAGE_DEFAULT = 100
+export const PAGE_MAX = 1000
+
+/** A cursor names the last function of a page (base64url, opaque to clients). */
+function cursorOf(name: string): string {
+  return Buffer.from(name, 'utf8').toString('base64url')
+}
+
+function pageOf(q: { limit?: string; cursor?: string }): { limit: number; after: string | undefined } {
+  let limit = PAGE_DEFAULT
+  if (q.limit !== undefined) {
+    if (!/^[0-9]{1,7}$/.test(q.limit) || Number(q.limit) < 1 || Number(q.limit) > PAGE_MAX) {
+      throw new KdlError('KDL_ERR_BAD_REQUEST', `limit: must be an integer between 1 and ${PAGE_MAX}`)
+    }
+    limit = Number(q.limit)
+  }
+  if (q.cursor === undefined) return { limit, after: undefined }
+  const after = Buffer.from(q.cursor, 'base64url').toString('utf8')
+  if (q.cursor === '' || cursorOf(after) !== q.cursor || !/^[a-z0-9-]{1,63}$/.test(after)) {
+    throw new KdlError('KDL_ERR_BAD_REQUEST', 'cursor: not a cursor this API gave (take `next` from the previous page)')
+  }
+  return { limit, after }
 }
 
 /** How a deploy lands: moving `latest` or not, and who made it. */

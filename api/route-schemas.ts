@@ -33,8 +33,16 @@ const DEPLOY_ERRORS = [
 ] as const
 
 export const listFunctions: FastifySchema = {
-  tags: ['functions'], summary: 'List the deployed functions', operationId: 'listFunctions',
-  response: { 200: list('functions', ref('Function'), 'Every deployed function.') },
+  tags: ['functions'], summary: 'List the deployed functions, by name, a page at a time', operationId: 'listFunctions',
+  description: 'At most `limit` functions (default 100, at most 1000), by name; `next`, when present, is the `cursor` of the next page.',
+  querystring: Type.Object({
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+    cursor: Type.Optional(Type.String({ description: 'The `next` of the previous page.' })),
+  }),
+  response: {
+    200: Type.Object({ functions: Type.Array(ref('Function')), next: Type.Optional(Type.String({ description: 'Cursor of the next page; absent on the last.' })) }, { description: 'A page of functions.' }),
+    ...errors('KDL_ERR_BAD_REQUEST'),
+  },
 }
 
 export const getFunction: FastifySchema = {

@@ -72,9 +72,11 @@ export function registerFnCommands(program: Command, run: Runner): void {
   registerVersionCommands(fn, run)
 
   fn.command('list')
-    .description('list functions')
+    .description('list functions (every page, or one with --limit)')
+    .option('--limit <n>', 'one page of at most this many functions (the next page: --cursor)', intOption)
+    .option('--cursor <cursor>', "the page after the one that printed this cursor")
     .option('--json', 'print the raw JSON answer')
-    .action((opts: { json?: boolean }) => run((ctx, client) => list(ctx, client, opts.json === true)))
+    .action((opts: { json?: boolean; limit?: number; cursor?: string }) => run((ctx, client) => list(ctx, client, opts)))
 
   fn.command('get')
     .description('show one function: spec and status')
@@ -241,11 +243,28 @@ function field(item: Record<string, unknown>, key: string): unknown {
   return undefined
 }
 
-async function list(ctx: CliContext, client: ApiClient, json: boolean): Promise<void> {
-  const { data } = await client.call('GET', '/v1/functions')
-  const items = listOf(data, 'functions')
-  if (json || items === undefined || !items.every(isRecord)) {
-    ctx.stdout.write(formatJson(data))
+async function list(ctx: CliContext, client: ApiClient, opts: { json?: boolean; limit?: number; cursor?: string }): Promise<void> {
+  // Without --limit every page is fetched (GET /v1/functions answers at most 1000 a page) and printed as one.
+  const one = opts.limit !== undefined || opts.cursor !== undefined
+  const items: unknown[] = []
+  let cursor = opts.cursor
+  let next: string | undefined
+  for (;;) {
+    const q = new URLSearchParams({ limit: String(opts.limit ?? 1000) })
+    if (cursor !== undefined) q.set('cursor', cursor)
+    const { data } = await client.call('GET', `/v1/functions?${q.toString()}`)
+    const page = listOf(data, 'functions')
+    if (page === undefined) {
+      ctx.stdout.write(formatJson(data))
+      return
+    }
+    items.push(...page)
+    next = isRecord(data) && typeof data['next'] === 'string' ? data['next'] : undefined
+    if (one || next === undefined) break
+    cursor = next
+  }
+  if (opts.json === true || !items.every(isRecord)) {
+    ctx.stdout.write(formatJson(one && next !== undefined ? { functions: items, next } : { functions: items }))
     return
   }
   if (items.length === 0) {
@@ -257,4 +276,5 @@ async function list(ctx: CliContext, client: ApiClient, json: boolean): Promise<
     cell(field(it, 'mode')), cell(field(it, 'prewarm')), instancesCell(field(it, 'instances')),
   ])
   ctx.stdout.write(formatTable(['NAME', 'RUNTIME', 'VERSION', 'MODE', 'PREWARM', 'INSTANCES'], rows))
+  if (one && next !== undefined) ctx.stderr.write(`more: kindling fn list --limit ${opts.limit ?? 1000} --cursor ${next}\n`)
 }

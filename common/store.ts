@@ -10,7 +10,8 @@ import type { FunctionRecord, RuntimeSpec } from './types.js'
  */
 export interface Store {
   getFunction(name: string): Promise<FunctionRecord | undefined>
-  listFunctions(): Promise<FunctionRecord[]>
+  /** Every function by name; with `page`, at most `limit` of those named after `after` (names sort as strings). */
+  listFunctions(page?: { after?: string | undefined; limit: number }): Promise<FunctionRecord[]>
   putFunction(record: FunctionRecord): Promise<void>
   /** Removes the head and every version; resolves true when a head was removed. */
   deleteFunction(name: string): Promise<boolean>

@@ -40,8 +40,8 @@ export class FileStore implements Store {
     return this.#read<FunctionRecord>('function', name)
   }
 
-  async listFunctions(): Promise<FunctionRecord[]> {
-    return this.#list<FunctionRecord>('function')
+  async listFunctions(page?: { after?: string | undefined; limit: number }): Promise<FunctionRecord[]> {
+    return this.#list<FunctionRecord>('function', page)
   }
 
   async putFunction(record: FunctionRecord): Promise<void> {
@@ -170,7 +170,8 @@ export class FileStore implements Store {
     return parseRecord<T>(kind, name, text)
   }
 
-  async #list<T>(kind: Kind): Promise<T[]> {
+  /** Records by name; a page reads only the files it returns (a name deleted meanwhile is skipped, not refilled). */
+  async #list<T>(kind: Kind, page?: { after?: string | undefined; limit: number }): Promise<T[]> {
     this.#assertOpen()
     let files: string[]
     try {
@@ -179,7 +180,11 @@ export class FileStore implements Store {
       if (isErrno(err, 'ENOENT')) return []
       throw new KdlError('KDL_ERR_INTERNAL', `listing ${FOLDER[kind]} failed`, { cause: err })
     }
-    const names = files.filter((f) => RECORD_FILE.test(f)).map((f) => f.slice(0, -'.json'.length)).sort()
+    let names = files.filter((f) => RECORD_FILE.test(f)).map((f) => f.slice(0, -'.json'.length)).sort()
+    if (page !== undefined) {
+      const after = page.after
+      names = (after === undefined ? names : names.filter((n) => n > after)).slice(0, page.limit)
+    }
     const records: T[] = []
     for (const name of names) {
       // A record deleted between readdir and read is simply not listed.

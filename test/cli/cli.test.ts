@@ -176,13 +176,29 @@ t.test('fn list prints a table of name, runtime, version, mode, prewarm and inst
   }))
   const r = await cli(['fn', 'list'], { KINDLING_URL: api.url })
   t.equal(r.code, 0)
-  t.equal(only(api.requests).url, '/v1/functions')
+  t.equal(only(api.requests).url, '/v1/functions?limit=1000')
   t.equal(r.stdout, [
     'NAME          RUNTIME  VERSION  MODE       PREWARM  INSTANCES',
     'hello         node     3        recycle    2        idle=2 busy=1',
     'resize-image  node     12       ephemeral  0        0',
     '',
   ].join('\n'))
+})
+
+t.test('fn list follows every page; --limit prints one and names the next', async (t) => {
+  const fn = (name: string): Record<string, unknown> => ({ name, runtime: 'node', version: 1, mode: 'recycle', prewarm: 0, status: { instances: {} } })
+  const api = await fakeApi(t, (req) => ({
+    body: req.url.includes('cursor=Yg') ? { functions: [fn('c')] } : { functions: [fn('a'), fn('b')], next: 'Yg' },
+  }))
+  const all = await cli(['fn', 'list'], { KINDLING_URL: api.url })
+  t.same(api.requests.map((r) => r.url), ['/v1/functions?limit=1000', '/v1/functions?limit=1000&cursor=Yg'])
+  t.same(all.stdout.trim().split('\n').slice(1).map((l) => l.split(' ')[0]), ['a', 'b', 'c'], 'one table of every page')
+  t.equal(all.stderr, '')
+  api.requests.length = 0
+  const one = await cli(['fn', 'list', '--limit', '2'], { KINDLING_URL: api.url })
+  t.same(api.requests.map((r) => r.url), ['/v1/functions?limit=2'])
+  t.equal(one.stdout.trim().split('\n').length, 3, 'the header and one page')
+  t.equal(one.stderr, 'more: kindling fn list --limit 2 --cursor Yg\n')
 })
 
 t.test('fn get prints the function as indented JSON', async (t) => {

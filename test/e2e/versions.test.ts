@@ -252,3 +252,22 @@ t.test('versions, aliases and a running canary survive a restart', async (t) => 
   t.same([...seen].sort(), ['1', '2'], 'the canary goes on splitting calls')
   t.same(((await second.api('GET', '/v1/functions/keep/versions')).json['versions'] as Array<{ version: number }>).map((v) => v.version), [1, 2])
 })
+
+t.test('GET /v1/functions answers a page at a time, by name, with a cursor to the next', async (t) => {
+  const p = await startPlatform(t)
+  for (const name of ['e', 'b', 'd', 'a', 'c']) await deployed(p, name, { runtime: 'node', code: answering(name) })
+  const names: string[][] = []
+  let cursor: string | undefined
+  for (let i = 0; i < 5; i++) {
+    const page = await p.api('GET', `/v1/functions?limit=2${cursor === undefined ? '' : `&cursor=${cursor}`}`)
+    t.equal(page.status, 200)
+    names.push((page.json['functions'] as Array<{ name: string }>).map((f) => f.name))
+    cursor = page.json['next'] as string | undefined
+    if (cursor === undefined) break
+  }
+  t.same(names, [['a', 'b'], ['c', 'd'], ['e']], 'every function once, in name order; the last page has no next')
+  t.same(((await p.api('GET', '/v1/functions')).json['functions'] as unknown[]).length, 5, 'the default page holds them all')
+  t.match((await p.api('GET', '/v1/functions?limit=0')).json, { code: 'KDL_ERR_BAD_REQUEST' })
+  t.match((await p.api('GET', '/v1/functions?limit=1001')).json, { code: 'KDL_ERR_BAD_REQUEST' })
+  t.match((await p.api('GET', '/v1/functions?cursor=../../etc')).json, { code: 'KDL_ERR_BAD_REQUEST' })
+})

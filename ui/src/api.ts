@@ -34,6 +34,18 @@ export async function get<T>(path: string): Promise<T> {
   return body as T
 }
 
+/** Every function: `GET /v1/functions` a page at a time (pages of 1000, following `next`). */
+export async function allFunctions(): Promise<FunctionView[]> {
+  const out: FunctionView[] = []
+  let cursor: string | undefined
+  for (;;) {
+    const page = await get<{ functions: FunctionView[]; next?: string }>(`/v1/functions?limit=1000${cursor === undefined ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)
+    out.push(...page.functions)
+    if (page.next === undefined) return out
+    cursor = page.next
+  }
+}
+
 // ── The shapes the dashboard reads (see README "HTTP API") ──
 
 export type StartKind = 'warm' | 'prewarmed' | 'specialized' | 'cold'

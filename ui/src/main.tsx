@@ -1,6 +1,6 @@
 import { render } from 'preact'
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks'
-import { ApiError, get, setToken, Unauthorized, type FunctionView, type PlatformEvent, type PoolsAnswer, type StatsAnswer } from './api'
+import { allFunctions, ApiError, get, setToken, Unauthorized, type FunctionView, type PlatformEvent, type PoolsAnswer, type StatsAnswer } from './api'
 import { FunctionPanel } from './function-panel'
 import { Events, FunctionsTable, Pools, TokenPrompt } from './views'
 import './style.css'
@@ -34,13 +34,13 @@ function App() {
     const tick = async (): Promise<void> => {
       try {
         const [fns, pools, stats, ev] = await Promise.all([
-          get<{ functions: FunctionView[] }>('/v1/functions'),
+          allFunctions(),
           get<PoolsAnswer>('/v1/pools'),
           get<StatsAnswer>(`/v1/stats?window=${WINDOW_S}`),
           get<{ events: PlatformEvent[] }>(`/v1/events?since=${lastEvent.current}&limit=${EVENTS_KEPT}`),
         ])
         if (stopped) return
-        const functions = fns.functions.slice().sort((a, b) => a.name.localeCompare(b.name))
+        const functions = fns.slice().sort((a, b) => a.name.localeCompare(b.name))
         setSnap({ functions, pools, stats, at: Date.now() })
         if (ev.events.length > 0) {
           lastEvent.current = ev.events[ev.events.length - 1]!.id
