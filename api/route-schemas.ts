@@ -130,7 +130,7 @@ export const getPools: FastifySchema = {
   response: {
     200: Type.Object({
       pools: Type.Array(Type.Object({
-        pool: Type.String({ description: '`generic:<runtime>` or `fn:<function>`.' }),
+        pool: Type.String({ description: '`generic:<runtime>` or `fn:<function>@<version>`.' }),
         kind: Type.Union([Type.Literal('generic'), Type.Literal('prewarm')]),
         runtime: Type.String(),
         function: Type.Optional(Type.String()),
@@ -138,6 +138,9 @@ export const getPools: FastifySchema = {
         target: count('Instances the pool keeps.'),
         idle: count('Started (and, for prewarm, code-loaded) instances waiting.'),
         starting: count('Instances being started for it.'),
+        unmet: Type.Optional(Type.Literal('budget', { description: 'The pool is below its target and not filling: the memory budget is used up. It fills when memory comes free (or at a back-off up to 30 s).' })),
+        unmetSince: Type.Optional(Type.String({ format: 'date-time' })),
+        unmetRetries: Type.Optional(count('Refills tried, backing off, since.')),
       })),
       starts: Type.Object({ running: count('Starts running.'), waiting: count('Starts waiting their turn.'), limit: count('KINDLING_MAX_STARTING in force.') }),
       functions: Type.Array(Type.Object({

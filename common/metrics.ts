@@ -1,5 +1,14 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 
+/** What a pool reports at scrape time (PoolManager.snapshot). */
+export interface PoolNumbers {
+  pool: string
+  idle: number
+  starting: number
+  target: number
+  unmet?: string | undefined
+}
+
 /**
  * Every `kindling_*` metric, registered on a Registry that the composition root creates
  * (no default registry: two platforms in one test process must not share counters).
@@ -14,10 +23,10 @@ export class Metrics {
   readonly recycles: Counter<'reason'>
   readonly retries: Counter<'stage'>
   readonly canarySteps: Counter<'result'>
-  #poolSource: (() => Array<{ pool: string; idle: number; starting: number; target: number }>) | undefined
+  #poolSource: (() => PoolNumbers[]) | undefined
 
-  /** Where `kindling_pool_instances` reads its numbers at scrape time. */
-  setPoolSource(source: () => Array<{ pool: string; idle: number; starting: number; target: number }>): void {
+  /** Where `kindling_pool_instances` and `kindling_pool_unmet` read their numbers at scrape time. */
+  setPoolSource(source: () => PoolNumbers[]): void {
     this.#poolSource = source
   }
 
@@ -67,6 +76,14 @@ export class Metrics {
       },
     })
     this.poolInstances = poolGauge
+    const unmetGauge: Gauge<'pool' | 'reason'> = new Gauge({
+      name: 'kindling_pool_unmet', help: 'Instances a pool is short of its target while it cannot fill (reason: budget), by pool; absent when it is full or filling.', labelNames: ['pool', 'reason'], registers,
+      collect: () => {
+        if (this.#poolSource === undefined) return
+        unmetGauge.reset()
+        for (const p of this.#poolSource()) if (p.unmet !== undefined) unmetGauge.set({ pool: p.pool, reason: p.unmet }, Math.max(0, p.target - p.idle - p.starting))
+      },
+    })
     this.retries = new Counter({
       name: 'kindling_call_retries_total', help: 'Calls served on another instance because theirs died before the call reached it, by stage (acquire: start or load; send: connect).',
       labelNames: ['stage'], registers,

@@ -127,6 +127,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     loadTimeoutMs: config.KINDLING_LOAD_TIMEOUT_MS,
     maxStarting: config.KINDLING_MAX_STARTING > 0 ? config.KINDLING_MAX_STARTING : undefined,
     owners: logs,
+    events,
     adaptive: config.KINDLING_POOL_ADAPTIVE
       ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
       : undefined,

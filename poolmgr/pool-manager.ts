@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os'
 import type { Logger } from 'pino'
 import { lostToKill, type ContainerBackend, type InstanceExit } from '../common/backend.js'
 import { isKdlError, KdlError } from '../common/errors.js'
+import type { EventLog } from '../common/events.js'
 import { neverRead } from '../common/transport.js'
 import type { FunctionRecord, NetworkMode, RuntimeSpec } from '../common/types.js'
 import { Instance } from './instance.js'
@@ -45,6 +46,8 @@ export interface PoolManagerOptions {
   maxStarting?: number
   /** Told which function each instance runs for, from the start of its load to its end (function logs, issue 14). */
   owners?: InstanceOwners | undefined
+  /** Where a pool's unmet target is reported (`pool.unmet`, `pool.met`). */
+  events?: EventLog | undefined
 }
 
 /** Who learns the function an instance is bound to: what it prints from its load on is that function's. */
@@ -73,6 +76,29 @@ export interface Resources {
   network: NetworkMode
 }
 
+/**
+ * A pool below its target because the memory budget is used up (issue 16): a state, not a fault. It is logged
+ * and evented once when it begins and once when it ends; its refills wait for memory to come free (any
+ * instance destroyed) or for a back-off that doubles up to UNMET_MAX_DELAY_MS, never retry in a loop.
+ */
+interface Unmet {
+  reason: 'budget'
+  since: number
+  /** Refills tried since it began. */
+  retries: number
+  /** The back-off before the next refill by timer, ms. */
+  delayMs: number
+}
+
+/** The longest back-off of a pool short of budget. */
+const UNMET_MAX_DELAY_MS = 30_000
+
+interface Shortable {
+  idle: Instance[]
+  retryTimer: NodeJS.Timeout | undefined
+  unmet: Unmet | undefined
+}
+
 interface GenericPool {
   spec: RuntimeSpec
   /** Current target: `spec.poolSize`, raised by cold starts when adaptive. */
@@ -81,6 +107,7 @@ interface GenericPool {
   idle: Instance[]
   starting: number
   retryTimer: NodeJS.Timeout | undefined
+  unmet: Unmet | undefined
 }
 
 interface PrewarmPool {
@@ -91,6 +118,7 @@ interface PrewarmPool {
   idle: Instance[]
   filling: number
   retryTimer: NodeJS.Timeout | undefined
+  unmet: Unmet | undefined
 }
 
 export interface PoolSnapshot {
@@ -102,6 +130,12 @@ export interface PoolSnapshot {
   target: number
   idle: number
   starting: number
+  /** Why the pool is below its target and not filling: `budget` (the memory budget is used up). */
+  unmet?: 'budget' | undefined
+  /** Since when, ISO. */
+  unmetSince?: string | undefined
+  /** Refills tried (backing off) since. */
+  unmetRetries?: number | undefined
 }
 
 export type InstanceGoneListener = (inst: Instance, exit: InstanceExit) => void
@@ -134,6 +168,7 @@ export class PoolManager {
   readonly #loadTimeoutMs: number
   readonly #gate: StartGate
   readonly #owners: InstanceOwners | undefined
+  readonly #events: EventLog | undefined
 
   constructor(opts: PoolManagerOptions) {
     this.backend = opts.backend
@@ -144,6 +179,7 @@ export class PoolManager {
     this.#adaptive = opts.adaptive
     this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
     this.#owners = opts.owners
+    this.#events = opts.events
     this.#gate = new StartGate(opts.maxStarting ?? opts.backend.parallelStarts ?? 2 * availableParallelism())
     this.backend.onExit((exit) => this.#onExit(exit))
     if (this.#adaptive !== undefined) {
@@ -195,7 +231,7 @@ export class PoolManager {
   setRuntime(spec: RuntimeSpec): void {
     const pool = this.#generic.get(spec.name)
     if (pool === undefined) {
-      this.#generic.set(spec.name, { spec, target: spec.poolSize, coldStarts: 0, idle: [], starting: 0, retryTimer: undefined })
+      this.#generic.set(spec.name, { spec, target: spec.poolSize, coldStarts: 0, idle: [], starting: 0, retryTimer: undefined, unmet: undefined })
     } else {
       const resized = pool.spec.memoryMb !== spec.memoryMb || pool.spec.cpu !== spec.cpu || pool.spec.image !== spec.image
       pool.spec = spec
@@ -389,7 +425,7 @@ export class PoolManager {
     const key = prewarmKey(record.name, record.version)
     let pool = this.#prewarm.get(key)
     if (pool === undefined) {
-      pool = { record, codeDir, target, idle: [], filling: 0, retryTimer: undefined }
+      pool = { record, codeDir, target, idle: [], filling: 0, retryTimer: undefined, unmet: undefined }
       this.#prewarm.set(key, pool)
     } else {
       pool.target = target
@@ -417,6 +453,7 @@ export class PoolManager {
   #dropPrewarm(key: string, pool: PrewarmPool): void {
     this.#prewarm.delete(key)
     clearTimeout(pool.retryTimer)
+    this.#met(pool, `fn:${key}`, 'removed')
     for (const inst of pool.idle.splice(0)) void this.destroy(inst)
   }
 
@@ -441,8 +478,17 @@ export class PoolManager {
     retireDispatcher(inst)
     await this.backend.stop(inst.id).catch((err: unknown) => this.#log.error({ err, instance: inst.id }, 'stopping an instance failed'))
     this.#owners?.release(inst.id)
-    // Memory came free: pools left short by the budget may fill now.
-    for (const runtime of this.#generic.keys()) this.#fillGeneric(runtime)
+    // Memory came free: pools left short by the budget may fill now (their back-off is cut short).
+    for (const [runtime, pool] of this.#generic) {
+      if (pool.unmet !== undefined) { clearTimeout(pool.retryTimer); pool.retryTimer = undefined }
+      this.#fillGeneric(runtime)
+    }
+    for (const [key, pool] of this.#prewarm) {
+      if (pool.unmet === undefined) continue
+      clearTimeout(pool.retryTimer)
+      pool.retryTimer = undefined
+      this.#fillPrewarm(key)
+    }
   }
 
   onInstanceGone(listener: InstanceGoneListener): void {
@@ -456,10 +502,10 @@ export class PoolManager {
   snapshot(): PoolSnapshot[] {
     const out: PoolSnapshot[] = []
     for (const [runtime, p] of this.#generic) {
-      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.target, idle: p.idle.length, starting: p.starting })
+      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.target, idle: p.idle.length, starting: p.starting, ...unmetView(p) })
     }
     for (const [key, p] of this.#prewarm) {
-      out.push({ pool: `fn:${key}`, kind: 'prewarm', runtime: p.record.runtime, function: p.record.name, version: p.record.version, target: p.target, idle: p.idle.length, starting: p.filling })
+      out.push({ pool: `fn:${key}`, kind: 'prewarm', runtime: p.record.runtime, function: p.record.name, version: p.record.version, target: p.target, idle: p.idle.length, starting: p.filling, ...unmetView(p) })
     }
     return out
   }
@@ -505,20 +551,29 @@ export class PoolManager {
 
   #fillGeneric(runtime: string): void {
     const pool = this.#generic.get(runtime)
-    if (pool === undefined || this.#closed || pool.retryTimer !== undefined) return
+    if (pool === undefined || this.#closed) return
+    if (pool.unmet !== undefined && pool.idle.length >= pool.target) this.#met(pool, `generic:${runtime}`, 'filled')
+    if (pool.retryTimer !== undefined) return
     while (pool.idle.length + pool.starting < pool.target) {
       pool.starting++
       const spec = pool.spec
       this.start(runtime, `generic:${runtime}`, { memoryMb: spec.memoryMb, cpu: spec.cpu, network: 'none' }, false, false).then((inst) => {
         pool.starting--
         // The runtime may have been resized or removed while this one started.
-        if (this.#generic.get(runtime) === pool && pool.spec === spec && pool.idle.length < pool.target) pool.idle.push(inst)
-        else void this.destroy(inst)
+        if (this.#generic.get(runtime) === pool && pool.spec === spec && pool.idle.length < pool.target) {
+          pool.idle.push(inst)
+          if (pool.idle.length >= pool.target) this.#met(pool, `generic:${runtime}`, 'filled')
+        } else {
+          void this.destroy(inst)
+        }
       }, (err: unknown) => {
         pool.starting--
         if (this.#closed) return
-        // A full budget is not a fault: the pool stays short until memory frees up.
-        if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') return
+        // A full budget is not a fault: the pool is short, and says so once.
+        if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') {
+          this.#short(pool, `generic:${runtime}`, pool.target, () => this.#fillGeneric(runtime), { runtime })
+          return
+        }
         this.#refillAfter(err, pool, () => this.#fillGeneric(runtime), { runtime }, 'generic instance failed to start')
       })
     }
@@ -526,17 +581,27 @@ export class PoolManager {
 
   #fillPrewarm(key: string): void {
     const pool = this.#prewarm.get(key)
-    if (pool === undefined || this.#closed || pool.retryTimer !== undefined) return
+    if (pool === undefined || this.#closed) return
+    if (pool.unmet !== undefined && pool.idle.length >= pool.target) this.#met(pool, `fn:${key}`, 'filled')
+    if (pool.retryTimer !== undefined) return
     while (pool.idle.length + pool.filling < pool.target) {
       pool.filling++
       const record = pool.record
       this.#prepareLoaded(record, pool.codeDir).then((inst) => {
         pool.filling--
-        if (this.#prewarm.get(key) === pool && pool.idle.length < pool.target) pool.idle.push(inst)
-        else void this.destroy(inst)
+        if (this.#prewarm.get(key) === pool && pool.idle.length < pool.target) {
+          pool.idle.push(inst)
+          if (pool.idle.length >= pool.target) this.#met(pool, `fn:${key}`, 'filled')
+        } else {
+          void this.destroy(inst)
+        }
       }, (err: unknown) => {
         pool.filling--
         if (this.#closed) return
+        if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') {
+          this.#short(pool, `fn:${key}`, pool.target, () => this.#fillPrewarm(key), { fn: record.name, version: record.version })
+          return
+        }
         this.#refillAfter(err, pool, () => this.#fillPrewarm(key), { fn: record.name, version: record.version }, 'prewarm instance failed to load')
       })
     }
@@ -603,6 +668,33 @@ export class PoolManager {
     this.#retryLater(pool, again)
   }
 
+  /** A refill found the budget used up: the pool's unmet state begins (said once) or goes on (backs off). */
+  #short(pool: Shortable, label: string, target: number, again: () => void, fields: Record<string, string | number>): void {
+    const u = pool.unmet
+    if (u === undefined) {
+      pool.unmet = { reason: 'budget', since: Date.now(), retries: 0, delayMs: this.#retryMs }
+      const data = { pool: label, reason: 'budget', target, idle: pool.idle.length, budgetMb: this.#budgetMb, usedMb: this.usedMemoryMb() }
+      this.#log.warn({ ...fields, ...data }, 'pool below its target: the memory budget is used up; it fills when memory comes free')
+      this.#events?.add({ type: 'pool.unmet', function: typeof fields['fn'] === 'string' ? fields['fn'] : undefined, message: `${label} below its target (${pool.idle.length} of ${target}): the memory budget is used up`, data })
+    } else {
+      u.retries++
+      u.delayMs = Math.min(UNMET_MAX_DELAY_MS, u.delayMs * 2)
+    }
+    if (this.#closed || pool.retryTimer !== undefined) return
+    pool.retryTimer = setTimeout(() => { pool.retryTimer = undefined; again() }, pool.unmet?.delayMs ?? this.#retryMs)
+    pool.retryTimer.unref()
+  }
+
+  /** A pool's unmet state ends: it reached its target, or it was removed. */
+  #met(pool: Shortable, label: string, how: 'filled' | 'removed'): void {
+    const u = pool.unmet
+    if (u === undefined) return
+    pool.unmet = undefined
+    const data = { pool: label, reason: u.reason, how, unmetMs: Date.now() - u.since, retries: u.retries }
+    this.#log.info(data, how === 'filled' ? 'pool reached its target again' : 'a pool below its target was removed')
+    this.#events?.add({ type: 'pool.met', message: `${label} ${how === 'filled' ? 'reached its target' : 'was removed'} after ${data.unmetMs} ms below it`, data })
+  }
+
   #retryLater(pool: { retryTimer: NodeJS.Timeout | undefined }, again: () => void): void {
     if (this.#closed || pool.retryTimer !== undefined) return
     pool.retryTimer = setTimeout(() => { pool.retryTimer = undefined; again() }, this.#retryMs)
@@ -613,4 +705,8 @@ export class PoolManager {
 /** A prewarm pool's key: one per function version. */
 function prewarmKey(name: string, version: number): string {
   return `${name}@${version}`
+}
+
+function unmetView(p: Shortable): Pick<PoolSnapshot, 'unmet' | 'unmetSince' | 'unmetRetries'> {
+  return p.unmet === undefined ? {} : { unmet: p.unmet.reason, unmetSince: new Date(p.unmet.since).toISOString(), unmetRetries: p.unmet.retries }
 }
