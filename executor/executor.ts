@@ -50,9 +50,13 @@ export class Executor implements ExecutorClient {
     })
   }
 
-  /** Start-up: prewarm pools of every stored function's routed versions. */
+  /**
+   * Start-up: prewarm pools of every stored function's routed versions, the most recently changed function
+   * first (its refills queue first at the start gate, whose turns for refills are bounded: calls keep theirs).
+   */
   async restore(): Promise<void> {
-    for (const record of await this.#o.store.listFunctions()) {
+    const records = (await this.#o.store.listFunctions()).sort((a, b) => (a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : 0))
+    for (const record of records) {
       this.#records.set(record.name, record)
       if (this.#o.pools.runtime(record.runtime) !== undefined) await this.#applyPrewarm(record, undefined)
     }

@@ -18,13 +18,22 @@ interface Waiter {
  */
 export class StartGate {
   readonly limit: number
+  /**
+   * Starts refills may run at once: the rest of the limit is kept for calls (issue 16), so a call that needs
+   * an instance never waits behind a herd of refills — at start-up, when every prewarm pool refills, or after
+   * a burst.
+   */
+  readonly backgroundLimit: number
   #running = 0
+  #runningBackground = 0
   readonly #waiting: Record<StartPriority, Waiter[]> = { call: [], background: [] }
   #closed = false
 
-  constructor(limit: number) {
+  /** `reservedForCalls`: turns refills never take (default a quarter of the limit, at least one, unless the limit is 1). */
+  constructor(limit: number, reservedForCalls = limit > 1 ? Math.max(1, Math.floor(limit / 4)) : 0) {
     if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`a start gate needs a limit of at least 1, not ${limit}`)
     this.limit = limit
+    this.backgroundLimit = Math.max(1, limit - reservedForCalls)
   }
 
   /** Starts running now, starts waiting for their turn, and the limit. */
@@ -35,11 +44,18 @@ export class StartGate {
   /** Runs `start` once fewer than `limit` starts run; waiting calls' starts go before waiting refills. */
   async run<T>(priority: StartPriority, start: () => Promise<T>): Promise<T> {
     if (this.#closed) throw stopping()
-    if (this.#running < this.limit) this.#running++
-    else await new Promise<void>((resolve, reject) => this.#waiting[priority].push({ resolve, reject }))
+    const background = priority === 'background'
+    if (this.#running < this.limit && (!background || this.#runningBackground < this.backgroundLimit)) {
+      this.#running++
+      if (background) this.#runningBackground++
+    } else {
+      await new Promise<void>((resolve, reject) => this.#waiting[priority].push({ resolve, reject }))
+    }
     try {
       return await start()
     } finally {
+      if (background) this.#runningBackground--
+      this.#running--
       this.#next()
     }
   }
@@ -50,11 +66,20 @@ export class StartGate {
     for (const w of [...this.#waiting.call.splice(0), ...this.#waiting.background.splice(0)]) w.reject(stopping())
   }
 
-  /** A start ended: its turn passes to the next waiter (the running count stays), or is given back. */
+  /** A start ended: free turns go to waiting calls first, then to waiting refills within their share. */
   #next(): void {
-    const w = this.#waiting.call.shift() ?? this.#waiting.background.shift()
-    if (w === undefined) this.#running--
-    else w.resolve()
+    while (this.#running < this.limit) {
+      let w = this.#waiting.call.shift()
+      if (w !== undefined) {
+        this.#running++
+      } else if (this.#runningBackground < this.backgroundLimit && (w = this.#waiting.background.shift()) !== undefined) {
+        this.#running++
+        this.#runningBackground++
+      } else {
+        return
+      }
+      w.resolve()
+    }
   }
 }
 

@@ -16,7 +16,7 @@ function harness(gate: StartGate) {
 const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
 t.test('no more than `limit` starts run at once; calls waiting go before refills waiting, each in order', async (t) => {
-  const gate = new StartGate(2)
+  const gate = new StartGate(2, 0)
   const h = harness(gate)
   const done = [h.start('r1', 'background'), h.start('r2', 'background'), h.start('r3', 'background'), h.start('c1', 'call'), h.start('r4', 'background'), h.start('c2', 'call')]
   await settle()
@@ -64,4 +64,34 @@ t.test('closing refuses the waiting starts with KDL_ERR_SHUTTING_DOWN and lets t
 t.test('a limit below 1 is refused', async (t) => {
   t.throws(() => new StartGate(0), RangeError)
   t.throws(() => new StartGate(1.5), RangeError)
+})
+
+t.test('refills never take the turns kept for calls: a call starts at once however many refills wait', async (t) => {
+  const gate = new StartGate(4)
+  t.equal(gate.backgroundLimit, 3, 'a quarter of the limit is kept for calls')
+  const h = harness(gate)
+  const refills = Array.from({ length: 10 }, (_, i) => h.start(`r${i}`, 'background'))
+  await settle()
+  t.same(h.began, ['r0', 'r1', 'r2'], 'refills take three turns of four, the rest wait')
+  const call = h.start('c1', 'call')
+  await settle()
+  t.same(h.began, ['r0', 'r1', 'r2', 'c1'], 'the call starts at once, ahead of seven waiting refills')
+  const second = h.start('c2', 'call')
+  await settle()
+  t.same(h.began.length, 4, 'a second call waits: the limit holds')
+  h.end('r0')
+  await settle()
+  t.same(h.began.slice(4), ['c2'], 'and takes the next free turn before any refill')
+  h.end('c1')
+  await settle()
+  t.same(h.began.slice(5), ['r3'], 'a freed call turn lets a refill in only within its share')
+  for (let i = 0; i < 10; i++) {
+    if (h.began.includes(`r${i}`)) h.end(`r${i}`)
+    await settle()
+  }
+  h.end('c2')
+  for (let i = 0; i < 10; i++) { if (h.began.includes(`r${i}`)) h.end(`r${i}`); await settle() }
+  t.same((await Promise.all([...refills, call, second])).length, 12)
+  t.same(gate.stats(), { running: 0, waiting: 0, limit: 4 }, 'every turn was given back')
+  t.same(new StartGate(1).backgroundLimit, 1, 'a gate of one keeps nothing back (refills would never run)')
 })
