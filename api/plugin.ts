@@ -200,7 +200,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
     })
   })
 
-  app.get('/v1/pools', { schema: S.getPools }, async () => ({ pools: pools.snapshot(), starts: pools.starts(), functions: deps.routerSnapshot() }))
+  app.get('/v1/pools', { schema: S.getPools }, async () => ({ pools: pools.snapshot(), starts: pools.starts(), memory: pools.memory(), functions: deps.routerSnapshot() }))
 
   app.get<{ Querystring: { since?: string; function?: string; limit?: string } }>('/v1/events', { schema: S.listEvents }, async (request) => {
     const q = request.query

@@ -51,8 +51,12 @@ export const ConfigSchema = Type.Object({
   KINDLING_LOG_RETAIN_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /** Versions kept per function (issue 15), besides those an alias, a running canary or a workflow run uses. @default 10 */
   KINDLING_KEEP_VERSIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
-  /** Memory all instances together may use, MiB (adaptive pools stay inside it). @default 4096 */
-  KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 64, default: 4096 }),
+  /** Memory instances may be charged together, MiB; 0: three quarters of the host's memory (issue 16). @default 0 */
+  KINDLING_MEMORY_BUDGET_MB: Type.Integer({ minimum: 0, default: 0 }),
+  /** What an idle pooled instance is charged, as a share of its memory limit (a serving one: its limit). @default 0.125 */
+  KINDLING_IDLE_MEMORY_RATIO: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.125 }),
+  /** Host memory kept available (MemAvailable): no instance starts below it; 0: 5 % of the host's memory, at most 2048. @default 0 */
+  KINDLING_MEMORY_FLOOR_MB: Type.Integer({ minimum: 0, default: 0 }),
   /** Docker engine socket (docker backend). @default /var/run/docker.sock */
   KINDLING_DOCKER_SOCKET: Type.String({ minLength: 1, default: '/var/run/docker.sock' }),
   /** Grow generic pools when they see cold starts, shrink them when calm (OpenWhisk's reactive rule). @default true */

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readFile, realpath } from 'node:fs/promises'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, freemem, totalmem } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Dockerode from 'dockerode'
@@ -123,7 +123,14 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     backend,
     log: log.child({ component: 'poolmgr' }),
     pidsLimit: config.KINDLING_PIDS_LIMIT,
-    memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB,
+    // Issue 16: the host is budgeted by what instances use at rest (a share of the limit) and at work (the limit),
+    // and no start may take the host below its memory floor (MemAvailable, read at each start).
+    memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB > 0 ? config.KINDLING_MEMORY_BUDGET_MB : Math.floor((totalmem() / 1048576) * 0.75),
+    idleMemoryRatio: config.KINDLING_IDLE_MEMORY_RATIO,
+    hostMemory: {
+      availableMb: hostAvailableMb,
+      floorMb: config.KINDLING_MEMORY_FLOOR_MB > 0 ? config.KINDLING_MEMORY_FLOOR_MB : Math.min(2048, Math.floor((totalmem() / 1048576) * 0.05)),
+    },
     loadTimeoutMs: config.KINDLING_LOAD_TIMEOUT_MS,
     maxStarting: config.KINDLING_MAX_STARTING > 0 ? config.KINDLING_MAX_STARTING : undefined,
     owners: logs,
@@ -217,6 +224,15 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
       return closing
     },
   }
+}
+
+/** The host's MemAvailable, MiB (the kernel's estimate of what can be given without swapping); free memory where /proc has none. */
+function hostAvailableMb(): number {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'))
+    if (m !== null) return Number(m[1]) / 1024
+  } catch { /* not Linux */ }
+  return freemem() / 1048576
 }
 
 function outputLimits(config: Config): OutputLimits {

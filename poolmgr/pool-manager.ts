@@ -36,8 +36,15 @@ export interface PoolManagerOptions {
   pidsLimit: number
   /** Retry delay after a failed background start, so a broken backend is not hammered. @default 1000 */
   retryMs?: number
-  /** Memory all instances together may use, MiB. @default Infinity */
+  /** Memory all instances together may use, MiB, as charged (see idleMemoryRatio). @default Infinity */
   memoryBudgetMb?: number
+  /**
+   * What an idle pooled instance (generic, or prewarmed and waiting) is charged, as a share of its limit; an
+   * instance that serves, loads or is being started for a call is charged its whole limit. @default 1
+   */
+  idleMemoryRatio?: number
+  /** The host's memory as it is now: no start is admitted that would leave less than `floorMb` available. */
+  hostMemory?: { availableMb(): number; floorMb: number } | undefined
   /** Adaptive generic pools; omitted: pools stay at their configured size. */
   adaptive?: AdaptiveOptions | undefined
   /** How long a function's module may take to load (its top level, its imports), ms. @default 5000 */
@@ -82,7 +89,8 @@ export interface Resources {
  * instance destroyed) or for a back-off that doubles up to UNMET_MAX_DELAY_MS, never retry in a loop.
  */
 interface Unmet {
-  reason: 'budget'
+  /** `budget`: KINDLING_MEMORY_BUDGET_MB is used up; `host-memory`: the host is down to KINDLING_MEMORY_FLOOR_MB. */
+  reason: 'budget' | 'host-memory'
   since: number
   /** Refills tried since it began. */
   retries: number
@@ -131,7 +139,7 @@ export interface PoolSnapshot {
   idle: number
   starting: number
   /** Why the pool is below its target and not filling: `budget` (the memory budget is used up). */
-  unmet?: 'budget' | undefined
+  unmet?: 'budget' | 'host-memory' | undefined
   /** Since when, ISO. */
   unmetSince?: string | undefined
   /** Refills tried (backing off) since. */
@@ -150,6 +158,8 @@ export class PoolManager {
   readonly #pidsLimit: number
   readonly #retryMs: number
   readonly #budgetMb: number
+  readonly #idleRatio: number
+  readonly #host: { availableMb(): number; floorMb: number } | undefined
   readonly #adaptive: AdaptiveOptions | undefined
   readonly #adaptTimer: NodeJS.Timeout | undefined
   readonly #generic = new Map<string, GenericPool>()
@@ -176,6 +186,8 @@ export class PoolManager {
     this.#pidsLimit = opts.pidsLimit
     this.#retryMs = opts.retryMs ?? 1000
     this.#budgetMb = opts.memoryBudgetMb ?? Infinity
+    this.#idleRatio = opts.idleMemoryRatio ?? 1
+    this.#host = opts.hostMemory
     this.#adaptive = opts.adaptive
     this.#loadTimeoutMs = opts.loadTimeoutMs ?? 5000
     this.#owners = opts.owners
@@ -212,11 +224,24 @@ export class PoolManager {
     }
   }
 
-  /** Memory the live instances were started with, MiB. */
+  /** What the live instances are charged against the budget, MiB (idle pooled ones a share of their limit). */
   usedMemoryMb(): number {
     let mb = 0
-    for (const inst of this.#all.values()) mb += inst.memoryMb
+    for (const inst of this.#all.values()) mb += this.#chargeOf(inst)
     return mb
+  }
+
+  /** The budget, what is charged against it, and what an idle instance is charged (GET /v1/pools). */
+  memory(): { budgetMb: number | null; chargedMb: number; idleMemoryRatio: number; hostAvailableMb?: number; hostFloorMb?: number } {
+    return {
+      budgetMb: Number.isFinite(this.#budgetMb) ? this.#budgetMb : null, chargedMb: Math.round(this.usedMemoryMb() * 10) / 10, idleMemoryRatio: this.#idleRatio,
+      ...(this.#host === undefined ? {} : { hostAvailableMb: Math.round(this.#host.availableMb()), hostFloorMb: this.#host.floorMb }),
+    }
+  }
+
+  /** An idle pooled instance costs what a runtime at rest uses (a share of its limit); one at work its whole limit. */
+  #chargeOf(inst: Instance): number {
+    return inst.state === 'generic' || inst.state === 'loaded' ? inst.memoryMb * this.#idleRatio : inst.memoryMb
   }
 
   /** Stops instances an earlier run left behind (found by the backend's labels / run directory). */
@@ -316,7 +341,9 @@ export class PoolManager {
     if (spec === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${runtime}" is not configured`)
     // Reserved once the start has its turn: a start waiting at the gate holds no memory, so a call's
     // start never evicts idle instances for refills that are only queued.
-    this.#reserve(res.memoryMb, forCall)
+    // A call's instance works at once: its whole limit; a refill's waits idle in its pool: its share.
+    const charge = forCall ? res.memoryMb : res.memoryMb * this.#idleRatio
+    this.#reserve(charge, forCall)
     const id = `kdl-${randomBytes(6).toString('hex')}`
     const t0 = performance.now()
     let handle
@@ -327,11 +354,11 @@ export class PoolManager {
         ...(forCall ? {} : { env: { KINDLING_WARMUP: '1' } }),
       })
     } catch (err) {
-      this.#reserved -= res.memoryMb
+      this.#reserved -= charge
       throw err
     }
     const inst = new Instance(handle, dispatcherFor(handle.address), performance.now() - t0, res.memoryMb, quarantine)
-    this.#reserved -= res.memoryMb
+    this.#reserved -= charge
     this.#all.set(id, inst)
     if (this.#closed) {
       await this.destroy(inst)
@@ -483,8 +510,9 @@ export class PoolManager {
       if (pool.unmet !== undefined) { clearTimeout(pool.retryTimer); pool.retryTimer = undefined }
       this.#fillGeneric(runtime)
     }
-    for (const [key, pool] of this.#prewarm) {
-      if (pool.unmet === undefined) continue
+    // The emptiest short pools first: room that comes free is shared out fairly, not in deploy order.
+    const short = [...this.#prewarm].filter(([, p]) => p.unmet !== undefined).sort(([, a], [, b]) => a.idle.length / a.target - b.idle.length / b.target)
+    for (const [key, pool] of short) {
       clearTimeout(pool.retryTimer)
       pool.retryTimer = undefined
       this.#fillPrewarm(key)
@@ -571,7 +599,7 @@ export class PoolManager {
         if (this.#closed) return
         // A full budget is not a fault: the pool is short, and says so once.
         if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') {
-          this.#short(pool, `generic:${runtime}`, pool.target, () => this.#fillGeneric(runtime), { runtime })
+          this.#short(pool, `generic:${runtime}`, pool.target, () => this.#fillGeneric(runtime), { runtime }, reasonOf(err))
           return
         }
         this.#refillAfter(err, pool, () => this.#fillGeneric(runtime), { runtime }, 'generic instance failed to start')
@@ -599,7 +627,7 @@ export class PoolManager {
         pool.filling--
         if (this.#closed) return
         if ((err as { code?: string }).code === 'KDL_ERR_NO_CAPACITY') {
-          this.#short(pool, `fn:${key}`, pool.target, () => this.#fillPrewarm(key), { fn: record.name, version: record.version })
+          this.#short(pool, `fn:${key}`, pool.target, () => this.#fillPrewarm(key), { fn: record.name, version: record.version }, reasonOf(err))
           return
         }
         this.#refillAfter(err, pool, () => this.#fillPrewarm(key), { fn: record.name, version: record.version }, 'prewarm instance failed to load')
@@ -614,23 +642,33 @@ export class PoolManager {
     return inst
   }
 
-  /** Makes room for `mb` within the budget, evicting idle pooled instances LRU-first when allowed. */
+  /**
+   * Makes room for `mb` within the budget — and within the host's available memory above its floor — evicting
+   * idle pooled instances least-recently-used first when allowed (a call's start; refills never evict).
+   */
   #reserve(mb: number, evict: boolean): void {
     let free = this.#budgetMb - this.usedMemoryMb() - this.#reserved
+    // The host's truth: what the kernel could still give (MemAvailable) above the floor kept for everything else.
+    // An evicted instance gives back what it uses, about its idle charge.
+    let hostFree = this.#host === undefined ? Infinity : this.#host.availableMb() - this.#host.floorMb - this.#reserved
     const victims: Instance[] = []
-    if (free < mb && evict) {
+    if ((free < mb || hostFree < mb) && evict) {
       const idle: Instance[] = []
       for (const p of this.#generic.values()) idle.push(...p.idle)
       for (const p of this.#prewarm.values()) idle.push(...p.idle)
       idle.sort((a, b) => a.lastUsed - b.lastUsed)
       for (const inst of idle) {
-        if (free >= mb) break
-        free += inst.memoryMb
+        if (free >= mb && hostFree >= mb) break
+        free += this.#chargeOf(inst)
+        hostFree += inst.memoryMb * this.#idleRatio
         victims.push(inst)
       }
     }
     if (free < mb) {
-      throw new KdlError('KDL_ERR_NO_CAPACITY', `the memory budget (${this.#budgetMb} MiB) is used up: ${mb} MiB more do not fit`)
+      throw new KdlError('KDL_ERR_NO_CAPACITY', `the memory budget (${this.#budgetMb} MiB) is used up: ${Math.ceil(mb)} MiB more do not fit`, { details: { reason: 'budget' } })
+    }
+    if (hostFree < mb) {
+      throw new KdlError('KDL_ERR_NO_CAPACITY', `the host is short of memory: ${Math.round(this.#host?.availableMb() ?? 0)} MiB available, ${this.#host?.floorMb ?? 0} MiB kept free (KINDLING_MEMORY_FLOOR_MB); ${Math.ceil(mb)} MiB more do not fit`, { details: { reason: 'host-memory' } })
     }
     // Reserved before the victims go: their pools refill at once, and must not take the room made here.
     this.#reserved += mb
@@ -669,13 +707,14 @@ export class PoolManager {
   }
 
   /** A refill found the budget used up: the pool's unmet state begins (said once) or goes on (backs off). */
-  #short(pool: Shortable, label: string, target: number, again: () => void, fields: Record<string, string | number>): void {
+  #short(pool: Shortable, label: string, target: number, again: () => void, fields: Record<string, string | number>, reason: Unmet['reason']): void {
     const u = pool.unmet
     if (u === undefined) {
-      pool.unmet = { reason: 'budget', since: Date.now(), retries: 0, delayMs: this.#retryMs }
-      const data = { pool: label, reason: 'budget', target, idle: pool.idle.length, budgetMb: this.#budgetMb, usedMb: this.usedMemoryMb() }
-      this.#log.warn({ ...fields, ...data }, 'pool below its target: the memory budget is used up; it fills when memory comes free')
-      this.#events?.add({ type: 'pool.unmet', function: typeof fields['fn'] === 'string' ? fields['fn'] : undefined, message: `${label} below its target (${pool.idle.length} of ${target}): the memory budget is used up`, data })
+      pool.unmet = { reason, since: Date.now(), retries: 0, delayMs: this.#retryMs }
+      const why = reason === 'budget' ? 'the memory budget is used up' : 'the host is down to its memory floor'
+      const data = { pool: label, reason, target, idle: pool.idle.length, ...this.memory() }
+      this.#log.warn({ ...fields, ...data }, `pool below its target: ${why}; it fills when memory comes free`)
+      this.#events?.add({ type: 'pool.unmet', function: typeof fields['fn'] === 'string' ? fields['fn'] : undefined, message: `${label} below its target (${pool.idle.length} of ${target}): ${why}`, data })
     } else {
       u.retries++
       u.delayMs = Math.min(UNMET_MAX_DELAY_MS, u.delayMs * 2)
@@ -705,6 +744,10 @@ export class PoolManager {
 /** A prewarm pool's key: one per function version. */
 function prewarmKey(name: string, version: number): string {
   return `${name}@${version}`
+}
+
+function reasonOf(err: unknown): Unmet['reason'] {
+  return (err as { details?: { reason?: string } }).details?.reason === 'host-memory' ? 'host-memory' : 'budget'
 }
 
 function unmetView(p: Shortable): Pick<PoolSnapshot, 'unmet' | 'unmetSince' | 'unmetRetries'> {

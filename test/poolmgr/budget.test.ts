@@ -6,7 +6,7 @@ import { pino } from 'pino'
 import t from 'tap'
 import { request } from 'undici'
 import { startEmbedded } from '../../embedded/main.js'
-import { withClient, type TestPlatform } from '../fixtures/platform.js'
+import { startPlatform, withClient, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // A pool the memory budget leaves short is a state (issue 16): said once, backing off, filled when memory comes free.
@@ -24,7 +24,7 @@ t.test('a prewarm pool short of budget reports unmet once, backs off, and fills 
   // Three 128 MiB instances fit; no generic pool takes any of them.
   const embedded = await startEmbedded({
     env: {}, log: pino({ level: 'info' }, sink),
-    overrides: { KINDLING_PORT: 0, KINDLING_DATA_DIR: dir, KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MEMORY_BUDGET_MB: 384 },
+    overrides: { KINDLING_PORT: 0, KINDLING_DATA_DIR: dir, KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MEMORY_BUDGET_MB: 384, KINDLING_IDLE_MEMORY_RATIO: 1 },
   })
   t.teardown(async () => { await embedded.close(); await rm(dir, { recursive: true, force: true }) })
   const p = withClient(embedded, dir)
@@ -54,4 +54,29 @@ t.test('a prewarm pool short of budget reports unmet once, backs off, and fills 
   t.equal(full.unmet, undefined, 'the state ended')
   t.equal(await events('pool.met'), 1, 'one event when it ends')
   t.notMatch(await (await request(`${p.url}/metrics`)).body.text(), /kindling_pool_unmet\{pool="fn:b@1"/)
+})
+
+t.test('idle instances are charged a share of their limit, serving ones all of it', async (t) => {
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MEMORY_BUDGET_MB: 256, KINDLING_IDLE_MEMORY_RATIO: 0.25 })
+  // Six prewarmed 128 MiB instances at rest: 6 × 32 MiB charged. Counting limits, two would fit.
+  t.equal((await p.deploy('many', { runtime: 'node', code: 'export default async () => "ok"', prewarm: 6, mode: 'persistent' })).status, 201)
+  const full = await waitFor(async () => { const x = await pool(p, 'fn:many@1'); return x?.idle === 6 ? x : undefined }, 'six prewarmed instances')
+  t.equal(full.unmet, undefined)
+  const memory = async (): Promise<{ budgetMb: number; chargedMb: number; idleMemoryRatio: number }> => (await p.api('GET', '/v1/pools')).json['memory'] as never
+  t.match(await memory(), { budgetMb: 256, chargedMb: 192, idleMemoryRatio: 0.25 })
+  // One serves a call (persistent: the router keeps it): it is charged its limit, and the refill behind it no longer fits.
+  t.equal((await p.invoke('many')).status, 200)
+  const short = await waitFor(async () => { const x = await pool(p, 'fn:many@1'); return x?.unmet === 'budget' && x.starting === 0 ? x : undefined }, 'the refill to find the budget used')
+  t.match(short, { idle: 5, target: 6 })
+  t.equal((await memory()).chargedMb, 5 * 32 + 128, 'five at rest, one at work')
+})
+
+t.test('no start takes the host below its memory floor', async (t) => {
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 0, KINDLING_MEMORY_FLOOR_MB: 100_000_000 })
+  const res = await p.deploy('f', { runtime: 'node', code: 'export default async () => "ok"' })
+  t.equal(res.status, 503)
+  t.match(res.json, { code: 'KDL_ERR_NO_CAPACITY', message: /host is short of memory.*KINDLING_MEMORY_FLOOR_MB/ })
+  const memory = (await p.api('GET', '/v1/pools')).json['memory'] as { hostAvailableMb: number; hostFloorMb: number }
+  t.equal(memory.hostFloorMb, 100_000_000)
+  t.ok(memory.hostAvailableMb > 0 && memory.hostAvailableMb < 100_000_000, `the host's MemAvailable is reported (${memory.hostAvailableMb} MiB)`)
 })

@@ -27,7 +27,7 @@ t.test('a generic pool grows after cold starts and shrinks back one step per cal
 })
 
 t.test('the memory budget evicts idle pooled instances first, then refuses with KDL_ERR_NO_CAPACITY', async (t) => {
-  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 2, KINDLING_MEMORY_BUDGET_MB: 256, KINDLING_POOL_ADAPTIVE: 'false' })
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 2, KINDLING_MEMORY_BUDGET_MB: 256, KINDLING_IDLE_MEMORY_RATIO: 1, KINDLING_POOL_ADAPTIVE: 'false' })
   await waitFor(() => generic(p).idle === 2, 'two generic instances (2 × 128 MiB = the whole budget)')
   t.equal(p.pools.usedMemoryMb(), 256)
   const big = await p.deploy('big', { runtime: 'node', code: 'export default () => "big"', memoryMb: 256, mode: 'persistent' })
