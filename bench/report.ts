@@ -5,12 +5,15 @@ import type { SelfTime } from './profile.js'
 import type { DefaultModes } from './modes.js'
 import type { GuardAction, NoisyResult } from './noisy.js'
 import type { RssRow } from './rss.js'
+import type { ScaleResult } from './scale.js'
 import type { StartsRow } from './starts.js'
 import type { BuildsResult } from './builds.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds', 'scale'] as const
+/** Sections a bench without --only runs: `scale` (minutes, a thousand functions) only when asked for. */
+export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter((s) => s !== 'scale')
 export type Section = typeof SECTIONS[number]
 
 /** Everything one run measured: written as JSON, printed as tables. */
@@ -43,6 +46,8 @@ export interface Results {
   starts?: StartsRow[]
   /** Build time cold vs reused, first calls of a function with a dependency (builds.ts). */
   builds?: BuildsResult
+  /** A thousand functions, prewarmed instances, a restart (scale.ts, issue 16). */
+  scale?: ScaleResult
   errors: Array<{ section: string; message: string }>
   /** Seconds each section took. */
   timings: Record<string, number>
@@ -154,6 +159,19 @@ export function render(r: Results): string {
         return [k, ms(f.withDependency.p50), ms(f.without.p50), ms(f.withDependency.p90), ms(f.without.p90), f.mismatches]
       })))
   }
+  if (r.scale !== undefined) {
+    const c = r.scale
+    out.push(table(`10. scale (process backend): ${c.functions} functions, ${c.prewarmedFunctions} with prewarm 1`, ['what', 'measured'], [
+      ['deploy p50 / p99 (4 at a time)', `${ms(c.deploy.p50)} / ${ms(c.deploy.p99)}`],
+      ['prewarmed instances idle / target (after the deploys)', `${c.prewarmedIdle} / ${c.prewarmTarget}${Number.isNaN(c.fillS) ? ' (time bound reached)' : ` in ${fmt(c.fillS)} s`}`],
+      ['memory (GET /v1/pools)', Object.entries(c.memory).map(([k, v]) => `${k} ${String(v)}`).join(', ')],
+      ['platform heap per routed function (router table, executor, call stats)', `${fmt(c.tableBytesPerFunction / 1024)} KiB`],
+      ['warm p50, one route / all routes', `${ms(c.warmOneRoute.p50)} / ${ms(c.warmWithAll.p50)} (${fmt((c.warmWithAll.p50 / c.warmOneRoute.p50 - 1) * 100)} %)`],
+      ['platform RSS', `${c.rssMb} MB`],
+      ['restart: API answers / pools full', `${fmt(c.restart.apiS)} s / ${c.restart.poolsFullS === null ? `not within the bound (${c.restart.poolsIdleAtBound} idle)` : `${fmt(c.restart.poolsFullS)} s`}`],
+      ['first call of an unprewarmed function: cold on a quiet host / during the restart\'s refill', `${ms(c.coldQuietMs)} / ${ms(c.coldDuringRefillMs)} (${fmt(c.coldDuringRefillMs / c.coldQuietMs)}×, ${c.duringRefillStart})`],
+    ]))
+  }
   if (r.errors.length > 0) out.push(`\nsections that failed: ${r.errors.map((e) => `${e.section}: ${e.message.split('\n')[0] ?? ''}`).join('; ')}`)
   out.push(table('summary against targets', ['target', 'measured', 'result'], r.summary.map((s) => [s.target, s.measured, s.pass === null ? 'n/a' : s.pass ? 'PASS' : 'MISS'])))
   return out.join('\n')
@@ -216,6 +234,13 @@ export function summarize(r: Results): Results['summary'] {
     row('chaos: 0 hung, 0 failures beyond the killed calls\' own 502s, pools at target ≤ 1 s after',
       `${c.result.hung} hung, ${others} other failures, refill ${c.refillMs === null ? 'not within 30 s' : ms(c.refillMs)}`,
       c.result.hung === 0 && others === 0 && c.refillMs !== null && c.refillMs <= 1000)
+  }
+  if (r.scale !== undefined) {
+    const c = r.scale
+    row('scale: ≥ 1,000 idle prewarmed instances admitted by default', `${c.prewarmedIdle} of ${c.prewarmTarget}`, c.prewarmTarget >= 1000 ? c.prewarmedIdle >= 1000 : null)
+    const slower = c.warmWithAll.p50 / c.warmOneRoute.p50 - 1
+    row(`scale: warm p50 with ${c.functions} routes within 5 % of one route`, `${fmt(slower * 100)} %`, slower <= 0.05)
+    row('scale: a call during the restart\'s refill ≤ 2× its cold figure on a quiet host', `${fmt(c.coldDuringRefillMs / c.coldQuietMs)}×`, c.coldDuringRefillMs <= 2 * c.coldQuietMs)
   }
   return out
 }

@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,scale (scale only when named),
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
 // --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
@@ -20,7 +20,8 @@ import { startPlatform, type BenchPlatform } from './platform.js'
 import { rssKb } from './proc.js'
 import { measureNoisy } from './noisy.js'
 import { byCategory, profileDuring } from './profile.js'
-import { render, SECTIONS, summarize, type Results, type Section } from './report.js'
+import { DEFAULT_SECTIONS, render, SECTIONS, summarize, type Results, type Section } from './report.js'
+import { measureScale } from './scale.js'
 import { measureRss } from './rss.js'
 import { measureStarts } from './starts.js'
 import { measureBuilds } from './builds.js'
@@ -41,7 +42,7 @@ interface Flags {
 }
 
 function parseFlags(argv: string[]): Flags {
-  const flags: Flags = { quick: false, only: new Set(SECTIONS), backend: undefined, profile: false, prewarms: [4] }
+  const flags: Flags = { quick: false, only: new Set(DEFAULT_SECTIONS), backend: undefined, profile: false, prewarms: [4] }
   for (const arg of argv) {
     const [key, value] = arg.split('=', 2) as [string, string | undefined]
     if (key === '--quick') flags.quick = true
@@ -281,6 +282,18 @@ async function main(): Promise<number> {
       await section('builds', async () => {
         results.builds = await measureBuilds({
           dataDir: join(tmp, 'builds'), functions: flags.quick ? 3 : 8, progress,
+          track: (close) => {
+            cleanups.push(close)
+            return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+          },
+        })
+      })
+    }
+
+    if (runProcess && flags.only.has('scale')) {
+      await section('scale', async () => {
+        results.scale = await measureScale({
+          dataDir: join(tmp, 'scale'), functions: flags.quick ? 200 : 1000, prewarmed: flags.quick ? 100 : 1000, fillBoundS: flags.quick ? 60 : 240, progress,
           track: (close) => {
             cleanups.push(close)
             return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
