@@ -89,6 +89,8 @@ export const ConfigSchema = Type.Object({
   KINDLING_LOADGUARD_ENABLED: Type.Boolean({ default: true }),
   /** Sampling interval of the load guard, ms. @default 1000 */
   KINDLING_LOADGUARD_INTERVAL_MS: Type.Integer({ minimum: 10, default: 1000 }),
+  /** An idle prewarmed instance is read every this many passes of the load guard (1: every pass). @default 10 */
+  KINDLING_LOADGUARD_IDLE_EVERY: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   /** Consecutive samples outside the normal range before an instance is throttled. @default 5 */
   KINDLING_LOADGUARD_SUSTAIN_SAMPLES: Type.Integer({ minimum: 1, default: 5 }),
   /** Further consecutive outside samples of a throttled instance before its function is quarantined. @default 10 */

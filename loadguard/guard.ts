@@ -69,6 +69,8 @@ interface Watch {
   last: { cpuRatio: number; memoryBytes: number; pids: number } | undefined
   /** The instance's gauge children, bound once (label hashing per set costs as much as a file read). */
   gauges: { cpu: { set(v: number): void }; memory: { set(v: number): void } } | undefined
+  /** Passes since it was last read while idle in its pool (see GuardPolicy.idleEvery). */
+  idlePasses: number
 }
 
 interface FnWatch {
@@ -186,9 +188,13 @@ export class LoadGuard {
       seen.add(inst.id)
       let w = this.#watches.get(inst.id)
       if (w === undefined) {
-        w = { inst, fn: inst.fn, ref, limits: undefined, prev: undefined, currentQuota: 0, throttled: false, streak: 0, pidsStreak: 0, last: undefined, gauges: undefined }
+        // Staggered: the idle instances of one pool are not all read on the same pass.
+        w = { inst, fn: inst.fn, ref, limits: undefined, prev: undefined, currentQuota: 0, throttled: false, streak: 0, pidsStreak: 0, last: undefined, gauges: undefined, idlePasses: Math.floor(Math.random() * this.policy.idleEvery) }
         this.#watches.set(inst.id, w)
       }
+      // Waiting in a prewarm pool, it serves no call: read every idleEvery-th pass (its first read always, for the baseline).
+      if (inst.state === 'loaded' && w.prev !== undefined && ++w.idlePasses < this.policy.idleEvery) continue
+      w.idlePasses = 0
       if (await this.#sample(w)) sampled++
       // The reads are synchronous (~0.1 ms an instance): let calls through between batches of a large pass.
       if (seen.size % YIELD_EVERY === 0) await yieldToLoop()

@@ -10,7 +10,7 @@ const PASSES = 300
 
 t.test('the sampler reads every live instance of a function each pass, and what a pass costs is measured', async (t) => {
   // An interval of an hour: only the passes this test runs happen.
-  const p = await startPlatform(t, { KINDLING_LOADGUARD_INTERVAL_MS: 3_600_000 })
+  const p = await startPlatform(t, { KINDLING_LOADGUARD_INTERVAL_MS: 3_600_000, KINDLING_LOADGUARD_IDLE_EVERY: 1 })
   const guard = p.loadGuard
   t.ok(guard, 'the guard runs (root, cgroup v1)')
   if (guard === undefined) return
@@ -46,4 +46,21 @@ t.test('the sampler reads every live instance of a function each pass, and what 
   }
   t.comment(`sampler: ${(wallUs / samples).toFixed(1)} µs wall, ${((cpu.user + cpu.system) / samples).toFixed(1)} µs CPU per instance sample `
     + `(${PASSES} passes over ${instances.length} idle instances); at the default 1 s interval that is the cost per instance per second`)
+})
+
+t.test('an instance waiting in its prewarm pool is read every idleEvery-th pass; one serving calls every pass', async (t) => {
+  const p = await startPlatform(t, { KINDLING_LOADGUARD_INTERVAL_MS: 3_600_000, KINDLING_LOADGUARD_IDLE_EVERY: 5 })
+  const guard = p.loadGuard
+  t.ok(guard, 'the guard runs (root, cgroup v1)')
+  if (guard === undefined) return
+  await p.deploy('waits', { runtime: 'node', prewarm: 4, code: 'export default () => "w"' })
+  await p.deploy('works', { runtime: 'node', mode: 'persistent', code: 'export default () => "w"' })
+  t.equal((await p.invoke('works')).status, 200)
+  await waitFor(() => [...p.pools.instances()].filter((i) => i.fn === 'waits' && i.state === 'loaded').length >= 4 || undefined, 'four prewarmed instances')
+  t.ok([...p.pools.instances()].some((i) => i.fn === 'works' && i.state === 'leased'), 'the working one is held by the router')
+  await guard.tick() // every instance's first read: the baseline
+  const before = guard.cost().samples
+  for (let i = 0; i < 20; i++) await guard.tick()
+  // 20 passes: the leased instance 20 reads, each of the 4 idle ones 4 (every 5th pass).
+  t.equal(guard.cost().samples - before, 20 + 4 * 4)
 })
