@@ -193,8 +193,10 @@ export class LoadGuard {
         this.#watches.set(inst.id, w)
       }
       // Waiting in a prewarm pool, it serves no call: read every idleEvery-th pass (its first read always, for the baseline).
-      if (inst.state === 'loaded' && w.prev !== undefined && ++w.idlePasses < this.policy.idleEvery) continue
-      w.idlePasses = 0
+      if (inst.state === 'loaded' && w.prev !== undefined) {
+        if (++w.idlePasses < this.policy.idleEvery) continue
+        w.idlePasses = 0
+      }
       if (await this.#sample(w)) sampled++
       // The reads are synchronous (~0.1 ms an instance): let calls through between batches of a large pass.
       if (seen.size % YIELD_EVERY === 0) await yieldToLoop()
