@@ -32,6 +32,13 @@ export function targetsOf(target: AliasTarget): Array<[number, number]> {
     .sort((a, b) => b[1] - a[1] || a[0] - b[0])
 }
 
+/** An alias's versions with their share of its calls (0–1), highest first. */
+export function sharesOf(target: AliasTarget): Array<[number, number]> {
+  const pairs = targetsOf(target)
+  const total = pairs.reduce((n, [, w]) => n + w, 0)
+  return pairs.map(([v, w]) => [v, w / total])
+}
+
 /** Versions an alias routes to (weight above zero). */
 export function versionsOf(target: AliasTarget): number[] {
   return targetsOf(target).map(([v]) => v)

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import { aliasesOf, liveVersions, splitQualifier, targetsOf, versionQualifier } from '../common/aliases.js'
+import { aliasesOf, liveVersions, sharesOf, splitQualifier, targetsOf, versionQualifier } from '../common/aliases.js'
 import { lostToKill } from '../common/backend.js'
 import { KdlError } from '../common/errors.js'
 import { NAME_PATTERN } from '../common/spec.js'
@@ -258,9 +258,7 @@ export class Executor implements ExecutorClient {
     const pools = this.#o.pools
     const shares = new Map<number, number>()
     for (const target of Object.values(aliasesOf(head))) {
-      const pairs = targetsOf(target)
-      const total = pairs.reduce((n, [, w]) => n + w, 0)
-      for (const [v, w] of pairs) shares.set(v, Math.max(shares.get(v) ?? 0, w / total))
+      for (const [v, share] of sharesOf(target)) shares.set(v, Math.max(shares.get(v) ?? 0, share))
     }
     const kept = new Set<number>()
     for (const [v, share] of shares) {

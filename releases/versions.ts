@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { CodeStore } from '../codestore/code-store.js'
-import { aliasesOf, assertAlias, LATEST, lastVersionOf, liveVersions, parseAliasBody, targetsOf } from '../common/aliases.js'
+import { aliasesOf, assertAlias, LATEST, lastVersionOf, liveVersions, parseAliasBody, sharesOf, targetsOf } from '../common/aliases.js'
 import { KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
 import type { KeyedMutex } from '../common/keyed-mutex.js'
@@ -287,17 +287,13 @@ export function endCanary(c: CanaryState | undefined, alias: string, state: Cana
 function aliasesRouting(aliases: Record<string, AliasTarget>, version: number): Array<{ alias: string; percent: number }> {
   const out: Array<{ alias: string; percent: number }> = []
   for (const [alias, target] of Object.entries(aliases)) {
-    const pairs = targetsOf(target)
-    const total = pairs.reduce((n, [, w]) => n + w, 0)
-    const mine = pairs.find(([v]) => v === version)
-    if (mine !== undefined) out.push({ alias, percent: Math.round((mine[1] / total) * 1000) / 10 })
+    const mine = sharesOf(target).find(([v]) => v === version)
+    if (mine !== undefined) out.push({ alias, percent: Math.round(mine[1] * 1000) / 10 })
   }
   return out
 }
 
 export function describe(target: AliasTarget): string {
   if ('version' in target) return `version ${target.version}`
-  const pairs = targetsOf(target)
-  const total = pairs.reduce((n, [, w]) => n + w, 0)
-  return pairs.map(([v, w]) => `${v}: ${Math.round((w / total) * 100)} %`).join(', ')
+  return sharesOf(target).map(([v, share]) => `${v}: ${Math.round(share * 100)} %`).join(', ')
 }

@@ -1,6 +1,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
+import { splitQualifier } from '../common/aliases.js'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
@@ -126,7 +127,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
           granted = await table.acquire(key, routeKey, attempt > 1, picked)
         } catch (err) {
           const kdl = toKdlError(err)
-          const name = picked?.spec.name ?? nameOf(key)
+          const name = picked?.spec.name ?? splitQualifier(key).name
           if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
           // Unknown names are not labels: a client must not be able to grow the metric set at will.
           const unknown = kdl.code === 'KDL_ERR_FN_NOT_FOUND' || kdl.code === 'KDL_ERR_VERSION_NOT_FOUND'
@@ -197,12 +198,6 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
 
   app.addHook('onClose', async () => table.close())
   return { app, table }
-}
-
-/** The function a route key names (`name@alias` → `name`). */
-function nameOf(key: string): string {
-  const at = key.indexOf('@')
-  return at < 0 ? key : key.slice(0, at)
 }
 
 /** Fastify's own errors (body too large, bad JSON) mapped onto the platform's codes. */

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { splitQualifier } from '../common/aliases.js'
 import { KdlError } from '../common/errors.js'
 import { afterCall } from '../common/modes.js'
 import type { Metrics } from '../common/metrics.js'
@@ -317,7 +318,7 @@ export class InstanceTable {
 
   async #lookUp(key: string): Promise<AliasRoute> {
     for (;;) {
-      const { name } = splitKey(key)
+      const { name } = splitQualifier(key)
       const gen = this.#generation.get(name) ?? 0
       const resolved = await this.#executor.resolve(key)
       if ((this.#generation.get(name) ?? 0) !== gen) continue
@@ -467,10 +468,4 @@ export class InstanceTable {
 function saturated(spec: RouteSpec, message: string): KdlError {
   const retryAfter = String(Math.max(1, Math.ceil(spec.queueTimeoutMs / 1000)))
   return new KdlError('KDL_ERR_SATURATED', message, { headers: { 'retry-after': retryAfter } })
-}
-
-/** The function a route key names. */
-function splitKey(key: string): { name: string } {
-  const at = key.indexOf('@')
-  return { name: at < 0 ? key : key.slice(0, at) }
 }

@@ -63,14 +63,8 @@ export class FileStore implements Store {
 
   async getVersion(name: string, version: number): Promise<FunctionRecord | undefined> {
     this.#assertOpen()
-    const file = this.#versionFile(name, version)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return undefined
-      throw new KdlError('KDL_ERR_INTERNAL', `reading versions/${name}/${version}.json failed`, { cause: err })
-    }
+    const text = await readText(this.#versionFile(name, version), `versions/${name}/${version}.json`)
+    if (text === undefined) return undefined
     const record = parseRecord<FunctionRecord>('function', name, text)
     if (record.version !== version) throw new KdlError('KDL_ERR_INTERNAL', `stored version versions/${name}/${version}.json holds version ${record.version}`)
     return record
@@ -159,18 +153,10 @@ export class FileStore implements Store {
 
   async #read<T>(kind: Kind, name: string): Promise<T | undefined> {
     this.#assertOpen()
-    const file = this.#file(kind, name)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return undefined
-      throw new KdlError('KDL_ERR_INTERNAL', `reading ${FOLDER[kind]}/${name}.json failed`, { cause: err })
-    }
-    return parseRecord<T>(kind, name, text)
+    const text = await readText(this.#file(kind, name), `${FOLDER[kind]}/${name}.json`)
+    return text === undefined ? undefined : parseRecord<T>(kind, name, text)
   }
 
-  /** Records by name; a page reads only the files it returns (a name deleted meanwhile is skipped, not refilled). */
   async #list<T>(kind: Kind, page?: { after?: string | undefined; limit: number }): Promise<T[]> {
     this.#assertOpen()
     let files: string[]
@@ -223,6 +209,16 @@ export class FileStore implements Store {
 
 function isErrno(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
+}
+
+/** A record file's text, or undefined when it does not exist; `label` names it in the error. */
+async function readText(file: string, label: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8')
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined
+    throw new KdlError('KDL_ERR_INTERNAL', `reading ${label} failed`, { cause: err })
+  }
 }
 
 function parseRecord<T>(kind: Kind, name: string, text: string): T {
