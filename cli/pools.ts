@@ -17,7 +17,7 @@ function isPoolsAnswer(data: unknown): data is PoolsAnswer {
 /** The two tables of `kindling pools`. */
 export function formatPools(data: PoolsAnswer): string {
   const pools = formatTable(['POOL', 'TARGET', 'IDLE', 'STARTING'], data.pools.map((p) => [
-    p.version === undefined || p.pool.includes('@') ? p.pool : `${p.pool}@${p.version}`, cell(p.target), cell(p.idle), cell(p.starting),
+    p.pool, cell(p.target), cell(p.idle), cell(p.starting),
   ]))
   const s = data.starts
   const gate = s === undefined ? '' : `instance starts: ${s.running} running, ${s.waiting} waiting (at most ${s.limit} at once)\n`
