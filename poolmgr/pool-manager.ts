@@ -643,6 +643,27 @@ export class PoolManager {
   }
 
   /**
+   * Who goes first when a call needs room (issue 16): idle generic instances, least recently used first (any
+   * function can use the next one); then prewarm pools shrink fairly — always the pool with the most idle
+   * instances gives one up (its least recently used), so the pools shrink toward one size instead of the
+   * oldest pool emptying first.
+   */
+  *#evictionOrder(): Generator<Instance> {
+    const generic: Instance[] = []
+    for (const p of this.#generic.values()) generic.push(...p.idle)
+    generic.sort((a, b) => a.lastUsed - b.lastUsed)
+    yield* generic
+    const pools = [...this.#prewarm.values()].map((p) => [...p.idle].sort((a, b) => a.lastUsed - b.lastUsed)).filter((q) => q.length > 0)
+    for (;;) {
+      let largest: Instance[] | undefined
+      for (const q of pools) if (q.length > 0 && (largest === undefined || q.length > largest.length)) largest = q
+      const inst = largest?.shift()
+      if (inst === undefined) return
+      yield inst
+    }
+  }
+
+  /**
    * Makes room for `mb` within the budget — and within the host's available memory above its floor — evicting
    * idle pooled instances least-recently-used first when allowed (a call's start; refills never evict).
    */
@@ -653,11 +674,7 @@ export class PoolManager {
     let hostFree = this.#host === undefined ? Infinity : this.#host.availableMb() - this.#host.floorMb - this.#reserved
     const victims: Instance[] = []
     if ((free < mb || hostFree < mb) && evict) {
-      const idle: Instance[] = []
-      for (const p of this.#generic.values()) idle.push(...p.idle)
-      for (const p of this.#prewarm.values()) idle.push(...p.idle)
-      idle.sort((a, b) => a.lastUsed - b.lastUsed)
-      for (const inst of idle) {
+      for (const inst of this.#evictionOrder()) {
         if (free >= mb && hostFree >= mb) break
         free += this.#chargeOf(inst)
         hostFree += inst.memoryMb * this.#idleRatio

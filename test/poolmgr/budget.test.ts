@@ -80,3 +80,18 @@ t.test('no start takes the host below its memory floor', async (t) => {
   t.equal(memory.hostFloorMb, 100_000_000)
   t.ok(memory.hostAvailableMb > 0 && memory.hostAvailableMb < 100_000_000, `the host's MemAvailable is reported (${memory.hostAvailableMb} MiB)`)
 })
+
+t.test('a call that needs room shrinks the prewarm pools fairly: the largest gives first, not the oldest', async (t) => {
+  // Four 128 MiB instances fit, counted at their limits.
+  const p = await startPlatform(t, { KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MEMORY_BUDGET_MB: 512, KINDLING_IDLE_MEMORY_RATIO: 1 })
+  const code = 'export default async () => "ok"'
+  await p.deploy('small', { runtime: 'node', code, prewarm: 1 })
+  await p.deploy('large', { runtime: 'node', code, prewarm: 3 })
+  await waitFor(async () => (await pool(p, 'fn:large@1'))?.idle === 3 || undefined, 'the large pool full')
+  // The budget is full; the small pool's one instance is the least recently used of all.
+  t.equal((await p.deploy('third', { runtime: 'node', code, prewarm: 1 })).status, 201, 'the deploy made room')
+  const large = await waitFor(async () => { const x = await pool(p, 'fn:large@1'); return x?.unmet === 'budget' && x.starting === 0 ? x : undefined }, 'the large pool short')
+  t.equal(large.idle, 2, 'the largest pool gave one up')
+  t.equal((await pool(p, 'fn:small@1'))?.idle, 1, 'the small pool kept its only instance, though it was the oldest')
+  t.equal((await pool(p, 'fn:third@1'))?.idle, 1)
+})
