@@ -16,8 +16,12 @@ export const ConfigSchema = Type.Object({
   KINDLING_DATA_DIR: Type.String({ minLength: 1, default: '.kindling' }),
   /** Container backend. @default process */
   KINDLING_BACKEND: Type.Union([Type.Literal('process'), Type.Literal('docker')], { default: 'process' }),
-  /** Store of specs. @default file */
-  KINDLING_STORE: Type.Union([Type.Literal('file')], { default: 'file' }),
+  /** Store of specs, versions, runtimes (and, on Redis, async jobs and triggers): `file` (one process) or `redis` (several replicas share it). @default file */
+  KINDLING_STORE: Type.Union([Type.Literal('file'), Type.Literal('redis')], { default: 'file' }),
+  /** Redis the `redis` store uses (`redis://[:password@]host:port[/db]`, `rediss://` for TLS). @default redis://127.0.0.1:6379 */
+  KINDLING_REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
+  /** Prefix of every key and channel the platform uses in Redis (several platforms may share one Redis). @default kindling: */
+  KINDLING_REDIS_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$', default: 'kindling:' }),
   /** When set, `/v1` requires `Authorization: Bearer <token>`. */
   KINDLING_API_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
   /** pino level. @default info */

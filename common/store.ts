@@ -23,5 +23,13 @@ export interface Store {
   getRuntime(name: string): Promise<RuntimeSpec | undefined>
   listRuntimes(): Promise<RuntimeSpec[]>
   putRuntime(spec: RuntimeSpec): Promise<void>
+  /**
+   * Changes other writers made (several replicas on one Redis): `function`/`runtime` name the record that
+   * changed; `resync` means changes may have been missed (a reconnect) and everything should be read again.
+   * Undefined on stores only one process writes (the file store).
+   */
+  readonly changes?: ((listener: (change: StoreChange) => void) => () => void) | undefined
   close(): Promise<void>
 }
+
+export type StoreChange = { kind: 'function' | 'runtime'; name: string } | { kind: 'resync' }

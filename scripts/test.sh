@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command runs it (`npm test`).
 # As root it first makes the real parts answer: a Docker engine (installed and started when missing), and the
-# process backend's sandbox tools (iproute2, slirp4netns), and Debian's chromium for the dashboard's browser test.
+# process backend's sandbox tools (iproute2, slirp4netns), Debian's chromium for the dashboard's browser test, and
+# redis-server (the tests of the shared store start their own servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/ensure-docker.sh
   bash scripts/ensure-sandbox.sh
   bash scripts/ensure-browser.sh
+  bash scripts/ensure-redis.sh
 else
   echo "test: not root — the docker and cgroup suites need root and will fail without it" >&2
 fi
