@@ -40,6 +40,7 @@ import { Releases } from '../releases/versions.js'
 import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
+import { openShared } from './shared.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
@@ -88,7 +89,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
 
   // Scopes cgroups, containers and orphan reaping to this data directory's platform (issue 8, part 5).
   const { id: platformId } = await platformIdentity(dataDir)
-  const store = new FileStore({ dir: join(dataDir, 'store') })
+  // Issue 11: on Redis the replicas share one store (and async jobs, triggers); the file store is one process's.
+  const shared = config.KINDLING_STORE === 'redis' ? await openShared(config, log) : undefined
+  const store = shared?.store ?? new FileStore({ dir: join(dataDir, 'store') })
   const codeStore = new CodeStore({ root: join(dataDir, 'code'), maxUnpackedBytes: config.KINDLING_MAX_UNPACKED_BYTES, maxEntries: 10_000 })
   const backend = await createBackend(config, platformId, runDir, join(dataDir, 'code'), log)
   // Function logs (issue 14): what instances print, the function's from the start of its load on.
@@ -220,6 +223,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         await pools.close()
         await releases.settled()
         await store.close()
+        await shared?.close()
       })()
       return closing
     },

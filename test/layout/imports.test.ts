@@ -19,8 +19,12 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   executor: ['common', 'poolmgr'],
   router: ['common', 'executor'],
   releases: ['common', 'codestore', 'executor'],
-  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases'],
-  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api'],
+  // Issue 11: what several replicas share through Redis (redis-conn and its errors live in store/).
+  cluster: ['common', 'codestore', 'store'],
+  async: ['common', 'store'],
+  triggers: ['common', 'store'],
+  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases', 'async', 'triggers'],
+  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api', 'cluster', 'async', 'triggers'],
   cli: ['common', 'embedded'],
   runtimes: [],
   // The dashboard (issue 14) runs in the browser and reads the platform over /v1 only.
