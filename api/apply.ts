@@ -8,7 +8,7 @@ import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec, RuntimeSpec } from '../common/types.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { Deployer, PreparedFunction } from './deployer.js'
-import type { KeyedMutex } from '../common/keyed-mutex.js'
+import type { Locks } from '../common/keyed-mutex.js'
 import { actorOf } from './releases.js'
 import * as S from './route-schemas.js'
 
@@ -312,7 +312,7 @@ function messageOf(err: unknown): string {
 }
 
 /** Runs `work` holding every key's lock, taken in the given (sorted) order so two applies never deadlock. */
-function withLocks<T>(locks: KeyedMutex, keys: string[], work: () => Promise<T>): Promise<T> {
+function withLocks<T>(locks: Locks, keys: string[], work: () => Promise<T>): Promise<T> {
   const [first, ...rest] = keys
   return first === undefined ? work() : locks.run(first, () => withLocks(locks, rest, work))
 }

@@ -9,7 +9,7 @@ import type { Executor } from '../executor/executor.js'
 import type { Instance } from '../poolmgr/instance.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
 import { lastVersionOf } from '../common/aliases.js'
-import type { KeyedMutex } from '../common/keyed-mutex.js'
+import type { Locks } from '../common/keyed-mutex.js'
 import type { Releases } from '../releases/versions.js'
 
 export interface DeployerDeps {
@@ -22,6 +22,8 @@ export interface DeployerDeps {
   releases: Releases
   runtimeKinds: readonly string[]
   log: FastifyBaseLogger
+  /** Puts a version's code where every replica can fetch it, before the version is committed (issue 11). */
+  shareCode?: ((hash: string) => Promise<void>) | undefined
   /** Told after a function was deleted (its logs go with it). */
   removed?: ((name: string) => void) | undefined
 }
@@ -44,7 +46,7 @@ export interface PreparedFunction {
  * One mutex per name (`runtime:<name>` for runtimes) orders them, whichever route they came by.
  */
 export class Deployer {
-  readonly locks: KeyedMutex
+  readonly locks: Locks
   readonly #d: DeployerDeps
   /**
    * Deploys of a name in request order: a deploy that waited for its build while a later deploy (or a delete,
@@ -160,6 +162,7 @@ export class Deployer {
     const { releases, store, executor } = this.#d
     let head: FunctionRecord
     try {
+      await this.#d.shareCode?.(record.codeHash)
       head = await releases.landLocked(await store.getFunction(record.name), record, promote)
     } catch (err) {
       await this.discard(trial)

@@ -44,6 +44,10 @@ export interface ApiDeps {
   loadGuardState?: ((fn: string) => unknown) | undefined
   /** The router's per-function call counts (`GET /v1/stats`, the dashboard's charts). */
   callStats?: CallStatsSource | undefined
+  /** The store and the live replicas (`GET /v1/cluster`). */
+  cluster?: (() => { store: 'file' | 'redis'; replica: string; replicas: readonly string[] }) | undefined
+  /** Several replicas (issue 11): a version's code is put in the shared store before the version is committed. */
+  shareCode?: ((hash: string) => Promise<void>) | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -54,7 +58,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   app.setValidatorCompiler(() => () => true)
   app.setSerializerCompiler(() => (data) => JSON.stringify(data))
   const deployer = new Deployer({
-    store, codeStore, builder, executor, pools, releases: deps.releases, runtimeKinds: deps.runtimeKinds, log: app.log, removed: (name) => { deps.logs.drop(name); deps.callStats?.forget(name) },
+    store, codeStore, builder, executor, pools, releases: deps.releases, runtimeKinds: deps.runtimeKinds, log: app.log, shareCode: deps.shareCode, removed: (name) => { deps.logs.drop(name); deps.callStats?.forget(name) },
   })
   const { locks } = deployer
 
@@ -199,6 +203,8 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
       return spec
     })
   })
+
+  app.get('/v1/cluster', { schema: S.getCluster }, async () => deps.cluster?.() ?? { store: 'file', replica: 'local', replicas: ['local'] })
 
   app.get('/v1/pools', { schema: S.getPools }, async () => ({ pools: pools.snapshot(), starts: pools.starts(), memory: pools.memory(), functions: deps.routerSnapshot() }))
 

@@ -125,6 +125,18 @@ export const putRuntime: FastifySchema = {
 
 const count = (description: string): TSchema => Type.Integer({ minimum: 0, description })
 
+export const getCluster: FastifySchema = {
+  tags: ['platform'], summary: 'The store and the replicas sharing it', operationId: 'getCluster',
+  description: 'On `KINDLING_STORE=redis`: every replica that sent a heartbeat in the last 10 s (each keeps its own instances and pools; a function\'s `maxInstances` is split among them, `prewarm` is per replica). On the file store: this process alone.',
+  response: {
+    200: Type.Object({
+      store: Type.Union([Type.Literal('file'), Type.Literal('redis')]),
+      replica: Type.String({ description: 'This replica\'s id (random per start).' }),
+      replicas: Type.Array(Type.String(), { description: 'The live replicas\' ids, sorted.' }),
+    }, { description: 'The store and the live replicas.' }),
+  },
+}
+
 export const getPools: FastifySchema = {
   tags: ['platform'], summary: 'Pools, the start gate and the router\'s view', operationId: 'getPools',
   response: {

@@ -94,6 +94,17 @@ export class CodeStore {
   }
 
   /**
+   * Stores an archive under a hash the caller vouches for (issue 11: code another replica deployed, fetched from
+   * the shared store, whose hash may be of code assembled with its build): every entry is checked as in
+   * putArchive; `maxEntries` may exceed the deploy limit (a build's node_modules).
+   */
+  async putArchiveAs(hash: string, archive: Buffer, maxEntries = this.#maxEntries): Promise<StoredCode> {
+    if (await this.has(hash)) return { hash, dir: this.dirOf(hash) }
+    const planned = await this.#inspect(archive, maxEntries)
+    return this.#put(hash, (dir) => writeTree(dir, planned))
+  }
+
+  /**
    * Stores the union of directories under `hash` (a hash the caller derives from what they hold, e.g. code +
    * build): every file hard-linked (copied across file systems), symlinks recreated, never followed. A name in
    * two sources is refused.
@@ -238,11 +249,11 @@ export class CodeStore {
   }
 
   /** Inflates (bounded) and lists every entry; throws KDL_ERR_BAD_ARCHIVE before anything is written. */
-  async #inspect(archive: Buffer): Promise<Planned[]> {
+  async #inspect(archive: Buffer, maxEntries = this.#maxEntries): Promise<Planned[]> {
     if (archive.length < 18 || archive[0] !== 0x1f || archive[1] !== 0x8b || archive[2] !== 0x08) {
       throw badArchive('archive is not gzip-compressed (a .tar.gz is required)')
     }
-    const limit = Math.min(bufferConstants.MAX_LENGTH, this.#maxUnpackedBytes + this.#maxEntries * FRAMING_PER_ENTRY + FRAMING_SLACK)
+    const limit = Math.min(bufferConstants.MAX_LENGTH, this.#maxUnpackedBytes + maxEntries * FRAMING_PER_ENTRY + FRAMING_SLACK)
     let tar: Buffer
     try {
       tar = await gunzipAsync(archive, { maxOutputLength: limit })
@@ -256,7 +267,7 @@ export class CodeStore {
     if ((tar[0] === 0x1f && tar[1] === 0x8b) || (tar[0] === 0x28 && tar[1] === 0xb5 && tar[2] === 0x2f && tar[3] === 0xfd)) {
       throw badArchive('archive is compressed twice')
     }
-    const planned = await parseTar(tar, this.#maxEntries, this.#maxUnpackedBytes)
+    const planned = await parseTar(tar, maxEntries, this.#maxUnpackedBytes)
     if (planned.length === 0) throw badArchive('archive holds no entries')
     checkTree(planned)
     return planned

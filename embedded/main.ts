@@ -40,6 +40,10 @@ import { Releases } from '../releases/versions.js'
 import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
+import { CodeShare } from '../cluster/code-share.js'
+import { RedisLocks } from '../cluster/locks.js'
+import { Replicas } from '../cluster/replicas.js'
+import { StoreSync } from '../cluster/sync.js'
 import { openShared } from './shared.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
@@ -153,7 +157,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pools.setRuntime(spec)
   }
 
-  const executor = new Executor({ store, pools, codeDirOf: (h) => codeStore.dirOf(h), log: log.child({ component: 'executor' }), metrics, events })
+  // ── Several replicas (issue 11): code fetched from the shared store, maxInstances split among the live replicas. ──
+  const clusterLog = log.child({ component: 'cluster' })
+  const codeShare = shared === undefined ? undefined : new CodeShare({ redis: shared.redis, prefix: shared.prefix, codeStore, log: clusterLog })
+  const replicas = shared === undefined ? undefined : new Replicas({ redis: shared.redis, prefix: shared.prefix, id: shared.replicaId, log: clusterLog, onChange: () => executor.reshare() })
+  const executor = new Executor({
+    store, pools, codeDirOf: (h) => codeStore.dirOf(h), log: log.child({ component: 'executor' }), metrics, events,
+    ensureCode: codeShare === undefined ? undefined : (h) => codeShare.ensure(h),
+    instanceShare: replicas === undefined ? undefined : (cap) => replicas.share(cap),
+  })
+  await replicas?.start()
   await executor.restore()
 
   // ── Load guard (issue 5): samples instance cgroups; started after the executor, stopped first in close(). ──
@@ -169,12 +182,25 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // ── end load guard ──
   // ── Versions, aliases and canaries (issue 15): every writer of a function holds its lock. ──
   const releases = new Releases({
-    store, executor, codeStore, events, metrics, log: log.child({ component: 'releases' }), locks: new KeyedMutex(), keepVersions: config.KINDLING_KEEP_VERSIONS,
+    store, executor, codeStore, events, metrics, log: log.child({ component: 'releases' }), keepVersions: config.KINDLING_KEEP_VERSIONS,
+    locks: shared === undefined ? new KeyedMutex() : new RedisLocks({ redis: shared.redis, prefix: shared.prefix }),
   })
   const samples = new VersionSamples()
   const canary = new CanaryController({ releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }) })
   canary.resume(await store.listFunctions())
   const callStats = new CallStats()
+  // What another replica changes is applied here: its deploys route here, its deletes drain here.
+  const sync = shared === undefined ? undefined : new StoreSync({
+    store, log: clusterLog,
+    target: {
+      knownFunctions: () => executor.knownFunctions(),
+      head: (name) => executor.head(name),
+      routed: (head) => executor.routed(head),
+      removed: (name) => { executor.removed(name); releases.removed(name); logs.drop(name); callStats.forget(name) },
+      retainVersions: (name, versions) => executor.retainVersions(name, versions),
+      setRuntime: (spec) => pools.setRuntime(spec),
+    },
+  })
   const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
@@ -182,6 +208,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
+    shareCode: codeShare === undefined ? undefined : (hash: string) => codeShare.publish(hash),
+    cluster: shared === undefined || replicas === undefined ? undefined : () => ({ store: 'redis' as const, replica: shared.replicaId, replicas: replicas.ids }),
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
@@ -191,7 +219,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   } catch (err) {
     await loadGuard?.stop()
     canary.close()
+    sync?.close()
+    await replicas?.stop()
     await pools.close()
+    await shared?.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
   const address = app.server.address()
@@ -212,6 +243,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     close: () => {
       closing ??= (async () => {
         canary.close()
+        sync?.close()
+        await replicas?.stop()
         await loadGuard?.stop()
         await builder.close()
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may

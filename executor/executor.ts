@@ -23,6 +23,10 @@ export interface ExecutorOptions {
   log: Logger
   metrics: Metrics
   events: EventLog
+  /** Makes a code hash present in the local cache (several replicas: fetched from the shared store); none: always local. */
+  ensureCode?: ((hash: string) => Promise<void>) | undefined
+  /** This replica's part of a function's `maxInstances` (several replicas split it); none: all of it. */
+  instanceShare?: ((cap: number) => number) | undefined
 }
 
 /**
@@ -38,6 +42,8 @@ export class Executor implements ExecutorClient {
   readonly #leased = new Map<string, Instance>()
   readonly #listeners = new Set<(e: ExecutorEvent) => void>()
   readonly #reported = new Set<string>()
+  /** Code hashes known to be in the local cache (ensureCode done). */
+  readonly #present = new Set<string>()
 
   constructor(opts: ExecutorOptions) {
     this.#o = opts
@@ -75,7 +81,11 @@ export class Executor implements ExecutorClient {
       pairs = targetsOf(target)
     }
     const targets = []
-    for (const [v, weight] of pairs) targets.push({ spec: routeSpecOf(await this.version(name, v)), weight })
+    const share = this.#o.instanceShare
+    for (const [v, weight] of pairs) {
+      const spec = routeSpecOf(await this.version(name, v))
+      targets.push({ spec: share === undefined ? spec : { ...spec, maxInstances: share(spec.maxInstances) }, weight })
+    }
     return { key, name, qualifier, targets }
   }
 
@@ -128,6 +138,7 @@ export class Executor implements ExecutorClient {
         startMs = inst.startMs
         m.coldStartPhase.observe({ phase: 'start' }, startMs / 1000)
       }
+      await this.#ensureCode(record.codeHash)
       loadMs = await pools.load(inst, record, this.#o.codeDirOf(record.codeHash))
       m.coldStartPhase.observe({ phase: 'load' }, loadMs / 1000)
     }
@@ -218,6 +229,27 @@ export class Executor implements ExecutorClient {
     return this.#records.get(name)
   }
 
+  /** Every function this executor routes or has read. */
+  knownFunctions(): IterableIterator<string> {
+    return this.#records.keys()
+  }
+
+  /** Versions of `name` another replica pruned are forgotten here too (their calls end; no new call reaches them). */
+  retainVersions(name: string, versions: ReadonlySet<number>): void {
+    for (const v of [...this.#versions.get(name)?.keys() ?? []]) if (!versions.has(v)) this.forgetVersion(name, v)
+  }
+
+  /** The replicas changed: every function's routes are looked up again (their share of maxInstances with them). */
+  reshare(): void {
+    for (const head of this.#records.values()) this.#emit({ type: 'function-changed', name: head.name, live: [...liveVersions(head)] })
+  }
+
+  async #ensureCode(hash: string): Promise<void> {
+    if (this.#o.ensureCode === undefined || this.#present.has(hash)) return
+    await this.#o.ensureCode(hash)
+    this.#present.add(hash)
+  }
+
   /** A pruned version: no call reaches it any more. */
   forgetVersion(name: string, version: number): void {
     this.#versions.get(name)?.delete(version)
@@ -271,6 +303,12 @@ export class Executor implements ExecutorClient {
       }
       if (record.prewarm === 0) continue
       kept.add(v)
+      try {
+        await this.#ensureCode(record.codeHash)
+      } catch (err) {
+        this.#o.log.error({ err, fn: head.name, version: v }, 'the version\'s code is not available here: not prewarmed')
+        continue
+      }
       const target = Math.min(record.prewarm, Math.max(1, Math.ceil(record.prewarm * share - 1e-9)))
       pools.setPrewarm(record, this.#o.codeDirOf(record.codeHash), seed?.version === v ? seed : undefined, target)
       if (seed?.version === v) seed = undefined

@@ -3,7 +3,7 @@ import type { CodeStore } from '../codestore/code-store.js'
 import { aliasesOf, assertAlias, LATEST, lastVersionOf, liveVersions, parseAliasBody, sharesOf, targetsOf } from '../common/aliases.js'
 import { KdlError } from '../common/errors.js'
 import type { EventLog } from '../common/events.js'
-import type { KeyedMutex } from '../common/keyed-mutex.js'
+import type { Locks } from '../common/keyed-mutex.js'
 import type { Metrics } from '../common/metrics.js'
 import type { Store } from '../common/store.js'
 import type { AliasTarget, CanaryState, FunctionRecord } from '../common/types.js'
@@ -17,7 +17,7 @@ export interface ReleasesDeps {
   metrics: Metrics
   log: Logger
   /** The per-name locks every writer of a function holds (the deployer's). */
-  locks: KeyedMutex
+  locks: Locks
   /** Versions kept per function beyond those an alias, a canary or a pin holds (KINDLING_KEEP_VERSIONS). */
   keepVersions: number
 }
@@ -47,7 +47,7 @@ export class Releases {
     this.#d = deps
   }
 
-  get locks(): KeyedMutex {
+  get locks(): Locks {
     return this.#d.locks
   }
 

@@ -43,7 +43,7 @@ interface Waiter {
 
 /** The router's view of one function version: its slots, its bounded queue, its pending acquisitions. */
 export class RouteEntry {
-  readonly spec: RouteSpec
+  spec: RouteSpec
   readonly slots: Slot[] = []
   readonly waiters: Waiter[] = []
   pending = 0
@@ -335,6 +335,9 @@ export class InstanceTable {
       if (entry === undefined) {
         entry = new RouteEntry(t.spec, this.#metrics)
         byVersion.set(t.spec.version, entry)
+      } else {
+        // A version's spec never changes, its share of maxInstances does (replicas joined or left, issue 11).
+        entry.spec = t.spec
       }
       return { entry, weight: t.weight }
     })

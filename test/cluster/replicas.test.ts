@@ -1,0 +1,160 @@
+import t from 'tap'
+import { startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { startRedis, type TestRedis } from '../fixtures/redis.js'
+import { archiveOf } from '../fixtures/code.js'
+import { waitFor } from '../fixtures/wait.js'
+
+// Several replicas on one Redis (issue 11): two real platforms (process backend, each its own data directory
+// and code cache) sharing a real redis-server.
+
+const answering = (text: string): string => `export default async () => ({ text: ${JSON.stringify(text)} })`
+/** Answers after `ms` (a call that is in flight while the test does something else). */
+const slow = (ms: number, text: string): string => `export default async () => { await new Promise((r) => setTimeout(r, ${ms})); return { text: ${JSON.stringify(text)} } }`
+
+async function replicas(t: Tap, redis: TestRedis, n = 2, overrides: Record<string, string | number> = {}): Promise<TestPlatform[]> {
+  const out: TestPlatform[] = []
+  for (let i = 0; i < n; i++) out.push(await startPlatform(t, { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url, KINDLING_POOL_ADAPTIVE: 'false', ...overrides }))
+  return out
+}
+type Tap = Parameters<typeof startPlatform>[0]
+
+async function deployed(p: TestPlatform, name: string, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const res = await p.api('PUT', `/v1/functions/${name}`, body)
+  if (res.status !== 200 && res.status !== 201) throw new Error(`deploy of ${name} answered ${res.status}: ${JSON.stringify(res.json)}`)
+  return res.json
+}
+
+async function text(p: TestPlatform, target: string): Promise<{ status: number; text: string; version: string; code?: string }> {
+  const res = await p.invoke(target)
+  const body = JSON.parse(res.text === '' ? '{}' : res.text) as { text?: string; code?: string }
+  return { status: res.status, text: body.text ?? '', version: res.headers['x-kindling-version'] ?? '', ...(body.code === undefined ? {} : { code: body.code }) }
+}
+
+t.test('a deploy on A is served by B (code fetched from the shared store); an update on B reaches A; versions agree', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  // An archive, so B cannot make the code up: it has to fetch the exact tree A stored.
+  const archive = await archiveOf({ 'index.mjs': `import { word } from './lib/word.mjs'\nexport default async () => ({ text: word })`, 'lib/word.mjs': `export const word = 'from A'` })
+  await deployed(a, 'hello', { runtime: 'node', archive, entrypoint: 'index.mjs', prewarm: 1 })
+  t.same(await text(b, 'hello'), { status: 200, text: 'from A', version: '1' }, 'B serves what A deployed')
+  t.same(await text(a, 'hello'), { status: 200, text: 'from A', version: '1' })
+
+  // A routes version 1 warm now; a deploy on B must move A's route without A being asked.
+  await deployed(b, 'hello', { runtime: 'node', code: answering('from B'), prewarm: 1 })
+  const t0 = performance.now()
+  await waitFor(async () => (await text(a, 'hello')).text === 'from B', 'A to serve the version B deployed', 5000, 1)
+  t.comment(`A served B's deploy ${Math.round(performance.now() - t0)} ms after B answered the deploy`)
+  t.same(await text(a, 'hello'), { status: 200, text: 'from B', version: '2' })
+  // Prewarm is per replica: A keeps a prewarmed instance of the new version without ever being called cold.
+  await waitFor(async () => ((await a.api('GET', '/v1/pools')).json['pools'] as Array<{ pool: string; idle: number }>).some((p) => p.pool === 'fn:hello@2' && p.idle >= 1), 'A to prewarm version 2')
+
+  const va = (await a.api('GET', '/v1/functions/hello/versions')).json['versions'] as Array<{ version: number; codeHash: string }>
+  const vb = (await b.api('GET', '/v1/functions/hello/versions')).json['versions'] as Array<{ version: number; codeHash: string }>
+  t.same(va.map((v) => v.version), [1, 2])
+  t.same(va, vb, 'both replicas list the same versions')
+
+  // A rollback on A reaches B.
+  t.equal((await a.api('POST', '/v1/functions/hello/rollback', {})).status, 200)
+  await waitFor(async () => (await text(b, 'hello')).version === '1', 'B to follow the rollback made on A', 5000, 5)
+  t.equal((await text(b, 'hello')).text, 'from A')
+})
+
+t.test('deploys of one function on two replicas at once get distinct versions, in one order both see', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  // One deploy on each replica at the same time, three rounds (deploys on one replica are ordered by its own
+  // request order; across replicas only the shared lock orders them).
+  const numbers: number[] = []
+  for (let round = 0; round < 3; round++) {
+    const pair = await Promise.all([a, b].map((p, i) => deployed(p, 'raced', { runtime: 'node', code: answering(`round ${round} on ${i}`) })))
+    numbers.push(...pair.map((r) => r['deployed'] as number))
+  }
+  t.same(numbers.slice().sort((x, y) => x - y), [1, 2, 3, 4, 5, 6], 'six deploys, six versions, none reused')
+  const listed = (await b.api('GET', '/v1/functions/raced/versions')).json['versions'] as Array<{ version: number; codeHash: string }>
+  t.equal(new Set(listed.map((v) => v.codeHash)).size, 6, 'each version holds its own deploy\'s code: none overwrote another')
+  await waitFor(async () => (await text(a, 'raced')).version === '6' && (await text(b, 'raced')).version === '6', 'both replicas to serve version 6')
+})
+
+t.test('a delete on A drains on B: the call in flight on B finishes, the next one is a 404', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  await deployed(a, 'doomed', { runtime: 'node', code: slow(600, 'finished'), prewarm: 1 })
+  t.equal((await text(b, 'doomed')).text, 'finished', 'B serves it')
+  const inflight = text(b, 'doomed')
+  // The call is on B's instance once B counts it in flight.
+  await waitFor(async () => ((await b.api('GET', '/v1/functions/doomed')).json['status'] as { instances: Record<string, number> }).instances['leased'] === 1, 'the call to be in flight on B', 5000, 5)
+  t.equal((await a.api('DELETE', '/v1/functions/doomed')).status, 200)
+  await waitFor(async () => (await text(b, 'doomed')).status === 404, 'B to stop routing the deleted function', 5000, 5)
+  t.same(await inflight, { status: 200, text: 'finished', version: '1' }, 'the call that was in flight on B finished')
+  t.match(await text(b, 'doomed'), { status: 404, code: 'KDL_ERR_FN_NOT_FOUND' })
+  await waitFor(async () => ((await b.api('GET', '/v1/pools')).json['pools'] as Array<{ pool: string }>).every((p) => p.pool !== 'fn:doomed@1'), 'B to drop its prewarm pool of the deleted function')
+})
+
+t.test('Redis stopped: management calls get 503 KDL_ERR_STORE_UNAVAILABLE, warm calls go on on both replicas; back, nothing stored is lost', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  await deployed(a, 'steady', { runtime: 'node', code: answering('steady'), prewarm: 1 })
+  await deployed(a, 'steady', { runtime: 'node', code: answering('steady v2'), prewarm: 1 })
+  await a.api('PUT', '/v1/functions/steady/aliases/stable', { version: 1 })
+  for (const p of [a, b]) {
+    t.equal((await text(p, 'steady')).text, 'steady v2')
+    t.equal((await text(p, 'steady@stable')).text, 'steady')
+  }
+
+  await redis.stop()
+  for (const p of [a, b]) {
+    const deploy = await p.api('PUT', '/v1/functions/other', { runtime: 'node', code: answering('x') })
+    t.match(deploy, { status: 503, json: { code: 'KDL_ERR_STORE_UNAVAILABLE' } }, 'a deploy is refused with 503')
+    t.match(await p.api('GET', '/v1/functions'), { status: 503, json: { code: 'KDL_ERR_STORE_UNAVAILABLE' } })
+    for (let i = 0; i < 5; i++) {
+      t.same(await text(p, 'steady'), { status: 200, text: 'steady v2', version: '2' }, 'a warm call is served while Redis is away')
+    }
+    t.equal((await text(p, 'steady@stable')).text, 'steady', 'an alias route known before keeps working')
+  }
+
+  await redis.start()
+  const list = await waitFor(async () => { const r = await b.api('GET', '/v1/functions'); return r.status === 200 ? r.json : undefined }, 'B to answer management calls again', 15_000, 50)
+  t.same((list['functions'] as Array<{ name: string }>).map((f) => f.name), ['steady'], 'the refused deploy did not land; the stored one is whole')
+  const versions = (await a.api('GET', '/v1/functions/steady/versions')).json['versions'] as Array<{ version: number }>
+  t.same(versions.map((v) => v.version), [1, 2])
+  t.same((await a.api('GET', '/v1/functions/steady/aliases')).json, { aliases: { latest: { version: 2 }, stable: { version: 1 } } })
+  await deployed(b, 'other', { runtime: 'node', code: answering('after') })
+  await waitFor(async () => (await text(a, 'other')).text === 'after', 'A to serve a deploy made after the restart')
+  t.pass('deploys work again')
+})
+
+t.test('a change whose announcement was missed is picked up by the resync after the reconnect', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  await deployed(a, 'quiet', { runtime: 'node', code: answering('one') })
+  await deployed(a, 'quiet', { runtime: 'node', code: answering('two') })
+  t.equal((await text(b, 'quiet')).version, '2')
+  // Point latest back at version 1 behind every replica's back (no PUBLISH), then cut B's subscription.
+  const c = redis.client()
+  const head = JSON.parse(await c.get('kindling:fn:quiet') as string) as Record<string, unknown>
+  const v1 = JSON.parse(await c.hget('kindling:ver:quiet', '1') as string) as Record<string, unknown>
+  await c.set('kindling:fn:quiet', JSON.stringify({ ...v1, createdAt: head['createdAt'], aliases: { latest: { version: 1 } }, lastVersion: 2, updatedAt: new Date().toISOString() }))
+  t.equal((await text(b, 'quiet')).version, '2', 'without an announcement B still routes what it knew')
+  await c.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  await waitFor(async () => (await text(b, 'quiet')).version === '1' && (await text(a, 'quiet')).version === '1', 'both replicas to resync after their subscriptions reconnect', 10_000, 20)
+  t.pass('resynced')
+})
+
+t.test('maxInstances is the cluster\'s: two replicas split it, and one left alone takes all of it', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  for (const p of [a, b]) await waitFor(async () => ((await p.api('GET', '/v1/cluster')).json['replicas'] as string[]).length === 2, 'each replica to count both')
+  await deployed(a, 'capped', { runtime: 'node', code: slow(400, 'done'), maxInstances: 2, concurrency: 1, queueTimeoutMs: 100, prewarm: 0 })
+  // Each replica's share is one instance: a second concurrent call on the same replica is refused (429).
+  const pair = await Promise.all([text(a, 'capped'), text(a, 'capped')])
+  t.same(pair.map((r) => r.status).sort(), [200, 429], 'A runs one instance of it at a time')
+  const both = await Promise.all([text(a, 'capped'), text(b, 'capped')])
+  t.same(both.map((r) => r.status), [200, 200], 'one on each replica: the cluster runs two')
+
+  await b.close()
+  await waitFor(async () => {
+    const r = await Promise.all([text(a, 'capped'), text(a, 'capped')])
+    return r.every((x) => x.status === 200)
+  }, 'A alone to take the whole cap of 2', 15_000, 50)
+  t.pass('A took over B\'s share')
+})
