@@ -106,6 +106,7 @@ export const EventSchema = Type.Object({
   instance: Type.Optional(Type.String()),
   message: Type.String(),
   data: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'The numbers behind the event.' })),
+  replica: Type.Optional(Type.String({ description: 'The replica it happened on (`KINDLING_STORE=redis`).' })),
 }, { $id: 'Event' })
 
 const SHARED = [ErrorSchema, FunctionSchema, RuntimeSchema, BuildSchema, EventSchema] as const

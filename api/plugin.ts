@@ -4,7 +4,7 @@ import { Readable } from 'node:stream'
 import type { Builder, BuildRecord } from '../builder/builder.js'
 import type { CodeStore, StoredCode } from '../codestore/code-store.js'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
-import type { EventLog } from '../common/events.js'
+import type { EventLog, PlatformEvent } from '../common/events.js'
 import type { FunctionLogs } from '../common/function-logs.js'
 import { assertName, parseRuntimeBody } from '../common/spec.js'
 import type { Store } from '../common/store.js'
@@ -44,6 +44,8 @@ export interface ApiDeps {
   loadGuardState?: ((fn: string) => unknown) | undefined
   /** The router's per-function call counts (`GET /v1/stats`, the dashboard's charts). */
   callStats?: CallStatsSource | undefined
+  /** The events of every replica (several replicas on Redis); the local log answers when it fails or is absent. */
+  sharedEvents?: ((opts: { since?: number | undefined; fn?: string | undefined; limit?: number | undefined }) => Promise<PlatformEvent[]>) | undefined
   /** The store and the live replicas (`GET /v1/cluster`). */
   cluster?: (() => { store: 'file' | 'redis'; replica: string; replicas: readonly string[] }) | undefined
   /** Several replicas (issue 11): a version's code is put in the shared store before the version is committed. */
@@ -210,13 +212,19 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
 
   app.get<{ Querystring: { since?: string; function?: string; limit?: string } }>('/v1/events', { schema: S.listEvents }, async (request) => {
     const q = request.query
-    return {
-      events: deps.events.list({
-        since: q.since === undefined ? undefined : Number(q.since),
-        fn: q.function,
-        limit: q.limit === undefined ? undefined : Math.min(1000, Number(q.limit)),
-      }),
+    const opts = {
+      since: q.since === undefined ? undefined : Number(q.since),
+      fn: q.function,
+      limit: q.limit === undefined ? undefined : Math.min(1000, Number(q.limit)),
     }
+    if (deps.sharedEvents !== undefined) {
+      try {
+        return { events: await deps.sharedEvents(opts) }
+      } catch (err) {
+        request.log.warn({ err }, 'the shared event stream does not answer: this replica\'s own events are listed')
+      }
+    }
+    return { events: deps.events.list(opts) }
   })
 }
 

@@ -172,7 +172,7 @@ export const getPools: FastifySchema = {
 
 export const listEvents: FastifySchema = {
   tags: ['platform'], summary: 'Recent platform events', operationId: 'listEvents',
-  description: 'Deploys, crashes, OOM kills, recycles, load-guard actions: the newest last, from a bounded in-memory ring.',
+  description: 'Deploys, crashes, OOM kills, recycles, load-guard actions: the newest last, from a bounded in-memory ring (on `KINDLING_STORE=redis`: from the stream every replica appends to, ids increasing across replicas).',
   querystring: Type.Object({
     since: Type.Optional(Type.Integer({ description: 'Only events with a higher id.' })),
     function: Type.Optional(Type.String({ description: 'Only this function\'s events.' })),

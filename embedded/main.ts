@@ -41,6 +41,8 @@ import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
 import { CodeShare } from '../cluster/code-share.js'
+import { SharedEvents } from '../cluster/events.js'
+import { Leases } from '../cluster/leases.js'
 import { RedisLocks } from '../cluster/locks.js'
 import { Replicas } from '../cluster/replicas.js'
 import { StoreSync } from '../cluster/sync.js'
@@ -111,7 +113,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   backend.onOutput?.((o) => logs.ingest(o))
   const registry = new Registry()
   const metrics = new Metrics(registry)
-  const events = new EventLog()
+  // Several replicas: every event also goes to the shared stream, which GET /v1/events reads.
+  const sharedEvents = shared === undefined ? undefined : new SharedEvents({ redis: shared.redis, prefix: shared.prefix, log: log.child({ component: 'events' }) })
+  const events = new EventLog(1000, { replica: shared?.replicaId, sink: sharedEvents === undefined ? undefined : (e) => sharedEvents.append(e) })
   const builder = new Builder({
     root: join(dataDir, 'builds'),
     codeStore,
@@ -186,7 +190,13 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     locks: shared === undefined ? new KeyedMutex() : new RedisLocks({ redis: shared.redis, prefix: shared.prefix }),
   })
   const samples = new VersionSamples()
-  const canary = new CanaryController({ releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }) })
+  // One replica drives a canary at a time (a lease in Redis); the others watch and take over if it goes.
+  const leases = shared === undefined ? undefined : new Leases({ redis: shared.redis, prefix: shared.prefix, holder: shared.replicaId })
+  const canary = new CanaryController({
+    releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }),
+    drives: leases === undefined ? undefined : (name, ttlMs) => leases.hold(`canary:${name}`, ttlMs),
+    leaves: leases === undefined ? undefined : (name) => { void leases.release(`canary:${name}`) },
+  })
   canary.resume(await store.listFunctions())
   const callStats = new CallStats()
   // What another replica changes is applied here: its deploys route here, its deletes drain here.
@@ -195,7 +205,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     target: {
       knownFunctions: () => executor.knownFunctions(),
       head: (name) => executor.head(name),
-      routed: (head) => executor.routed(head),
+      routed: async (head) => { await executor.adopt(head); canary.follow(head) },
       removed: (name) => { executor.removed(name); releases.removed(name); logs.drop(name); callStats.forget(name) },
       retainVersions: (name, versions) => executor.retainVersions(name, versions),
       setRuntime: (spec) => pools.setRuntime(spec),
@@ -209,6 +219,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
     shareCode: codeShare === undefined ? undefined : (hash: string) => codeShare.publish(hash),
+    sharedEvents: sharedEvents === undefined ? undefined : (opts) => sharedEvents.list(opts),
     cluster: shared === undefined || replicas === undefined ? undefined : () => ({ store: 'redis' as const, replica: shared.replicaId, replicas: replicas.ids }),
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })

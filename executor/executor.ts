@@ -224,6 +224,29 @@ export class Executor implements ExecutorClient {
     await this.#applyPrewarm(head, seed)
   }
 
+  /**
+   * A head another replica wrote (issue 11). When it routes `latest` to a version this replica did not route,
+   * that version is loaded into an instance first (its code fetched when it is not here), as the deploying
+   * replica's trial load was, and seeds its prewarm pool: the first call here is not cold either. A version that
+   * does not load here is routed all the same (its calls get the load error, as on the deploying replica).
+   */
+  async adopt(head: FunctionRecord): Promise<void> {
+    const before = this.#records.get(head.name)
+    let seed: Instance | undefined
+    if (before === undefined || !liveVersions(before).has(head.version)) {
+      try {
+        const record = await this.version(head.name, head.version)
+        if (record.prewarm > 0 && this.#o.pools.runtime(record.runtime) !== undefined) {
+          await this.#ensureCode(record.codeHash)
+          seed = await this.trialLoad(record)
+        }
+      } catch (err) {
+        this.#o.log.warn({ err, fn: head.name, version: head.version }, 'a version another replica deployed was not preloaded here')
+      }
+    }
+    await this.routed(head, seed)
+  }
+
   /** The function's head as routed now (no I/O), if it was read or deployed. */
   head(name: string): FunctionRecord | undefined {
     return this.#records.get(name)

@@ -17,6 +17,18 @@ export interface CanaryDeps {
   /** `kindling_canary_steps_total{result}`. */
   steps: Counter<'result'>
   log: Logger
+  /**
+   * Several replicas (issue 11): whether this replica drives the canary of `name` for the next `ttlMs` (a lease,
+   * renewed at each tick). The others keep watching, and take over when the driver stops renewing. None: always.
+   */
+  drives?: ((name: string, ttlMs: number) => Promise<boolean>) | undefined
+  /** The lease of a canary that ended here is given up. */
+  leaves?: ((name: string) => void) | undefined
+}
+
+/** How often a canary's window is judged: a quarter of its interval, between 50 and 250 ms. */
+function tickOf(c: CanaryState): number {
+  return Math.max(50, Math.min(250, Math.floor(c.intervalMs / 4)))
 }
 
 /** What `PUT /v1/functions/:name/canary` takes, and its defaults. */
@@ -33,6 +45,8 @@ interface Running {
   /** When the window is judged for a step (or a hold) at the latest. */
   judgeAt: number
   busy: boolean
+  /** The step's start as last seen (another replica moving the step resets this one's window). */
+  stepStartedAt: string
 }
 
 /**
@@ -55,6 +69,24 @@ export class CanaryController {
   /** Start-up: canaries that were running go on at their step. */
   resume(heads: readonly FunctionRecord[]): void {
     for (const head of heads) if (head.canary?.state === 'running') this.#watch(head.name, head.canary)
+  }
+
+  /**
+   * A head another replica wrote (issue 11): a canary it started is watched here too (this replica records its
+   * calls, and drives it when the driver goes away); one that ended there stops being watched.
+   */
+  follow(head: FunctionRecord): void {
+    const c = head.canary
+    const r = this.#running.get(head.name)
+    if (c?.state === 'running') {
+      if (r === undefined) this.#watch(head.name, c)
+      else if (r.stepStartedAt !== c.stepStartedAt) {
+        r.stepStartedAt = c.stepStartedAt
+        this.#d.samples.reset(head.name)
+      }
+    } else if (r !== undefined && !r.busy) {
+      this.#stopWatching(head.name, r)
+    }
   }
 
   async start(name: string, raw: unknown, actor: string): Promise<CanaryState> {
@@ -108,7 +140,8 @@ export class CanaryController {
 
   close(): void {
     this.#closed = true
-    for (const r of this.#running.values()) clearTimeout(r.timer)
+    // A lease given up now lets another replica drive the canary at its next tick, not after the lease's ttl.
+    for (const [name, r] of this.#running) { clearTimeout(r.timer); this.#d.leaves?.(name) }
     this.#running.clear()
   }
 
@@ -116,15 +149,14 @@ export class CanaryController {
     const old = this.#running.get(name)
     if (old !== undefined) clearTimeout(old.timer)
     if (!this.#d.samples.isWatched(name)) this.#d.samples.watch(name)
-    const r: Running = { timer: undefined, judgeAt: Date.now() + c.intervalMs, busy: false }
+    const r: Running = { timer: undefined, judgeAt: Date.now() + c.intervalMs, busy: false, stepStartedAt: c.stepStartedAt }
     this.#running.set(name, r)
     this.#schedule(name, r, c)
   }
 
   #schedule(name: string, r: Running, c: CanaryState): void {
     if (this.#closed || this.#running.get(name) !== r) return
-    const tick = Math.max(50, Math.min(250, Math.floor(c.intervalMs / 4)))
-    r.timer = setTimeout(() => { void this.#tick(name, r) }, tick)
+    r.timer = setTimeout(() => { void this.#tick(name, r) }, tickOf(c))
     r.timer.unref()
   }
 
@@ -149,6 +181,7 @@ export class CanaryController {
     clearTimeout(r.timer)
     this.#running.delete(name)
     this.#d.samples.unwatch(name)
+    this.#d.leaves?.(name)
   }
 
   /** One tick: judges the window and acts. Resolves the canary's state after it. */
@@ -156,6 +189,11 @@ export class CanaryController {
     // Cheap look first (no lock, no I/O): most ticks find a window still running and nothing wrong.
     const seen = this.#d.executor.head(name)?.canary
     if (seen?.state !== 'running') return seen
+    // One replica drives a canary (the lease outlives a few ticks, so a driver that stops is replaced quickly).
+    if (this.#d.drives !== undefined && !await this.#d.drives(name, 4 * tickOf(seen) + 1000)) {
+      r.judgeAt = Date.now() + seen.intervalMs
+      return seen
+    }
     const early = this.#judge(name, seen)
     if (early.result !== 'breach' && Date.now() < r.judgeAt) return seen
     return this.#d.releases.locks.run(name, async () => {
@@ -183,6 +221,7 @@ export class CanaryController {
       }
       const moved: CanaryState = { ...c, history, step: c.step + 1, stepStartedAt: new Date().toISOString() }
       this.#d.samples.reset(name)
+      r.stepStartedAt = moved.stepStartedAt
       r.judgeAt = Date.now() + c.intervalMs
       const next = await this.#d.releases.reheadLocked(head, { aliases: { ...aliasesOf(head), [c.alias]: weights(moved) }, canary: moved })
       this.#d.events.add({ type: 'canary.step', function: name, message: `canary of version ${c.to} moves to ${moved.steps[moved.step]} %`, data: summaryOf(moved) })

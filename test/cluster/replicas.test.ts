@@ -30,6 +30,13 @@ async function text(p: TestPlatform, target: string): Promise<{ status: number; 
   return { status: res.status, text: body.text ?? '', version: res.headers['x-kindling-version'] ?? '', ...(body.code === undefined ? {} : { code: body.code }) }
 }
 
+/** How a replica's calls found their instances so far (kindling_cold_starts_total by kind). */
+async function acquisitions(p: TestPlatform): Promise<{ cold: number; specialized: number; prewarmed: number }> {
+  const text = await (await fetch(`${p.url}/metrics`)).text()
+  const of = (kind: string): number => Number(new RegExp(`^kindling_cold_starts_total\\{kind="${kind}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0)
+  return { cold: of('cold'), specialized: of('specialized'), prewarmed: of('prewarmed') }
+}
+
 t.test('a deploy on A is served by B (code fetched from the shared store); an update on B reaches A; versions agree', async (t) => {
   const redis = await startRedis(t)
   const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
@@ -40,10 +47,16 @@ t.test('a deploy on A is served by B (code fetched from the shared store); an up
   t.same(await text(a, 'hello'), { status: 200, text: 'from A', version: '1' })
 
   // A routes version 1 warm now; a deploy on B must move A's route without A being asked.
+  const startsBefore = await acquisitions(a)
   await deployed(b, 'hello', { runtime: 'node', code: answering('from B'), prewarm: 1 })
   const t0 = performance.now()
+  await waitFor(async () => a.executor.head('hello')?.version === 2, 'A to route the version B deployed', 5000, 1)
+  const routedMs = performance.now() - t0
   await waitFor(async () => (await text(a, 'hello')).text === 'from B', 'A to serve the version B deployed', 5000, 1)
-  t.comment(`A served B's deploy ${Math.round(performance.now() - t0)} ms after B answered the deploy`)
+  t.comment(`A routed B's deploy ${routedMs.toFixed(1)} ms after B answered it, and served it ${(performance.now() - t0).toFixed(1)} ms after`)
+  const startsAfter = await acquisitions(a)
+  t.same({ cold: startsAfter.cold - startsBefore.cold, specialized: startsAfter.specialized - startsBefore.specialized, prewarmed: startsAfter.prewarmed - startsBefore.prewarmed },
+    { cold: 0, specialized: 0, prewarmed: 1 }, 'A\'s first call of the new version took a prewarmed instance: A loaded it before routing to it')
   t.same(await text(a, 'hello'), { status: 200, text: 'from B', version: '2' })
   // Prewarm is per replica: A keeps a prewarmed instance of the new version without ever being called cold.
   await waitFor(async () => ((await a.api('GET', '/v1/pools')).json['pools'] as Array<{ pool: string; idle: number }>).some((p) => p.pool === 'fn:hello@2' && p.idle >= 1), 'A to prewarm version 2')
@@ -157,4 +170,57 @@ t.test('maxInstances is the cluster\'s: two replicas split it, and one left alon
     return r.every((x) => x.status === 200)
   }, 'A alone to take the whole cap of 2', 15_000, 50)
   t.pass('A took over B\'s share')
+})
+
+t.test('GET /v1/events lists every replica\'s events with one id order; ?since= reads on from either replica', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  const ids = await Promise.all([a, b].map(async (p) => (await p.api('GET', '/v1/cluster')).json['replica'] as string))
+  await deployed(a, 'ev-a', { runtime: 'node', code: answering('a') })
+  await deployed(b, 'ev-b', { runtime: 'node', code: answering('b') })
+  type Ev = { id: number; type: string; function?: string; replica?: string }
+  const fromA = (await a.api('GET', '/v1/events?limit=1000')).json['events'] as Ev[]
+  const fromB = (await b.api('GET', '/v1/events?limit=1000')).json['events'] as Ev[]
+  t.same(fromA, fromB, 'both replicas list the same events')
+  const deploys = fromA.filter((e) => e.type === 'deployed')
+  t.same(deploys.map((e) => [e.function, e.replica]), [['ev-a', ids[0]], ['ev-b', ids[1]]], 'each deploy, stamped with the replica that took it')
+  t.ok(fromA.every((e, i) => i === 0 || e.id > (fromA[i - 1] as Ev).id), 'ids increase')
+  const since = (deploys[0] as Ev).id
+  const after = (await b.api('GET', `/v1/events?since=${since}&function=ev-b`)).json['events'] as Ev[]
+  t.same(after.map((e) => e.type), ['deployed'], 'since an id A gave, B lists what came after')
+})
+
+t.test('a canary is driven by one replica; when that replica stops, the other finishes it — each step once', async (t) => {
+  const redis = await startRedis(t)
+  const [a, b] = await replicas(t, redis) as [TestPlatform, TestPlatform]
+  const byId = new Map<string, TestPlatform>()
+  for (const p of [a, b]) byId.set((await p.api('GET', '/v1/cluster')).json['replica'] as string, p)
+  await deployed(a, 'shop', { runtime: 'node', code: answering('old'), prewarm: 1 })
+  await a.api('PUT', '/v1/functions/shop?promote=false', { runtime: 'node', code: answering('new'), prewarm: 1 })
+  const started = await a.api('PUT', '/v1/functions/shop/canary', { to: 2, steps: [20, 60, 100], intervalMs: 1200, minCalls: 3, maxErrorRate: 0.5 })
+  t.match(started.json, { state: 'running', to: 2 })
+  // Calls on both replicas until it ends (a canary judges the calls its driver's router saw).
+  let done = false
+  const traffic = Promise.all([a, b].map(async (p) => { while (!done) await p.invoke('shop').catch(() => undefined) }))
+  t.teardown(async () => { done = true; await traffic })
+  const driverId = await waitFor(async () => (await redis.client().get('kindling:lease:canary:shop')) ?? undefined, 'a replica to take the canary\'s lease')
+  const driver = byId.get(driverId) as TestPlatform
+  const other = driver === a ? b : a
+  // Let the driver make its first step, then stop it.
+  await waitFor(async () => ((await other.api('GET', '/v1/functions/shop/canary')).json['step'] as number) >= 1, 'the first step to pass', 15_000, 50)
+  done = true
+  await traffic
+  await driver.close()
+  done = false
+  const more = (async () => { while (!done) await other.invoke('shop').catch(() => undefined) })()
+  const end = await waitFor(async () => { const c = (await other.api('GET', '/v1/functions/shop/canary')).json; return c['state'] !== 'running' ? c : undefined }, 'the other replica to finish the canary', 30_000, 50)
+  done = true
+  await more
+  t.equal(end['state'], 'promoted')
+  t.equal(await redis.client().get('kindling:lease:canary:shop'), null, 'the lease is given up when the canary ends')
+  const events = ((await other.api('GET', '/v1/events?function=shop&limit=1000')).json['events'] as Array<{ type: string; data?: { step?: number } }>)
+  t.equal(events.filter((e) => e.type === 'canary.promoted').length, 1, 'promoted once')
+  const steps = events.filter((e) => e.type === 'canary.step').map((e) => e.data?.step)
+  t.same(steps, [1, 2], 'each step made once, in order, across the two drivers')
+  t.equal((await text(other, 'shop')).text, 'new')
 })
