@@ -41,6 +41,7 @@ import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
 import { openShared } from './shared.js'
+import { openTriggers } from './triggers.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
@@ -175,13 +176,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const canary = new CanaryController({ releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }) })
   canary.resume(await store.listFunctions())
   const callStats = new CallStats()
+  // Cron triggers (issue 11): on the shared store only; a tick calls this platform's own /fn (url set once it listens).
+  let ownUrl = ''
+  const triggers = shared === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), url: () => ownUrl })
   const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
-    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
+    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats, triggers: triggers?.store,
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
@@ -191,12 +195,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   } catch (err) {
     await loadGuard?.stop()
     canary.close()
+    await triggers?.close()
     await pools.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
   const host = config.KINDLING_HOST.includes(':') ? `[${config.KINDLING_HOST}]` : config.KINDLING_HOST
+  ownUrl = `http://${host}:${port}`
+  // Redis away right now: the periodic reload (30 s) schedules them when it is back.
+  await triggers?.start().catch((err: unknown) => log.warn({ err }, 'triggers not loaded yet'))
   log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
 
   let closing: Promise<void> | undefined
@@ -212,6 +220,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     close: () => {
       closing ??= (async () => {
         canary.close()
+        await triggers?.close()
         await loadGuard?.stop()
         await builder.close()
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
