@@ -148,6 +148,7 @@ export class TriggerScheduler {
     }
     this.#arm(job, tick)
     void this.#claimAndFire(job.record, tick).catch((err: unknown) => {
+      if (this.#closed) return
       this.#o.log.warn({ err, trigger: job.record.name, tick: tick.toISOString() }, 'trigger tick not claimed (store unavailable?)')
     })
   }
