@@ -22,6 +22,7 @@ export const TAGS = [
   { name: 'builds', description: "Dependency builds: a function's package.json installed before its first load." },
   { name: 'runtimes', description: 'Runtime kinds and their generic pools.' },
   { name: 'platform', description: 'Pools, the start gate and platform events.' },
+  { name: 'triggers', description: 'Cron triggers: a function called on a schedule, once per tick across the replicas (issue 11; KINDLING_STORE=redis).' },
   { name: 'invocation', description: 'Calling a function: outside `/v1`, no bearer token.' },
 ] as const
 export type Tag = (typeof TAGS)[number]['name']

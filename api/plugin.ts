@@ -20,6 +20,8 @@ import type { CanaryController } from '../releases/canary.js'
 import type { Releases } from '../releases/versions.js'
 import * as S from './route-schemas.js'
 import { registerStatsRoutes, type CallStatsSource } from './stats.js'
+import { registerTriggerRoutes } from './triggers.js'
+import type { TriggerStore } from '../triggers/store.js'
 
 export interface ApiDeps {
   store: Store
@@ -50,6 +52,8 @@ export interface ApiDeps {
   cluster?: (() => { store: 'file' | 'redis'; replica: string; replicas: readonly string[] }) | undefined
   /** Several replicas (issue 11): a version's code is put in the shared store before the version is committed. */
   shareCode?: ((hash: string) => Promise<void>) | undefined
+  /** Cron triggers (issue 11); undefined on the file store (the routes answer 503 KDL_ERR_ASYNC_UNAVAILABLE). */
+  triggers?: TriggerStore | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -188,6 +192,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   registerApplyRoute(app, { deployer, store, runtimeKinds: deps.runtimeKinds })
   registerReleaseRoutes(app, { releases: deps.releases, canary: deps.canary, view })
   if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
+  registerTriggerRoutes(app, { triggers: deps.triggers, store })
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 

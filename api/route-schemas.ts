@@ -3,6 +3,7 @@ import type { FastifySchema } from 'fastify'
 import { FunctionBody, FUNCTION_DEFAULTS, NAME_PATTERN, RUNTIME_DEFAULTS, RuntimeBody } from '../common/spec.js'
 import { ALIAS_PATTERN } from '../common/aliases.js'
 import { CANARY_DEFAULTS } from '../releases/canary.js'
+import { NEXT_RUNS, TRIGGER_MAX_BODY_BYTES, TriggerBody } from '../triggers/spec.js'
 import { AliasTargetSchema, errors, FunctionSchema, ref } from './openapi.js'
 
 /**
@@ -371,4 +372,48 @@ export const abortCanary: FastifySchema = {
   tags: ['versions'], summary: 'Abort a running canary (the alias goes back to the baseline)', operationId: 'abortCanary',
   params: nameParam('function'),
   response: { 200: Canary, ...errors('KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_VERSION_NOT_FOUND') },
+}
+
+// ── Cron triggers (issue 11) ──
+const TriggerView = Type.Composite([
+  Type.Omit(TriggerBody, ['timezone', 'headers', 'enabled']),
+  Type.Object({
+    name: Type.String({ pattern: NAME_PATTERN }),
+    timezone: Type.String(), headers: Type.Record(Type.String(), Type.String()), enabled: Type.Boolean(),
+    createdAt: Type.String({ format: 'date-time' }), updatedAt: Type.String({ format: 'date-time', description: 'The last PUT: the schedule starts anew from it.' }),
+    lastTick: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'The planned time of the latest tick fired (by any replica).' }),
+    missedTicks: Type.Integer({ minimum: 0, description: 'Ticks reported missed (`trigger.missed` events): every replica was down, or Redis was away.' }),
+    nextRuns: Type.Array(Type.String({ format: 'date-time' }), { description: `The next ${NEXT_RUNS} fire times (none while disabled).` }),
+  }),
+], { description: 'A trigger and its schedule.' })
+const TRIGGER_OFF = 'KDL_ERR_ASYNC_UNAVAILABLE'
+
+export const listTriggers: FastifySchema = {
+  tags: ['triggers'], summary: 'List the cron triggers', operationId: 'listTriggers',
+  response: { 200: list('triggers', TriggerView, 'Every trigger, by name.'), ...errors(TRIGGER_OFF, 'KDL_ERR_STORE_UNAVAILABLE') },
+}
+
+export const getTrigger: FastifySchema = {
+  tags: ['triggers'], summary: 'Get a cron trigger, its last tick and its next fire times', operationId: 'getTrigger',
+  params: nameParam('trigger'),
+  response: { 200: TriggerView, ...errors('KDL_ERR_TRIGGER_NOT_FOUND', 'KDL_ERR_BAD_SPEC', TRIGGER_OFF, 'KDL_ERR_STORE_UNAVAILABLE') },
+}
+
+export const putTrigger: FastifySchema = {
+  tags: ['triggers'], summary: 'Define a cron trigger (create or replace)', operationId: 'putTrigger',
+  description: 'Each tick calls the function once across every replica (a Redis lock per trigger and tick). A tick missed while every replica was down is ' +
+    `reported as a \`trigger.missed\` event, not fired late. Needs KINDLING_STORE=redis. \`body\` at most ${TRIGGER_MAX_BODY_BYTES} bytes.`,
+  params: nameParam('trigger'),
+  body: TriggerBody,
+  response: {
+    200: TriggerView, 201: TriggerView,
+    ...errors('KDL_ERR_BAD_SPEC', 'KDL_ERR_FN_NOT_FOUND', 'KDL_ERR_PAYLOAD_TOO_LARGE', TRIGGER_OFF, 'KDL_ERR_STORE_UNAVAILABLE'),
+  },
+}
+
+export const deleteTrigger: FastifySchema = {
+  tags: ['triggers'], summary: 'Delete a cron trigger', operationId: 'deleteTrigger',
+  description: 'Every replica stops firing it at once.',
+  params: nameParam('trigger'),
+  response: { 200: Type.Object({ deleted: Type.String() }, { description: 'Deleted.' }), ...errors('KDL_ERR_TRIGGER_NOT_FOUND', 'KDL_ERR_BAD_SPEC', TRIGGER_OFF, 'KDL_ERR_STORE_UNAVAILABLE') },
 }

@@ -10,6 +10,7 @@ import { ApiClient, CliError } from './http.js'
 import type { CliContext, OutputStream } from './output.js'
 import { registerPoolsCommand } from './pools.js'
 import { registerRuntimesCommands } from './runtimes.js'
+import { registerTriggersCommands } from './triggers.js'
 import { registerUpCommand } from './up.js'
 
 export const DEFAULT_URL = 'http://127.0.0.1:8080'
@@ -71,6 +72,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerBuildsCommands(program, run)
   registerImagesCommands(program, run)
   registerApplyCommands(program, run)
+  registerTriggersCommands(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

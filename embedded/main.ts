@@ -47,6 +47,7 @@ import { RedisLocks } from '../cluster/locks.js'
 import { Replicas } from '../cluster/replicas.js'
 import { StoreSync } from '../cluster/sync.js'
 import { openShared } from './shared.js'
+import { openTriggers } from './triggers.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
@@ -211,13 +212,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
       setRuntime: (spec) => pools.setRuntime(spec),
     },
   })
+  // Cron triggers (issue 11): on the shared store only; a tick calls this platform's own /fn (url set once it listens).
+  let ownUrl = ''
+  const triggers = shared === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), url: () => ownUrl })
   const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
-    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
+    loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats, triggers: triggers?.store,
     shareCode: codeShare === undefined ? undefined : (hash: string) => codeShare.publish(hash),
     sharedEvents: sharedEvents === undefined ? undefined : (opts) => sharedEvents.list(opts),
     cluster: shared === undefined || replicas === undefined ? undefined : () => ({ store: 'redis' as const, replica: shared.replicaId, replicas: replicas.ids }),
@@ -232,6 +236,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     canary.close()
     sync?.close()
     await replicas?.stop()
+    await triggers?.close()
     await pools.close()
     await shared?.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
@@ -239,6 +244,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
   const host = config.KINDLING_HOST.includes(':') ? `[${config.KINDLING_HOST}]` : config.KINDLING_HOST
+  ownUrl = `http://${host}:${port}`
+  // Redis away right now: the periodic reload (30 s) schedules them when it is back.
+  await triggers?.start().catch((err: unknown) => log.warn({ err }, 'triggers not loaded yet'))
   log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
 
   let closing: Promise<void> | undefined
@@ -256,6 +264,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         canary.close()
         sync?.close()
         await replicas?.stop()
+        await triggers?.close()
         await loadGuard?.stop()
         await builder.close()
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
