@@ -23,6 +23,7 @@ export const TAGS = [
   { name: 'runtimes', description: 'Runtime kinds and their generic pools.' },
   { name: 'platform', description: 'Pools, the start gate and platform events.' },
   { name: 'invocation', description: 'Calling a function: outside `/v1`, no bearer token.' },
+  { name: 'async', description: 'Async invocations (issue 11): jobs, retries and the dead-letter queue (KINDLING_STORE=redis).' },
 ] as const
 export type Tag = (typeof TAGS)[number]['name']
 

@@ -11,7 +11,9 @@ import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec } from '../common/types.js'
 import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
+import type { AsyncQueue } from '../async/queue.js'
 import { registerApplyRoute } from './apply.js'
+import { registerAsyncRoutes } from './async.js'
 import { buildView, registerBuildRoutes } from './builds.js'
 import { Deployer } from './deployer.js'
 import { registerLogRoutes } from './logs.js'
@@ -44,6 +46,8 @@ export interface ApiDeps {
   loadGuardState?: ((fn: string) => unknown) | undefined
   /** The router's per-function call counts (`GET /v1/stats`, the dashboard's charts). */
   callStats?: CallStatsSource | undefined
+  /** Async jobs and their dead-letter queue (issue 11); absent on the file store (`/v1/async` answers 503). */
+  asyncQueue?: AsyncQueue | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -182,6 +186,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   registerApplyRoute(app, { deployer, store, runtimeKinds: deps.runtimeKinds })
   registerReleaseRoutes(app, { releases: deps.releases, canary: deps.canary, view })
   if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
+  registerAsyncRoutes(app, deps.asyncQueue, deps.events)
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 

@@ -40,6 +40,7 @@ import { Releases } from '../releases/versions.js'
 import { buildRouter } from '../router/app.js'
 import { CallStats } from '../router/call-stats.js'
 import { FileStore } from '../store/file-store.js'
+import { openAsync } from './async.js'
 import { openShared } from './shared.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
@@ -175,13 +176,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const canary = new CanaryController({ releases, executor, samples, events, steps: metrics.canarySteps, log: log.child({ component: 'canary' }) })
   canary.resume(await store.listFunctions())
   const callStats = new CallStats()
-  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  // Issue 11: async invocations, on the shared store only (the file store answers 503 KDL_ERR_ASYNC_UNAVAILABLE).
+  const asyncPart = shared === undefined ? undefined : await openAsync({ shared, config, log, registry, events })
+  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
   await app.register(apiPlugin, {
     store, codeStore, builder, executor, pools, releases, canary, events, logs, routerSnapshot: () => table.snapshot(), runtimeKinds: RUNTIME_KINDS, apiToken: config.KINDLING_API_TOKEN,
     loadGuardState: loadGuard === undefined ? undefined : (fn: string) => loadGuard.state(fn), callStats,
+    asyncQueue: asyncPart?.queue,
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
@@ -197,6 +201,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
   const host = config.KINDLING_HOST.includes(':') ? `[${config.KINDLING_HOST}]` : config.KINDLING_HOST
+  await asyncPart?.start(`http://${host}:${port}`)
   log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
 
   let closing: Promise<void> | undefined
@@ -214,6 +219,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         canary.close()
         await loadGuard?.stop()
         await builder.close()
+        // Async workers first: they call through the router (jobs in flight finish, bounded; the rest stay pending).
+        await asyncPart?.close(SHUTDOWN_GRACE_MS)
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
         // keep an idle keep-alive connection open that would otherwise hold the close for its timeout.
         const closed = app.close()
