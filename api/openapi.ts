@@ -24,6 +24,7 @@ export const TAGS = [
   { name: 'platform', description: 'Pools, the start gate and platform events.' },
   { name: 'triggers', description: 'Cron triggers: a function called on a schedule, once per tick across the replicas (issue 11; KINDLING_STORE=redis).' },
   { name: 'invocation', description: 'Calling a function: outside `/v1`, no bearer token.' },
+  { name: 'async', description: 'Async invocations (issue 11): jobs, retries and the dead-letter queue (KINDLING_STORE=redis).' },
 ] as const
 export type Tag = (typeof TAGS)[number]['name']
 

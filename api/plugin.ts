@@ -11,7 +11,9 @@ import type { Store } from '../common/store.js'
 import type { FunctionRecord, FunctionSpec } from '../common/types.js'
 import type { Executor } from '../executor/executor.js'
 import type { PoolManager } from '../poolmgr/pool-manager.js'
+import type { AsyncQueue } from '../async/queue.js'
 import { registerApplyRoute } from './apply.js'
+import { registerAsyncRoutes } from './async.js'
 import { buildView, registerBuildRoutes } from './builds.js'
 import { Deployer } from './deployer.js'
 import { registerLogRoutes } from './logs.js'
@@ -54,6 +56,8 @@ export interface ApiDeps {
   shareCode?: ((hash: string) => Promise<void>) | undefined
   /** Cron triggers (issue 11); undefined on the file store (the routes answer 503 KDL_ERR_ASYNC_UNAVAILABLE). */
   triggers?: TriggerStore | undefined
+  /** Async jobs and their dead-letter queue (issue 11); absent on the file store (`/v1/async` answers 503). */
+  asyncQueue?: AsyncQueue | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -193,6 +197,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   registerReleaseRoutes(app, { releases: deps.releases, canary: deps.canary, view })
   if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
   registerTriggerRoutes(app, { triggers: deps.triggers, store })
+  registerAsyncRoutes(app, deps.asyncQueue, deps.events)
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 

@@ -8,10 +8,11 @@ import type { RssRow } from './rss.js'
 import type { ScaleResult } from './scale.js'
 import type { StartsRow } from './starts.js'
 import type { BuildsResult } from './builds.js'
+import type { AsyncResult } from './async.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds', 'scale'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds', 'async', 'scale'] as const
 /** Sections a bench without --only runs: `scale` (minutes, a thousand functions) only when asked for. */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter((s) => s !== 'scale')
 export type Section = typeof SECTIONS[number]
@@ -46,6 +47,8 @@ export interface Results {
   starts?: StartsRow[]
   /** Build time cold vs reused, first calls of a function with a dependency (builds.ts). */
   builds?: BuildsResult
+  /** Async invocations on a redis-server of the bench's own: enqueue → start, throughput (async.ts). */
+  async?: AsyncResult
   /** A thousand functions, prewarmed instances, a restart (scale.ts, issue 16). */
   scale?: ScaleResult
   errors: Array<{ section: string; message: string }>
@@ -145,6 +148,14 @@ export function render(r: Results): string {
     out.push(table('8. instance starts by how many run at once (the platform\'s start gate lifted: the engine itself)', ['backend', 'at once', 'wall', 'slowest start', 'starts/s'],
       r.starts.map((s) => [s.backend, s.atOnce, ms(s.wallMs), ms(s.slowestMs), fmt(s.perSecond)])))
     out.push('  the start gate (KINDLING_MAX_STARTING) defaults: docker 2 per CPU (its rate stops growing there); process 8 per CPU (the slowest start stays far inside the start timeout, and under load the starts keep their share of the CPUs)')
+  }
+  if (r.async !== undefined) {
+    const a = r.async
+    out.push(table(`10. async invocations (redis-server, ${a.jobs} jobs, ${a.concurrency} workers): ms`, ['what', 'p50', 'p99', 'max'], [
+      ['enqueue (POST /async/fn → 202)', ms(a.enqueueMs.p50), ms(a.enqueueMs.p99), ms(a.enqueueMs.max)],
+      ['enqueue → start', ms(a.queueMs.p50), ms(a.queueMs.p99), ms(a.queueMs.max)],
+    ]))
+    out.push(`  throughput: ${fmt(a.jobsPerSecond)} jobs/s settled (first enqueue to last finish)`)
   }
   if (r.builds !== undefined) {
     const b = r.builds

@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander'
 import { Agent } from 'undici'
 import { registerApplyCommands } from './apply.js'
+import { registerAsyncCommands } from './async.js'
 import type { Action, Runner } from './args.js'
 import { registerBuildsCommands } from './builds.js'
 import { registerEventsCommand } from './events.js'
@@ -73,6 +74,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerImagesCommands(program, run)
   registerApplyCommands(program, run)
   registerTriggersCommands(program, run)
+  registerAsyncCommands(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

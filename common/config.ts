@@ -22,6 +22,15 @@ export const ConfigSchema = Type.Object({
   KINDLING_REDIS_URL: Type.String({ pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' }),
   /** Prefix of every key and channel the platform uses in Redis (several platforms may share one Redis). @default kindling: */
   KINDLING_REDIS_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$', default: 'kindling:' }),
+  // Async invocations (issue 11; KINDLING_STORE=redis).
+  /** Largest async invocation body (Lambda's async limit); also the largest answer body a job keeps. @default 262144 */
+  KINDLING_ASYNC_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 6 * 1024 * 1024, default: 262_144 }),
+  /** Async jobs one replica runs at once. @default 8 */
+  KINDLING_ASYNC_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 1024, default: 8 }),
+  /** Back-off of a job's first retry, ms (at most; full jitter), doubling each retry up to 5 min. @default 1000 */
+  KINDLING_ASYNC_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 300_000, default: 1000 }),
+  /** A delivery unsettled for its call's longest run (queueTimeoutMs + timeoutMs + 1 s) plus this is taken over by another worker, ms. @default 5000 */
+  KINDLING_ASYNC_RECLAIM_MARGIN_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 5000 }),
   /** When set, `/v1` requires `Authorization: Bearer <token>`. */
   KINDLING_API_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
   /** pino level. @default info */

@@ -28,6 +28,9 @@ export const FunctionBody = Type.Object({
   maxInvocations: Type.Optional(Type.Integer({ minimum: 1 })),
   maxAgeMs: Type.Optional(Type.Integer({ minimum: 1 })),
   idleTimeoutMs: Type.Optional(Type.Integer({ minimum: 1 })),
+  // Async invocations (issue 11): retries after a failed attempt (5xx, 429, timeout) and the longest a job may wait.
+  asyncRetries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10 })),
+  asyncMaxAgeMs: Type.Optional(Type.Integer({ minimum: 60_000, maximum: 21_600_000 })),
 }, { additionalProperties: false })
 export type FunctionBody = Static<typeof FunctionBody>
 
@@ -51,6 +54,8 @@ export const FUNCTION_DEFAULTS = Object.freeze({
   maxInvocations: 1000,
   maxAgeMs: 3_600_000,
   idleTimeoutMs: 300_000,
+  asyncRetries: 2,
+  asyncMaxAgeMs: 21_600_000,
 } as const)
 
 // verbose: a failed union's error carries its branches, so the message can list the values allowed.
@@ -141,6 +146,8 @@ export function functionSpecOf(body: FunctionBody): FunctionSpec {
     maxInvocations: body.maxInvocations ?? d.maxInvocations,
     maxAgeMs: body.maxAgeMs ?? d.maxAgeMs,
     idleTimeoutMs: body.idleTimeoutMs ?? d.idleTimeoutMs,
+    asyncRetries: body.asyncRetries ?? d.asyncRetries,
+    asyncMaxAgeMs: body.asyncMaxAgeMs ?? d.asyncMaxAgeMs,
   }
 }
 

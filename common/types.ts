@@ -36,6 +36,10 @@ export interface FunctionSpec {
   maxInvocations: number
   maxAgeMs: number
   idleTimeoutMs: number
+  /** Async invocations (issue 11): retries of a failed attempt. Absent on records older than issue 11: 2. */
+  asyncRetries?: number | undefined
+  /** Async invocations: the longest a job may wait for a successful attempt, ms. Absent on older records: 6 h. */
+  asyncMaxAgeMs?: number | undefined
 }
 
 /**

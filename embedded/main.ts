@@ -46,6 +46,7 @@ import { Leases } from '../cluster/leases.js'
 import { RedisLocks } from '../cluster/locks.js'
 import { Replicas } from '../cluster/replicas.js'
 import { StoreSync } from '../cluster/sync.js'
+import { openAsync } from './async.js'
 import { openShared } from './shared.js'
 import { openTriggers } from './triggers.js'
 
@@ -215,7 +216,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // Cron triggers (issue 11): on the shared store only; a tick calls this platform's own /fn (url set once it listens).
   let ownUrl = ''
   const triggers = shared === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), url: () => ownUrl })
-  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  // Issue 11: async invocations, on the shared store only (the file store answers 503 KDL_ERR_ASYNC_UNAVAILABLE).
+  const asyncPart = shared === undefined ? undefined : await openAsync({ shared, config, log, registry, events })
+  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
@@ -225,6 +228,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     shareCode: codeShare === undefined ? undefined : (hash: string) => codeShare.publish(hash),
     sharedEvents: sharedEvents === undefined ? undefined : (opts) => sharedEvents.list(opts),
     cluster: shared === undefined || replicas === undefined ? undefined : () => ({ store: 'redis' as const, replica: shared.replicaId, replicas: replicas.ids }),
+    asyncQueue: asyncPart?.queue,
   })
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
@@ -247,6 +251,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   ownUrl = `http://${host}:${port}`
   // Redis away right now: the periodic reload (30 s) schedules them when it is back.
   await triggers?.start().catch((err: unknown) => log.warn({ err }, 'triggers not loaded yet'))
+  await asyncPart?.start(`http://${host}:${port}`)
   log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
 
   let closing: Promise<void> | undefined
@@ -267,6 +272,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         await triggers?.close()
         await loadGuard?.stop()
         await builder.close()
+        // Async workers first: they call through the router (jobs in flight finish, bounded; the rest stay pending).
+        await asyncPart?.close(SHUTDOWN_GRACE_MS)
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
         // keep an idle keep-alive connection open that would otherwise hold the close for its timeout.
         const closed = app.close()

@@ -18,6 +18,13 @@ export interface RouterDeps {
   callStats: CallStats
   /** Per-version outcomes and latencies of the functions a canary watches (issue 15). */
   samples?: VersionSamples | undefined
+  /**
+   * Async invocations (issue 11): takes `/async/fn/:key[/*]` and `/fn/:key[/*]` with `x-kindling-invoke: async`
+   * (`rest`: path and query after the key). Absent (file store): those answer 503 KDL_ERR_ASYNC_UNAVAILABLE.
+   */
+  asyncInvoke?: ((key: string, rest: string, req: IncomingMessage, res: ServerResponse) => void) | undefined
+  /** A call carrying this as `x-kindling-async-token` is an async job's: its `x-kindling-async-id`/`-attempt` reach the function. */
+  asyncToken?: string | undefined
 }
 
 export interface RouterConfig {
@@ -33,6 +40,7 @@ export interface Router {
 }
 
 const FN_PREFIX = '/fn/'
+const ASYNC_PREFIX = '/async/fn/'
 /** Names the caller whose calls a weighted alias sends to the same version (issue 15). */
 const ROUTE_KEY_HEADER = 'x-kindling-route-key'
 /** The version that answered, on every answer of a call routed to one. */
@@ -58,6 +66,22 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
         const limit = url !== undefined && url.startsWith(FN_PREFIX) ? cfg.maxBodyBytes : cfg.maxApiBodyBytes
         if (Number(declared) > limit) {
           refuseOversized(req, res, limit)
+          return
+        }
+      }
+      // Issue 11: an async invocation is handed over whole (its body read and enqueued there).
+      const async = url !== undefined && (url.startsWith(ASYNC_PREFIX) || (url.startsWith(FN_PREFIX) && req.headers['x-kindling-invoke'] === 'async'))
+      if (async) {
+        const prefix = url.startsWith(ASYNC_PREFIX) ? ASYNC_PREFIX : FN_PREFIX
+        const segment = /^[^/?]*/.exec(url.slice(prefix.length))?.[0] ?? ''
+        if (segment !== '') {
+          const key = segment.replaceAll('%40', '@')
+          if (deps.asyncInvoke === undefined) {
+            drainRefused(req)
+            sendError(res, new KdlError('KDL_ERR_ASYNC_UNAVAILABLE', 'async invocations need the shared store: start the platform with KINDLING_STORE=redis'))
+          } else {
+            deps.asyncInvoke(key, url.slice(prefix.length + segment.length), req, res)
+          }
           return
         }
       }
@@ -117,6 +141,10 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
     const sticky = req.headers[ROUTE_KEY_HEADER]
     const routeKey = typeof sticky === 'string' ? sticky : undefined
+    // An async job's call (issue 11) tells the function its job id and attempt, so it can deduplicate.
+    const job = deps.asyncToken !== undefined && req.headers['x-kindling-async-token'] === deps.asyncToken
+      ? { 'x-kindling-async-id': String(req.headers['x-kindling-async-id']), 'x-kindling-async-attempt': String(req.headers['x-kindling-async-attempt']) }
+      : undefined
     // The warm path: the route's pick (weights, sticky key), then a free slot of that version.
     let picked = table.pick(key, routeKey)
     let granted: Granted | undefined = picked === undefined ? undefined : table.tryWarm(picked)
@@ -146,7 +174,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
       const { entry, slot, kind } = granted
       const name = entry.spec.name
       let outcome: CallOutcome = 'ok'
-      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind, entry.versionText)
+      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind, entry.versionText, job)
       if (result.outcome === 'unsent' && result.retire === true) refusals++
       if (result.outcome === 'unsent' && refusals < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
         // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another —

@@ -38,6 +38,7 @@ export async function forward(
   maxBodyBytes: number,
   startKind: string,
   version: string,
+  extraHeaders?: Record<string, string>,
 ): Promise<ForwardResult> {
   // The caller left while the call waited for an instance: nothing to run it for.
   if (res.destroyed) return { outcome: 'ok', status: 499 }
@@ -51,6 +52,7 @@ export async function forward(
   }
   headers['x-kindling-invocation-id'] = invocationId
   headers['x-kindling-deadline-ms'] = String(Date.now() + timeoutMs)
+  if (extraHeaders !== undefined) Object.assign(headers, extraHeaders)
 
   const method = req.method ?? 'GET'
   let body: Readable | null = null
