@@ -50,6 +50,30 @@ async function enqueue(opts: AsyncIngressOptions, key: string, rest: string, req
     throw new KdlError('KDL_ERR_BAD_REQUEST', 'Idempotency-Key must be 1 to 200 printable ASCII characters without spaces')
   }
   const body = await readBody(req, max, tooLarge)
+  const headers: Record<string, string> = {}
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v === undefined || DROPPED.has(k) || k.startsWith('x-kindling-')) continue
+    headers[k] = Array.isArray(v) ? v.join(', ') : v
+  }
+  const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
+  const { id, existing } = await submit(opts, key, { method: req.method ?? 'POST', path, headers, body }, idem)
+  send(res, 202, { id, location: `/v1/async/${id}` }, { location: `/v1/async/${id}`, ...(existing ? { 'x-kindling-idempotent-replay': 'true' } : {}) })
+}
+
+/** One call to enqueue: what a job keeps of a request (or what the platform makes, e.g. a cron tick). */
+export interface AsyncCall {
+  method: string
+  /** Path and query after the function key (`/` at least). */
+  path: string
+  headers: Record<string, string>
+  body: Buffer
+}
+
+/**
+ * Checks that `key` (`name`, `name@alias`, `name@7`) names a deployed function and enqueues the call as a job
+ * with the function's retries, max age and reclaim time. The router's hand-over and cron ticks both come here.
+ */
+export async function submit(opts: Pick<AsyncIngressOptions, 'queue' | 'store' | 'reclaimMarginMs'>, key: string, call: AsyncCall, idempotencyKey?: string): Promise<{ id: string; existing: boolean }> {
   const { name, qualifier } = splitQualifier(key)
   const record = await opts.store.getFunction(name)
   if (record === undefined) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name.slice(0, 80)}" is not deployed`)
@@ -60,20 +84,13 @@ async function enqueue(opts: AsyncIngressOptions, key: string, rest: string, req
   if (version !== undefined && version !== record.version && await opts.store.getVersion(name, version) === undefined) {
     throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `function "${name}" has no version ${version}`)
   }
-  const headers: Record<string, string> = {}
-  for (const [k, v] of Object.entries(req.headers)) {
-    if (v === undefined || DROPPED.has(k) || k.startsWith('x-kindling-')) continue
-    headers[k] = Array.isArray(v) ? v.join(', ') : v
-  }
   const retries = record.asyncRetries ?? FUNCTION_DEFAULTS.asyncRetries
   const budget = record.queueTimeoutMs + record.timeoutMs + START_SLACK_MS
-  const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
-  const { id, existing } = await opts.queue.enqueue({
-    function: key, method: req.method ?? 'POST', path, headers, body,
+  return opts.queue.enqueue({
+    function: key, ...call,
     maxAttempts: 1 + retries, maxAgeMs: record.asyncMaxAgeMs ?? FUNCTION_DEFAULTS.asyncMaxAgeMs,
     timeoutMs: budget, reclaimMs: budget + opts.reclaimMarginMs,
-  }, idem)
-  send(res, 202, { id, location: `/v1/async/${id}` }, { location: `/v1/async/${id}`, ...(existing ? { 'x-kindling-idempotent-replay': 'true' } : {}) })
+  }, idempotencyKey)
 }
 
 async function readBody(req: IncomingMessage, max: number, tooLarge: () => KdlError): Promise<Buffer> {

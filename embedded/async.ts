@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
-import { asyncIngress } from '../async/ingress.js'
+import { asyncIngress, submit, type AsyncCall } from '../async/ingress.js'
 import { AsyncMetrics } from '../async/metrics.js'
 import { AsyncQueue } from '../async/queue.js'
 import { AsyncWorkers } from '../async/worker.js'
@@ -20,6 +20,8 @@ export interface AsyncPart {
   invoke: (key: string, rest: string, req: IncomingMessage, res: ServerResponse) => void
   /** For RouterDeps.asyncToken: a job's call carries it. */
   token: string
+  /** Enqueues a call the platform makes itself (a cron tick); `idempotencyKey` makes a repeat a no-op. */
+  submit(key: string, call: AsyncCall, idempotencyKey?: string): Promise<{ id: string; existing: boolean }>
   /** Starts this replica's workers once it listens on `url`. */
   start(url: string): Promise<void>
   /** Stops the workers (jobs in flight finish within `graceMs`, the rest stay pending for reclaim). */
@@ -38,6 +40,7 @@ export async function openAsync(opts: { shared: Shared; config: Config; log: Log
     queue,
     token,
     invoke: asyncIngress({ queue, store: shared.store, maxBodyBytes: config.KINDLING_ASYNC_MAX_BODY_BYTES, reclaimMarginMs: config.KINDLING_ASYNC_RECLAIM_MARGIN_MS, log }),
+    submit: (key, call, idempotencyKey) => submit({ queue, store: shared.store, reclaimMarginMs: config.KINDLING_ASYNC_RECLAIM_MARGIN_MS }, key, call, idempotencyKey),
     start: async (url) => {
       workers = new AsyncWorkers({
         queue, blocking: await shared.connect('async', { blocking: true }), consumer: shared.replicaId, concurrency: config.KINDLING_ASYNC_CONCURRENCY, url, token,

@@ -213,11 +213,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
       setRuntime: (spec) => pools.setRuntime(spec),
     },
   })
-  // Cron triggers (issue 11): on the shared store only; a tick calls this platform's own /fn (url set once it listens).
-  let ownUrl = ''
-  const triggers = shared === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), url: () => ownUrl })
   // Issue 11: async invocations, on the shared store only (the file store answers 503 KDL_ERR_ASYNC_UNAVAILABLE).
   const asyncPart = shared === undefined ? undefined : await openAsync({ shared, config, log, registry, events })
+  // Cron triggers (issue 11): a tick is enqueued as an async job of its function.
+  const triggers = shared === undefined || asyncPart === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), submit: asyncPart.submit })
   const { app, table } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
@@ -248,7 +247,6 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
   const host = config.KINDLING_HOST.includes(':') ? `[${config.KINDLING_HOST}]` : config.KINDLING_HOST
-  ownUrl = `http://${host}:${port}`
   // Redis away right now: the periodic reload (30 s) schedules them when it is back.
   await triggers?.start().catch((err: unknown) => log.warn({ err }, 'triggers not loaded yet'))
   await asyncPart?.start(`http://${host}:${port}`)

@@ -1,10 +1,11 @@
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
-import { Agent, request } from 'undici'
+import type { AsyncCall } from '../async/ingress.js'
 import type { EventLog } from '../common/events.js'
 import { TriggerScheduler, type FireFn } from '../triggers/scheduler.js'
 import type { TriggerRecord } from '../triggers/spec.js'
 import { TriggerStore } from '../triggers/store.js'
+import type { AsyncPart } from './async.js'
 import type { Shared } from './shared.js'
 
 export interface Triggers {
@@ -17,14 +18,17 @@ export interface Triggers {
 }
 
 /**
- * Cron triggers on the shared store (issue 11). `fire` is the one seam between a tick and its call: for now a
- * direct call of the platform's own `/fn/<function>` (the async queue takes this place when it lands).
+ * Cron triggers on the shared store (issue 11). `fire` is the one seam between a tick and its call: the tick is
+ * enqueued as an async job (so it gets the function's retries and the dead-letter queue, and runs on whichever
+ * replica has a free worker), under the idempotency key `trigger:<name>:<tick ms>` — one job per tick even if a
+ * tick were claimed twice. The function sees `x-kindling-trigger` and `x-kindling-trigger-tick`.
  */
-export async function openTriggers(shared: Shared, o: { events: EventLog; registry: Registry; log: Logger; url: () => string }): Promise<Triggers> {
+export async function openTriggers(shared: Shared, o: { events: EventLog; registry: Registry; log: Logger; submit: AsyncPart['submit'] }): Promise<Triggers> {
   const store = await TriggerStore.open({ redis: shared.redis, subscriber: await shared.connect('triggers-sub', { blocking: true }), prefix: shared.prefix, replicaId: shared.replicaId })
-  // A function may run for up to its timeout (15 min at most): no client-side timeouts.
-  const agent = new Agent({ headersTimeout: 0, bodyTimeout: 0 })
-  const fire: FireFn = (trigger, tickAt) => callFunction(agent, o.url(), trigger, tickAt)
+  const fire: FireFn = async (trigger, tickAt) => {
+    const { id } = await o.submit(trigger.function, callOf(trigger, tickAt), `trigger:${trigger.name}:${tickAt.getTime()}`)
+    return { job: id }
+  }
   const scheduler = new TriggerScheduler({ store, fire, events: o.events, registry: o.registry, log: o.log, replicaId: shared.replicaId })
   return {
     store, scheduler,
@@ -32,23 +36,14 @@ export async function openTriggers(shared: Shared, o: { events: EventLog; regist
     close: async () => {
       await scheduler.close()
       await store.close()
-      await agent.close().catch(() => {})
     },
   }
 }
 
-/** One call of the trigger's function; rejects with `status` and `code` when it answered an error. */
-async function callFunction(agent: Agent, url: string, trigger: TriggerRecord, tickAt: Date): Promise<void> {
+/** A tick as a call: POST of the trigger's body (JSON unless it is a string), GET without one. */
+function callOf(trigger: TriggerRecord, tickAt: Date): AsyncCall {
   const headers: Record<string, string> = { ...trigger.headers, 'x-kindling-trigger': trigger.name, 'x-kindling-trigger-tick': tickAt.toISOString() }
-  let body: string | undefined
-  if (trigger.body !== undefined) {
-    body = typeof trigger.body === 'string' ? trigger.body : JSON.stringify(trigger.body)
-    if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = typeof trigger.body === 'string' ? 'text/plain; charset=utf-8' : 'application/json'
-  }
-  const res = await request(`${url}/fn/${trigger.function}`, { method: body === undefined ? 'GET' : 'POST', headers, body: body ?? null, dispatcher: agent })
-  const text = await res.body.text()
-  if (res.statusCode < 400) return
-  let code: string | undefined
-  try { code = (JSON.parse(text) as { code?: string }).code } catch { /* not JSON */ }
-  throw Object.assign(new Error(`${trigger.function} answered ${res.statusCode}${code === undefined ? '' : ` ${code}`}`), { status: res.statusCode, code })
+  if (trigger.body === undefined) return { method: 'GET', path: '/', headers, body: Buffer.alloc(0) }
+  if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = typeof trigger.body === 'string' ? 'text/plain; charset=utf-8' : 'application/json'
+  return { method: 'POST', path: '/', headers, body: Buffer.from(typeof trigger.body === 'string' ? trigger.body : JSON.stringify(trigger.body)) }
 }

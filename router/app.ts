@@ -141,10 +141,9 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
     const sticky = req.headers[ROUTE_KEY_HEADER]
     const routeKey = typeof sticky === 'string' ? sticky : undefined
-    // An async job's call (issue 11) tells the function its job id and attempt, so it can deduplicate.
-    const job = deps.asyncToken !== undefined && req.headers['x-kindling-async-token'] === deps.asyncToken
-      ? { 'x-kindling-async-id': String(req.headers['x-kindling-async-id']), 'x-kindling-async-attempt': String(req.headers['x-kindling-async-attempt']) }
-      : undefined
+    // An async job's call (issue 11) tells the function its job id and attempt, so it can deduplicate, and the
+    // cron tick that made it, if one did. Only the platform's own calls carry the token: a client cannot forge these.
+    const job = deps.asyncToken !== undefined && req.headers['x-kindling-async-token'] === deps.asyncToken ? trustedHeaders(req) : undefined
     // The warm path: the route's pick (weights, sticky key), then a free slot of that version.
     let picked = table.pick(key, routeKey)
     let granted: Granted | undefined = picked === undefined ? undefined : table.tryWarm(picked)
@@ -226,6 +225,18 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
 
   app.addHook('onClose', async () => table.close())
   return { app, table }
+}
+
+/** Headers only the platform's own calls (async jobs) may set; the router strips every other `x-kindling-*`. */
+const TRUSTED_HEADERS = ['x-kindling-async-id', 'x-kindling-async-attempt', 'x-kindling-trigger', 'x-kindling-trigger-tick'] as const
+
+function trustedHeaders(req: IncomingMessage): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const h of TRUSTED_HEADERS) {
+    const v = req.headers[h]
+    if (typeof v === 'string') out[h] = v
+  }
+  return out
 }
 
 /** Fastify's own errors (body too large, bad JSON) mapped onto the platform's codes. */

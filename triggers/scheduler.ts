@@ -7,7 +7,8 @@ import { scheduleOf, targetOf, type TriggerRecord } from './spec.js'
 import type { TriggerStore } from './store.js'
 
 /** Calls the trigger's function for one tick; rejects when the call failed (an `Error` with `status` / `code` when it has them). */
-export type FireFn = (trigger: TriggerRecord, tickAt: Date) => Promise<void>
+/** Makes the tick's call; may resolve what names it (the async job's id) for the `trigger.fired` event. */
+export type FireFn = (trigger: TriggerRecord, tickAt: Date) => Promise<Record<string, unknown> | void>
 
 /** How late a tick may still be fired (a replica starting, a timer delayed); an older one is reported missed. */
 export const LATE_TICK_MS = 2000
@@ -170,9 +171,9 @@ export class TriggerScheduler {
     const fn = targetOf(record.function).name
     const data = { trigger: record.name, target: record.function, tick: tick.toISOString(), replica: this.#o.replicaId }
     try {
-      await this.#o.fire(record, tick)
+      const made = await this.#o.fire(record, tick)
       this.#fires.inc({ trigger: record.name, result: 'ok' })
-      this.#o.events.add({ type: 'trigger.fired', function: fn, message: `trigger ${record.name} fired ${record.function} for ${data.tick}`, data: { ...data, ms: Date.now() - started } })
+      this.#o.events.add({ type: 'trigger.fired', function: fn, message: `trigger ${record.name} fired ${record.function} for ${data.tick}`, data: { ...data, ...made, ms: Date.now() - started } })
     } catch (err) {
       const e = err as { status?: unknown; code?: unknown; message?: unknown }
       this.#fires.inc({ trigger: record.name, result: 'failed' })

@@ -88,21 +88,25 @@ t.test('the call carries the body, the headers and the tick; GET shows lastTick 
   // Records what it was sent, in its one persistent instance; a GET returns the records.
   const code = `const seen = []
 export default async (req) => {
-  if (req.headers['x-team'] !== undefined) seen.push({ method: req.method, team: req.headers['x-team'], type: req.headers['content-type'], body: req.body })
+  if (req.headers['x-team'] !== undefined) seen.push({ method: req.method, team: req.headers['x-team'], type: req.headers['content-type'], body: req.body, trigger: req.headers['x-kindling-trigger'], tick: req.headers['x-kindling-trigger-tick'], job: req.headers['x-kindling-async-id'] })
   return { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify(seen) }
 }`
   t.equal((await a.deploy('rec', { runtime: 'node', code, mode: 'persistent', maxInstances: 1 })).status, 201)
   t.equal((await a.api('PUT', '/v1/triggers/rec-every', { cron: '* * * * * *', function: 'rec', body: { hello: 'cron' }, headers: { 'x-team': 'ops' } })).status, 201)
   await waitFor(async () => (await allEvents([a], 'trigger.fired', 'rec-every')).length >= 1, 'a tick fired', 10_000, 100)
   t.equal((await a.api('DELETE', '/v1/triggers/rec-every')).status, 200)
-  const seen = (await a.invoke('rec')).json() as Array<Record<string, unknown>>
-  t.ok(seen.length >= 1)
+  // The tick is an async job: it runs once a worker takes it.
+  const seen = await waitFor(async () => { const s = (await a.invoke('rec')).json() as Array<Record<string, unknown>>; return s.length >= 1 ? s : undefined }, 'the tick\'s job to call the function')
   const first = seen[0] as Record<string, unknown>
-  // x-kindling-trigger / -tick are sent too, but the router strips every client's x-kindling-* header (the async queue's trusted path will carry them).
-  t.match(first, { method: 'POST', team: 'ops', type: 'application/json' }, "the trigger's headers, a POST of JSON")
+  t.match(first, { method: 'POST', team: 'ops', type: 'application/json', trigger: 'rec-every' }, "the trigger's headers, a POST of JSON, and the trigger's name")
   t.match(String(first['body']), /"hello":\s*"cron"/, 'the body as JSON')
-  const tick = (await allEvents([a], 'trigger.fired', 'rec-every'))[0]?.data?.['tick']
+  const fired = (await allEvents([a], 'trigger.fired', 'rec-every'))[0]?.data
+  const tick = fired?.['tick']
   t.equal(Date.parse(String(tick)) % 1000, 0, 'the event names the planned tick')
+  t.equal(first['tick'], tick, 'the function is told the planned tick')
+  t.equal(first['job'], fired?.['job'], 'the tick ran as the async job the event names')
+  const job = (await a.api('GET', `/v1/async/${String(fired?.['job'])}`)).json
+  t.match(job, { function: 'rec', state: 'succeeded' })
   t.match((await a.api('GET', '/v1/triggers')).json, { triggers: [] }, 'deleted')
 
   t.equal((await a.api('PUT', '/v1/triggers/daily', { cron: '30 9 * * 1-5', function: 'rec', timezone: 'Europe/Paris' })).status, 201)
