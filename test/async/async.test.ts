@@ -190,3 +190,35 @@ t.test('on the file store async answers 503 KDL_ERR_ASYNC_UNAVAILABLE', async (t
   t.equal((await p.api('GET', '/v1/async/dlq')).json['code'], 'KDL_ERR_ASYNC_UNAVAILABLE')
   t.equal((await p.invoke('echo')).status, 200, 'plain calls still work')
 })
+
+t.test('Redis stopped mid-job: enqueues are refused with 503, the job in flight is not lost, and workers resume', async (t) => {
+  const redis = await startRedis(t)
+  const p = await startPlatform(t, { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url, KINDLING_ASYNC_RETRY_BASE_MS: 20, KINDLING_ASYNC_RECLAIM_MARGIN_MS: 200, KINDLING_LOADGUARD_ENABLED: 'false' })
+  // Its first run outlasts the outage below; it counts its runs (one persistent instance).
+  const code = `let n = 0; export default async () => { n++; if (n === 1) await new Promise((r) => setTimeout(r, 700)); return 'run ' + n }`
+  t.equal((await p.deploy('steady', { runtime: 'node', mode: 'persistent', maxInstances: 1, code, timeoutMs: 2000, queueTimeoutMs: 200 })).status, 201)
+  t.equal((await p.deploy('echo', { runtime: 'node', code: ECHO })).status, 201)
+  const inflight = await enqueue(p, '/async/fn/steady', { body: 'x' })
+  t.equal(inflight.status, 202)
+  const id = String(inflight.json['id'])
+  await waitFor(async () => (await p.api('GET', `/v1/async/${id}`)).json['state'] === 'running', 'the job to start')
+
+  await redis.stop()
+  const refused = await enqueue(p, '/async/fn/echo', { body: 'while down' })
+  t.equal(refused.status, 503)
+  t.equal(refused.json['code'], 'KDL_ERR_STORE_UNAVAILABLE', 'no 202 without a durable job')
+  t.match((await p.api('GET', `/v1/async/${id}`)).json, { code: 'KDL_ERR_STORE_UNAVAILABLE' })
+  // The run ends while Redis is away: its outcome cannot be written, so the delivery stays pending.
+  await waitFor(async () => (await p.invoke('steady')).text === 'run 2', 'the first run to have ended (a direct call is the second)', 10_000, 100)
+  await redis.start()
+
+  // Workers read again once Redis is back: a job enqueued after the restart runs…
+  const after = await waitFor(async () => { const r = await enqueue(p, '/async/fn/echo', { body: 'after' }); return r.status === 202 ? r : undefined }, 'enqueue to work again', 15_000, 100)
+  const job = await settled(p, String(after.json['id']))
+  t.equal(JSON.parse((job['result'] as { body: string }).body)['body'], 'after')
+  // …and the job whose outcome was lost with Redis is delivered again (at least once) and settles.
+  const done = await settled(p, id)
+  t.equal(done['state'], 'succeeded')
+  t.equal((done['result'] as { body: string }).body, 'run 3', 'run again after the restart: at-least-once')
+  t.equal(done['attempts'], 2)
+})
