@@ -232,8 +232,10 @@ export class AsyncWorkers {
     // A blocked XREADGROUP returns at once on CLIENT UNBLOCK; repeated in case the read was not yet sent.
     let done = false
     const loop = (this.#loop ?? Promise.resolve()).finally(() => { done = true })
-    while (!done) {
-      await this.#o.queue.redis.client('UNBLOCK', this.#clientId ?? 0).catch(() => {})
+    for (let tries = 0; !done; tries++) {
+      // After a reconnect the blocked read is on another client id than the one noted at start: cut it instead.
+      if (tries === 4) this.#o.blocking.disconnect()
+      else await this.#o.queue.redis.client('UNBLOCK', this.#clientId ?? 0).catch(() => {})
       await Promise.race([loop, new Promise((r) => setTimeout(r, 50))])
     }
     let timer: NodeJS.Timeout | undefined

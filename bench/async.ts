@@ -17,6 +17,10 @@ export interface AsyncResult {
   /** Jobs settled per second: from the first enqueue to the last job's finishedAt. */
   jobsPerSecond: number
   concurrency: number
+  /** The same function called synchronously through the router (the baseline of the enqueue and queue times). */
+  syncMs: Latency
+  /** Several replicas: a deploy answered on replica A until replica B routes the new version (B's preload included). */
+  replicationMs: Latency
 }
 
 async function freePort(): Promise<number> {
@@ -92,7 +96,13 @@ export async function measureAsync(opts: { dataDir: string; jobs: number; concur
         }
       }
       await client.close()
-      return { jobs: ids.length, enqueueMs: summarize(enqueueMs), queueMs: summarize(queueMs), jobsPerSecond: ids.length / ((lastFinish - t0) / 1000), concurrency: opts.concurrency }
+      const syncMs: number[] = []
+      for (let i = 0; i < 500; i++) syncMs.push((await platform.call('async-hello')).ms)
+      const replicationMs = await measureReplication(platform, `redis://127.0.0.1:${port}`, `${opts.dataDir}-b`, opts.track, opts.progress)
+      return {
+        jobs: ids.length, enqueueMs: summarize(enqueueMs), queueMs: summarize(queueMs), jobsPerSecond: ids.length / ((lastFinish - t0) / 1000), concurrency: opts.concurrency,
+        syncMs: summarize(syncMs), replicationMs: summarize(replicationMs),
+      }
     } finally {
       untrack()
       await platform.close()
@@ -100,5 +110,25 @@ export async function measureAsync(opts: { dataDir: string; jobs: number; concur
   } finally {
     untrackRedis()
     await stopRedis()
+  }
+}
+
+/** A second replica on the same Redis; each deploy on the first is timed until the second routes it. */
+async function measureReplication(a: Awaited<ReturnType<typeof startPlatform>>, redisUrl: string, dataDir: string, track: (close: () => Promise<void>) => () => void, progress: (line: string) => void): Promise<number[]> {
+  const b = await startPlatform({ dataDir, backend: 'process', poolSize: 1, overrides: { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redisUrl, KINDLING_LOADGUARD_ENABLED: 'false' } })
+  const untrack = track(() => b.close())
+  try {
+    const out: number[] = []
+    for (let i = 1; i <= 30; i++) {
+      await a.deploy('replicated', { runtime: 'node', code: `export default () => "v${i}"`, prewarm: 1 })
+      const t0 = performance.now()
+      while (b.embedded.executor.head('replicated')?.version !== i) await new Promise((r) => setImmediate(r))
+      out.push(performance.now() - t0)
+    }
+    progress(`async: replication p50 ${summarize(out).p50.toFixed(1)} ms`)
+    return out
+  } finally {
+    untrack()
+    await b.close()
   }
 }

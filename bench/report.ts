@@ -154,8 +154,10 @@ export function render(r: Results): string {
     out.push(table(`10. async invocations (redis-server, ${a.jobs} jobs, ${a.concurrency} workers): ms`, ['what', 'p50', 'p99', 'max'], [
       ['enqueue (POST /async/fn → 202)', ms(a.enqueueMs.p50), ms(a.enqueueMs.p99), ms(a.enqueueMs.max)],
       ['enqueue → start', ms(a.queueMs.p50), ms(a.queueMs.p99), ms(a.queueMs.max)],
+      ['sync call of the same function (baseline)', ms(a.syncMs.p50), ms(a.syncMs.p99), ms(a.syncMs.max)],
+      ['deploy on replica A → routed on replica B', ms(a.replicationMs.p50), ms(a.replicationMs.p99), ms(a.replicationMs.max)],
     ]))
-    out.push(`  throughput: ${fmt(a.jobsPerSecond)} jobs/s settled (first enqueue to last finish)`)
+    out.push(`  throughput: ${fmt(a.jobsPerSecond)} jobs/s settled (first enqueue to last finish); enqueue p50 = ${fmt(a.enqueueMs.p50 / a.syncMs.p50)}× a sync call, enqueue → start p50 = ${fmt(a.queueMs.p50 / a.syncMs.p50)}×`)
   }
   if (r.builds !== undefined) {
     const b = r.builds
