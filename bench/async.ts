@@ -10,11 +10,11 @@ import { summarize, type Latency } from './stats.js'
 /** Async invocations (issue 11) on a redis-server of the bench's own: enqueue → start latency, throughput. */
 export interface AsyncResult {
   jobs: number
-  /** Client wall time of one enqueue (POST /async/fn → 202). */
+  /** Client wall time of one enqueue (POST /async/fn → 202), on an idle queue. */
   enqueueMs: Latency
-  /** The job's startedAt − enqueuedAt (ms clock of the platform). */
+  /** The job's startedAt − enqueuedAt (ms clock of the platform), on an idle queue. */
   queueMs: Latency
-  /** Jobs settled per second: from the first enqueue to the last job's finishedAt. */
+  /** Jobs settled per second when `jobs` are enqueued at once: from the first enqueue to the last job's finishedAt. */
   jobsPerSecond: number
   concurrency: number
   /** The same function called synchronously through the router (the baseline of the enqueue and queue times). */
@@ -67,34 +67,38 @@ export async function measureAsync(opts: { dataDir: string; jobs: number; concur
     try {
       await platform.deploy('async-hello', { runtime: 'node', code: 'export default () => "ok"', mode: 'persistent', concurrency: opts.concurrency, prewarm: 1 })
       const client = new Pool(platform.url, { connections: 16 })
-      const ids: string[] = []
+      const job = async (id: string): Promise<Record<string, unknown>> => {
+        for (;;) {
+          const j = (await platform.api('GET', `/v1/async/${id}`)).json
+          if (j['state'] === 'succeeded' || j['state'] === 'failed' || j['state'] === 'dead') return j
+          await new Promise((r) => setImmediate(r))
+        }
+      }
+      // Latency on an idle queue: one job at a time, each waited for before the next is enqueued.
       const enqueueMs: number[] = []
+      const queueMs: number[] = []
+      for (let i = 0; i < Math.min(300, opts.jobs); i++) {
+        const s = performance.now()
+        const res = await client.request({ method: 'POST', path: '/async/fn/async-hello', body: 'x' })
+        const { id } = await res.body.json() as { id: string }
+        enqueueMs.push(performance.now() - s)
+        const j = await job(id)
+        queueMs.push(Date.parse(String(j['startedAt'])) - Date.parse(String(j['enqueuedAt'])))
+      }
+      // Throughput: every job enqueued at once by 16 clients, then the time until the last one finished.
+      const ids: string[] = []
       const t0 = Date.now()
       let next = 0
       await Promise.all(Array.from({ length: 16 }, async () => {
         while (next < opts.jobs) {
           next++
-          const s = performance.now()
           const res = await client.request({ method: 'POST', path: '/async/fn/async-hello', body: 'x' })
-          const body = await res.body.json() as { id: string }
-          enqueueMs.push(performance.now() - s)
-          ids.push(body.id)
+          ids.push((await res.body.json() as { id: string }).id)
         }
       }))
       opts.progress(`async: ${ids.length} jobs enqueued in ${Date.now() - t0} ms`)
-      const queueMs: number[] = []
       let lastFinish = 0
-      for (const id of ids) {
-        for (;;) {
-          const j = (await platform.api('GET', `/v1/async/${id}`)).json
-          if (j['state'] === 'succeeded' || j['state'] === 'failed' || j['state'] === 'dead') {
-            queueMs.push(Date.parse(String(j['startedAt'])) - Date.parse(String(j['enqueuedAt'])))
-            lastFinish = Math.max(lastFinish, Date.parse(String(j['finishedAt'])))
-            break
-          }
-          await new Promise((r) => setTimeout(r, 20))
-        }
-      }
+      for (const id of ids) lastFinish = Math.max(lastFinish, Date.parse(String((await job(id))['finishedAt'])))
       await client.close()
       const syncMs: number[] = []
       for (let i = 0; i < 500; i++) syncMs.push((await platform.call('async-hello')).ms)
@@ -120,6 +124,8 @@ async function measureReplication(a: Awaited<ReturnType<typeof startPlatform>>, 
   try {
     const out: number[] = []
     for (let i = 1; i <= 30; i++) {
+      // Onto a quiet replica B (its generic pool full), as a deploy usually finds it.
+      await b.settle()
       await a.deploy('replicated', { runtime: 'node', code: `export default () => "v${i}"`, prewarm: 1 })
       const t0 = performance.now()
       while (b.embedded.executor.head('replicated')?.version !== i) await new Promise((r) => setImmediate(r))
