@@ -33,7 +33,8 @@ export function asyncIngress(opts: AsyncIngressOptions): (key: string, rest: str
   return (key, rest, req, res) => {
     enqueue(opts, key, rest, req, res).catch((err: unknown) => {
       const kdl = isKdlError(err) ? err : new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
-      if (kdl.statusCode >= 500) opts.log.error({ err }, 'async enqueue failed')
+      if (kdl.code === 'KDL_ERR_STORE_UNAVAILABLE') opts.log.warn({ code: kdl.code }, 'async enqueue refused: the store does not answer')
+      else if (kdl.statusCode >= 500) opts.log.error({ err }, 'async enqueue failed')
       if (kdl.code === 'KDL_ERR_PAYLOAD_TOO_LARGE') drain(req)
       send(res, kdl.statusCode, errorBody(kdl), kdl.headers)
     })

@@ -93,6 +93,7 @@ export class AsyncWorkers {
 
   async #read(): Promise<void> {
     const { queue, blocking, consumer, concurrency, log } = this.#o
+    let readFailing = false
     while (!this.#stopping) {
       const free = concurrency - this.#inflight.size
       if (free <= 0) {
@@ -104,10 +105,14 @@ export class AsyncWorkers {
         got = await queue.read(blocking, consumer, free, this.#o.blockMs ?? 5000)
       } catch (err) {
         if (this.#stopping) return
-        log.warn({ err }, 'async: reading the stream failed; retrying')
+        // Once per outage: the reader retries every half second until Redis answers again.
+        if (!readFailing) log.warn({ err }, 'async: reading the stream failed; retrying until Redis answers')
+        readFailing = true
         await new Promise((r) => setTimeout(r, 500))
         continue
       }
+      if (readFailing) log.info('async: reading the stream again')
+      readFailing = false
       for (const d of got) this.#run(d)
     }
   }

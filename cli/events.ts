@@ -8,6 +8,7 @@ export function eventRow(e: PlatformEvent): string[] {
   const details = [
     e.message,
     ...(e.instance === undefined ? [] : [`instance=${e.instance}`]),
+    ...(e.replica === undefined || e.data?.['replica'] === e.replica ? [] : [`replica=${e.replica}`]),
     ...Object.entries(e.data ?? {}).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`),
   ]
   return [e.at, e.type, e.function ?? '-', details.join(' ')]

@@ -6,9 +6,13 @@ interface UpOptions {
   port?: number
   host?: string
   dataDir?: string
+  store?: string
+  redisUrl?: string
 }
 
 interface Overrides {
+  KINDLING_STORE?: string
+  KINDLING_REDIS_URL?: string
   KINDLING_BACKEND?: string
   KINDLING_PORT?: number
   KINDLING_HOST?: string
@@ -40,12 +44,16 @@ export function registerUpCommand(program: Command, run: Runner): void {
     .option('--port <port>', 'port to listen on (KINDLING_PORT, default 8080)', intOption)
     .option('--host <host>', 'address to bind (KINDLING_HOST, default 127.0.0.1)')
     .option('--data-dir <dir>', 'state, code cache and sockets (KINDLING_DATA_DIR, default ./.kindling)')
+    .addOption(new Option('--store <store>', 'file (this process alone) or redis (replicas share it; KINDLING_STORE)').choices(['file', 'redis']))
+    .option('--redis-url <url>', 'the Redis of --store redis (KINDLING_REDIS_URL, default redis://127.0.0.1:6379)')
     .action((opts: UpOptions) => run(async (ctx) => {
       const overrides: Overrides = {}
       if (opts.backend !== undefined) overrides.KINDLING_BACKEND = opts.backend
       if (opts.port !== undefined) overrides.KINDLING_PORT = opts.port
       if (opts.host !== undefined) overrides.KINDLING_HOST = opts.host
       if (opts.dataDir !== undefined) overrides.KINDLING_DATA_DIR = opts.dataDir
+      if (opts.store !== undefined) overrides.KINDLING_STORE = opts.store
+      if (opts.redisUrl !== undefined) overrides.KINDLING_REDIS_URL = opts.redisUrl
       // Loaded on demand so the client commands never pay for loading the platform.
       const { startEmbedded } = await import('../embedded/main.js')
       // Last line of defence: every background path of the platform handles its own failures (a test run
@@ -64,7 +72,8 @@ export function registerUpCommand(program: Command, run: Runner): void {
         throw err
       }
       const backend = opts.backend ?? ctx.env['KINDLING_BACKEND'] ?? 'process'
-      ctx.stdout.write(`kindling listening on ${platform.url} (backend ${backend})\n`)
+      const store = opts.store ?? ctx.env['KINDLING_STORE'] ?? 'file'
+      ctx.stdout.write(`kindling listening on ${platform.url} (backend ${backend}${store === 'redis' ? ', store redis' : ''})\n`)
       const sig = await signal
       ctx.stderr.write(`kindling: ${sig} received, stopping (press Ctrl-C again to force)\n`)
       const force = (): void => process.exit(130)

@@ -12,6 +12,8 @@ import type { PoolManager } from '../poolmgr/pool-manager.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, ResolvedRoute, RouteSpec } from './client.js'
 
 const NAME_RE = new RegExp(NAME_PATTERN)
+/** How long a route to a version another replica deployed waits for this replica's preload of it (see adopt). */
+const PRELOAD_WAIT_MS = 50
 /** Instances one acquisition may lose for reasons that may repeat on the next one (see #retrying). */
 const ACQUIRE_ATTEMPTS = 5
 
@@ -42,6 +44,11 @@ export class Executor implements ExecutorClient {
   readonly #leased = new Map<string, Instance>()
   readonly #listeners = new Set<(e: ExecutorEvent) => void>()
   readonly #reported = new Set<string>()
+  /**
+   * Bumped at every change of a function's head (routed, removed): a store read that raced a change is not
+   * cached over it (a call's read of the old head must not undo a deploy or a delete applied meanwhile).
+   */
+  readonly #epochs = new Map<string, number>()
   /** Code hashes known to be in the local cache (ensureCode done). */
   readonly #present = new Set<string>()
 
@@ -218,6 +225,7 @@ export class Executor implements ExecutorClient {
    * versions still routed keep their instances and get their prewarm share, the others drain and retire.
    */
   async routed(head: FunctionRecord, seed?: Instance): Promise<void> {
+    this.#bump(head.name)
     this.#records.set(head.name, head)
     // Calls move first; the pools follow (reading a version record may wait for the store).
     this.#emit({ type: 'function-changed', name: head.name, live: [...liveVersions(head)] })
@@ -227,24 +235,66 @@ export class Executor implements ExecutorClient {
   /**
    * A head another replica wrote (issue 11). When it routes `latest` to a version this replica did not route,
    * that version is loaded into an instance first (its code fetched when it is not here), as the deploying
-   * replica's trial load was, and seeds its prewarm pool: the first call here is not cold either. A version that
-   * does not load here is routed all the same (its calls get the load error, as on the deploying replica).
+   * replica's trial load was, and seeds its prewarm pool, so the first call here is warm too — but the route
+   * waits for that at most PRELOAD_WAIT_MS: a slower preload (no idle generic instance, a big archive) seeds
+   * the pool when it is done, and the version is routed at once. The head is routed only while the store still
+   * holds it: one that changed meanwhile is read again, so a preload never routes an older head over a newer
+   * one (whatever the replicas' clocks say).
    */
   async adopt(head: FunctionRecord): Promise<void> {
-    const before = this.#records.get(head.name)
-    let seed: Instance | undefined
-    if (before === undefined || !liveVersions(before).has(head.version)) {
+    let current = head
+    for (let tries = 0; ; tries++) {
+      const preload = tries < 5 ? this.#preload(current) : Promise.resolve(undefined)
+      let timer: NodeJS.Timeout | undefined
+      const late = Symbol('late')
+      const seed = await Promise.race([preload, new Promise<typeof late>((r) => { timer = setTimeout(() => r(late), PRELOAD_WAIT_MS) })])
+      clearTimeout(timer)
+      let now: FunctionRecord | undefined
       try {
-        const record = await this.version(head.name, head.version)
-        if (record.prewarm > 0 && this.#o.pools.runtime(record.runtime) !== undefined) {
-          await this.#ensureCode(record.codeHash)
-          seed = await this.trialLoad(record)
-        }
+        now = await this.#o.store.getFunction(current.name)
       } catch (err) {
-        this.#o.log.warn({ err, fn: head.name, version: head.version }, 'a version another replica deployed was not preloaded here')
+        this.#dropPreload(preload, undefined)
+        throw err
       }
+      // Deleted meanwhile: the delete's own change removes it here.
+      if (now === undefined) return this.#dropPreload(preload, undefined)
+      if (tries >= 5 || (now.updatedAt === current.updatedAt && now.createdAt === current.createdAt && now.version === current.version)) {
+        if (seed === late) {
+          await this.routed(current)
+          this.#dropPreload(preload, current)
+        } else {
+          await this.routed(current, seed)
+        }
+        return
+      }
+      this.#dropPreload(preload, undefined)
+      current = now
     }
-    await this.routed(head, seed)
+  }
+
+  /** A preload that was not used as a seed: it joins `head`'s prewarm pool if that head is still routed, else it goes. */
+  #dropPreload(preload: Promise<Instance | undefined>, head: FunctionRecord | undefined): void {
+    void preload.then((inst) => {
+      if (inst === undefined) return
+      if (head !== undefined && this.#records.get(head.name) === head) void this.#applyPrewarm(head, inst)
+      else void this.#o.pools.destroy(inst)
+    })
+  }
+
+  /** An instance loaded with the version `head` serves, when this replica does not route that version yet. */
+  async #preload(head: FunctionRecord): Promise<Instance | undefined> {
+    const before = this.#records.get(head.name)
+    if (before !== undefined && liveVersions(before).has(head.version)) return undefined
+    try {
+      // Read without #record: a head read for a preload must not become the routed one before routed() says so.
+      const record = this.#versions.get(head.name)?.get(head.version) ?? await this.#o.store.getVersion(head.name, head.version) ?? (stripHead(head))
+      if (record.prewarm === 0 || this.#o.pools.runtime(record.runtime) === undefined) return undefined
+      await this.#ensureCode(record.codeHash)
+      return await this.trialLoad(record)
+    } catch (err) {
+      this.#o.log.warn({ err, fn: head.name, version: head.version }, 'a version another replica deployed was not preloaded here')
+      return undefined
+    }
   }
 
   /** The function's head as routed now (no I/O), if it was read or deployed. */
@@ -280,6 +330,7 @@ export class Executor implements ExecutorClient {
 
   /** The function was deleted: stop routing to it; in-flight calls finish, then their instances go. */
   removed(name: string): void {
+    this.#bump(name)
     this.#records.delete(name)
     this.#versions.delete(name)
     this.#o.pools.removePrewarm(name)
@@ -292,10 +343,12 @@ export class Executor implements ExecutorClient {
     const cached = this.#versions.get(name)?.get(version)
     if (cached !== undefined) return cached
     const head = await this.#record(name)
+    const epoch = this.#epochs.get(name)
     // A function deployed before versions were kept has its head only.
     const stored = await this.#o.store.getVersion(name, version) ?? (head.version === version ? stripHead(head) : undefined)
     if (stored === undefined) throw new KdlError('KDL_ERR_VERSION_NOT_FOUND', `function "${name}" has no version ${version} (never deployed, or pruned)`)
-    this.#cacheVersion(stored)
+    // Deleted (and perhaps deployed again, its numbers starting over) while this was read: not cached.
+    if (this.#epochs.get(name) === epoch) this.#cacheVersion(stored)
     return stored
   }
 
@@ -354,10 +407,23 @@ export class Executor implements ExecutorClient {
     const cached = this.#records.get(name)
     if (cached !== undefined) return cached
     if (!NAME_RE.test(name)) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name.slice(0, 80)}" is not deployed`)
-    const stored = await this.#o.store.getFunction(name)
-    if (stored === undefined) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
-    this.#records.set(name, stored)
-    return stored
+    for (;;) {
+      const epoch = this.#epochs.get(name)
+      const stored = await this.#o.store.getFunction(name)
+      // A change applied while the store was read wins over what was read: read again.
+      if (this.#epochs.get(name) !== epoch) {
+        const now = this.#records.get(name)
+        if (now !== undefined) return now
+        continue
+      }
+      if (stored === undefined) throw new KdlError('KDL_ERR_FN_NOT_FOUND', `function "${name}" is not deployed`)
+      this.#records.set(name, stored)
+      return stored
+    }
+  }
+
+  #bump(name: string): void {
+    this.#epochs.set(name, (this.#epochs.get(name) ?? 0) + 1)
   }
 
   #emit(e: ExecutorEvent): void {

@@ -114,7 +114,9 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
 
   app.setErrorHandler((err, request, reply) => {
     const kdl = toKdlError(err)
-    if (kdl.statusCode >= 500) request.log.error({ err }, 'request failed')
+    // Redis away is an outage the platform rides out (issue 11), not a fault of this request.
+    if (kdl.code === 'KDL_ERR_STORE_UNAVAILABLE') request.log.warn({ code: kdl.code, url: request.url, reason: kdl.message }, 'request refused: the store does not answer')
+    else if (kdl.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: kdl.code, url: request.url }, 'request refused')
     // A chunked body that outgrew the limit mid-stream: fastify would close at once ("connection: close"),
     // resetting a sender that has not read yet; drain it instead, so it gets to read the 413.

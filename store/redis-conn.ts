@@ -61,16 +61,23 @@ export async function redisCall<T>(what: string, work: () => Promise<T>): Promis
 export function storeError(what: string, err: unknown): KdlError {
   if (typeof (err as { code?: unknown }).code === 'string' && (err as { code: string }).code.startsWith('KDL_ERR_')) return err as KdlError
   const message = (err as Error).message ?? String(err)
-  if (isConnectionError(err)) {
-    return new KdlError('KDL_ERR_STORE_UNAVAILABLE', `the store (Redis) is unavailable while ${what}: ${message}`, { cause: err, headers: { 'retry-after': '1' } })
+  const lost = connectionLoss(err)
+  if (lost !== undefined) {
+    return new KdlError('KDL_ERR_STORE_UNAVAILABLE', `the store (Redis) does not answer (${lost}) while ${what}; nothing was changed, retry when it is back`, { cause: err, headers: { 'retry-after': '1' } })
   }
   return new KdlError('KDL_ERR_INTERNAL', `the store failed while ${what}: ${message}`, { cause: err })
 }
 
-function isConnectionError(err: unknown): boolean {
+/** How the connection was lost, in plain words, or undefined when the error is not a lost connection. */
+function connectionLoss(err: unknown): string | undefined {
   const e = err as { name?: string; message?: string; code?: string }
-  if (e.name === 'MaxRetriesPerRequestError') return true
-  if (typeof e.code === 'string' && /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH)$/.test(e.code)) return true
   const m = e.message ?? ''
-  return /Stream isn't writeable|Connection is closed|Command timed out|connect ETIMEDOUT|LOADING|MASTERDOWN|enableOfflineQueue/.test(m)
+  if (e.code === 'ECONNREFUSED') return 'connection refused'
+  if (typeof e.code === 'string' && /^(ECONNRESET|EPIPE)$/.test(e.code)) return 'connection reset'
+  if (typeof e.code === 'string' && /^(ETIMEDOUT|EHOSTUNREACH|ENOTFOUND)$/.test(e.code)) return `unreachable: ${e.code}`
+  if (/Command timed out|connect ETIMEDOUT/.test(m)) return 'timed out'
+  if (/^LOADING/.test(m)) return 'loading its data'
+  if (/^MASTERDOWN/.test(m)) return 'its primary is down'
+  if (e.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|enableOfflineQueue/.test(m)) return 'not connected'
+  return undefined
 }

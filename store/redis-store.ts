@@ -91,7 +91,7 @@ export class RedisStore implements Store {
   }
 
   async listFunctions(page?: { after?: string | undefined; limit: number }): Promise<FunctionRecord[]> {
-    return this.#list<FunctionRecord>('fns', 'fn:', page)
+    return this.#list<FunctionRecord>('fns', 'fn:', 'functions', page)
   }
 
   async putFunction(record: FunctionRecord): Promise<void> {
@@ -151,7 +151,7 @@ export class RedisStore implements Store {
   }
 
   async listRuntimes(): Promise<RuntimeSpec[]> {
-    return this.#list<RuntimeSpec>('rts', 'rt:')
+    return this.#list<RuntimeSpec>('rts', 'rt:', 'runtimes')
   }
 
   async putRuntime(spec: RuntimeSpec): Promise<void> {
@@ -182,12 +182,12 @@ export class RedisStore implements Store {
     for (const l of this.#listeners) l(change)
   }
 
-  async #list<T>(index: string, kind: string, page?: { after?: string | undefined; limit: number }): Promise<T[]> {
-    const names = await this.#call(`listing ${index}`, () => page === undefined
+  async #list<T>(index: string, kind: string, what: string, page?: { after?: string | undefined; limit: number }): Promise<T[]> {
+    const names = await this.#call(`listing ${what}`, () => page === undefined
       ? this.#r.zrange(this.#key(index), '0', '-1')
       : this.#r.zrangebylex(this.#key(index), page.after === undefined ? '-' : `(${page.after}`, '+', 'LIMIT', '0', String(page.limit)))
     if (names.length === 0) return []
-    const texts = await this.#call(`reading ${index}`, () => this.#r.mget(names.map((n) => this.#key(`${kind}${n}`))))
+    const texts = await this.#call(`reading ${what}`, () => this.#r.mget(names.map((n) => this.#key(`${kind}${n}`))))
     const out: T[] = []
     // A record deleted between the two reads is simply not listed.
     texts.forEach((text, i) => { if (text !== null) out.push(parse<T>(text, `${kind}${names[i]}`, names[i] as string)) })
