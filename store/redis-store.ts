@@ -3,6 +3,7 @@ import { KdlError } from '../common/errors.js'
 import { assertName } from '../common/spec.js'
 import type { Store, StoreChange } from '../common/store.js'
 import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
+import { ChangeChannel } from './change-channel.js'
 import { redisCall } from './redis-conn.js'
 
 export interface RedisStoreOptions {
@@ -32,41 +33,31 @@ interface ChangeMessage { k: 'function' | 'runtime'; n: string; o: string }
  */
 export class RedisStore implements Store {
   readonly #r: Redis
-  readonly #sub: Redis
   readonly #p: string
   readonly #origin: string
-  readonly #listeners = new Set<(change: StoreChange) => void>()
-  readonly #resyncTimer: NodeJS.Timeout
-  #subscribed = false
+  readonly #channel: ChangeChannel<StoreChange>
   #closed = false
 
-  private constructor(o: RedisStoreOptions) {
+  private constructor(o: RedisStoreOptions, channel: ChangeChannel<StoreChange>) {
     this.#r = o.redis
-    this.#sub = o.subscriber
     this.#p = o.prefix
     this.#origin = o.origin
-    this.#sub.on('message', (channel: string, text: string) => {
-      if (channel !== this.#key('changes')) return
-      let m: ChangeMessage
-      try { m = JSON.parse(text) as ChangeMessage } catch { return }
-      if (m.o === this.#origin || (m.k !== 'function' && m.k !== 'runtime') || typeof m.n !== 'string') return
-      this.#tell({ kind: m.k, name: m.n })
-    })
-    // ioredis subscribes again after a reconnect; what was published meanwhile is lost: read everything again.
-    this.#sub.on('ready', () => {
-      if (!this.#subscribed) return
-      void this.#sub.ping().then(() => this.#tell({ kind: 'resync' }), () => {})
-    })
-    this.#resyncTimer = setInterval(() => this.#tell({ kind: 'resync' }), o.resyncEveryMs ?? 30_000)
-    this.#resyncTimer.unref()
+    this.#channel = channel
   }
 
   /** A store on connected clients; resolves once the change channel is subscribed. */
   static async open(o: RedisStoreOptions): Promise<RedisStore> {
-    const store = new RedisStore(o)
-    await redisCall('subscribing to changes', () => o.subscriber.subscribe(`${o.prefix}changes`))
-    store.#subscribed = true
-    return store
+    const channel = await ChangeChannel.open<StoreChange>({
+      subscriber: o.subscriber, channel: `${o.prefix}changes`, resyncEveryMs: o.resyncEveryMs,
+      parse: (text) => {
+        let m: ChangeMessage
+        try { m = JSON.parse(text) as ChangeMessage } catch { return undefined }
+        // A replica does not hear its own writes: it applied them already.
+        if (m.o === o.origin || (m.k !== 'function' && m.k !== 'runtime') || typeof m.n !== 'string') return undefined
+        return { kind: m.k, name: m.n }
+      },
+    })
+    return new RedisStore(o, channel)
   }
 
   /** Whether Redis is configured to persist with an append-only file (undefined when CONFIG is not allowed). */
@@ -79,10 +70,7 @@ export class RedisStore implements Store {
     }
   }
 
-  readonly changes = (listener: (change: StoreChange) => void): (() => void) => {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
-  }
+  readonly changes = (listener: (change: StoreChange) => void): (() => void) => this.#channel.on(listener)
 
   async getFunction(name: string): Promise<FunctionRecord | undefined> {
     assertName('function', name)
@@ -165,9 +153,7 @@ export class RedisStore implements Store {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    clearInterval(this.#resyncTimer)
-    this.#listeners.clear()
-    this.#sub.disconnect()
+    this.#channel.close()
   }
 
   #key(k: string): string {
@@ -176,10 +162,6 @@ export class RedisStore implements Store {
 
   #message(kind: ChangeMessage['k'], name: string): string {
     return JSON.stringify({ k: kind, n: name, o: this.#origin } satisfies ChangeMessage)
-  }
-
-  #tell(change: StoreChange): void {
-    for (const l of this.#listeners) l(change)
   }
 
   async #list<T>(index: string, kind: string, what: string, page?: { after?: string | undefined; limit: number }): Promise<T[]> {

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
 import { KdlError } from '../common/errors.js'
+import { ChangeChannel } from '../store/change-channel.js'
 import { redisCall } from '../store/redis-conn.js'
 import { assertTriggerName, type TriggerRecord } from './spec.js'
 
@@ -77,45 +78,32 @@ return 1`
  */
 export class TriggerStore {
   readonly #r: Redis
-  readonly #sub: Redis
   readonly #p: string
   readonly #replica: string
-  readonly #listeners = new Set<(c: TriggerChange) => void>()
-  readonly #resyncTimer: NodeJS.Timeout
-  #subscribed = false
+  readonly #channel: ChangeChannel<TriggerChange>
   #closed = false
 
-  private constructor(o: TriggerStoreOptions) {
+  private constructor(o: TriggerStoreOptions, channel: ChangeChannel<TriggerChange>) {
     this.#r = o.redis
-    this.#sub = o.subscriber
     this.#p = o.prefix
     this.#replica = o.replicaId
-    this.#sub.on('message', (channel: string, text: string) => {
-      if (channel !== this.#key('trigger-changes')) return
-      let m: { n?: unknown }
-      try { m = JSON.parse(text) as { n?: unknown } } catch { return }
-      // The writer's own replica reloads from its message too: one path for every replica.
-      if (typeof m.n === 'string') this.#tell({ kind: 'trigger', name: m.n })
-    })
-    // After a reconnect the subscription is renewed, but what was published meanwhile is lost: reload all.
-    this.#sub.on('ready', () => {
-      if (this.#subscribed) void this.#sub.ping().then(() => this.#tell({ kind: 'resync' }), () => {})
-    })
-    this.#resyncTimer = setInterval(() => this.#tell({ kind: 'resync' }), o.resyncEveryMs ?? 30_000)
-    this.#resyncTimer.unref()
+    this.#channel = channel
   }
 
   static async open(o: TriggerStoreOptions): Promise<TriggerStore> {
-    const store = new TriggerStore(o)
-    await redisCall('subscribing to trigger changes', () => o.subscriber.subscribe(`${o.prefix}trigger-changes`))
-    store.#subscribed = true
-    return store
+    const channel = await ChangeChannel.open<TriggerChange>({
+      subscriber: o.subscriber, channel: `${o.prefix}trigger-changes`, resyncEveryMs: o.resyncEveryMs,
+      parse: (text) => {
+        let m: { n?: unknown }
+        try { m = JSON.parse(text) as { n?: unknown } } catch { return undefined }
+        // The writer's own replica reloads from its message too: one path for every replica.
+        return typeof m.n === 'string' ? { kind: 'trigger', name: m.n } : undefined
+      },
+    })
+    return new TriggerStore(o, channel)
   }
 
-  readonly changes = (listener: (c: TriggerChange) => void): (() => void) => {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
-  }
+  readonly changes = (listener: (c: TriggerChange) => void): (() => void) => this.#channel.on(listener)
 
   async get(name: string): Promise<TriggerRecord | undefined> {
     assertTriggerName(name)
@@ -197,17 +185,11 @@ export class TriggerStore {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    clearInterval(this.#resyncTimer)
-    this.#listeners.clear()
-    this.#sub.disconnect()
+    this.#channel.close()
   }
 
   #key(k: string): string {
     return `${this.#p}${k}`
-  }
-
-  #tell(c: TriggerChange): void {
-    for (const l of this.#listeners) l(c)
   }
 
   #call<T>(what: string, work: () => Promise<T>): Promise<T> {
