@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import { splitQualifier, versionQualifier } from '../common/aliases.js'
+import { drainRefused } from '../common/drain.js'
 import { errorBody, isKdlError, KdlError } from '../common/errors.js'
 import { FUNCTION_DEFAULTS } from '../common/spec.js'
 import type { Store } from '../common/store.js'
@@ -11,8 +12,6 @@ const DROPPED = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgra
 const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e]{1,200}$/
 /** Slack for an instance start on top of the call's queue wait and timeout, ms. */
 const START_SLACK_MS = 1000
-/** How long a refused body is drained before its connection is cut, ms. */
-const DRAIN_MS = 2000
 
 export interface AsyncIngressOptions {
   queue: AsyncQueue
@@ -35,7 +34,7 @@ export function asyncIngress(opts: AsyncIngressOptions): (key: string, rest: str
       const kdl = isKdlError(err) ? err : new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
       if (kdl.code === 'KDL_ERR_STORE_UNAVAILABLE') opts.log.warn({ code: kdl.code }, 'async enqueue refused: the store does not answer')
       else if (kdl.statusCode >= 500) opts.log.error({ err }, 'async enqueue failed')
-      if (kdl.code === 'KDL_ERR_PAYLOAD_TOO_LARGE') drain(req)
+      if (kdl.code === 'KDL_ERR_PAYLOAD_TOO_LARGE') drainRefused(req)
       send(res, kdl.statusCode, errorBody(kdl), kdl.headers)
     })
   }
@@ -123,15 +122,4 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Recor
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), ...headers })
   res.end(text)
-}
-
-/** Reads and drops the rest of a refused body (bounded), so the sender gets to read the 413. */
-function drain(req: IncomingMessage): void {
-  if (req.complete || req.destroyed) return
-  const timer = setTimeout(() => req.socket.destroy(), DRAIN_MS)
-  timer.unref()
-  const done = (): void => clearTimeout(timer)
-  req.once('end', done).once('close', done).once('error', done)
-  req.on('data', () => {})
-  req.resume()
 }

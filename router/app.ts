@@ -8,7 +8,8 @@ import type { ExecutorClient } from '../executor/client.js'
 import type { VersionSamples } from '../common/version-samples.js'
 import type { CallOutcome, CallStats } from './call-stats.js'
 import { InstanceTable, type Granted } from './instance-table.js'
-import { drainRefused, forward, refuseOversized, sendError } from './proxy.js'
+import { drainRefused } from '../common/drain.js'
+import { forward, refuseOversized, sendError } from './proxy.js'
 
 export interface RouterDeps {
   executor: ExecutorClient

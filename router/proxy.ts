@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import { Transform, Writable, type Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
+import { drainRefused } from '../common/drain.js'
 import { errorBody, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 
@@ -120,9 +121,6 @@ function tooLarge(req: IncomingMessage, res: ServerResponse, max: number): Forwa
   return { outcome: 'ok', status: 413, error: err }
 }
 
-/** How long the rest of a refused body is read and dropped before the connection is cut. */
-const DRAIN_MS = 10_000
-
 /**
  * Answers 413 to a request that announces a body over `max`, before reading any of it (no instance is
  * taken for it), and drains what the client goes on sending.
@@ -130,23 +128,6 @@ const DRAIN_MS = 10_000
 export function refuseOversized(req: IncomingMessage, res: ServerResponse, max: number): void {
   sendError(res, new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', `request body exceeds the ${max}-byte limit`))
   drainRefused(req)
-}
-
-/**
- * Reads and drops the rest of a refused request body, for at most DRAIN_MS: a client that sends its
- * whole body before it reads (most do) then gets the 413 already written, where closing at once would
- * reset the connection and lose the answer in its receive buffer. A body that is still coming after the
- * bound (a trickle) gets its connection cut.
- */
-export function drainRefused(req: IncomingMessage): void {
-  if (req.complete || req.destroyed) return
-  req.unpipe()
-  const timer = setTimeout(() => req.socket.destroy(), DRAIN_MS)
-  timer.unref()
-  const done = (): void => clearTimeout(timer)
-  req.once('end', done).once('close', done).once('error', done)
-  req.on('data', () => {})
-  req.resume()
 }
 
 /** A pass-through that fails once more than `max` bytes went through (chunked bodies have no length). */
