@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
+import { freePort } from './nginx.js'
 import { startPlatform } from './platform.js'
 import { summarize, type Latency } from './stats.js'
 
@@ -21,18 +21,6 @@ export interface AsyncResult {
   syncMs: Latency
   /** Several replicas: a deploy answered on replica A until replica B routes the new version (B's preload included). */
   replicationMs: Latency
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      const port = typeof a === 'object' && a !== null ? a.port : 0
-      s.close(() => resolve(port))
-    })
-  })
 }
 
 export async function measureAsync(opts: { dataDir: string; jobs: number; concurrency: number; progress: (line: string) => void; track: (close: () => Promise<void>) => () => void }): Promise<AsyncResult> {

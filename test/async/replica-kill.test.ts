@@ -1,12 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
 import { request } from 'undici'
-import { processesMentioning } from '../fixtures/platform.js'
+import { processesMentioning, startUp } from '../fixtures/platform.js'
 import { startRedis } from '../fixtures/redis.js'
 import { waitFor } from '../fixtures/wait.js'
 
@@ -20,22 +19,6 @@ const SLOW_FIRST = `export default async (event) => {
   return 'done on attempt ' + attempt
 }`
 
-async function up(dataDir: string, redisUrl: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['bin/kindling.mjs', 'up', '--port', '0', '--data-dir', dataDir], {
-    env: {
-      PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn', KINDLING_POOL_SIZE: '1', KINDLING_LOADGUARD_ENABLED: 'false',
-      KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redisUrl, KINDLING_ASYNC_RECLAIM_MARGIN_MS: '500', KINDLING_ASYNC_RETRY_BASE_MS: '20',
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  const lines = createInterface({ input: child.stdout! })
-  for await (const line of lines) {
-    const m = /^kindling listening on (\S+)/.exec(line)
-    if (m?.[1] !== undefined) return { child, url: m[1] }
-  }
-  throw new Error('kindling up exited before listening')
-}
-
 async function json(url: string, method = 'GET', body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await request(url, { method: method as 'GET', headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? null : JSON.stringify(body) })
   const text = await res.body.text()
@@ -45,7 +28,7 @@ async function json(url: string, method = 'GET', body?: unknown): Promise<{ stat
 t.test('a replica killed mid-job: the other finishes it, settled exactly once', async (t) => {
   const redis = await startRedis(t)
   const dirs = await Promise.all([mkdtemp(join(tmpdir(), 'kdl-async-a-')), mkdtemp(join(tmpdir(), 'kdl-async-b-'))])
-  const replicas = await Promise.all(dirs.map((d) => up(d, redis.url)))
+  const replicas = await Promise.all(dirs.map((d) => startUp(d, { KINDLING_LOADGUARD_ENABLED: 'false', KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url, KINDLING_ASYNC_RECLAIM_MARGIN_MS: '500', KINDLING_ASYNC_RETRY_BASE_MS: '20' })))
   t.teardown(async () => {
     for (const r of replicas) {
       if (r.child.exitCode === null && r.child.signalCode === null) {

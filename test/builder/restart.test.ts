@@ -1,27 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
 import { request } from 'undici'
 import { archiveOf } from '../fixtures/code.js'
 import { TestRegistry } from '../../bench/npm-registry.js'
-import { processesMentioning } from '../fixtures/platform.js'
-
-/** The real CLI (`kindling up`, compiled by the test command) on a data directory; resolves with its URL. */
-async function up(dataDir: string, registry: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['bin/kindling.mjs', 'up', '--port', '0', '--data-dir', dataDir], {
-    env: { PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn', KINDLING_POOL_SIZE: '1', KINDLING_BUILD_REGISTRY: registry },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  for await (const line of createInterface({ input: child.stdout! })) {
-    const m = /^kindling listening on (\S+)/.exec(line)
-    if (m?.[1] !== undefined) return { child, url: m[1] }
-  }
-  throw new Error('kindling up exited before listening')
-}
+import { processesMentioning, startUp } from '../fixtures/platform.js'
 
 async function json(url: string, method = 'GET', body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await request(url, { method: method as 'GET', headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? null : JSON.stringify(body) })
@@ -36,7 +21,7 @@ t.test('a platform killed during a build leaves no half-written build, no orphan
   const dataDir = await mkdtemp(join(tmpdir(), 'kdl-build-restart-'))
   t.teardown(() => rm(dataDir, { recursive: true, force: true }))
 
-  const first = await up(dataDir, registry.url)
+  const first = await startUp(dataDir, { KINDLING_BUILD_REGISTRY: registry.url })
   t.teardown(() => { if (first.child.exitCode === null) first.child.kill('SIGKILL') })
   t.equal((await json(`${first.url}/v1/functions/f`, 'PUT', { runtime: 'node', code: "export default () => 'v1'" })).status, 201)
   const pkg = { dependencies: { 'kdl-dep': '1.0.0' }, scripts: { postinstall: "node -e \"console.log('installing for ever'); setInterval(() => {}, 1000)\"" } }
@@ -60,7 +45,7 @@ t.test('a platform killed during a build leaves no half-written build, no orphan
   first.child.kill('SIGKILL')
   await once(first.child, 'exit')
 
-  const second = await up(dataDir, registry.url)
+  const second = await startUp(dataDir, { KINDLING_BUILD_REGISTRY: registry.url })
   t.teardown(async () => {
     if (second.child.exitCode === null) {
       second.child.kill('SIGTERM')

@@ -89,6 +89,7 @@ t.test('a delete on A drains on B: the call in flight on B finishes, the next on
   await waitFor(async () => (await text(b, 'doomed')).status === 404, 'B to stop routing the deleted function', 5000, 5)
   t.same(await inflight, { status: 200, text: 'finished', version: '1' }, 'the call that was in flight on B finished')
   t.match(await text(b, 'doomed'), { status: 404, code: 'KDL_ERR_FN_NOT_FOUND' })
+  t.match(await text(a, 'doomed'), { status: 404, code: 'KDL_ERR_FN_NOT_FOUND' }, 'and on A, where it was deleted')
   await waitFor(async () => ((await b.api('GET', '/v1/pools')).json['pools'] as Array<{ pool: string }>).every((p) => p.pool !== 'fn:doomed@1'), 'B to drop its prewarm pool of the deleted function')
 })
 

@@ -1,26 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
 import { request } from 'undici'
-import { processesMentioning } from '../fixtures/platform.js'
-
-/** Runs the real CLI (`bin/kindling.mjs up`, compiled by the test command) and resolves with its URL. */
-async function up(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['bin/kindling.mjs', 'up', '--port', '0', '--data-dir', dataDir], {
-    env: { PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn', KINDLING_POOL_SIZE: '1' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  const lines = createInterface({ input: child.stdout! })
-  for await (const line of lines) {
-    const m = /^kindling listening on (\S+)/.exec(line)
-    if (m?.[1] !== undefined) return { child, url: m[1] }
-  }
-  throw new Error('kindling up exited before listening')
-}
+import { processesMentioning, startUp } from '../fixtures/platform.js'
 
 async function call(url: string): Promise<{ status: number; text: string }> {
   const res = await request(url)
@@ -31,7 +15,7 @@ t.test('a restarted platform still serves its functions and leaves no orphan pro
   const dataDir = await mkdtemp(join(tmpdir(), 'kdl-restart-'))
   t.teardown(() => rm(dataDir, { recursive: true, force: true }))
 
-  const first = await up(dataDir)
+  const first = await startUp(dataDir)
   const put = await request(`${first.url}/v1/functions/hi`, {
     method: 'PUT', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ runtime: 'node', code: 'export default () => "still here"', mode: 'persistent', prewarm: 1 }),
@@ -47,7 +31,7 @@ t.test('a restarted platform still serves its functions and leaves no orphan pro
   await once(first.child, 'exit')
   t.ok((await processesMentioning(dataDir)).length >= 1, 'the killed platform left its instances behind')
 
-  const second = await up(dataDir)
+  const second = await startUp(dataDir)
   t.teardown(async () => {
     if (second.child.exitCode === null) {
       second.child.kill('SIGTERM')
