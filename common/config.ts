@@ -31,6 +31,15 @@ export const ConfigSchema = Type.Object({
   KINDLING_ASYNC_RETRY_BASE_MS: Type.Integer({ minimum: 1, maximum: 300_000, default: 1000 }),
   /** A delivery unsettled for its call's longest run (queueTimeoutMs + timeoutMs + 1 s) plus this is taken over by another worker, ms. @default 5000 */
   KINDLING_ASYNC_RECLAIM_MARGIN_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 5000 }),
+  // Workflows (issue 12; on either store).
+  /** Largest input of a workflow run (the body of `POST /wf/:name`), bytes. @default 262144 */
+  KINDLING_WORKFLOW_MAX_INPUT_BYTES: Type.Integer({ minimum: 1024, maximum: 6 * 1024 * 1024, default: 262_144 }),
+  /** Largest input or output of one workflow step (a task's call and answer included), bytes. @default 262144 */
+  KINDLING_WORKFLOW_MAX_PAYLOAD_BYTES: Type.Integer({ minimum: 1024, maximum: 6 * 1024 * 1024, default: 262_144 }),
+  /** Steps one run may take (states entered, map items and branches included) before it fails with KDL_ERR_WF_STEP_LIMIT. @default 25000 */
+  KINDLING_WORKFLOW_MAX_STEPS: Type.Integer({ minimum: 10, maximum: 1_000_000, default: 25_000 }),
+  /** How long a sync start (`POST /wf/:name`) waits for the run's end before it answers 202 with the run id, ms. @default 30000 */
+  KINDLING_WORKFLOW_SYNC_WAIT_MS: Type.Integer({ minimum: 0, maximum: 900_000, default: 30_000 }),
   /** When set, `/v1` requires `Authorization: Bearer <token>`. */
   KINDLING_API_TOKEN: Type.Optional(Type.String({ minLength: 1 })),
   /** pino level. @default info */

@@ -23,8 +23,10 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   cluster: ['common', 'codestore', 'store'],
   async: ['common', 'store'],
   triggers: ['common', 'store'],
-  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases', 'async', 'triggers'],
-  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api', 'cluster', 'async', 'triggers'],
+  // Issue 12: the workflow engine sees the platform through common's interfaces only (a store, an invoke).
+  workflows: ['common'],
+  api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases', 'async', 'triggers', 'workflows'],
+  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api', 'cluster', 'async', 'triggers', 'workflows'],
   cli: ['common', 'embedded'],
   runtimes: [],
   // The dashboard (issue 14) runs in the browser and reads the platform over /v1 only.
