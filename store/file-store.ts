@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises'
+import { readdir, rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KdlError } from '../common/errors.js'
 import { assertName, NAME_PATTERN } from '../common/spec.js'
 import type { Store } from '../common/store.js'
 import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
+import { atomicWrite, isErrno, readText, syncDir } from './atomic-file.js'
 
 export interface FileStoreOptions {
   /**
@@ -207,20 +207,6 @@ export class FileStore implements Store {
   }
 }
 
-function isErrno(err: unknown, code: string): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
-}
-
-/** A record file's text, or undefined when it does not exist; `label` names it in the error. */
-async function readText(file: string, label: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, 'utf8')
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined
-    throw new KdlError('KDL_ERR_INTERNAL', `reading ${label} failed`, { cause: err })
-  }
-}
-
 function parseRecord<T>(kind: Kind, name: string, text: string): T {
   let value: unknown
   try {
@@ -232,44 +218,4 @@ function parseRecord<T>(kind: Kind, name: string, text: string): T {
     throw new KdlError('KDL_ERR_INTERNAL', `stored ${kind} record ${FOLDER[kind]}/${name}.json does not hold the ${kind} "${name}"`)
   }
   return value as T
-}
-
-/** temp file in the same dir → write → fsync → rename over `file` → fsync the dir. */
-async function atomicWrite(folder: string, file: string, text: string, name: string): Promise<void> {
-  try {
-    await mkdir(folder, { recursive: true, mode: 0o700 })
-  } catch (err) {
-    throw new KdlError('KDL_ERR_INTERNAL', `creating ${folder} failed`, { cause: err })
-  }
-  const tmp = join(folder, `.${name}.json.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
-  try {
-    // 0600: function records hold the deployer's env values.
-    const handle = await open(tmp, 'wx', 0o600)
-    try {
-      await handle.writeFile(text, 'utf8')
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    await rename(tmp, file)
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined)
-    throw new KdlError('KDL_ERR_INTERNAL', `writing ${file} failed`, { cause: err })
-  }
-  await syncDir(folder)
-}
-
-/** Makes a rename or unlink durable. Filesystems that cannot fsync a directory are tolerated. */
-async function syncDir(folder: string): Promise<void> {
-  let handle
-  try {
-    handle = await open(folder, 'r')
-    await handle.sync()
-  } catch (err) {
-    if (!(isErrno(err, 'EINVAL') || isErrno(err, 'EISDIR') || isErrno(err, 'EPERM'))) {
-      throw new KdlError('KDL_ERR_INTERNAL', `syncing ${folder} failed`, { cause: err })
-    }
-  } finally {
-    await handle?.close()
-  }
 }
