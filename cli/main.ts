@@ -13,6 +13,7 @@ import { registerPoolsCommand } from './pools.js'
 import { registerRuntimesCommands } from './runtimes.js'
 import { registerTriggersCommands } from './triggers.js'
 import { registerUpCommand } from './up.js'
+import { registerWorkflowCommands } from './workflows.js'
 
 export const DEFAULT_URL = 'http://127.0.0.1:8080'
 
@@ -75,6 +76,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerApplyCommands(program, run)
   registerTriggersCommands(program, run)
   registerAsyncCommands(program, run)
+  registerWorkflowCommands(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })
