@@ -222,12 +222,14 @@ function fail(res, err, context) {
   const isError = typeof err === 'object' && err !== null && typeof err.message === 'string'
   const message = isError ? err.message : describe(err)
   const stack = isError && typeof err.stack === 'string' ? err.stack : undefined
+  // The thrown error's class (`class OutOfStock extends Error`, or a set `name`): a workflow's retry/catch matches on it.
+  const name = !isError ? undefined : typeof err.name === 'string' && err.name !== 'Error' && err.name !== '' ? err.name : err.constructor?.name
   writeLog('error', context.function, context.invocationId, [stack ?? message])
   if (res.headersSent) {
     res.destroy()
   } else {
     for (const header of res.getHeaderNames()) res.removeHeader(header)
-    send(res, 500, FN_ERROR, JSON.stringify({ code: 'KDL_ERR_FN_ERROR', message, stack }))
+    send(res, 500, FN_ERROR, JSON.stringify({ code: 'KDL_ERR_FN_ERROR', name, message, stack }))
   }
   done(res)
 }
