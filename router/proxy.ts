@@ -148,12 +148,21 @@ export function sendError(res: ServerResponse, err: KdlError, extraHeaders: Reco
     res.destroy()
     return
   }
+  const answer = errorAnswer(err, extraHeaders)
+  res.writeHead(err.statusCode, answer.headers)
+  res.end(answer.body)
+}
+
+/** The platform's answer for a KdlError, head and JSON body: what `sendError` writes and an in-process call returns. */
+export function errorAnswer(err: KdlError, extraHeaders: Record<string, string> = {}): { headers: Record<string, string>; body: string } {
   const body = JSON.stringify(errorBody(err))
-  res.writeHead(err.statusCode, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    ...err.headers,
-    ...extraHeaders,
-  })
-  res.end(body)
+  return {
+    headers: {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(Buffer.byteLength(body)),
+      ...err.headers,
+      ...extraHeaders,
+    },
+    body,
+  }
 }
