@@ -2,11 +2,13 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
 import { errorBody, KdlError } from '../common/errors.js'
+import type { Invoke } from '../common/invoke.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
 import type { VersionSamples } from '../common/version-samples.js'
 import { Caller, ROUTE_KEY_HEADER, toKdlError, type CallTransport } from './call.js'
 import type { CallStats } from './call-stats.js'
+import { createInvoke } from './in-process.js'
 import { InstanceTable } from './instance-table.js'
 import { drainRefused } from '../common/drain.js'
 import { forward, refuseOversized, sendError } from './proxy.js'
@@ -38,6 +40,8 @@ export interface RouterConfig {
 export interface Router {
   app: FastifyInstance
   table: InstanceTable
+  /** Calls a function from inside the platform (issue 12: workflow steps), through `table` like `/fn/:key`. */
+  invoke: Invoke
 }
 
 const FN_PREFIX = '/fn/'
@@ -145,7 +149,7 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   })
 
   app.addHook('onClose', async () => table.close())
-  return { app, table }
+  return { app, table, invoke: createInvoke(caller) }
 }
 
 /** Headers only the platform's own calls (async jobs) may set; the router strips every other `x-kindling-*`. */

@@ -7,7 +7,7 @@ import { errorBody, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 
 /** Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus what undici sets itself. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
+export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
 
 export interface ForwardResult {
   /**
