@@ -24,6 +24,7 @@ import { loadConfig, type Config } from '../common/config.js'
 import { KdlError } from '../common/errors.js'
 import { EventLog } from '../common/events.js'
 import { FunctionLogs } from '../common/function-logs.js'
+import type { Invoke } from '../common/invoke.js'
 import { KeyedMutex } from '../common/keyed-mutex.js'
 import { Metrics } from '../common/metrics.js'
 import { platformIdentity } from '../common/platform-id.js'
@@ -79,6 +80,8 @@ export interface Embedded {
   releases: Releases
   /** The load guard, unless KINDLING_LOADGUARD_ENABLED is false or no cgroup hierarchy is usable. */
   loadGuard: LoadGuard | undefined
+  /** Calls a function from inside the platform (issue 12), through the router's instance table like `/fn/:key`. */
+  invoke: Invoke
   /** Every route the HTTP app registered after the router's own: what the API description (`/docs/json`) must cover. */
   routes: readonly RouteEntry[]
   close(): Promise<void>
@@ -217,7 +220,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const asyncPart = shared === undefined ? undefined : await openAsync({ shared, config, log, registry, events })
   // Cron triggers (issue 11): a tick is enqueued as an async job of its function.
   const triggers = shared === undefined || asyncPart === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), submit: asyncPart.submit })
-  const { app, table } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  const { app, table, invoke } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
@@ -261,6 +264,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     executor,
     releases,
     loadGuard,
+    invoke,
     routes,
     close: () => {
       closing ??= (async () => {

@@ -1,13 +1,15 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
-import { splitQualifier } from '../common/aliases.js'
-import { errorBody, isKdlError, KdlError } from '../common/errors.js'
+import { errorBody, KdlError } from '../common/errors.js'
+import type { Invoke } from '../common/invoke.js'
 import type { Metrics } from '../common/metrics.js'
 import type { ExecutorClient } from '../executor/client.js'
 import type { VersionSamples } from '../common/version-samples.js'
-import type { CallOutcome, CallStats } from './call-stats.js'
-import { InstanceTable, type Granted } from './instance-table.js'
+import { Caller, ROUTE_KEY_HEADER, toKdlError, type CallTransport } from './call.js'
+import type { CallStats } from './call-stats.js'
+import { createInvoke } from './in-process.js'
+import { InstanceTable } from './instance-table.js'
 import { drainRefused } from '../common/drain.js'
 import { forward, refuseOversized, sendError } from './proxy.js'
 
@@ -38,16 +40,12 @@ export interface RouterConfig {
 export interface Router {
   app: FastifyInstance
   table: InstanceTable
+  /** Calls a function from inside the platform (issue 12: workflow steps), through `table` like `/fn/:key`. */
+  invoke: Invoke
 }
 
 const FN_PREFIX = '/fn/'
 const ASYNC_PREFIX = '/async/fn/'
-/** Names the caller whose calls a weighted alias sends to the same version (issue 15). */
-const ROUTE_KEY_HEADER = 'x-kindling-route-key'
-/** The version that answered, on every answer of a call routed to one. */
-const VERSION_HEADER = 'x-kindling-version'
-/** Instances one call may be refused unrun by (x-kindling-retire) before it fails with KDL_ERR_LOAD_FAILED (issue 8). */
-const SEND_ATTEMPTS = 3
 
 /**
  * The HTTP front: `/fn/:name[/*]` invocations and `/metrics`. It never listens by itself; the
@@ -95,12 +93,13 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
         }
         if (end > FN_PREFIX.length) {
           const segment = url.slice(FN_PREFIX.length, end)
-          // `name@alias`, also when a client encoded the @ (`name%40alias`); the key's length stays the segment's.
-          handleInvocation(segment, segment.includes('%') ? segment.replaceAll('%40', '@') : segment, req, res, log).catch((err: unknown) => {
-            // A bug or an unexpected backend failure: the caller still gets an answer, the platform stays up.
-            log.error({ err }, 'invocation failed unexpectedly')
-            sendError(res, toKdlError(err))
-          })
+          // `name@alias`, also when a client encoded the @ (`name%40alias`).
+          const key = segment.includes('%') ? segment.replaceAll('%40', '@') : segment
+          const rest = url.slice(end)
+          const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
+          const sticky = req.headers[ROUTE_KEY_HEADER]
+          // The Caller answers every outcome itself, an unexpected failure included.
+          void caller.run(http, res, key, path, typeof sticky === 'string' ? sticky : undefined, undefined)
           return
         }
       }
@@ -111,7 +110,19 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   }
   const app = Fastify({ loggerInstance: log, bodyLimit: cfg.maxApiBodyBytes, return503OnClosing: true, serverFactory })
   const table = new InstanceTable({ executor: deps.executor, log: deps.log.child({ component: 'router' }), metrics: deps.metrics })
-  const { metrics, callStats, samples } = deps
+  const { metrics } = deps
+  const caller = new Caller({ table, executor: deps.executor, metrics, callStats: deps.callStats, samples: deps.samples, log: deps.log })
+  // Made once: an HTTP call's state is its response (`res.req` its request), so a call allocates nothing for its transport.
+  const http: CallTransport<ServerResponse> = {
+    send: (res, granted, path, timeoutMs) => {
+      const req = res.req
+      // An async job's call (issue 11) tells the function its job id and attempt, so it can deduplicate, and the
+      // cron tick that made it, if one did. Only the platform's own calls carry the token: a client cannot forge these.
+      const job = deps.asyncToken !== undefined && req.headers['x-kindling-async-token'] === deps.asyncToken ? trustedHeaders(req) : undefined
+      return forward(req, res, granted.slot.lease.dispatcher, path, timeoutMs, cfg.maxBodyBytes, granted.kind, granted.entry.versionText, job)
+    },
+    fail: (res, err, _entry, headers) => sendError(res, err, headers),
+  }
 
   app.setErrorHandler((err, request, reply) => {
     const kdl = toKdlError(err)
@@ -137,97 +148,8 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     return metrics.registry.metrics()
   })
 
-  async function handleInvocation(segment: string, key: string, req: IncomingMessage, res: ServerResponse, log: FastifyBaseLogger): Promise<void> {
-    const t0 = performance.now()
-    const url = req.url ?? '/'
-    const rest = url.slice(FN_PREFIX.length + segment.length)
-    const path = rest === '' || rest[0] === '?' ? `/${rest}` : rest
-    const sticky = req.headers[ROUTE_KEY_HEADER]
-    const routeKey = typeof sticky === 'string' ? sticky : undefined
-    // An async job's call (issue 11) tells the function its job id and attempt, so it can deduplicate, and the
-    // cron tick that made it, if one did. Only the platform's own calls carry the token: a client cannot forge these.
-    const job = deps.asyncToken !== undefined && req.headers['x-kindling-async-token'] === deps.asyncToken ? trustedHeaders(req) : undefined
-    // The warm path: the route's pick (weights, sticky key), then a free slot of that version.
-    let picked = table.pick(key, routeKey)
-    let granted: Granted | undefined = picked === undefined ? undefined : table.tryWarm(picked)
-    let refusals = 0
-    for (let attempt = 1; ; attempt++) {
-      if (granted === undefined) {
-        try {
-          granted = await table.acquire(key, routeKey, attempt > 1, picked)
-        } catch (err) {
-          const kdl = toKdlError(err)
-          const name = picked?.spec.name ?? splitQualifier(key).name
-          if (kdl.statusCode >= 500) log.error({ err, fn: name }, 'no instance for call')
-          // Unknown names are not labels: a client must not be able to grow the metric set at will.
-          const unknown = kdl.code === 'KDL_ERR_FN_NOT_FOUND' || kdl.code === 'KDL_ERR_VERSION_NOT_FOUND'
-          metrics.invocations.inc({ function: unknown ? '' : name, version: picked?.versionText ?? '', code: kdl.code })
-          if (!unknown) callStats.record(name, 'refused', Number.NaN, undefined)
-          if (picked !== undefined) {
-            samples?.record(name, picked.spec.version, false, performance.now() - t0)
-            sendError(res, kdl, { [VERSION_HEADER]: picked.versionText })
-          } else {
-            sendError(res, kdl)
-          }
-          return
-        }
-      }
-      picked = granted.entry
-      const { entry, slot, kind } = granted
-      const name = entry.spec.name
-      let outcome: CallOutcome = 'ok'
-      const result = await forward(req, res, slot.lease.dispatcher, path, entry.spec.timeoutMs, cfg.maxBodyBytes, kind, entry.versionText, job)
-      if (result.outcome === 'unsent' && result.retire === true) refusals++
-      if (result.outcome === 'unsent' && refusals < SEND_ATTEMPTS && performance.now() - t0 < entry.spec.timeoutMs) {
-        // The instance was gone before the call reached it (issue 8): its slot goes, the call takes another —
-        // until the call's deadline (a dead instance says nothing about the next one). An instance that
-        // refused the call unrun (its function no longer loads) may be followed by others that do: those
-        // count, SEND_ATTEMPTS at most.
-        log.warn({ fn: name, instance: slot.lease.instanceId, attempt }, result.retire === true ? 'instance refused the call unrun: trying another' : 'instance gone before the call was sent: trying another')
-        metrics.retries.inc({ stage: 'send' })
-        table.done(entry, slot, result.retire === true ? 'exhausted' : 'crashed')
-        granted = undefined
-        continue
-      }
-      if (result.outcome === 'ok') {
-        if (result.retire === true) table.retire(entry, slot, 'exhausted')
-        table.done(entry, slot, 'ok')
-        entry.countStatus(result.status)
-        if (result.status >= 500) outcome = 'http5xx'
-      } else if (result.retire === true) {
-        // Refused unrun by instance after instance, out of attempts: the function no longer loads.
-        table.done(entry, slot, 'exhausted')
-        outcome = 'refused'
-        const err = new KdlError('KDL_ERR_LOAD_FAILED', `function "${name}" no longer loads a fresh copy in its instances; see its logs`)
-        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
-      } else if (result.outcome === 'timeout') {
-        table.done(entry, slot, 'timeout')
-        outcome = 'timeout'
-        const err = new KdlError('KDL_ERR_FN_TIMEOUT', `function "${name}" did not answer within ${entry.spec.timeoutMs} ms; its instance was replaced`)
-        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
-      } else {
-        const why = await deps.executor.diagnose(slot.lease).catch(() => 'crashed' as const)
-        table.done(entry, slot, 'crashed')
-        const err = why === 'oom'
-          ? new KdlError('KDL_ERR_FN_OOM', `function "${name}" exceeded its memory limit; its instance was killed`)
-          : new KdlError('KDL_ERR_FN_CRASHED', `function "${name}" crashed during the call on instance ${slot.lease.instanceId} (${(result.error as Error | undefined)?.message ?? 'connection lost'})`)
-        outcome = why === 'oom' ? 'oom' : 'crashed'
-        log.warn({ fn: name, instance: slot.lease.instanceId, code: err.code }, 'instance lost during call')
-        metrics.invocations.inc({ function: name, version: entry.versionText, code: err.code })
-        sendError(res, err, { 'x-kindling-error': 'unhandled', [VERSION_HEADER]: entry.versionText })
-      }
-      const ms = performance.now() - t0
-      entry.observeDuration(ms / 1000)
-      callStats.record(name, outcome, ms, kind)
-      samples?.record(name, entry.spec.version, outcome === 'ok', ms)
-      return
-    }
-  }
-
   app.addHook('onClose', async () => table.close())
-  return { app, table }
+  return { app, table, invoke: createInvoke(caller) }
 }
 
 /** Headers only the platform's own calls (async jobs) may set; the router strips every other `x-kindling-*`. */
@@ -240,15 +162,4 @@ function trustedHeaders(req: IncomingMessage): Record<string, string> {
     if (typeof v === 'string') out[h] = v
   }
   return out
-}
-
-/** Fastify's own errors (body too large, bad JSON) mapped onto the platform's codes. */
-export function toKdlError(err: unknown): KdlError {
-  if (isKdlError(err)) return err
-  const e = err as { code?: string; statusCode?: number; message?: string }
-  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new KdlError('KDL_ERR_PAYLOAD_TOO_LARGE', e.message ?? 'request body too large', { cause: err })
-  if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) {
-    return new KdlError('KDL_ERR_BAD_REQUEST', e.message ?? 'bad request', { cause: err })
-  }
-  return new KdlError('KDL_ERR_INTERNAL', 'internal error', { cause: err })
 }

@@ -7,7 +7,7 @@ import { errorBody, KdlError } from '../common/errors.js'
 import { neverRead } from '../common/transport.js'
 
 /** Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus what undici sets itself. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
+export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate', 'host', 'expect'])
 
 export interface ForwardResult {
   /**
@@ -148,12 +148,21 @@ export function sendError(res: ServerResponse, err: KdlError, extraHeaders: Reco
     res.destroy()
     return
   }
+  const answer = errorAnswer(err, extraHeaders)
+  res.writeHead(err.statusCode, answer.headers)
+  res.end(answer.body)
+}
+
+/** The platform's answer for a KdlError, head and JSON body: what `sendError` writes and an in-process call returns. */
+export function errorAnswer(err: KdlError, extraHeaders: Record<string, string> = {}): { headers: Record<string, string>; body: string } {
   const body = JSON.stringify(errorBody(err))
-  res.writeHead(err.statusCode, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    ...err.headers,
-    ...extraHeaders,
-  })
-  res.end(body)
+  return {
+    headers: {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(Buffer.byteLength(body)),
+      ...err.headers,
+      ...extraHeaders,
+    },
+    body,
+  }
 }
