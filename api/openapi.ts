@@ -24,6 +24,7 @@ export const TAGS = [
   { name: 'platform', description: 'Pools, the start gate and platform events.' },
   { name: 'triggers', description: 'Cron triggers: a function called on a schedule, once per tick across the replicas (issue 11; KINDLING_STORE=redis).' },
   { name: 'invocation', description: 'Calling a function: outside `/v1`, no bearer token.' },
+  { name: 'workflows', description: 'Workflows (issue 12): definitions chaining functions, and their durable runs (`POST /wf/{name}` starts one).' },
   { name: 'async', description: 'Async invocations (issue 11): jobs, retries and the dead-letter queue (KINDLING_STORE=redis).' },
 ] as const
 export type Tag = (typeof TAGS)[number]['name']
@@ -276,7 +277,11 @@ export async function registerOpenApi(app: FastifyInstance, opts: OpenApiOptions
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => typeof json['$id'] === 'string' ? json['$id'] : `def-${i}` },
     transform: ({ schema, url }) => ({
-      schema: schema === undefined || schema.hide === true || !url.startsWith('/v1/') ? schema : describeRoute(schema, opts.auth),
+      // `/wf/:name` is a workflow's URL, public like `/fn/:name` (no token), with the same described error answers.
+      schema: schema === undefined || schema.hide === true ? schema
+        : url.startsWith('/v1/') ? describeRoute(schema, opts.auth)
+        : url.startsWith('/wf/') ? { ...describeRoute(schema, false), security: [] }
+        : schema,
       url,
     }),
   })

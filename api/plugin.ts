@@ -23,6 +23,7 @@ import type { Releases } from '../releases/versions.js'
 import * as S from './route-schemas.js'
 import { registerStatsRoutes, type CallStatsSource } from './stats.js'
 import { registerTriggerRoutes } from './triggers.js'
+import { registerWorkflowRoutes, type WorkflowRouteDeps } from './workflows.js'
 import type { TriggerStore } from '../triggers/store.js'
 
 export interface ApiDeps {
@@ -58,6 +59,8 @@ export interface ApiDeps {
   triggers?: TriggerStore | undefined
   /** Async jobs and their dead-letter queue (issue 11); absent on the file store (`/v1/async` answers 503). */
   asyncQueue?: AsyncQueue | undefined
+  /** Workflows (issue 12): definitions and runs, on either store. */
+  workflows?: WorkflowRouteDeps | undefined
 }
 
 /** The management API under `/v1`: functions, runtimes, pools, events. */
@@ -198,6 +201,7 @@ export const apiPlugin: FastifyPluginAsync<ApiDeps> = async (app: FastifyInstanc
   if (deps.callStats !== undefined) registerStatsRoutes(app, store, deps.callStats)
   registerTriggerRoutes(app, { triggers: deps.triggers, store })
   registerAsyncRoutes(app, deps.asyncQueue, deps.events)
+  if (deps.workflows !== undefined) registerWorkflowRoutes(app, deps.workflows)
 
   app.get('/v1/runtimes', { schema: S.listRuntimes }, async () => ({ runtimes: await store.listRuntimes() }))
 

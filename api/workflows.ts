@@ -154,7 +154,8 @@ export const workflowStartPlugin: FastifyPluginAsync<WorkflowRouteDeps> = async 
     const run = await deps.engine.wait(started.id, wait)
     if (run === undefined || run.status === 'running') return accepted()
     void reply.header('x-kindling-run-status', run.status)
-    if (run.status === 'succeeded') return run.output ?? null
+    // Always JSON (a string result too: fastify would send a returned string as it is).
+    if (run.status === 'succeeded') return reply.type('application/json; charset=utf-8').send(JSON.stringify(run.output ?? null))
     const details = { run: run.id, error: run.error?.error, cause: run.error?.cause }
     const headers = { 'x-kindling-run-id': run.id, 'x-kindling-run-status': run.status }
     if (run.status === 'cancelled') throw new KdlError('KDL_ERR_WF_RUN_CANCELLED', `run ${run.id} was cancelled`, { details, headers })

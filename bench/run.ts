@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,async,scale (scale only when named),
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,async,workflows,scale (scale only when named),
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
 // --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
@@ -26,6 +26,7 @@ import { measureRss } from './rss.js'
 import { measureStarts } from './starts.js'
 import { measureBuilds } from './builds.js'
 import { measureAsync } from './async.js'
+import { measureWorkflows } from './workflows.js'
 import { round, summarize as summarizeMs } from './stats.js'
 import { HELLO_SPEC, measureBare, measureFloor, measureModes, measureNginx, measureRouter, type LoadContext, type WarmRow } from './warm.js'
 
@@ -295,6 +296,18 @@ async function main(): Promise<number> {
       await section('async', async () => {
         results.async = await measureAsync({
           dataDir: join(tmp, 'async'), jobs: flags.quick ? 200 : 2000, concurrency: 8, progress,
+          track: (close) => {
+            cleanups.push(close)
+            return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
+          },
+        })
+      })
+    }
+
+    if (runProcess && flags.only.has('workflows')) {
+      await section('workflows', async () => {
+        results.workflows = await measureWorkflows({
+          dataDir: join(tmp, 'workflows'), runs: flags.quick ? 3 : 10, steps: 100, progress,
           track: (close) => {
             cleanups.push(close)
             return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }

@@ -50,6 +50,8 @@ import { StoreSync } from '../cluster/sync.js'
 import { openAsync } from './async.js'
 import { openShared } from './shared.js'
 import { openTriggers } from './triggers.js'
+import { openWorkflows, type Workflows } from './workflows.js'
+import { workflowStartPlugin } from '../api/workflows.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
@@ -78,6 +80,8 @@ export interface Embedded {
   executor: Executor
   /** Versions and aliases (issue 15); a workflow run pins its versions here. */
   releases: Releases
+  /** Workflow definitions and runs (issue 12). */
+  workflows: Workflows
   /** The load guard, unless KINDLING_LOADGUARD_ENABLED is false or no cgroup hierarchy is usable. */
   loadGuard: LoadGuard | undefined
   /** Calls a function from inside the platform (issue 12), through the router's instance table like `/fn/:key`. */
@@ -190,9 +194,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   loadGuard?.start()
   // ── end load guard ──
   // ── Versions, aliases and canaries (issue 15): every writer of a function holds its lock. ──
+  const locks = shared === undefined ? new KeyedMutex() : new RedisLocks({ redis: shared.redis, prefix: shared.prefix })
   const releases = new Releases({
-    store, executor, codeStore, events, metrics, log: log.child({ component: 'releases' }), keepVersions: config.KINDLING_KEEP_VERSIONS,
-    locks: shared === undefined ? new KeyedMutex() : new RedisLocks({ redis: shared.redis, prefix: shared.prefix }),
+    store, executor, codeStore, events, metrics, log: log.child({ component: 'releases' }), keepVersions: config.KINDLING_KEEP_VERSIONS, locks,
   })
   const samples = new VersionSamples()
   // One replica drives a canary at a time (a lease in Redis); the others watch and take over if it goes.
@@ -221,6 +225,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // Cron triggers (issue 11): a tick is enqueued as an async job of its function.
   const triggers = shared === undefined || asyncPart === undefined ? undefined : await openTriggers(shared, { events, registry, log: log.child({ component: 'triggers' }), submit: asyncPart.submit })
   const { app, table, invoke } = buildRouter({ executor, metrics, log, callStats, samples, asyncInvoke: asyncPart?.invoke, asyncToken: asyncPart?.token }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
+  // Workflows (issue 12): runs stored beside the specs; steps call through the router's own path.
+  const workflows: Workflows = await openWorkflows({ config, dataDir, shared, invoke, executor, releases, locks, events, registry, log: log.child({ component: 'workflows' }) })
   const routes = collectRoutes(app)
   // The API description at /docs (issue 14): before the API, whose routes it collects; outside its token check.
   await registerOpenApi(app, { auth: config.KINDLING_API_TOKEN !== undefined })
@@ -231,7 +237,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     sharedEvents: sharedEvents === undefined ? undefined : (opts) => sharedEvents.list(opts),
     cluster: shared === undefined || replicas === undefined ? undefined : () => ({ store: 'redis' as const, replica: shared.replicaId, replicas: replicas.ids }),
     asyncQueue: asyncPart?.queue,
+    workflows: workflows.routes,
   })
+  await app.register(workflowStartPlugin, workflows.routes)
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
 
@@ -243,6 +251,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     sync?.close()
     await replicas?.stop()
     await triggers?.close()
+    await workflows.close(0)
     await pools.close()
     await shared?.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
@@ -253,6 +262,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   // Redis away right now: the periodic reload (30 s) schedules them when it is back.
   await triggers?.start().catch((err: unknown) => log.warn({ err }, 'triggers not loaded yet'))
   await asyncPart?.start(`http://${host}:${port}`)
+  // Unfinished runs (a restart) resume once the platform serves their functions.
+  await workflows.engine.start()
   log.info({ port, backend: backend.name, dataDir }, 'kindling is up')
 
   let closing: Promise<void> | undefined
@@ -263,6 +274,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pools,
     executor,
     releases,
+    workflows,
     loadGuard,
     invoke,
     routes,
@@ -276,6 +288,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         await builder.close()
         // Async workers first: they call through the router (jobs in flight finish, bounded; the rest stay pending).
         await asyncPart?.close(SHUTDOWN_GRACE_MS)
+        // Workflow steps call through the router too: those in flight finish and are recorded; timers stay stored.
+        await workflows.close(SHUTDOWN_GRACE_MS)
         // Stop accepting, let the calls in flight finish (bounded), then cut what is left: a client may
         // keep an idle keep-alive connection open that would otherwise hold the close for its timeout.
         const closed = app.close()
