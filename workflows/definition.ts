@@ -82,7 +82,7 @@ export interface MapState extends Flow {
   type: 'map'
   /** JSONata over the input giving the array; default the input itself. */
   items?: string
-  /** Items in flight at once; 0 = no bound of the map's own. */
+  /** Items in flight at once; 0 = the engine's bound (40, as Step Functions' inline map). */
   maxConcurrency: number
   processor: Branch
   retry?: Retrier[]

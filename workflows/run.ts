@@ -53,6 +53,9 @@ export type RunOutcome =
   /** Stopped without writing: the claim was lost or the store failed (another replica, or a later poll, resumes it). */
   | { status: 'dropped'; reason: unknown }
 
+/** Items a map without a `maxConcurrency` of its own runs at once (Step Functions' inline map: 40). */
+const UNBOUNDED_MAP_CONCURRENCY = 40
+
 /** Why the coroutines of a run unwind without recording anything. */
 class Stop extends Error {
   constructor(readonly kind: 'park' | 'cancel' | 'drop' | 'abort', readonly reason?: unknown) {
@@ -403,7 +406,7 @@ export class RunTask {
         }
       }
     }
-    const n = limit > 0 ? Math.min(limit, jobs.length) : jobs.length
+    const n = Math.min(limit > 0 ? limit : UNBOUNDED_MAP_CONCURRENCY, jobs.length)
     await Promise.all(Array.from({ length: n }, worker))
     if (failure !== undefined) throw failure
     return results

@@ -35,3 +35,34 @@ t.test('the CLI drives a real platform: deploy, invoke, list, pools, events, del
   t.equal(gone.code, 1)
   t.match(gone.err, /error KDL_ERR_FN_NOT_FOUND: function "hello" is not deployed/)
 })
+
+t.test('the CLI drives workflows on a real platform: apply a YAML file, run, runs, show, cancel', async (t) => {
+  const p = await startPlatform(t)
+  const cli = async (...argv: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const out = sink()
+    const err = sink()
+    const code = await runCli(argv, { stdout: out, stderr: err, env: { KINDLING_URL: p.url } })
+    return { code, out: out.text(), err: err.text() }
+  }
+  t.equal((await cli('fn', 'deploy', 'hello', '--runtime', 'node', '--code', 'examples/hello.js')).code, 0)
+  const applied = await cli('wf', 'apply', '-f', 'examples/workflows/greet.yaml')
+  t.equal(applied.code, 0, applied.err)
+  t.match(applied.out, /workflow greet created \(version 1\)/)
+  t.match((await cli('wf', 'apply', '-f', 'examples/workflows/greet.yaml')).out, /unchanged \(version 1\)/)
+  const ran = await cli('wf', 'run', 'greet', '-d', '{"names":["ada","bob","cy"]}')
+  t.equal(ran.code, 0, ran.err)
+  t.same(JSON.parse(ran.out), { greetings: ['hello, ada\n', 'hello, bob\n', 'hello, cy\n'], crowd: true })
+  const runs = await cli('wf', 'runs', 'greet')
+  t.match(runs.out, /^ID\s+STATUS\s+VERSION/)
+  const id = /^(\S+)\s+succeeded/m.exec(runs.out)?.[1]
+  t.ok(id, 'the run is listed as succeeded')
+  const show = await cli('wf', 'show', String(id))
+  t.equal(show.code, 0, show.err)
+  t.match(show.out, /Greet\s+map\s+succeeded/)
+  t.match(show.out, /Greet\[2\]\/task\s+task\s+succeeded\s+1/, 'the map item, its one attempt')
+  t.match(show.out, /Many\s+pass\s+succeeded/)
+  const bad = await cli('wf', 'run', 'greet', '-d', '{"names":"not a list"}')
+  t.equal(bad.code, 1)
+  t.match(bad.err, /failed: KDL_ERR_WF_EXPRESSION_FAILED/)
+  t.equal((await cli('wf', 'cancel', String(id))).code, 1, 'a finished run cannot be cancelled')
+})
