@@ -115,6 +115,10 @@ export type State = TaskState | ChoiceState | ParallelState | MapState | WaitSta
 export type StateType = State['type']
 
 export const STATE_TYPES: readonly StateType[] = ['task', 'choice', 'parallel', 'map', 'wait', 'pass', 'succeed', 'fail']
+/** Largest definition, as JSON (Step Functions allows 1 MiB). */
+const MAX_DEFINITION_CHARS = 1024 * 1024
+/** States one definition may have, its branches' included. */
+const MAX_STATES = 5000
 /** Longest state name; step ids are built from them. */
 const MAX_STATE_NAME = 80
 /** Characters step ids use as separators (`Items[2]/Charge`, `Both#1/A`, `Poll@3`). */
@@ -158,6 +162,8 @@ export function successors(s: State): string[] {
 /** Validates a definition document and returns it normalised (defaults filled, `map.task` as a processor). */
 export function parseDefinition(doc: unknown): Definition {
   const v = new Validator()
+  const size = JSON.stringify(doc)?.length ?? 0
+  if (size > MAX_DEFINITION_CHARS) v.fail('KDL_ERR_WF_INVALID', '', '', `the definition is ${size} characters as JSON, over the ${MAX_DEFINITION_CHARS} a definition may have`)
   const root = v.branch(doc, '')
   const out: Definition = root
   if (isObject(doc) && doc['comment'] !== undefined) out.comment = v.str(doc['comment'], '', 'comment')
@@ -177,6 +183,9 @@ function isObject(x: unknown): x is Record<string, unknown> {
 }
 
 class Validator {
+  /** States seen so far, over every branch. */
+  states = 0
+
   fail(code: ErrorCode, state: string, field: string, message: string, extra: Record<string, unknown> = {}): never {
     const where = state === '' ? (field === '' ? '' : `field "${field}": `) : `state "${state}"${field === '' ? '' : `, field "${field}"`}: `
     throw new KdlError(code, `${where}${message}`, { details: { state: state === '' ? null : state, field: field === '' ? null : field, ...extra } })
@@ -263,6 +272,8 @@ class Validator {
     const rawStates = doc['states']
     if (!isObject(rawStates) || Object.keys(rawStates).length === 0) this.fail('KDL_ERR_WF_INVALID', where, 'states', 'must be an object of at least one state')
     const states: Record<string, State> = {}
+    this.states += Object.keys(rawStates).length
+    if (this.states > MAX_STATES) this.fail('KDL_ERR_WF_INVALID', where, 'states', `a definition may have at most ${MAX_STATES} states, its branches' included`)
     for (const [name, raw] of Object.entries(rawStates)) {
       if (name.length > MAX_STATE_NAME || RESERVED.test(name) || name.trim() !== name || name === '') {
         this.fail('KDL_ERR_WF_INVALID', `${prefix}${name}`, '', `a state name is 1 to ${MAX_STATE_NAME} characters without / [ ] # @ or surrounding spaces`)
@@ -290,12 +301,13 @@ class Validator {
       for (const n of successors(states[todo.pop() as string] as State)) if (!reached.has(n)) { reached.add(n); todo.push(n) }
     }
     for (const name of Object.keys(states)) if (!reached.has(name)) this.fail('KDL_ERR_WF_INVALID', `${prefix}${name}`, '', `is never reached from "${startAt}"`)
+    // Backwards from the ends over the reversed edges: every state that can reach one (linear in states + edges).
+    const preds = new Map<string, string[]>()
+    for (const [name, s] of Object.entries(states)) for (const n of successors(s)) preds.set(n, [...preds.get(n) ?? [], name])
     const exits = new Set(Object.entries(states).filter(([, s]) => isTerminal(s)).map(([n]) => n))
-    for (let grew = true; grew;) {
-      grew = false
-      for (const [name, s] of Object.entries(states)) {
-        if (!exits.has(name) && successors(s).some((n) => exits.has(n))) { exits.add(name); grew = true }
-      }
+    const back = [...exits]
+    while (back.length > 0) {
+      for (const p of preds.get(back.pop() as string) ?? []) if (!exits.has(p)) { exits.add(p); back.push(p) }
     }
     for (const name of Object.keys(states)) {
       if (!exits.has(name)) this.fail('KDL_ERR_WF_NO_EXIT', `${prefix}${name}`, '', 'is on a cycle with no exit: no path from it reaches an end (end: true, succeed or fail)')

@@ -89,3 +89,24 @@ t.test('a replica killed mid-step: another takes the run over when its claim lap
   t.equal(done.status, 'succeeded')
   t.same(done['output'], { One: 1, Three: 2, Four: 1 }, 'B re-ran only the step in flight on A (attempt 2), after A\'s claim lapsed')
 })
+
+t.test('a cancel sent to the replica that does not hold the run stops it at the holder\'s next renewal', async (t) => {
+  const redis = await startRedis(t)
+  const env = { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url, KINDLING_POOL_ADAPTIVE: 'false' }
+  const a = await startPlatform(t, env)
+  const b = await startPlatform(t, env)
+  // Longer than a renewal period (a third of the 15 s claim): the cancel lands while the first call is in flight.
+  await a.api('PUT', '/v1/functions/slow', { runtime: 'node', code: `export default async () => { await new Promise((r) => setTimeout(r, 8000)); return {} }` })
+  t.equal((await a.api('PUT', '/v1/workflows/slowpoke', { startAt: 'S', states: { S: { type: 'task', function: 'slow', next: 'T' }, T: { type: 'task', function: 'slow', end: true } } })).status, 201)
+  const id = await (async () => {
+    const res = await request(`${a.url}/wf/slowpoke?async=true`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    return String((await res.body.json() as { id: string }).id)
+  })()
+  await waitFor(async () => (await runOf(b, id)).steps[0]?.attempts === 1, 'the first call to start')
+  const asked = await b.api('POST', `/v1/runs/${id}/cancel`)
+  t.match(asked, { status: 200, json: { status: 'running', cancelRequested: true } }, 'B cannot stop a run A advances: it asks')
+  const done = await finished(b, id, 10_000)
+  t.equal(done.status, 'cancelled', 'A stopped it at its next claim renewal')
+  t.notOk(done.steps.some((s) => s.id === 'T'), 'nothing ran after the cancel')
+  t.ok(Date.parse(String(done['endedAt'])) - Date.parse(String(done['startedAt'])) < 7000, 'it ended before the call in flight did')
+})

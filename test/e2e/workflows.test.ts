@@ -153,4 +153,34 @@ for (const store of STORES) {
     t.match(await p.api('POST', '/v1/runs/nope-123/cancel'), { status: 404, json: { code: 'KDL_ERR_WF_RUN_NOT_FOUND' } })
     t.match(await start(p, 'nosuch', {}), { status: 404, json: { code: 'KDL_ERR_WF_NOT_FOUND' } })
   })
+
+  t.test(`${store}: loops name each visit; a loop that does not end hits the step limit; a timestamp wait; a runaway expression fails its step`, async (t) => {
+    const p = await platformOn(t, store, { KINDLING_WORKFLOW_MAX_STEPS: 40 })
+    const loop = (until: string): unknown => ({
+      startAt: 'Count',
+      states: {
+        Count: { type: 'pass', output: '{ "n": n + 1 }', next: 'Check' },
+        Check: { type: 'choice', choices: [{ condition: until, next: 'Later' }], default: 'Count' },
+        Later: { type: 'wait', timestamp: '{% $fromMillis($millis() + 300) %}', next: 'Done' },
+        Done: { type: 'succeed' },
+      },
+    })
+    await defineWorkflow(p, 'loop', loop('n >= 3'))
+    const t0 = Date.now()
+    const res = await start(p, 'loop', { n: 0 })
+    t.same(res.json, { n: 3 })
+    t.ok(Date.now() - t0 >= 300, 'the timestamp wait waited')
+    const run = await runOf(p, String(res.headers['x-kindling-run-id']))
+    t.same(run.steps.map((s) => s.id), ['Count', 'Check', 'Count@2', 'Check@2', 'Count@3', 'Check@3', 'Later', 'Done'], 'each visit of a state is its own step')
+
+    await defineWorkflow(p, 'forever', loop('n > 1000000'))
+    const endless = await start(p, 'forever', { n: 0 })
+    t.match(endless.json, { code: 'KDL_ERR_WF_RUN_FAILED', error: 'KDL_ERR_WF_STEP_LIMIT' }, 'a loop that does not end stops at KINDLING_WORKFLOW_MAX_STEPS')
+
+    await defineWorkflow(p, 'hostile', { startAt: 'Spin', states: { Spin: { type: 'pass', output: '( $f := function($x) { $f($x + 1) }; $f(0) )', end: true } } })
+    const spun = await start(p, 'hostile', {})
+    t.match(spun.json, { code: 'KDL_ERR_WF_RUN_FAILED', error: 'KDL_ERR_WF_EXPRESSION_FAILED' }, 'a runaway recursion fails its step, the platform goes on')
+    const events = (await p.api('GET', '/v1/events')).json['events'] as Array<{ type: string; data?: { workflow?: string } }>
+    t.ok(events.some((e) => e.type === 'workflow.failed' && e.data?.workflow === 'hostile'), 'a failed run is an event')
+  })
 }
