@@ -81,3 +81,11 @@ function connectionLoss(err: unknown): string | undefined {
   if (e.name === 'MaxRetriesPerRequestError' || /Stream isn't writeable|Connection is closed|enableOfflineQueue/.test(m)) return 'not connected'
   return undefined
 }
+
+/** The results of a MULTI's EXEC (null: refused); a command of it that failed fails the whole call (EXEC applies all or none). */
+export function multiResults(what: string, results: Array<[Error | null, unknown]> | null): unknown[] {
+  if (results === null) throw new KdlError('KDL_ERR_INTERNAL', `the store refused the transaction while ${what}`)
+  const failed = results.find(([err]) => err !== null)
+  if (failed !== undefined) throw new KdlError('KDL_ERR_INTERNAL', `the store failed while ${what}: ${(failed[0] as Error).message}`, { cause: failed[0] })
+  return results.map(([, v]) => v)
+}

@@ -4,7 +4,7 @@ import { assertName } from '../common/spec.js'
 import type { Store, StoreChange } from '../common/store.js'
 import type { FunctionRecord, RuntimeSpec } from '../common/types.js'
 import { ChangeChannel } from './change-channel.js'
-import { redisCall } from './redis-conn.js'
+import { multiResults, redisCall } from './redis-conn.js'
 
 export interface RedisStoreOptions {
   /** Commands (no blocking reads, no subscriptions). */
@@ -183,11 +183,7 @@ export class RedisStore implements Store {
 
   /** Runs a MULTI; a command of it that failed fails the call (EXEC applies all or none of a queued transaction). */
   async #exec(what: string, multi: ReturnType<Redis['multi']>): Promise<unknown[]> {
-    const results = await this.#call(what, () => multi.exec())
-    if (results === null) throw new KdlError('KDL_ERR_INTERNAL', `the store refused the transaction while ${what}`)
-    const failed = results.find(([err]) => err !== null)
-    if (failed !== undefined) throw new KdlError('KDL_ERR_INTERNAL', `the store failed while ${what}: ${(failed[0] as Error).message}`, { cause: failed[0] })
-    return results.map(([, v]) => v)
+    return multiResults(what, await this.#call(what, () => multi.exec()))
   }
 }
 

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis'
 import { KdlError } from '../common/errors.js'
 import type { OpenRun, RunEvent, RunRecord, RunStatus, WorkflowRecord, WorkflowStore } from '../common/workflows.js'
-import { redisCall } from './redis-conn.js'
+import { multiResults, redisCall } from './redis-conn.js'
 import {
   assertRun, assertRunId, assertWorkflowName, assertWorkflowVersion, eventJson, isFinished, isRunId, parseRun, parseStored, parseWorkflow,
   runLost, runNotFound, startedMs, wakeScore,
@@ -287,11 +287,7 @@ export class RedisWorkflowStore implements WorkflowStore {
 
   /** Runs a MULTI; a command of it that failed fails the call. */
   async #exec(what: string, multi: ReturnType<Redis['multi']>): Promise<unknown[]> {
-    const results = await this.#call(what, () => multi.exec())
-    if (results === null) throw new KdlError('KDL_ERR_INTERNAL', `the store refused the transaction while ${what}`)
-    const failed = results.find(([err]) => err !== null)
-    if (failed !== undefined) throw new KdlError('KDL_ERR_INTERNAL', `the store failed while ${what}: ${(failed[0] as Error).message}`, { cause: failed[0] })
-    return results.map(([, v]) => v)
+    return multiResults(what, await this.#call(what, () => multi.exec()))
   }
 }
 

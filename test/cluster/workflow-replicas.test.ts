@@ -7,13 +7,13 @@ import { request } from 'undici'
 import { startPlatform, startUp, type TestPlatform } from '../fixtures/platform.js'
 import { startRedis } from '../fixtures/redis.js'
 import { waitFor } from '../fixtures/wait.js'
-import { finished, runOf } from '../fixtures/workflows.js'
+import { attemptRecorder, finished, runOf } from '../fixtures/workflows.js'
 
 // Workflow runs with several replicas on one Redis (issue 12): each run advances on one replica at a time — the
 // one holding its claim — and a replica that stops (cleanly, or killed) leaves its runs to the others.
 
-const STEP = `export default async (e) => ({ ...e.json, [e.headers['x-kindling-workflow-step']]: Number(e.headers['x-kindling-workflow-attempt']) })`
-const SLOW = `export default async (e) => { await new Promise((r) => setTimeout(r, 1200)); return { ...e.json, [e.headers['x-kindling-workflow-step']]: Number(e.headers['x-kindling-workflow-attempt']) } }`
+const STEP = attemptRecorder()
+const SLOW = attemptRecorder(1200)
 const FLOW = {
   startAt: 'One',
   states: {

@@ -8,14 +8,19 @@ function sink(): { write(s: string): boolean; text(): string } {
   return { write: (s: string) => { buf += s; return true }, text: () => buf }
 }
 
-t.test('the CLI drives a real platform: deploy, invoke, list, pools, events, delete', async (t) => {
-  const p = await startPlatform(t)
-  const cli = async (...argv: string[]): Promise<{ code: number; out: string; err: string }> => {
+/** The CLI run in-process against `url`: exit code, stdout, stderr. */
+function cliOn(url: string): (...argv: string[]) => Promise<{ code: number; out: string; err: string }> {
+  return async (...argv) => {
     const out = sink()
     const err = sink()
-    const code = await runCli(argv, { stdout: out, stderr: err, env: { KINDLING_URL: p.url } })
+    const code = await runCli(argv, { stdout: out, stderr: err, env: { KINDLING_URL: url } })
     return { code, out: out.text(), err: err.text() }
   }
+}
+
+t.test('the CLI drives a real platform: deploy, invoke, list, pools, events, delete', async (t) => {
+  const p = await startPlatform(t)
+  const cli = cliOn(p.url)
   const dep = await cli('fn', 'deploy', 'hello', '--runtime', 'node', '--code', 'examples/hello.js', '--mode', 'persistent')
   t.equal(dep.code, 0, dep.err)
   t.match(dep.out, /deployed hello version 1/)
@@ -38,12 +43,7 @@ t.test('the CLI drives a real platform: deploy, invoke, list, pools, events, del
 
 t.test('the CLI drives workflows on a real platform: apply a YAML file, run, runs, show, cancel', async (t) => {
   const p = await startPlatform(t)
-  const cli = async (...argv: string[]): Promise<{ code: number; out: string; err: string }> => {
-    const out = sink()
-    const err = sink()
-    const code = await runCli(argv, { stdout: out, stderr: err, env: { KINDLING_URL: p.url } })
-    return { code, out: out.text(), err: err.text() }
-  }
+  const cli = cliOn(p.url)
   t.equal((await cli('fn', 'deploy', 'hello', '--runtime', 'node', '--code', 'examples/hello.js')).code, 0)
   const applied = await cli('wf', 'apply', '-f', 'examples/workflows/greet.yaml')
   t.equal(applied.code, 0, applied.err)

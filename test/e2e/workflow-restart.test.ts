@@ -8,7 +8,7 @@ import { request } from 'undici'
 import { startUp } from '../fixtures/platform.js'
 import { startRedis } from '../fixtures/redis.js'
 import { waitFor } from '../fixtures/wait.js'
-import { finished, runOf } from '../fixtures/workflows.js'
+import { attemptRecorder, finished, runOf } from '../fixtures/workflows.js'
 
 // Durable runs (issue 12): `kindling up` killed (SIGKILL, no chance to record anything) during a wait and during a
 // task; the run resumes when the platform comes back, every step it had finished is not run again (one try each),
@@ -33,8 +33,8 @@ async function kill(p: Up): Promise<void> {
   await gone
 }
 
-const STEP = `export default async (e) => ({ ...e.json, [e.headers['x-kindling-workflow-step']]: Number(e.headers['x-kindling-workflow-attempt']) })`
-const SLOW_STEP = `export default async (e) => { await new Promise((r) => setTimeout(r, 1500)); return { ...e.json, [e.headers['x-kindling-workflow-step']]: Number(e.headers['x-kindling-workflow-attempt']) } }`
+const STEP = attemptRecorder()
+const SLOW_STEP = attemptRecorder(1500)
 
 const FLOW = {
   startAt: 'One',
