@@ -1,10 +1,6 @@
-import { spawn } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { Pool } from 'undici'
-import { freePort } from './nginx.js'
 import { startPlatform } from './platform.js'
+import { startBenchRedis, whenRedisAnswers } from './redis.js'
 import { summarize, type Latency } from './stats.js'
 
 /** Async invocations (issue 11) on a redis-server of the bench's own: enqueue → start latency, throughput. */
@@ -24,33 +20,12 @@ export interface AsyncResult {
 }
 
 export async function measureAsync(opts: { dataDir: string; jobs: number; concurrency: number; progress: (line: string) => void; track: (close: () => Promise<void>) => () => void }): Promise<AsyncResult> {
-  const redisDir = await mkdtemp(join(tmpdir(), 'kdl-bench-redis-'))
-  const port = await freePort()
-  const redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', redisDir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--protected-mode', 'no'], { stdio: 'ignore' })
-  const stopRedis = async (): Promise<void> => {
-    if (redis.exitCode === null) {
-      const gone = new Promise((r) => redis.once('exit', r))
-      redis.kill('SIGTERM')
-      await gone
-    }
-    await rm(redisDir, { recursive: true, force: true })
-  }
-  const untrackRedis = opts.track(stopRedis)
+  const redis = await startBenchRedis(opts.track)
   try {
-    // Ready when the platform connects (it fails fast; retried until the server listens).
-    let p: Awaited<ReturnType<typeof startPlatform>> | undefined
-    for (let i = 0; p === undefined; i++) {
-      try {
-        p = await startPlatform({
-          dataDir: opts.dataDir, backend: 'process', poolSize: 1,
-          overrides: { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: `redis://127.0.0.1:${port}`, KINDLING_ASYNC_CONCURRENCY: opts.concurrency, KINDLING_LOADGUARD_ENABLED: 'false' },
-        })
-      } catch (err) {
-        if (i > 100) throw err
-        await new Promise((r) => setTimeout(r, 50))
-      }
-    }
-    const platform = p
+    const platform = await whenRedisAnswers(() => startPlatform({
+      dataDir: opts.dataDir, backend: 'process', poolSize: 1,
+      overrides: { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url, KINDLING_ASYNC_CONCURRENCY: opts.concurrency, KINDLING_LOADGUARD_ENABLED: 'false' },
+    }))
     const untrack = opts.track(() => platform.close())
     try {
       await platform.deploy('async-hello', { runtime: 'node', code: 'export default () => "ok"', mode: 'persistent', concurrency: opts.concurrency, prewarm: 1 })
@@ -90,7 +65,7 @@ export async function measureAsync(opts: { dataDir: string; jobs: number; concur
       await client.close()
       const syncMs: number[] = []
       for (let i = 0; i < 500; i++) syncMs.push((await platform.call('async-hello')).ms)
-      const replicationMs = await measureReplication(platform, `redis://127.0.0.1:${port}`, `${opts.dataDir}-b`, opts.track, opts.progress)
+      const replicationMs = await measureReplication(platform, redis.url, `${opts.dataDir}-b`, opts.track, opts.progress)
       return {
         jobs: ids.length, enqueueMs: summarize(enqueueMs), queueMs: summarize(queueMs), jobsPerSecond: ids.length / ((lastFinish - t0) / 1000), concurrency: opts.concurrency,
         syncMs: summarize(syncMs), replicationMs: summarize(replicationMs),
@@ -100,8 +75,7 @@ export async function measureAsync(opts: { dataDir: string; jobs: number; concur
       await platform.close()
     }
   } finally {
-    untrackRedis()
-    await stopRedis()
+    await redis.stop()
   }
 }
 

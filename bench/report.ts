@@ -50,7 +50,7 @@ export interface Results {
   builds?: BuildsResult
   /** Async invocations on a redis-server of the bench's own: enqueue → start, throughput (async.ts). */
   async?: AsyncResult
-  /** Workflows on the file store: per-step overhead against a direct call, a 100-step run (workflows.ts). */
+  /** Workflows on the file store and on Redis: per-step overhead against a direct call, a 100-step run (workflows.ts). */
   workflows?: WorkflowsResult
   /** A thousand functions, prewarmed instances, a restart (scale.ts, issue 16). */
   scale?: ScaleResult
@@ -163,14 +163,16 @@ export function render(r: Results): string {
     out.push(`  throughput: ${fmt(a.jobsPerSecond)} jobs/s settled (${a.jobs} enqueued at once by 16 clients; first enqueue to last finish); enqueue p50 = ${fmt(a.enqueueMs.p50 / a.syncMs.p50)}× a sync call, enqueue → start p50 ${a.queueMs.p50 === 0 ? 'under the clock\'s 1 ms' : `= ${fmt(a.queueMs.p50 / a.syncMs.p50)}×`}`)
   }
   if (r.workflows !== undefined) {
-    const w = r.workflows
-    out.push(table('11. workflows (file store, process backend; one at a time): ms', ['what', 'p50', 'p99', 'max'], [
-      ['direct call of the step\'s function (the router\'s in-process path)', ms(w.directMs.p50), ms(w.directMs.p99), ms(w.directMs.max)],
-      ['the same call over HTTP (/fn)', ms(w.httpMs.p50), ms(w.httpMs.p99), ms(w.httpMs.max)],
-      ['one-task run, POST /wf → answer', ms(w.oneStepRunMs.p50), ms(w.oneStepRunMs.p99), ms(w.oneStepRunMs.max)],
-      [`${w.steps}-task run, POST /wf → answer`, ms(w.longRunMs.p50), ms(w.longRunMs.p99), ms(w.longRunMs.max)],
-    ]))
-    out.push(`  per task step: ${fmt(w.longRunMs.p50 / w.steps)} ms, of which ${fmt(w.perStepOverheadMs)} ms the engine's (its log's fdatasync, replay bookkeeping) over the direct call; one-task run = ${fmt(w.oneStepRunMs.p50 / w.httpMs.p50)}× an HTTP call`)
+    for (const [store, w] of [['file store', r.workflows.file], ['redis-server', r.workflows.redis]] as const) {
+      if (w === undefined) continue
+      out.push(table(`11. workflows (${store}, process backend; one at a time): ms`, ['what', 'p50', 'p99', 'max'], [
+        ['direct call of the step\'s function (the router\'s in-process path)', ms(w.directMs.p50), ms(w.directMs.p99), ms(w.directMs.max)],
+        ['the same call over HTTP (/fn)', ms(w.httpMs.p50), ms(w.httpMs.p99), ms(w.httpMs.max)],
+        ['one-task run, POST /wf → answer', ms(w.oneStepRunMs.p50), ms(w.oneStepRunMs.p99), ms(w.oneStepRunMs.max)],
+        [`${w.steps}-task run, POST /wf → answer`, ms(w.longRunMs.p50), ms(w.longRunMs.p99), ms(w.longRunMs.max)],
+      ]))
+      out.push(`  per task step: ${fmt(w.longRunMs.p50 / w.steps)} ms, of which ${fmt(w.perStepOverheadMs)} ms the engine's (making the step's log entries durable, bookkeeping) over the direct call; one-task run = ${fmt(w.oneStepRunMs.p50 / w.httpMs.p50)}× an HTTP call`)
+    }
   }
   if (r.builds !== undefined) {
     const b = r.builds

@@ -1,9 +1,17 @@
 import { Pool } from 'undici'
 import { startPlatform } from './platform.js'
+import { startBenchRedis, whenRedisAnswers } from './redis.js'
 import { summarize, type Latency } from './stats.js'
 
-/** Workflows (issue 12) on the embedded default (file store): what a step adds to the call it makes. */
+/** Workflows (issue 12) on each store: what a step adds to the call it makes. */
 export interface WorkflowsResult {
+  /** The embedded default: runs in the data directory's file store. */
+  file: WorkflowsRow
+  /** A redis-server of the bench's own (AOF everysec). */
+  redis?: WorkflowsRow | undefined
+}
+
+export interface WorkflowsRow {
   /** One call of the step's function through the router's in-process path (what a step calls through). */
   directMs: Latency
   /** The same function over HTTP (`/fn`), the client's view. */
@@ -17,8 +25,20 @@ export interface WorkflowsResult {
   perStepOverheadMs: number
 }
 
-export async function measureWorkflows(opts: { dataDir: string; runs: number; steps: number; progress: (line: string) => void; track: (close: () => Promise<void>) => () => void }): Promise<WorkflowsResult> {
-  const p = await startPlatform({ dataDir: opts.dataDir, backend: 'process', poolSize: 1, overrides: { KINDLING_LOADGUARD_ENABLED: 'false' } })
+type Opts = { dataDir: string; runs: number; steps: number; progress: (line: string) => void; track: (close: () => Promise<void>) => () => void }
+
+export async function measureWorkflows(opts: Opts): Promise<WorkflowsResult> {
+  const file = await measureOn(opts, { dataDir: `${opts.dataDir}-file`, overrides: {} })
+  const redis = await startBenchRedis(opts.track)
+  try {
+    return { file, redis: await measureOn(opts, { dataDir: `${opts.dataDir}-redis`, overrides: { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url } }) }
+  } finally {
+    await redis.stop()
+  }
+}
+
+async function measureOn(opts: Opts, on: { dataDir: string; overrides: Record<string, string> }): Promise<WorkflowsRow> {
+  const p = await whenRedisAnswers(() => startPlatform({ dataDir: on.dataDir, backend: 'process', poolSize: 1, overrides: { KINDLING_LOADGUARD_ENABLED: 'false', ...on.overrides } }))
   const untrack = opts.track(() => p.close())
   const client = new Pool(p.url, { connections: 2 })
   try {

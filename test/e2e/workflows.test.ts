@@ -69,13 +69,14 @@ for (const store of STORES) {
 
   t.test(`${store}: a run keeps the versions it started with across a mid-run deploy; a retry exhausted fails the run`, async (t) => {
     const p = await platformOn(t, store)
-    const says = (v: string): string => `export default async (e) => ({ ...e.json, [e.headers['x-kindling-workflow-step']]: '${v}' })`
+    const says = (v: string): string => `export default async (e) => ({ ...e.json, [e.headers['x-kindling-workflow-step'] ?? 'direct']: '${v}' })`
     await deployAll(p, { stamp: says('one') })
     await defineWorkflow(p, 'pinned', {
       startAt: 'First',
       states: {
         First: { type: 'task', function: 'stamp', next: 'Pause' },
-        Pause: { type: 'wait', seconds: 0.6, next: 'Second' },
+        // Long enough for the deploy below to land inside it (and to park the run: it is resumed from its log).
+        Pause: { type: 'wait', seconds: 3, next: 'Second' },
         Second: { type: 'task', function: 'stamp', end: true },
       },
     })
@@ -85,6 +86,8 @@ for (const store of STORES) {
     t.equal(started.headers['location'], `/v1/runs/${id}`)
     await waitFor(async () => (await runOf(p, id)).steps.some((s) => s.id === 'Pause' && s.status === 'waiting'), 'the run to wait')
     await deployAll(p, { stamp: says('two') })
+    t.equal((await runOf(p, id)).status, 'running', 'the deploy landed while the run was waiting')
+    t.same((await p.invoke('stamp', { method: 'POST', headers: { 'content-type': 'application/json', 'x-kindling-workflow-step': 'forged' }, body: '{}' })).json(), { direct: 'two' }, 'a direct call already gets the new version (and cannot forge a step header)')
     const done = await finished(p, id)
     t.same(done['output'], { First: 'one', Second: 'one' }, 'both steps ran the version pinned at the start')
     const next = await start(p, 'pinned', {})
