@@ -3,6 +3,8 @@ import { KdlError } from '../common/errors.js'
 
 /** JSONata's guardrails for every evaluation: deepest nesting (a runaway recursion stops here) and longest run, ms. */
 const GUARDRAILS = { stack: 250, timeout: 500 }
+/** Compiled expressions kept at most. */
+const MAX_CACHED = 10_000
 /** JSONata error codes of those guardrails, said plainly. */
 const GUARDRAIL_TEXT: Record<string, string> = { D1011: `nested deeper than ${GUARDRAILS.stack} levels (a runaway recursion?)`, D1012: `ran longer than ${GUARDRAILS.timeout} ms` }
 
@@ -17,6 +19,8 @@ export class Expressions {
   async evaluate(text: string, input: unknown, bindings: Record<string, unknown>, where: string): Promise<unknown> {
     let expr = this.#compiled.get(text)
     if (expr === undefined) {
+      // Bounded: definitions come and go (versions, deletes); a full cache starts over rather than grow for ever.
+      if (this.#compiled.size >= MAX_CACHED) this.#compiled.clear()
       expr = jsonata(text, GUARDRAILS)
       this.#compiled.set(text, expr)
     }
