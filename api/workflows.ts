@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { parse as parseYaml } from 'yaml'
 import { KdlError } from '../common/errors.js'
 import type { Locks } from '../common/keyed-mutex.js'
-import { NAME_PATTERN } from '../common/spec.js'
+import { assertName } from '../common/spec.js'
 import type { RunRecord, RunStatus, WorkflowRecord, WorkflowStore } from '../common/workflows.js'
 import { parseDefinition, type Definition } from '../workflows/definition.js'
 import type { WorkflowEngine } from '../workflows/engine.js'
@@ -21,13 +21,8 @@ export interface WorkflowRouteDeps {
   syncWaitMs: number
 }
 
-const NAME_RE = new RegExp(NAME_PATTERN)
 const YAML_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml', 'text/x-yaml']
 const STATUSES: readonly RunStatus[] = ['running', 'succeeded', 'failed', 'cancelled']
-
-function assertWorkflowName(name: string): void {
-  if (!NAME_RE.test(name)) throw new KdlError('KDL_ERR_BAD_SPEC', `workflow name "${name.slice(0, 80)}" must be a DNS label: lower-case letters, digits and "-", at most 63 characters`)
-}
 
 /** JSON with keys sorted at every level: the digest of a definition does not depend on how it was written. */
 function canonical(v: unknown): string {
@@ -61,7 +56,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: WorkflowRoute
 
   app.put<Name>('/v1/workflows/:name', { schema: S.putWorkflow }, async (request, reply) => {
     const { name } = request.params
-    assertWorkflowName(name)
+    assertName('workflow', name)
     let body = request.body
     if (typeof body === 'object' && body !== null && !Array.isArray(body) && 'name' in body) {
       const { name: named, ...rest } = body as Record<string, unknown>
@@ -86,7 +81,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: WorkflowRoute
 
   app.get<Name & { Querystring: { version?: string } }>('/v1/workflows/:name', { schema: S.getWorkflow }, async (request) => {
     const { name } = request.params
-    assertWorkflowName(name)
+    assertName('workflow', name)
     const v = request.query.version
     const version = v === undefined ? undefined : Number(v)
     if (version !== undefined && (!Number.isInteger(version) || version < 1)) throw new KdlError('KDL_ERR_BAD_REQUEST', `version must be a positive integer (got "${v}")`)
@@ -97,7 +92,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: WorkflowRoute
 
   app.delete<Name>('/v1/workflows/:name', { schema: S.deleteWorkflow }, async (request) => {
     const { name } = request.params
-    assertWorkflowName(name)
+    assertName('workflow', name)
     return locks.run(`workflow:${name}`, async () => {
       if (!await store.deleteWorkflow(name)) throw new KdlError('KDL_ERR_WF_NOT_FOUND', `workflow "${name}" is not defined`)
       return { deleted: name }
@@ -106,7 +101,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: WorkflowRoute
 
   app.get<Name & { Querystring: { limit?: string; status?: string; before?: string } }>('/v1/workflows/:name/runs', { schema: S.listRuns }, async (request) => {
     const { name } = request.params
-    assertWorkflowName(name)
+    assertName('workflow', name)
     const limit = request.query.limit === undefined ? 50 : Number(request.query.limit)
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new KdlError('KDL_ERR_BAD_REQUEST', 'limit must be an integer from 1 to 1000')
     const status = request.query.status
@@ -121,7 +116,7 @@ export function registerWorkflowRoutes(app: FastifyInstance, deps: WorkflowRoute
   app.get<{ Params: { name: string; id: string } }>('/v1/workflows/:name/runs/:id', { schema: S.getWorkflowRun }, async (request) => runView(store, request.params.id, request.params.name))
 
   const cancel = async (id: string, workflow?: string): Promise<Record<string, unknown>> => {
-    if (workflow !== undefined) await runView(store, id, workflow)
+    if (workflow !== undefined && (await store.getRun(id))?.workflow !== workflow) throw new KdlError('KDL_ERR_WF_RUN_NOT_FOUND', `no workflow run "${id.slice(0, 80)}" of "${workflow}"`)
     return summary(await engine.cancel(id))
   }
   app.post<{ Params: { id: string } }>('/v1/runs/:id/cancel', { schema: S.cancelRun }, async (request) => cancel(request.params.id))
@@ -138,7 +133,7 @@ export const workflowStartPlugin: FastifyPluginAsync<WorkflowRouteDeps> = async 
   app.setSerializerCompiler(() => (data) => JSON.stringify(data))
   app.post<{ Params: { name: string }; Querystring: { async?: string; wait?: string } }>('/wf/:name', { schema: S.startRun, bodyLimit: deps.maxInputBytes }, async (request, reply) => {
     const { name } = request.params
-    assertWorkflowName(name)
+    assertName('workflow', name)
     const wf = await deps.store.getWorkflow(name)
     if (wf === undefined) throw new KdlError('KDL_ERR_WF_NOT_FOUND', `workflow "${name}" is not defined`)
     const input = request.body === undefined || request.body === null || request.body === '' ? {} : request.body

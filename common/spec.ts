@@ -109,7 +109,7 @@ export function runtimeBodyProblems(body: unknown): SpecProblem[] {
 
 const describe = (problems: SpecProblem[]): string => problems.map((p) => p.message).join('; ')
 
-export function assertName(kind: 'function' | 'runtime', name: string): void {
+export function assertName(kind: 'function' | 'runtime' | 'workflow', name: string): void {
   if (!nameRe.test(name)) {
     throw new KdlError('KDL_ERR_BAD_SPEC', `${kind} name "${name}" must be a DNS label: lower-case letters, digits and "-", at most 63 characters`)
   }

@@ -32,13 +32,7 @@ export async function atomicWrite(folder: string, file: string, text: string, na
   const tmp = join(folder, `.${name}.json.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
   try {
     // 0600: function records hold the deployer's env values, runs their callers' inputs.
-    const handle = await open(tmp, 'wx', 0o600)
-    try {
-      await handle.writeFile(text, 'utf8')
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
+    await writeSynced(tmp, text)
     await rename(tmp, file)
   } catch (err) {
     await unlink(tmp).catch(() => undefined)
@@ -48,6 +42,17 @@ export async function atomicWrite(folder: string, file: string, text: string, na
 }
 
 /** Makes a rename or unlink durable. Filesystems that cannot fsync a directory are tolerated. */
+/** Creates `file` (it must not exist), 0600, writes `text` and fsyncs it. */
+export async function writeSynced(file: string, text: string): Promise<void> {
+  const handle = await open(file, 'wx', 0o600)
+  try {
+    await handle.writeFile(text, 'utf8')
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
 export async function syncDir(folder: string): Promise<void> {
   let handle
   try {

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { mkdir, readdir, rename, rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { KdlError } from '../common/errors.js'
 import { KeyedMutex } from '../common/keyed-mutex.js'
 import type { OpenRun, RunEvent, RunRecord, RunStatus, WorkflowRecord, WorkflowStore } from '../common/workflows.js'
-import { atomicWrite, isErrno, readText, syncDir } from './atomic-file.js'
+import { atomicWrite, isErrno, readText, syncDir, writeSynced } from './atomic-file.js'
 import { GroupCommitLog, readNdjson } from './ndjson-log.js'
 import {
   assertRun, assertRunId, assertWorkflowName, assertWorkflowVersion, eventJson, isFinished, isRunId, isWorkflowName, newestFirst, parseRun, parseWorkflow,
@@ -413,15 +413,6 @@ function position(list: readonly Entry[], entry: Entry): number {
   return list[at] === entry ? at : list.indexOf(entry)
 }
 
-async function writeSynced(file: string, text: string): Promise<void> {
-  const handle = await open(file, 'wx', 0o600)
-  try {
-    await handle.writeFile(text, 'utf8')
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
 
 /** NDJSON text of events' JSON. */
 function lines(json: string[]): string {

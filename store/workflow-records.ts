@@ -1,5 +1,5 @@
 import { KdlError } from '../common/errors.js'
-import { NAME_PATTERN } from '../common/spec.js'
+import { assertName, NAME_PATTERN } from '../common/spec.js'
 import type { RunRecord, RunStatus, WorkflowRecord } from '../common/workflows.js'
 
 /**
@@ -14,15 +14,13 @@ const nameRe = new RegExp(NAME_PATTERN)
  */
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/
 
-/** A workflow's name is a DNS label, like a function's (common/spec.ts assertName, which names only functions and runtimes). */
+/** A workflow's name is a DNS label, like a function's (checked by common/spec.ts assertName). */
 export function isWorkflowName(name: string): boolean {
   return nameRe.test(name)
 }
 
 export function assertWorkflowName(name: string): void {
-  if (!isWorkflowName(name)) {
-    throw new KdlError('KDL_ERR_BAD_SPEC', `workflow name "${name.slice(0, 80)}" must be a DNS label: lower-case letters, digits and "-", at most 63 characters`)
-  }
+  assertName('workflow', name)
 }
 
 export function assertWorkflowVersion(version: number): void {

@@ -280,13 +280,9 @@ export class WorkflowEngine {
         id, workflow: record.workflow, version: record.version,
         definition: first['definition'] as Definition, input: first['input'], pins: first['pins'] as RunStart['pins'],
       }
-      const resumed: RunRecord = { ...record, wakeAt: undefined }
-      if (record.cancelRequested === true) {
-        this.#drive(resumed, start, log)
-        this.#live.get(id)?.task.stop('cancel')
-        return
-      }
-      this.#drive(resumed, start, log)
+      this.#drive({ ...record, wakeAt: undefined }, start, log)
+      // Asked to cancel while nobody advanced it: it ends at once, recording the cancel.
+      if (record.cancelRequested === true) this.#live.get(id)?.task.stop('cancel')
     } catch (err) {
       this.#d.log.warn({ err, run: id }, 'resuming a workflow run failed; the next poll tries again')
     } finally {
