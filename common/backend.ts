@@ -35,6 +35,18 @@ export interface InstanceHandle {
   /** Backend-specific cgroup locations, for the load guard. */
   cgroup?: CgroupRef | undefined
   startedAt: number
+  /** Taken from a generic pool the backend keeps itself (ownsGenericPools): a warm start, not a cold one. */
+  pooled?: boolean | undefined
+}
+
+/** A runtime's generic pool as the pool manager asks a backend that keeps pools itself (ownsGenericPools) to keep it. */
+export interface GenericPoolSpec {
+  runtime: string
+  /** Started, code-less instances kept (the runtime's poolSize). */
+  size: number
+  memoryMb: number
+  cpu: number
+  image?: string | undefined
 }
 
 /** cpu.shares of an instance started by a background refill, and of one serving calls (the default). */
@@ -149,6 +161,14 @@ export interface ContainerBackend {
    * of them would each be late by the whole herd (the pool manager's start gate; KINDLING_MAX_STARTING).
    */
   readonly parallelStarts?: number
+  /**
+   * The backend keeps each runtime's generic pool itself (kubernetes: a Deployment per runtime, issue 10): the pool
+   * manager then hands it the pool's spec through `setGenericPool` and keeps no generic instances of its own, so
+   * every take goes to `start()`, which claims one of the backend's pooled instances when it fits.
+   */
+  readonly ownsGenericPools?: boolean
+  /** Creates or resizes a runtime's generic pool (backends that own their pools); idempotent. */
+  setGenericPool?(pool: GenericPoolSpec): Promise<void>
   /** Start one generic instance; resolves once its runtime server answers `GET /_/health`. */
   start(req: InstanceRequest): Promise<InstanceHandle>
   /** Stop and remove an instance. Idempotent: stopping an unknown or dead instance resolves. */

@@ -116,6 +116,8 @@ interface GenericPool {
   starting: number
   retryTimer: NodeJS.Timeout | undefined
   unmet: Unmet | undefined
+  /** The backend's own pool being set (ownsGenericPools): one update at a time, in order. */
+  pushed?: Promise<void> | undefined
 }
 
 interface PrewarmPool {
@@ -209,7 +211,8 @@ export class PoolManager {
   /** One adaptive step for every runtime (runs on the timer; public for tests). */
   adapt(): void {
     const a = this.#adaptive
-    if (a === undefined) return
+    // A backend that keeps the pools sizes them itself (their size is the runtime's poolSize).
+    if (a === undefined || this.backend.ownsGenericPools === true) return
     for (const [runtime, pool] of this.#generic) {
       const base = pool.spec.poolSize
       const max = Math.max(base, a.maxPoolSize)
@@ -254,6 +257,14 @@ export class PoolManager {
 
   /** Adds or reconfigures a runtime's generic pool and fills it to `poolSize` in the background. */
   setRuntime(spec: RuntimeSpec): void {
+    if (this.backend.ownsGenericPools === true) {
+      // The backend keeps the pool (issue 10): none of its instances are the pool manager's, so the target here is 0.
+      const pool = this.#generic.get(spec.name)
+      if (pool === undefined) this.#generic.set(spec.name, { spec, target: 0, coldStarts: 0, idle: [], starting: 0, retryTimer: undefined, unmet: undefined })
+      else pool.spec = spec
+      this.#pushGeneric(spec.name)
+      return
+    }
     const pool = this.#generic.get(spec.name)
     if (pool === undefined) {
       this.#generic.set(spec.name, { spec, target: spec.poolSize, coldStarts: 0, idle: [], starting: 0, retryTimer: undefined, unmet: undefined })
@@ -308,7 +319,29 @@ export class PoolManager {
       if (forCall) this.#serving(taken)
       return { inst: taken, started: false }
     }
-    return { inst: await this.start(runtime, `fn:${fn}`, res, quarantined, forCall), started: true }
+    const inst = await this.start(runtime, `fn:${fn}`, res, quarantined, forCall)
+    // Claimed from the backend's own pool (ownsGenericPools): warm, as a take from a generic pool here would be.
+    return { inst, started: inst.handle.pooled !== true }
+  }
+
+  /** Hands the runtime's pool spec to a backend that keeps the pool; a failure is logged and retried after `retryMs`. */
+  #pushGeneric(runtime: string): void {
+    const pool = this.#generic.get(runtime)
+    const set = this.backend.setGenericPool?.bind(this.backend)
+    if (pool === undefined || set === undefined || this.#closed) return
+    clearTimeout(pool.retryTimer)
+    pool.retryTimer = undefined
+    pool.pushed = (pool.pushed ?? Promise.resolve()).then(async () => {
+      if (this.#closed || this.#generic.get(runtime) !== pool) return
+      const spec = pool.spec
+      try {
+        await set({ runtime, size: spec.poolSize, memoryMb: spec.memoryMb, cpu: spec.cpu, image: spec.image })
+      } catch (err) {
+        if (this.#closed || pool.spec !== spec) return
+        this.#log.error({ err, runtime }, 'the backend did not take the generic pool; retrying')
+        this.#retryLater(pool, () => this.#pushGeneric(runtime))
+      }
+    })
   }
 
   /** A started, code-less instance of the runtime with matching resources, or undefined (never waits). */
