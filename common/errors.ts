@@ -13,8 +13,10 @@ export interface ErrorCodeInfo {
 export const ERROR_CODES = Object.freeze({
   KDL_ERR_BAD_REQUEST: { status: 400, description: 'The request is malformed (bad JSON, bad parameters).' },
   KDL_ERR_BAD_SPEC: { status: 400, description: 'A function or runtime spec fails validation.' },
-  KDL_ERR_BAD_ARCHIVE: { status: 400, description: 'A code archive is not a valid .tar.gz or holds a hostile entry (absolute path, "..", escaping link, device).' },
+  KDL_ERR_BAD_ARCHIVE: { status: 400, description: 'A code archive is not a valid .tar.gz (a deploy) or ustar (a pod\'s code fetch), or holds a hostile entry (absolute path, "..", escaping link, device; on a fetch any link).' },
   KDL_ERR_UNAUTHORIZED: { status: 401, description: 'KINDLING_API_TOKEN is set and the request lacks the matching bearer token.' },
+  KDL_ERR_CODE_FORBIDDEN: { status: 403, description: "A code fetch's token does not grant that archive to that instance (missing, tampered, for another instance or archive, expired or revoked)." },
+  KDL_ERR_CODE_NOT_FOUND: { status: 404, description: 'A code fetch with a valid token names an archive the code server no longer holds.' },
   KDL_ERR_FN_NOT_FOUND: { status: 404, description: 'No function of that name is deployed.' },
   KDL_ERR_RUNTIME_NOT_FOUND: { status: 404, description: 'No runtime of that name is configured.' },
   KDL_ERR_NOT_FOUND: { status: 404, description: 'No such route.' },
@@ -30,6 +32,8 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_FN_ERROR: { status: 500, description: 'The handler threw or rejected (x-kindling-error: handled).' },
   KDL_ERR_INTERNAL: { status: 500, description: 'A platform fault; the log has the details.' },
   KDL_ERR_FN_CRASHED: { status: 502, description: 'The instance died during the call (process.exit, signal, lost socket).' },
+  KDL_ERR_CODE_FETCH: { status: 502, description: "A runtime could not fetch its function's code (network or HTTP failure, the code server's refusal, a timeout, an archive over its size bound), or may not fetch now (a function is loaded)." },
+  KDL_ERR_CODE_INTEGRITY: { status: 502, description: 'The code a runtime fetched does not have the sha256 it was granted; nothing of it was unpacked.' },
   KDL_ERR_FN_OOM: { status: 502, description: 'The instance was killed for exceeding its memory limit.' },
   KDL_ERR_NO_CAPACITY: { status: 503, description: 'No instance could be started (backend failure or memory budget exhausted).' },
   KDL_ERR_SHUTTING_DOWN: { status: 503, description: 'The platform is stopping and takes no new calls.' },
@@ -90,7 +94,7 @@ export function isKdlError(err: unknown): err is KdlError {
 }
 
 const STATUS_TEXT: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large', 422: 'Unprocessable Entity',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large', 422: 'Unprocessable Entity',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 }
 

@@ -1,0 +1,194 @@
+import { execFileSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { waitFor } from '../fixtures/wait.js'
+import { CodeServer, type CodeServerOptions } from '../../backends/kubernetes/code-server.js'
+
+interface Fetched {
+  status: number
+  body: Buffer
+  json: () => any
+  length: string | undefined
+}
+
+async function fetchArchive(url: string, headers: Record<string, string>, method: 'GET' | 'POST' = 'GET'): Promise<Fetched> {
+  const res = await request(url, { headers, method })
+  const body = Buffer.from(await res.body.arrayBuffer())
+  return { status: res.statusCode, body, json: () => JSON.parse(body.toString('utf8')), length: res.headers['content-length'] as string | undefined }
+}
+
+function tmp(t: Test, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** A small function with a sub-directory, an executable and an inside symlink. */
+function codeDir(t: Test): string {
+  const dir = tmp(t, 'kdl-code-')
+  writeFileSync(join(dir, 'index.mjs'), 'export default () => "hi"\n')
+  mkdirSync(join(dir, 'lib'))
+  writeFileSync(join(dir, 'lib', 'util.mjs'), 'export const x = 1\n')
+  writeFileSync(join(dir, 'lib', 'run.sh'), '#!/bin/sh\necho hi\n')
+  chmodSync(join(dir, 'lib', 'run.sh'), 0o775)
+  symlinkSync('lib/util.mjs', join(dir, 'alias.mjs'))
+  return dir
+}
+
+async function started(t: Test, extra: Partial<CodeServerOptions> = {}): Promise<{ server: CodeServer; work: string }> {
+  const work = tmp(t, 'kdl-codesrv-')
+  const server = new CodeServer({ secret: randomBytes(32), workDir: work, ...extra })
+  await server.start({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => server.close())
+  return { server, work }
+}
+
+const auth = (token: string, instance: string): Record<string, string> => ({ authorization: `Bearer ${token}`, 'x-kindling-instance': instance })
+
+t.test('a grant fetched with its token and instance answers the archive, whose sha256 and size it names', async (t) => {
+  const { server } = await started(t)
+  const dir = codeDir(t)
+  const g = await server.grant('inst-1', dir)
+  t.match(g.url, /^http:\/\/127\.0\.0\.1:\d+\/code\/[0-9a-f]{64}$/)
+  const res = await fetchArchive(g.url, auth(g.token, 'inst-1'))
+  t.equal(res.status, 200)
+  t.equal(res.length, String(g.bytes))
+  t.equal(res.body.length, g.bytes)
+  t.equal(createHash('sha256').update(res.body).digest('hex'), g.sha256)
+  // GNU tar reads it: files and directories only (the inside symlink became a file), modes normalised, owner 0.
+  const out = tmp(t, 'kdl-tar-')
+  writeFileSync(join(out, 'a.tar'), res.body)
+  const listing = execFileSync('tar', ['-tvf', join(out, 'a.tar'), '--numeric-owner'], { encoding: 'utf8' }).trim().split('\n')
+  t.same(listing.map((l) => l.split(/\s+/).slice(-1)[0]), ['alias.mjs', 'index.mjs', 'lib/', 'lib/run.sh', 'lib/util.mjs'])
+  t.same(listing.map((l) => l.slice(0, 10)), ['-rw-r--r--', '-rw-r--r--', 'drwxr-xr-x', '-rwxr-xr-x', '-rw-r--r--'])
+  t.ok(listing.every((l) => l.includes(' 0/0 ')), 'owner 0/0')
+})
+
+t.test('the archive is deterministic and made once per version of the directory', async (t) => {
+  const { server, work } = await started(t)
+  const dir = codeDir(t)
+  const a = await server.grant('inst-1', dir)
+  const b = await server.grant('inst-2', dir)
+  t.equal(a.sha256, b.sha256)
+  t.not(a.token, b.token)
+  t.same(readdirSync(work), [`${a.sha256}.tar`], 'one archive, no leftovers')
+  const other = await started(t)
+  t.equal((await other.server.grant('x', dir)).sha256, a.sha256, 'another server makes the same bytes')
+  writeFileSync(join(dir, 'index.mjs'), 'export default () => "changed"\n')
+  const c = await server.grant('inst-3', dir)
+  t.not(c.sha256, a.sha256, 'a changed file makes a new archive')
+})
+
+t.test('long paths are split over the ustar prefix; tar unpacks them', async (t) => {
+  const { server } = await started(t)
+  const dir = tmp(t, 'kdl-code-')
+  const deep = join(dir, 'node_modules', 'a'.repeat(60), 'lib', 'b'.repeat(50))
+  mkdirSync(deep, { recursive: true })
+  writeFileSync(join(deep, `${'c'.repeat(90)}.js`), 'module.exports = 1\n')
+  const g = await server.grant('i', dir)
+  const res = await fetchArchive(g.url, auth(g.token, 'i'))
+  const out = tmp(t, 'kdl-tar-')
+  writeFileSync(join(out, 'a.tar'), res.body)
+  mkdirSync(join(out, 'x'))
+  execFileSync('tar', ['-xf', join(out, 'a.tar'), '-C', join(out, 'x')])
+  t.same(readdirSync(join(out, 'x', 'node_modules', 'a'.repeat(60), 'lib', 'b'.repeat(50))), [`${'c'.repeat(90)}.js`])
+})
+
+t.test('refuses to archive a symlink that leaves the code directory', async (t) => {
+  const { server } = await started(t)
+  const dir = codeDir(t)
+  symlinkSync('/etc/passwd', join(dir, 'passwd'))
+  await t.rejects(server.grant('i', dir), { code: 'KDL_ERR_BAD_ARCHIVE', message: /passwd" leaves the code directory/ })
+  rmSync(join(dir, 'passwd'))
+  symlinkSync('..', join(dir, 'up'))
+  await t.rejects(server.grant('i', dir), { code: 'KDL_ERR_BAD_ARCHIVE', message: /up" leaves/ })
+  rmSync(join(dir, 'up'))
+  symlinkSync('.', join(dir, 'loop'))
+  await t.rejects(server.grant('i', dir), { code: 'KDL_ERR_BAD_ARCHIVE', message: /loop" makes a loop/ })
+})
+
+t.test('refusals are 403 KDL_ERR_CODE_FORBIDDEN, the same for every reason', async (t) => {
+  let now = 1_000_000
+  const { server } = await started(t, { now: () => now, ttlMs: 60_000 })
+  const dir = codeDir(t)
+  const other = tmp(t, 'kdl-code-')
+  writeFileSync(join(other, 'index.mjs'), 'export default () => "other"\n')
+  const g = await server.grant('inst-1', dir)
+  const g2 = await server.grant('inst-2', other)
+  const forbidden = async (what: string, url: string, headers: Record<string, string>): Promise<void> => {
+    const res = await fetchArchive(url, headers)
+    t.equal(res.status, 403, what)
+    t.same(res.json(), { statusCode: 403, code: 'KDL_ERR_CODE_FORBIDDEN', error: 'Forbidden', message: 'the token does not grant this archive to this instance' }, what)
+  }
+  await forbidden('no token', g.url, { 'x-kindling-instance': 'inst-1' })
+  await forbidden('no instance header', g.url, { authorization: `Bearer ${g.token}` })
+  await forbidden('another instance', g.url, auth(g.token, 'inst-2'))
+  await forbidden("another hash's token", g.url, auth(g2.token, 'inst-1'))
+  await forbidden("another instance's token for another hash", g.url, auth(g2.token, 'inst-2'))
+  const parts = g.token.split('.')
+  await forbidden('a tampered expiry', g.url, auth([parts[0], String(Number(parts[1]) + 1_000_000), parts[2], parts[3]].join('.'), 'inst-1'))
+  const mac = Buffer.from(parts[3] ?? '', 'base64url')
+  mac[0] = (mac[0] ?? 0) ^ 1
+  await forbidden('a tampered signature', g.url, auth([parts[0], parts[1], parts[2], mac.toString('base64url')].join('.'), 'inst-1'))
+  await forbidden('garbage', g.url, auth('nonsense', 'inst-1'))
+  const ok = await fetchArchive(g.url, auth(g.token, 'inst-1'))
+  t.equal(ok.status, 200, 'the real token still works')
+  t.equal((await fetchArchive(g.url, auth(g.token, 'inst-1'), 'POST')).status, 403, 'a POST')
+  await forbidden('another path', g.url.replace('/code/', '/code/x'), auth(g.token, 'inst-1'))
+
+  await t.test('an expired token', async (t) => {
+    now += 60_000
+    await forbidden('expired', g.url, auth(g.token, 'inst-1'))
+    const again = await server.grant('inst-1', dir)
+    t.equal((await fetchArchive(again.url, auth(again.token, 'inst-1'))).status, 200, 'a new grant works')
+  })
+
+  await t.test('a revoked grant, even unexpired; a new grant after it does not revive the old token', async (t) => {
+    const fresh = await server.grant('inst-9', dir)
+    t.equal((await fetchArchive(fresh.url, auth(fresh.token, 'inst-9'))).status, 200)
+    server.revoke('inst-9')
+    await forbidden('revoked', fresh.url, auth(fresh.token, 'inst-9'))
+    const regrant = await server.grant('inst-9', dir)
+    await forbidden('old token after a re-grant', fresh.url, auth(fresh.token, 'inst-9'))
+    t.equal((await fetchArchive(regrant.url, auth(regrant.token, 'inst-9'))).status, 200)
+  })
+})
+
+t.test('an archive gone from the server is 404 KDL_ERR_CODE_NOT_FOUND, told only to a valid token', async (t) => {
+  const { server, work } = await started(t)
+  const grantDir = codeDir(t)
+  const g = await server.grant('i', grantDir)
+  const unknown = g.url.replace(/[0-9a-f]{64}$/, 'f'.repeat(64))
+  t.equal((await fetchArchive(unknown, auth(g.token, 'i'))).status, 403, 'an unknown hash without its token: 403, no oracle')
+  await server.drop(g.sha256)
+  t.same(readdirSync(work), [], 'the archive file is gone')
+  const res = await fetchArchive(g.url, auth(g.token, 'i'))
+  t.equal(res.status, 404)
+  t.equal(res.json().code, 'KDL_ERR_CODE_NOT_FOUND')
+  const again = await server.grant('i', grantDir)
+  t.equal((await fetchArchive(again.url, auth(again.token, 'i'))).status, 200, 'a later grant makes it again')
+})
+
+t.test('transfers beyond maxTransfers wait their turn and all complete', async (t) => {
+  const { server } = await started(t, { maxTransfers: 2 })
+  const dir = tmp(t, 'kdl-code-')
+  // Larger than what loopback socket buffers hold: an unread transfer stays active.
+  writeFileSync(join(dir, 'big.bin'), randomBytes(32 << 20))
+  const grants = await Promise.all(Array.from({ length: 6 }, (_, i) => server.grant(`i-${i}`, dir)))
+  const pending = grants.map((g, i) => request(g.url, { headers: auth(g.token, `i-${i}`) }))
+  await waitFor(() => { const s = server.transfers(); return s.active === 2 && s.waiting === 4 }, 'two transfers active, four waiting')
+  const results = await Promise.all(pending.map(async (p) => {
+    const res = await p
+    return { status: res.statusCode, body: Buffer.from(await res.body.arrayBuffer()) }
+  }))
+  // The client may hold every byte a moment before the server sees its response closed.
+  await waitFor(() => { const s = server.transfers(); return s.active === 0 && s.waiting === 0 }, 'every slot released')
+  for (const r of results) {
+    t.equal(r.status, 200)
+    t.equal(createHash('sha256').update(r.body).digest('hex'), grants[0]?.sha256)
+  }
+})
