@@ -84,6 +84,24 @@ export function apiError(what: string, err: unknown, server: string): KdlError {
   return new KdlError('KDL_ERR_BACKEND', `${what}: the Kubernetes API server ${server} is unreachable (${why})`, { cause: err, details: { unreachable: true } })
 }
 
+const SUFFIX: Record<string, number> = {
+  '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4,
+}
+
+/** A Kubernetes quantity as a number (`250m` → 0.25, `128Mi` → 134217728); NaN when unreadable. */
+export function quantity(q: string | undefined): number {
+  const m = /^([0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)$/.exec(q ?? '')
+  const factor = m === null ? undefined : SUFFIX[m[2] ?? '']
+  return m === null || factor === undefined ? NaN : Number(m[1]) * factor
+}
+
+/** Equal quantities however written: the API server canonicalises (`1000m` is stored as `1`). */
+export function sameQuantity(a: string | undefined, b: string | undefined): boolean {
+  const x = quantity(a)
+  const y = quantity(b)
+  return !Number.isNaN(x) && Math.abs(x - y) <= Math.abs(y) * 1e-9
+}
+
 /** True when the pod's Ready condition is True. */
 export function isReady(pod: V1Pod): boolean {
   return pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true

@@ -1,10 +1,10 @@
-import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Deployment, type V1Pod } from '@kubernetes/client-node'
+import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { Dispatcher } from 'undici'
 import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoolSpec, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { InstanceAddress } from '../../common/types.js'
 import { dispatcherFor, health } from '../../protocol/runtime-client.js'
-import { LABEL, POOL_ANNOTATION, apiError, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
+import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
 
@@ -185,27 +185,16 @@ export class KubernetesBackend implements ContainerBackend {
       platformId: this.#o.platformId, runtime: pool.runtime, image: this.#imageOf(pool.runtime, pool.image), memoryMb: pool.memoryMb, cpu: pool.cpu,
       role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256,
     })
-    for (let attempt = 0; ; attempt++) {
-      let existing: V1Deployment | undefined
-      try {
-        existing = await withTimeout(this.#apps.readNamespacedDeployment({ name, namespace: this.#ns }), this.#apiTimeoutMs, 'the pool read')
-      } catch (err) {
-        if (statusOf(err) !== 404) throw apiError(`cannot read the pool Deployment ${name}`, err, this.#server)
-      }
-      try {
-        if (existing === undefined) await withTimeout(this.#apps.createNamespacedDeployment({ namespace: this.#ns, body }), this.#apiTimeoutMs, 'the pool create')
-        else {
-          const next: V1Deployment = { ...body, metadata: { ...body.metadata, resourceVersion: existing.metadata?.resourceVersion } }
-          await withTimeout(this.#apps.replaceNamespacedDeployment({ name, namespace: this.#ns, body: next }), this.#apiTimeoutMs, 'the pool update')
-        }
-        this.#log.info({ backend: this.name, runtime: pool.runtime, size: pool.size, deployment: name }, 'generic pool set')
-        return
-      } catch (err) {
-        // Another platform replica (same id) wrote it meanwhile: read it again and write over it.
-        if (statusOf(err) === 409 && attempt < 3) continue
-        throw apiError(`cannot write the pool Deployment ${name}`, err, this.#server)
-      }
+    try {
+      await withTimeout(this.#apps.createNamespacedDeployment({ namespace: this.#ns, body }), this.#apiTimeoutMs, 'the pool create')
+    } catch (err) {
+      if (statusOf(err) !== 409) throw apiError(`cannot create the pool Deployment ${name}`, err, this.#server)
+      // It exists (an earlier run, another replica of the platform): its size and pod template become this pool's.
+      // A merge patch replaces the template's lists (containers, tolerations) whole; the selector is the same.
+      const patch = { metadata: { labels: body.metadata?.labels }, spec: { replicas: pool.size, template: body.spec?.template } }
+      await this.#api(`update the pool Deployment ${name}`, () => this.#apps.patchNamespacedDeployment({ name, namespace: this.#ns, body: patch }, mergePatch))
     }
+    this.#log.info({ backend: this.name, runtime: pool.runtime, size: pool.size, deployment: name }, 'generic pool set')
   }
 
   async start(req: InstanceRequest): Promise<InstanceHandle> {
@@ -269,7 +258,7 @@ export class KubernetesBackend implements ContainerBackend {
     const c = pod.spec?.containers?.[0]
     return labels[LABEL.managed] === 'true' && labels[LABEL.runtime] === runtime && labels[LABEL.platform] === this.#o.platformId &&
       pod.metadata?.deletionTimestamp === undefined && isReady(pod) && (pod.status?.podIP ?? '') !== '' &&
-      c?.image === image && c.resources?.limits?.['memory'] === want.memory && c.resources.limits['cpu'] === want.cpu
+      c?.image === image && sameQuantity(c.resources?.limits?.['memory'], want.memory) && sameQuantity(c.resources?.limits?.['cpu'], want.cpu)
   }
 
   /**
