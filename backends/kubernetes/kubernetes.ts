@@ -280,6 +280,8 @@ export class KubernetesBackend implements ContainerBackend {
             held.podName = name
             held.restarts = claimed.status?.containerStatuses?.[0]?.restartCount ?? 0
             this.#byPod.set(name, req.id)
+            // The start gave up (timed out) while the patch was on its way: its stop could not see this pod.
+            if (held.stopping) this.#deleteLate(name, req.id)
             this.#log.debug({ instance: req.id, pod: name, backend: this.name }, 'pool pod claimed')
             return claimed
           } catch (err) {
@@ -320,7 +322,16 @@ export class KubernetesBackend implements ContainerBackend {
     held.podName = name
     this.#byPod.set(name, req.id)
     await this.#api(`create pod ${name}`, () => this.#core.createNamespacedPod({ namespace: this.#ns, body }))
+    if (held.stopping) this.#deleteLate(name, req.id)
     return this.#waitReady(name, held.startFailed.signal)
+  }
+
+  /** Deletes a pod that became an instance's after its start had already been given up. */
+  #deleteLate(name: string, id: string): void {
+    if (this.#byPod.get(name) === id) this.#byPod.delete(name)
+    this.#core.deleteNamespacedPod({ name, namespace: this.#ns, gracePeriodSeconds: 0 }).catch((err: unknown) => {
+      if (statusOf(err) !== 404) this.#log.warn({ err, instance: id, pod: name }, 'cannot delete the pod of a failed start; list() reports it')
+    })
   }
 
   #waitReady(name: string, signal: AbortSignal): Promise<V1Pod> {
