@@ -31,6 +31,7 @@ export async function fetchCode(spec, codeRoot) {
   const final = join(codeRoot, spec.sha256)
   if (await isDir(final)) return { codeDir: final, bytes: 0, fetchMs: elapsed(), cached: true }
   await fsp.mkdir(codeRoot, { recursive: true })
+  await sweepOnce(codeRoot)
   const tag = `${spec.sha256.slice(0, 12)}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`
   const tarPath = join(codeRoot, `.fetch-${tag}.tar`)
   const unpackDir = join(codeRoot, `.unpack-${tag}`)
@@ -58,6 +59,19 @@ export async function fetchCode(spec, codeRoot) {
   } finally {
     await fsp.rm(tarPath, { force: true })
     await fsp.rm(unpackDir, { recursive: true, force: true })
+  }
+}
+
+let swept = false
+/**
+ * Removes what a killed runtime left half-done (the emptyDir outlives a container restart). Run before this
+ * process's first fetch, when nothing of its own can be in flight: the server runs one fetch at a time.
+ */
+async function sweepOnce(codeRoot) {
+  if (swept) return
+  swept = true
+  for (const name of await fsp.readdir(codeRoot)) {
+    if (name.startsWith('.fetch-') || name.startsWith('.unpack-')) await fsp.rm(join(codeRoot, name), { recursive: true, force: true })
   }
 }
 

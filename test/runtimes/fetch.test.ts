@@ -145,11 +145,14 @@ t.test('a pod fetches its code from the code server, loads it and serves calls',
   const rt = await startRuntime(t)
   const cs = await codeServer(t)
   const g = await cs.grant('inst-1', functionDir(t))
+  // What a killed runtime of the same pod left half-done (the emptyDir outlives a container restart).
+  writeFileSync(join(rt.codeRoot, '.fetch-0123456789ab-1-old.tar'), 'partial')
+  mkdirSync(join(rt.codeRoot, '.unpack-0123456789ab-1-old', 'lib'), { recursive: true })
   const got = await fetchCode(rt.client, { ...g, instance: 'inst-1' })
   t.equal(got.codeDir, join(rt.codeRoot, g.sha256), 'unpacked under KINDLING_CODE_DIR/<sha256>')
   t.equal(got.bytes, g.bytes)
   t.type(got.fetchMs, 'number')
-  t.same(readdirSync(rt.codeRoot), [g.sha256], 'no temp file or directory left')
+  t.same(readdirSync(rt.codeRoot), [g.sha256], 'no temp file or directory left, nor the leftovers of an earlier process')
   t.equal(statSync(join(got.codeDir, 'index.mjs')).mode & 0o777, 0o644)
   t.equal(statSync(join(got.codeDir, 'lib')).mode & 0o777, 0o755)
 
@@ -260,6 +263,30 @@ t.test('downloads are bounded: the granted size, the size limit, the time limit'
   })
   await t.rejects(fetchCode(rt.client, request(stalls + sha(tar), sha(tar), 'i', { timeoutMs: 300 })), { code: 'KDL_ERR_CODE_FETCH', message: /timed out after 300 ms/ }, 'a stalled body')
   t.same(readdirSync(rt.codeRoot), [])
+})
+
+t.test('while a fetch runs, the same fetch shares it, and a load or a fetch of other code is refused', async (t) => {
+  const rt = await startRuntime(t)
+  const tar = makeTar([{ name: 'index.mjs', body: Buffer.from('export default () => "shared"\n') }])
+  let requests = 0
+  let release: () => void = () => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const url = await hostile(t, (res) => {
+    requests++
+    void held.then(() => serve(tar)(res))
+  })
+  const first = fetchCode(rt.client, request(url + sha(tar), sha(tar)))
+  await waitFor(() => requests === 1, 'the download to start')
+  const second = fetchCode(rt.client, request(url + sha(tar), sha(tar)))
+  await t.rejects(fetchCode(rt.client, request(url + 'b'.repeat(64), 'b'.repeat(64))), { code: 'KDL_ERR_CODE_FETCH', message: /another code fetch is in progress/, details: { status: 409 } })
+  await t.rejects(load(rt.client, { codeDir: join(rt.codeRoot, sha(tar)), entrypoint: 'index.mjs', function: 'f', version: 1, env: {} }), { code: 'KDL_ERR_LOAD_FAILED', message: /a code fetch is in progress/ })
+  release()
+  const [a, b] = await Promise.all([first, second])
+  t.equal(a.codeDir, join(rt.codeRoot, sha(tar)))
+  t.same(b, a, 'the second fetch shares the first one\'s answer')
+  t.equal(requests, 1, 'one download')
+  t.same(readdirSync(rt.codeRoot), [sha(tar)])
+  await load(rt.client, { codeDir: a.codeDir, entrypoint: 'index.mjs', function: 'f', version: 1, env: {} })
 })
 
 t.test('bad requests are 400 KDL_ERR_BAD_REQUEST; a runtime without KINDLING_CODE_DIR refuses to fetch', async (t) => {
