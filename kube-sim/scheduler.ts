@@ -154,7 +154,7 @@ export class Scheduler {
       if (isApiError(err, 404)) return
       throw err
     }
-    const conditions = setCondition(bound.status?.conditions, { type: 'PodScheduled', status: 'True', lastProbeTime: null, lastTransitionTime: nowIso() })
+    const conditions = setCondition(bound.status?.conditions, { type: 'PodScheduled', status: 'True', lastTransitionTime: nowIso() })
     try {
       this.#store.update(this.#kinds.pod, { ...bound, status: { ...(bound.status ?? {}), conditions } }, { subresource: 'status' })
     } catch (err) {
@@ -169,7 +169,7 @@ export class Scheduler {
   #unschedulable(pod: KubeObject, message: string): void {
     const old = ((pod.status?.conditions ?? []) as Array<{ type: string; message?: string }>).find((c) => c.type === 'PodScheduled')
     const conditions = setCondition(pod.status?.conditions, {
-      type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message, lastProbeTime: null, lastTransitionTime: nowIso(),
+      type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message, lastTransitionTime: nowIso(),
     })
     const status = { ...(pod.status ?? {}), phase: 'Pending', conditions }
     if (sameJson(status, pod.status)) return

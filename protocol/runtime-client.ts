@@ -1,5 +1,5 @@
 import { Pool, type Dispatcher } from 'undici'
-import { KdlError } from '../common/errors.js'
+import { KdlError, type ErrorCode } from '../common/errors.js'
 import type { InstanceAddress } from '../common/types.js'
 
 /**
@@ -70,4 +70,55 @@ export async function load(client: Dispatcher, req: LoadRequest, timeoutMs?: num
 export async function unload(client: Dispatcher, timeoutMs?: number): Promise<void> {
   const { status } = await control(client, 'POST', '/_/unload', {}, timeoutMs)
   if (status !== 200) throw new KdlError('KDL_ERR_BACKEND', `runtime unload answered ${status}`)
+}
+
+/** `POST /_/fetch` (PROTOCOL §4.6): what a pod needs to fetch its function's code from the platform's code server. */
+export interface FetchCodeRequest {
+  /** `<code server>/code/<sha256>` */
+  url: string
+  sha256: string
+  /** The grant's bearer token. */
+  token: string
+  /** The instance id the grant was made for (sent as `x-kindling-instance`). */
+  instance: string
+  /** The archive's exact size, when the grant says it (the runtime refuses any other length). */
+  bytes?: number
+  /** The runtime's own bound on the download, ms. @default 60_000 */
+  timeoutMs?: number
+  /** Largest sum of file sizes the archive may unpack to. @default 268_435_456 */
+  maxBytes?: number
+  /** Most entries of the archive. @default 200_000 */
+  maxEntries?: number
+}
+
+export interface FetchCodeAnswer {
+  /** Where the runtime unpacked the code: the `codeDir` of the load that follows. */
+  codeDir: string
+  /** Archive bytes downloaded (0 when the code was there already). */
+  bytes: number
+  fetchMs: number
+  /** The code was there from an earlier fetch of the same sha256. */
+  cached?: boolean
+}
+
+const FETCH_CODES = new Set(['KDL_ERR_CODE_FETCH', 'KDL_ERR_CODE_INTEGRITY', 'KDL_ERR_BAD_ARCHIVE', 'KDL_ERR_BAD_REQUEST'])
+
+/**
+ * Has the runtime fetch, verify and unpack its function's code; resolves the directory to load it from. A refusal
+ * keeps the runtime's code (KDL_ERR_CODE_FETCH, KDL_ERR_CODE_INTEGRITY, KDL_ERR_BAD_ARCHIVE, KDL_ERR_BAD_REQUEST)
+ * and message; anything else is KDL_ERR_CODE_FETCH. `details.status` is the runtime's HTTP status.
+ */
+export async function fetchCode(client: Dispatcher, req: FetchCodeRequest, timeoutMs?: number): Promise<FetchCodeAnswer> {
+  const { status, json } = await control(client, 'POST', '/_/fetch', req, timeoutMs)
+  if (status === 200 && typeof json['codeDir'] === 'string') {
+    return {
+      codeDir: json['codeDir'],
+      bytes: typeof json['bytes'] === 'number' ? json['bytes'] : 0,
+      fetchMs: typeof json['fetchMs'] === 'number' ? json['fetchMs'] : 0,
+      ...(json['cached'] === true ? { cached: true } : {}),
+    }
+  }
+  const code = typeof json['code'] === 'string' && FETCH_CODES.has(json['code']) ? json['code'] as ErrorCode : 'KDL_ERR_CODE_FETCH'
+  const message = typeof json['message'] === 'string' ? json['message'] : `runtime refused the code fetch (${status})`
+  throw new KdlError(code, message, { details: { status } })
 }

@@ -7,33 +7,7 @@ import { join, sep } from 'node:path'
 import { errorBody, KdlError } from '../../common/errors.js'
 import { silent, type BackendLog } from '../docker/docker-common.js'
 
-/**
- * Code delivery into pods (issue 10): the platform serves each function's code as one archive over HTTP, and a
- * pod's runtime server fetches it (`POST /_/fetch`, runtimes/PROTOCOL.md §4.6), checks its sha256 and unpacks it
- * into its `/code` emptyDir before the load.
- *
- * Why a fetch step in the runtime and not a fetcher sidecar (the reference design's): one process per pod, so
- * a pod costs one Node floor (~44 MB) and one start, not two; no shared volume between a writer and a reader to
- * sequence (the sidecar would have to signal "done" across containers, and the runtime would have to trust
- * that signal); and the sha256 is checked by the same process that then loads the code, right before it does,
- * with nothing in between that could swap the files. The pod's emptyDir at `/code` is the only place it writes.
- *
- * What a pod may fetch: a grant is made for one instance and one archive; its token is an HMAC over the
- * instance id, the archive's sha256, an expiry (`ttlMs`, a few minutes) and the grant epoch of that instance,
- * so a pod holding it fetches that archive only, only under its own instance id (`x-kindling-instance`), only
- * until it expires, and only while the grant stands (`revoke(instance)` ends it at once). Every refusal is the
- * same `403 KDL_ERR_CODE_FORBIDDEN`; an unknown archive is `404 KDL_ERR_CODE_NOT_FOUND` only once the token
- * checked out, so the server is no oracle of which code it holds.
- *
- * The archive is a deterministic, uncompressed POSIX ustar of the code directory: entries sorted by path bytes,
- * directories 0755, files 0644 or 0755 (any exec bit), owner 0:0, mtime 0 — the same directory always gives the
- * same bytes, hence the same sha256. Symlinks are followed when they stay inside the directory (the pod receives
- * files and directories only, so its unpacker handles no link at all) and refused when they leave it. Plain tar
- * rather than tar.gz, measured on a 1.1 MB function (node_modules of 130 files, Node 20, this host): gzip -6
- * costs ~35 ms to make (once per code version) and gunzip ~4 ms per pod, to save ~70 % of bytes that cross
- * loopback or the cluster network at hundreds of MB/s (~3 ms for the whole plain archive); the pod's unpacker
- * stays a 200-line ustar reader with no inflate bound to get right.
- */
+/** Options of a {@link CodeServer}. */
 export interface CodeServerOptions {
   /** HMAC key of the tokens (at least 32 bytes; a random one per platform start is enough: grants live minutes). */
   secret: Buffer
@@ -45,6 +19,8 @@ export interface CodeServerOptions {
   now?: () => number
   /** Archives sent at once; further fetches wait their turn. @default 8 */
   maxTransfers?: number
+  /** How long one transfer may take once started (a pod that reads too slowly is cut off and frees its turn), ms. @default 120_000 */
+  transferTimeoutMs?: number
   /** Largest sum of file sizes of one code directory, bytes. @default 268_435_456 (KINDLING_MAX_UNPACKED_BYTES) */
   maxBytes?: number
   /** Most entries (files and directories) of one code directory. @default 200_000 */
@@ -88,19 +64,54 @@ const FORBIDDEN = 'the token does not grant this archive to this instance'
 
 const badTree = (message: string): KdlError => new KdlError('KDL_ERR_BAD_ARCHIVE', message)
 
+/**
+ * Code delivery into pods (issue 10): the platform serves each function's code as one archive over HTTP, and a
+ * pod's runtime server fetches it (`POST /_/fetch`, runtimes/PROTOCOL.md §4.6), checks its sha256 and unpacks it
+ * into its `/code` emptyDir before the load.
+ *
+ * Why a fetch step in the runtime and not a fetcher sidecar (the reference design's): one process per pod, so
+ * a pod costs one Node floor (~44 MB) and one start, not two; no shared volume between a writer and a reader to
+ * sequence (the sidecar would have to signal "done" across containers, and the runtime would have to trust
+ * that signal); and the sha256 is checked by the same process that then loads the code, right before it does,
+ * with nothing in between that could swap the files. The pod's emptyDir at `/code` is the only place it writes.
+ *
+ * What a pod may fetch: a grant is made for one instance and one archive; its token is an HMAC over the
+ * instance id, the archive's sha256, an expiry (`ttlMs`, a few minutes) and the grant epoch of that instance,
+ * so a pod holding it fetches that archive only, only under its own instance id (`x-kindling-instance`), only
+ * until it expires, only once (a transfer takes the grant), and only while the grant stands (`revoke(instance)`
+ * ends it at once). Every refusal is the
+ * same `403 KDL_ERR_CODE_FORBIDDEN`; an unknown archive is `404 KDL_ERR_CODE_NOT_FOUND` only once the token
+ * checked out, so the server is no oracle of which code it holds.
+ *
+ * The archive is a deterministic, uncompressed POSIX ustar of the code directory: entries sorted by path bytes,
+ * directories 0755, files 0644 or 0755 (any exec bit), owner 0:0, mtime 0 — the same directory always gives the
+ * same bytes, hence the same sha256. Symlinks are followed when they stay inside the directory (the pod receives
+ * files and directories only, so its unpacker handles no link at all) and refused when they leave it.
+ *
+ * Plain tar rather than tar.gz, measured on a 0.95 MB function (the `yaml` package and `pino/lib`, ~250 files;
+ * Node 20, a shared 2-CPU host, medians): gzip -6 shrinks it to 18 % (171 KB) for ~15 ms once per code version
+ * and ~6 ms of gunzip in every pod. The plain archive crosses loopback in ~12 ms and a 1 Gbit/s link in ~8 ms, so
+ * compression would save a pod about what its gunzip costs (at 10 Gbit/s plain wins outright), and the pod's
+ * unpacker stays a small ustar reader with no inflate bound to get right. A pod's whole fetch (connect, download,
+ * sha256, unpack) takes 70–80 ms there, ~35 ms of it unpacking the 250 files.
+ */
 export class CodeServer {
   readonly #secret: Buffer
   readonly #workDir: string
   readonly #ttlMs: number
   readonly #now: () => number
   readonly #maxTransfers: number
+  readonly #transferTimeoutMs: number
   readonly #maxBytes: number
   readonly #maxEntries: number
   readonly #log: BackendLog
   /** Per real code directory: the signature of its tree when archived, and the archive. */
   readonly #byDir = new Map<string, { signature: string; archive: Promise<Archive> }>()
   readonly #archives = new Map<string, Archive>()
-  /** Standing grants: instance → its epoch (in the token: a revoke voids tokens issued before) and sha256 → expiry. */
+  /**
+   * Standing grants: instance → its epoch (in the token: a revoke voids tokens issued before) and, per sha256, the
+   * expiry of the one token that is good for it (a transfer deletes it; a newer grant replaces it).
+   */
   readonly #grants = new Map<string, { epoch: number; shas: Map<string, number> }>()
   #epochs = 0
   #lastSweep = 0
@@ -116,6 +127,7 @@ export class CodeServer {
     this.#ttlMs = opts.ttlMs ?? 300_000
     this.#now = opts.now ?? Date.now
     this.#maxTransfers = opts.maxTransfers ?? 8
+    this.#transferTimeoutMs = opts.transferTimeoutMs ?? 120_000
     this.#maxBytes = opts.maxBytes ?? 256 * 1024 * 1024
     this.#maxEntries = opts.maxEntries ?? 200_000
     this.#log = opts.log ?? silent
@@ -124,6 +136,7 @@ export class CodeServer {
   /** Listens; resolves the base URL pods fetch from (`http://host:port`). */
   async start({ host, port }: { host: string; port: number }): Promise<string> {
     if (this.#server !== undefined) throw new KdlError('KDL_ERR_INTERNAL', 'the code server is already started')
+    await this.#sweepBuilds()
     const server = createServer((req, res) => { this.#onRequest(req, res) })
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -153,7 +166,8 @@ export class CodeServer {
       this.#grants.set(instanceId, grant)
     }
     const expiresAt = now + this.#ttlMs
-    grant.shas.set(archive.sha256, Math.max(expiresAt, grant.shas.get(archive.sha256) ?? 0))
+    // The latest grant of an archive to an instance supersedes earlier ones (whose tokens may have been used).
+    grant.shas.set(archive.sha256, expiresAt)
     const token = `v1.${expiresAt}.${grant.epoch}.${this.#mac(instanceId, archive.sha256, expiresAt, grant.epoch).toString('base64url')}`
     return { url: `${this.#base}/code/${archive.sha256}`, sha256: archive.sha256, token, bytes: archive.bytes, expiresAt }
   }
@@ -189,6 +203,17 @@ export class CodeServer {
     await closed
   }
 
+  /** Removes half-written archives a crash left in workDir. */
+  async #sweepBuilds(): Promise<void> {
+    let names: string[]
+    try {
+      names = await readdir(this.#workDir)
+    } catch {
+      return
+    }
+    for (const name of names) if (name.startsWith('.build-')) await rm(join(this.#workDir, name), { force: true })
+  }
+
   #mac(instance: string, sha256: string, expiresAt: number, epoch: number): Buffer {
     return createHmac('sha256', this.#secret).update(`kindling-code/1\0${instance}\0${sha256}\0${expiresAt}\0${epoch}`).digest()
   }
@@ -204,7 +229,8 @@ export class CodeServer {
     if (mac.length !== expected.length || !timingSafeEqual(mac, expected)) return 'token not signed for this instance and archive'
     if (expiresAt <= this.#now()) return 'token expired'
     const grant = this.#grants.get(instance)
-    if (grant === undefined || grant.epoch !== epoch || !grant.shas.has(sha256)) return 'grant revoked'
+    if (grant === undefined || grant.epoch !== epoch) return 'grant revoked'
+    if (grant.shas.get(sha256) !== expiresAt) return 'token used or superseded'
     return undefined
   }
 
@@ -235,6 +261,8 @@ export class CodeServer {
     }
     const archive = this.#archives.get(sha256 as string)
     if (archive === undefined) return sendError(res, new KdlError('KDL_ERR_CODE_NOT_FOUND', `no archive ${sha256 as string} on this code server`))
+    // A token is good for one transfer: taken now, so that two requests with it cannot both pass.
+    this.#grants.get(instance as string)?.shas.delete(archive.sha256)
     void this.#send(res, archive, instance as string)
   }
 
@@ -249,6 +277,11 @@ export class CodeServer {
     res.once('close', release)
     if (res.destroyed) return release()
     const started = Date.now()
+    const deadline = setTimeout(() => {
+      this.#log.warn({ instance, sha256: archive.sha256, ms: this.#transferTimeoutMs }, 'code transfer cut: too slow')
+      res.destroy()
+    }, this.#transferTimeoutMs)
+    res.once('close', () => clearTimeout(deadline))
     const body = createReadStream(archive.path)
     body.once('error', (err) => {
       this.#log.error({ err, instance, sha256: archive.sha256 }, 'code archive unreadable')

@@ -9,7 +9,7 @@
 import type { KubeObject, ObjectStore } from '../types.js'
 import { WorkQueue } from './queue.js'
 import type { ControllerOptions } from './replicaset.js'
-import { matchesLabelSelector } from './selector-shim.js'
+import { matchesLabelSelector } from '../selectors.js'
 import { type Kinds, controllerOf, controllerRefTo, isApiError, keyOf, nowIso, recordEvent, sameJson, setCondition, splitKey, templateHash } from './shared.js'
 
 const COMPONENT = 'deployment-controller'

@@ -9,7 +9,7 @@
 import type { Logger } from 'pino'
 import type { KubeObject, ObjectStore } from '../types.js'
 import { WorkQueue } from './queue.js'
-import { matchesLabelSelector } from './selector-shim.js'
+import { matchesLabelSelector } from '../selectors.js'
 import {
   type Kinds, controllerOf, controllerRefTo, isApiError, isPodActive, isPodReady, keyOf, recordEvent, sameJson, splitKey,
 } from './shared.js'

@@ -24,6 +24,9 @@ const FN_ERROR = ['content-type', 'application/json; charset=utf-8', 'x-kindling
 /** Started ahead of its use (a pool refill): warm the request path once listening (see warmUp). */
 const WARM_AT_START = process.env.KINDLING_WARMUP === '1'
 delete process.env.KINDLING_WARMUP
+/** Where POST /_/fetch unpacks code (Kubernetes: the pod's emptyDir at /code); null: this instance does not fetch. */
+const CODE_ROOT = process.env.KINDLING_CODE_DIR !== undefined && isAbsolute(process.env.KINDLING_CODE_DIR) ? resolvePath(process.env.KINDLING_CODE_DIR) : null
+delete process.env.KINDLING_CODE_DIR
 /** The environment the server started with; each load sets process.env to this plus the function's env. */
 const baseEnv = { ...process.env }
 
@@ -37,6 +40,8 @@ let handler = null
 /** Real path of the code directory of the last load attempt (require.cache entries under it are dropped). */
 let codeDir = null
 let loading = false
+/** The code fetch in progress: `{ sha256, promise }` (a second fetch of the same code shares it). */
+let fetching = null
 let loads = 0
 let invocations = 0
 let inflight = 0
@@ -431,7 +436,7 @@ function warmUp(rounds = 4) {
 
 // --- control requests -------------------------------------------------------------------------------------
 
-/** Answers GET /_/health, POST /_/load, POST /_/unload; false for anything else (an invocation). */
+/** Answers GET /_/health, POST /_/fetch, POST /_/load, POST /_/unload; false for anything else (an invocation). */
 function control(req, res, url) {
   const q = url.indexOf('?')
   const path = q === -1 ? url : url.slice(0, q)
@@ -451,6 +456,10 @@ function control(req, res, url) {
   }
   if (path === '/_/load' && method === 'POST') {
     readJson(req, res, load)
+    return true
+  }
+  if (path === '/_/fetch' && method === 'POST') {
+    readJson(req, res, fetchCode)
     return true
   }
   if (path === '/_/unload' && method === 'POST') {
@@ -517,6 +526,7 @@ async function load(spec, res) {
   const p = parseLoad(spec)
   if (typeof p === 'string') return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: p })
   if (loading) return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message: 'another load is in progress' })
+  if (fetching !== null) return sendJson(res, 409, { code: 'KDL_ERR_LOAD_FAILED', message: 'a code fetch is in progress' })
   if (handler !== null) {
     const message = p.name === fnName
       ? `function ${fnName} is already loaded; unload it first`
@@ -569,6 +579,57 @@ async function load(spec, res) {
     return sendJson(res, 200, { loadMs, function: fnName, version: fnVersion })
   } finally {
     loading = false
+  }
+}
+
+// --- code fetch (Kubernetes): the function's code from the platform, verified, before the load ---------------
+// A step of this process rather than a sidecar's (PROTOCOL §4.6): the sha256 is checked by the process that then
+// loads the code, and the pod's emptyDir is written by nobody else. The download itself is in code-fetch.mjs,
+// imported on the first fetch only.
+const MAX_FETCH_TIMEOUT_MS = 600_000
+
+/** Validated fetch request, or a message. */
+function parseFetch(spec) {
+  if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) return 'body must be a JSON object'
+  const { url, sha256, token, instance, bytes, timeoutMs, maxBytes, maxEntries } = spec
+  let parsed = null
+  try {
+    parsed = typeof url === 'string' ? new URL(url) : null
+  } catch {}
+  if (parsed === null || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) return 'url must be an http(s) URL'
+  if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) return 'sha256 must be 64 lower-case hex digits'
+  if (typeof token !== 'string' || !/^[\x21-\x7e]{1,4096}$/.test(token)) return 'token must be a non-empty header-safe string'
+  if (typeof instance !== 'string' || !/^[\x21-\x7e]{1,253}$/.test(instance)) return 'instance must be a non-empty header-safe string'
+  const count = (v, max) => v === undefined || v === null || (Number.isSafeInteger(v) && v >= 0 && v <= max)
+  if (!count(bytes, Number.MAX_SAFE_INTEGER)) return 'bytes must be a non-negative integer'
+  if (!count(timeoutMs, MAX_FETCH_TIMEOUT_MS) || timeoutMs === 0) return `timeoutMs must be an integer from 1 to ${MAX_FETCH_TIMEOUT_MS}`
+  if (!count(maxBytes, Number.MAX_SAFE_INTEGER) || !count(maxEntries, 10_000_000)) return 'maxBytes and maxEntries must be non-negative integers'
+  return {
+    url: parsed, sha256, token, instance, bytes: bytes ?? null, timeoutMs: timeoutMs ?? 60_000,
+    maxBytes: maxBytes ?? 256 * 1024 * 1024, maxEntries: maxEntries ?? 200_000,
+  }
+}
+
+async function fetchCode(spec, res) {
+  const p = parseFetch(spec)
+  if (typeof p === 'string') return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: p })
+  const refuse = (message) => sendJson(res, 409, { code: 'KDL_ERR_CODE_FETCH', message })
+  if (CODE_ROOT === null) return refuse('this runtime was started without KINDLING_CODE_DIR: it does not fetch code')
+  if (loading || handler !== null || boundFn !== null) {
+    return refuse(`code is fetched before the load only: this instance ${handler !== null ? 'has' : 'is bound to'} function ${fnName ?? boundFn ?? '(loading)'}`)
+  }
+  if (fetching !== null && fetching.sha256 !== p.sha256) return refuse('another code fetch is in progress')
+  let current = fetching
+  if (current === null) {
+    const started = import('./code-fetch.mjs').then((m) => m.fetchCode(p, CODE_ROOT))
+    current = fetching = { sha256: p.sha256, promise: started }
+    started.then(() => {}, () => {}).finally(() => { if (fetching === current) fetching = null })
+  }
+  try {
+    sendJson(res, 200, await current.promise)
+  } catch (err) {
+    if (typeof err?.status === 'number' && typeof err.code === 'string') sendJson(res, err.status, { code: err.code, message: err.message })
+    else sendJson(res, 500, { code: 'KDL_ERR_INTERNAL', message: `the code fetch failed: ${describe(err?.message ?? err)}` })
   }
 }
 

@@ -109,6 +109,24 @@ t.test('refuses to archive a symlink that leaves the code directory', async (t) 
   rmSync(join(dir, 'up'))
   symlinkSync('.', join(dir, 'loop'))
   await t.rejects(server.grant('i', dir), { code: 'KDL_ERR_BAD_ARCHIVE', message: /loop" makes a loop/ })
+  rmSync(join(dir, 'loop'))
+  symlinkSync('nowhere', join(dir, 'dangling'))
+  await t.rejects(server.grant('i', dir), { code: 'KDL_ERR_BAD_ARCHIVE', message: /dangling" of the code directory dangles/ })
+})
+
+t.test('a transfer slower than transferTimeoutMs is cut and frees its turn', async (t) => {
+  const { server } = await started(t, { maxTransfers: 1, transferTimeoutMs: 300 })
+  const dir = tmp(t, 'kdl-code-')
+  writeFileSync(join(dir, 'big.bin'), randomBytes(32 << 20))
+  const slow = await server.grant('slow', dir)
+  const next = await server.grant('next', dir)
+  const res = await request(slow.url, { headers: auth(slow.token, 'slow') })
+  t.equal(res.statusCode, 200)
+  // Never read: the server's writes stall, the deadline cuts it, and the waiting fetch gets the turn.
+  const after = await fetchArchive(next.url, auth(next.token, 'next'))
+  t.equal(after.status, 200)
+  t.equal(after.body.length, next.bytes)
+  await t.rejects(res.body.arrayBuffer(), 'the slow transfer was cut')
 })
 
 t.test('refusals are 403 KDL_ERR_CODE_FORBIDDEN, the same for every reason', async (t) => {
@@ -137,19 +155,33 @@ t.test('refusals are 403 KDL_ERR_CODE_FORBIDDEN, the same for every reason', asy
   await forbidden('garbage', g.url, auth('nonsense', 'inst-1'))
   const ok = await fetchArchive(g.url, auth(g.token, 'inst-1'))
   t.equal(ok.status, 200, 'the real token still works')
+  await forbidden('a token used once', g.url, auth(g.token, 'inst-1'))
   t.equal((await fetchArchive(g.url, auth(g.token, 'inst-1'), 'POST')).status, 403, 'a POST')
   await forbidden('another path', g.url.replace('/code/', '/code/x'), auth(g.token, 'inst-1'))
 
   await t.test('an expired token', async (t) => {
+    const unused = await server.grant('inst-3', dir)
+    now += 59_999
+    t.equal((await fetchArchive(unused.url, auth(unused.token, 'inst-3'))).status, 200, 'good until its last millisecond')
+    const late = await server.grant('inst-4', dir)
     now += 60_000
-    await forbidden('expired', g.url, auth(g.token, 'inst-1'))
-    const again = await server.grant('inst-1', dir)
-    t.equal((await fetchArchive(again.url, auth(again.token, 'inst-1'))).status, 200, 'a new grant works')
+    await forbidden('expired', late.url, auth(late.token, 'inst-4'))
+    const again = await server.grant('inst-4', dir)
+    t.equal((await fetchArchive(again.url, auth(again.token, 'inst-4'))).status, 200, 'a new grant works')
+  })
+
+  await t.test('a newer grant supersedes an older token; two requests with one token get one transfer', async (t) => {
+    now += 1
+    const first = await server.grant('inst-5', dir)
+    now += 1
+    const second = await server.grant('inst-5', dir)
+    await forbidden('superseded', first.url, auth(first.token, 'inst-5'))
+    const both = await Promise.all([fetchArchive(second.url, auth(second.token, 'inst-5')), fetchArchive(second.url, auth(second.token, 'inst-5'))])
+    t.same(both.map((r) => r.status).sort(), [200, 403])
   })
 
   await t.test('a revoked grant, even unexpired; a new grant after it does not revive the old token', async (t) => {
     const fresh = await server.grant('inst-9', dir)
-    t.equal((await fetchArchive(fresh.url, auth(fresh.token, 'inst-9'))).status, 200)
     server.revoke('inst-9')
     await forbidden('revoked', fresh.url, auth(fresh.token, 'inst-9'))
     const regrant = await server.grant('inst-9', dir)

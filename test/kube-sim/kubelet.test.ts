@@ -1,0 +1,246 @@
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { detectCgroups } from '../../cgroups/index.js'
+import { kindsOf, type Kinds } from '../../kube-sim/controllers/shared.js'
+import { defaultImages } from '../../kube-sim/kubelet/images.js'
+import { Kubelet } from '../../kube-sim/kubelet/kubelet.js'
+import { MemoryStore } from '../../kube-sim/store.js'
+import type { KubeObject } from '../../kube-sim/types.js'
+import { waitFor } from '../fixtures/wait.js'
+
+// The stand-in's kubelet (issue 10) on one node, pods bound to it directly (no scheduler): containers are real
+// processes on the pod's own loopback address, in cgroups with the container's limits.
+
+const REPO = new URL('../..', import.meta.url).pathname
+const SCRIPTS: Record<string, string> = {
+  // Prints its environment and the identity it runs as, then stays up.
+  'env.mjs': `console.log(JSON.stringify({ env: process.env, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd() })); setInterval(() => {}, 1000)`,
+  // Allocates (and touches) memory until the kernel stops it.
+  'hog.mjs': `const keep = []; setInterval(() => { keep.push(Buffer.alloc(16 << 20, 1)) }, 5)`,
+  // Exits with EXIT_CODE after a line of output.
+  'exit.mjs': `console.log('run ' + Date.now()); setTimeout(() => process.exit(Number(process.env.EXIT_CODE ?? 1)), 20)`,
+  // Notes SIGTERM in a file; ignores it (STUBBORN=1) or exits.
+  'term.mjs': `import { appendFileSync } from 'node:fs'
+process.on('SIGTERM', () => { appendFileSync(process.env.MARK, 'TERM ' + Date.now() + '\\n'); if (process.env.STUBBORN !== '1') process.exit(0) })
+console.log('up'); setInterval(() => {}, 1000)`,
+}
+
+interface Setup {
+  store: MemoryStore
+  kinds: Kinds
+  kubelet: Kubelet
+  dir: string
+}
+
+async function setup(t: Test, index = 0): Promise<Setup> {
+  const dir = await mkdtemp(join(tmpdir(), 'kube-sim-kubelet-'))
+  for (const [name, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, name), text)
+  const store = new MemoryStore()
+  const kinds = kindsOf(store)
+  const cgroups = await detectCgroups()
+  const parent = `kube-sim/test-${process.pid}-${index}`
+  const node = `kindling-runtime-${index}`
+  const images = {
+    ...defaultImages(REPO),
+    'test/env': [process.execPath, join(dir, 'env.mjs')],
+    'test/hog': [process.execPath, join(dir, 'hog.mjs')],
+    'test/exit': [process.execPath, join(dir, 'exit.mjs')],
+    'test/term': [process.execPath, join(dir, 'term.mjs')],
+  }
+  const kubelet = new Kubelet({
+    store, kinds, nodeName: node, nodeIndex: index, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
+    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100,
+  })
+  await kubelet.start()
+  t.teardown(async () => {
+    await kubelet.stop()
+    if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor('kube-sim', `test-${process.pid}-${index}`))
+    await rm(dir, { recursive: true, force: true })
+  })
+  return { store, kinds, kubelet, dir }
+}
+
+function pod(name: string, node: string, spec: Record<string, unknown>): KubeObject {
+  return { apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: 'default', labels: { app: name } }, spec: { nodeName: node, ...spec } }
+}
+
+function get(s: Setup, name: string): KubeObject | undefined {
+  return s.store.get(s.kinds.pod, 'default', name)
+}
+
+function httpGet(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    request(url, { agent: false }, (res) => {
+      let body = ''
+      res.on('data', (d: Buffer) => { body += d.toString() })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    }).on('error', reject).end()
+  })
+}
+
+function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true } catch { return false }
+}
+
+t.test('registers its Node: Ready, capacity, InternalIP 127.(100+i).0.1, and a Lease in kube-node-lease', async (t) => {
+  const s = await setup(t, 3)
+  const node = s.store.get(s.kinds.node, undefined, 'kindling-runtime-3') as KubeObject
+  t.match(node.status.conditions, [{ type: 'MemoryPressure' }, { type: 'DiskPressure' }, { type: 'PIDPressure' }, { type: 'Ready', status: 'True', reason: 'KubeletReady' }])
+  t.same(node.status.allocatable, { cpu: '4', memory: `${8192 * 1024}Ki`, pods: '110', 'ephemeral-storage': '100Gi' })
+  t.same(node.status.addresses[0], { type: 'InternalIP', address: '127.103.0.1' })
+  const lease = s.store.get(s.kinds.lease, 'kube-node-lease', 'kindling-runtime-3') as KubeObject
+  t.equal(lease.spec.holderIdentity, 'kindling-runtime-3')
+  t.match(lease.spec.renewTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/)
+})
+
+t.test('runs the runtime image as nobody on its own loopback IP; readiness (GET /_/health) makes it Ready', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('rt', 'kindling-runtime-0', {
+    securityContext: { runAsNonRoot: true },
+    containers: [{
+      name: 'runtime', image: 'kindling/runtime-node:1', ports: [{ containerPort: 8888, name: 'http' }],
+      env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }],
+      readinessProbe: { httpGet: { path: '/_/health', port: 'http' }, periodSeconds: 1 },
+      volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }, { name: 'code', mountPath: '/code' }],
+    }],
+    volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'code', emptyDir: {} }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'rt'); return x?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True') && x }, 'the pod Ready', 15_000)
+  t.equal(p.status.phase, 'Running')
+  t.match(p.status.podIP, /^127\.100\.\d+\.\d+$/)
+  t.not(p.status.podIP, '127.100.0.1', 'not the node address')
+  t.equal(p.status.hostIP, '127.100.0.1')
+  t.same(p.status.podIPs, [{ ip: p.status.podIP }])
+  const cs = p.status.containerStatuses[0]
+  t.match(cs, { name: 'runtime', ready: true, started: true, restartCount: 0, state: { running: {} } })
+  t.match(cs.containerID, /^kindling-sim:\/\/\d+$/)
+  t.match(p.status.conditions.map((c: { type: string }) => c.type), ['PodReadyToStartContainers', 'Initialized', 'Ready', 'ContainersReady'])
+  const health = await httpGet(`http://${String(p.status.podIP)}:8888/_/health`)
+  t.equal(health.status, 200)
+  t.equal(JSON.parse(health.body).state, 'generic')
+  const pid = Number(String(cs.containerID).slice('kindling-sim://'.length))
+  const st = await stat(`/proc/${pid}`)
+  t.equal(st.uid, 65534, 'the runtime image runs as nobody (its USER)')
+})
+
+t.test('builds the environment: fieldRefs, configMap/secret refs, $(VAR), 0.0.0.0 → pod IP, mount paths → host dirs, TMPDIR, KINDLING_CODE_DIR', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.configMap, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'cfg', namespace: 'default' }, data: { mode: 'fast', extra: 'x' } })
+  s.store.create(s.kinds.secret, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'sec', namespace: 'default' }, data: { key: Buffer.from('s3cret').toString('base64') } })
+  s.store.create(s.kinds.pod, pod('envy', 'kindling-runtime-0', {
+    securityContext: { runAsUser: 1234, runAsGroup: 2345 },
+    containers: [{
+      name: 'c', image: 'test/env',
+      envFrom: [{ configMapRef: { name: 'cfg' }, prefix: 'CFG_' }],
+      env: [
+        { name: 'LISTEN', value: 'tcp:0.0.0.0:8888' },
+        { name: 'DATA', value: '/data/sub' },
+        { name: 'POD', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+        { name: 'NS', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+        { name: 'APP', valueFrom: { fieldRef: { fieldPath: "metadata.labels['app']" } } },
+        { name: 'IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+        { name: 'NODE', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+        { name: 'MODE', valueFrom: { configMapKeyRef: { name: 'cfg', key: 'mode' } } },
+        { name: 'SECRET', valueFrom: { secretKeyRef: { name: 'sec', key: 'key' } } },
+        { name: 'BOTH', value: '$(POD)-$(MODE)-$$(POD)' },
+      ],
+      volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }, { name: 'code', mountPath: '/code' }, { name: 'data', mountPath: '/data' }],
+    }],
+    volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'code', emptyDir: {} }, { name: 'data', emptyDir: {} }],
+  }))
+  const line = await waitFor(() => s.kubelet.logs('default', 'envy', 'c')?.read().split('\n')[0], 'the env line', 10_000)
+  const { env, uid, gid, cwd } = JSON.parse(line) as { env: Record<string, string>; uid: number; gid: number; cwd: string }
+  const p = get(s, 'envy') as KubeObject
+  const ip = String(p.status.podIP)
+  const volumes = join(s.dir, 'data', 'nodes', 'kindling-runtime-0', 'pods', String(p.metadata.uid), 'volumes')
+  t.equal(env.LISTEN, `tcp:${ip}:8888`)
+  t.equal(env.DATA, join(volumes, 'data', 'sub'))
+  t.equal(env.TMPDIR, join(volumes, 'tmp'))
+  t.equal(env.KINDLING_CODE_DIR, join(volumes, 'code'))
+  t.match(env, { POD: 'envy', NS: 'default', APP: 'envy', IP: ip, NODE: 'kindling-runtime-0', MODE: 'fast', SECRET: 's3cret', CFG_mode: 'fast', CFG_extra: 'x', HOSTNAME: 'envy' })
+  t.equal(env.BOTH, 'envy-fast-$(POD)')
+  t.equal(uid, 1234, 'runAsUser')
+  t.equal(gid, 2345, 'runAsGroup')
+  t.match(cwd, /containers\/c$/)
+  const tmp = await stat(join(volumes, 'tmp'))
+  t.equal(tmp.mode & 0o777, 0o777, 'an emptyDir is writable by any runAsUser')
+})
+
+t.test('a missing ConfigMap keeps the container waiting in CreateContainerConfigError; an unknown image in ErrImagePull then ImagePullBackOff', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('nocfg', 'kindling-runtime-0', { containers: [{ name: 'c', image: 'test/env', env: [{ name: 'X', valueFrom: { configMapKeyRef: { name: 'absent', key: 'k' } } }] }] }))
+  s.store.create(s.kinds.pod, pod('noimg', 'kindling-runtime-0', { containers: [{ name: 'c', image: 'example.com/nothing:1' }] }))
+  const nocfg = await waitFor(() => { const x = get(s, 'nocfg'); return x?.status?.containerStatuses?.[0]?.state?.waiting?.reason === 'CreateContainerConfigError' && x }, 'config error')
+  t.equal(nocfg.status.containerStatuses[0].state.waiting.message, 'configmap "absent" not found')
+  t.equal(nocfg.status.phase, 'Pending')
+  await waitFor(() => get(s, 'noimg')?.status?.containerStatuses?.[0]?.state?.waiting?.reason === 'ImagePullBackOff', 'ImagePullBackOff')
+  t.equal(get(s, 'noimg')?.status.phase, 'Pending')
+  t.ok(s.store.list(s.kinds.event, { namespace: 'default' }).items.some((e) => e.reason === 'Failed' && String(e.message).includes('example.com/nothing:1')), 'a Failed event names the image')
+})
+
+t.test('a container over its memory limit is OOM-killed by the kernel and reports OOMKilled, exit code 137', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('hog', 'kindling-runtime-0', {
+    restartPolicy: 'Never',
+    containers: [{ name: 'hog', image: 'test/hog', resources: { limits: { memory: '96Mi' } } }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'hog'); return x?.status?.phase === 'Failed' && x }, 'the pod Failed', 20_000)
+  t.match(p.status.containerStatuses[0].state.terminated, { reason: 'OOMKilled', exitCode: 137 })
+  t.equal(p.status.containerStatuses[0].restartCount, 0)
+})
+
+t.test('restartPolicy: OnFailure restarts a failing container with back-off (CrashLoopBackOff), Never does not, exit 0 succeeds', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('crashy', 'kindling-runtime-0', { restartPolicy: 'OnFailure', containers: [{ name: 'c', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '3' }] }] }))
+  s.store.create(s.kinds.pod, pod('once', 'kindling-runtime-0', { restartPolicy: 'Never', containers: [{ name: 'c', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '3' }] }] }))
+  s.store.create(s.kinds.pod, pod('done', 'kindling-runtime-0', { restartPolicy: 'OnFailure', containers: [{ name: 'c', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '0' }] }] }))
+  const seen = new Set<string>()
+  const stopWatch = s.store.watch(s.kinds.pod, { fieldSelector: 'metadata.name=crashy' }, (ev) => {
+    const r = ev.object.status?.containerStatuses?.[0]?.state?.waiting?.reason
+    if (typeof r === 'string') seen.add(r)
+  })
+  t.teardown(stopWatch)
+  const crashy = await waitFor(() => { const x = get(s, 'crashy'); return x?.status?.containerStatuses?.[0]?.restartCount >= 3 && x }, '3 restarts', 15_000)
+  t.equal(crashy.status.phase, 'Running', 'a restarting pod stays Running (the kubelet\'s getPhase)')
+  t.match(crashy.status.containerStatuses[0].lastState, { terminated: { exitCode: 3, reason: 'Error' } })
+  t.ok(seen.has('CrashLoopBackOff'), 'waited in CrashLoopBackOff between restarts')
+  t.match(s.kubelet.logs('default', 'crashy', 'c', true)?.read(), /^run \d+\n$/, 'the previous run\'s output is kept')
+  const once = await waitFor(() => { const x = get(s, 'once'); return x?.status?.phase === 'Failed' && x }, 'once Failed')
+  t.match(once.status.containerStatuses[0], { restartCount: 0, state: { terminated: { exitCode: 3, reason: 'Error' } } })
+  const done = await waitFor(() => { const x = get(s, 'done'); return x?.status?.phase === 'Succeeded' && x }, 'done Succeeded')
+  t.match(done.status.containerStatuses[0].state.terminated, { exitCode: 0, reason: 'Completed' })
+})
+
+t.test('deletion sends SIGTERM, waits the grace period, then SIGKILLs and removes the pod', async (t) => {
+  const s = await setup(t)
+  const mark = join(s.dir, 'marks')
+  s.store.create(s.kinds.pod, pod('stubborn', 'kindling-runtime-0', {
+    terminationGracePeriodSeconds: 1,
+    containers: [{ name: 'c', image: 'test/term', env: [{ name: 'MARK', value: `${mark}-stubborn` }, { name: 'STUBBORN', value: '1' }] }],
+  }))
+  s.store.create(s.kinds.pod, pod('polite', 'kindling-runtime-0', {
+    terminationGracePeriodSeconds: 30,
+    containers: [{ name: 'c', image: 'test/term', env: [{ name: 'MARK', value: `${mark}-polite` }] }],
+  }))
+  await waitFor(() => ['stubborn', 'polite'].every((n) => s.kubelet.logs('default', n, 'c')?.read() === 'up\n'), 'both up')
+  const pidOf = (n: string): number => Number(String(get(s, n)?.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  const stubbornPid = pidOf('stubborn')
+  const politePid = pidOf('polite')
+  const t0 = Date.now()
+  s.store.delete(s.kinds.pod, 'default', 'stubborn')
+  s.store.delete(s.kinds.pod, 'default', 'polite')
+  t.ok(get(s, 'stubborn')?.metadata.deletionTimestamp, 'a bound pod is deleted gracefully: it stays, with deletionTimestamp')
+  await waitFor(() => get(s, 'polite') === undefined, 'the polite pod removed')
+  t.ok(Date.now() - t0 < 5_000, 'a container that exits on SIGTERM does not wait out its 30 s grace')
+  await waitFor(() => get(s, 'stubborn') === undefined, 'the stubborn pod removed', 10_000)
+  const took = Date.now() - t0
+  t.ok(took >= 950, `the stubborn one was given its 1 s grace (${took} ms)`)
+  t.notOk(alive(stubbornPid), 'SIGKILLed')
+  t.notOk(alive(politePid))
+  const { readFile } = await import('node:fs/promises')
+  t.match(await readFile(`${mark}-stubborn`, 'utf8'), /^TERM \d+\n$/, 'SIGTERM came first')
+  t.match(await readFile(`${mark}-polite`, 'utf8'), /^TERM \d+\n$/)
+})
