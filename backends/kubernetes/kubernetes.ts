@@ -3,20 +3,13 @@ import type { Dispatcher } from 'undici'
 import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoolSpec, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { InstanceAddress } from '../../common/types.js'
-import { dispatcherFor, health } from '../../protocol/runtime-client.js'
+import { dispatcherFor, fetchCode, health } from '../../protocol/runtime-client.js'
 import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
 
 export type { KubeLog } from './kube-common.js'
 
-// Placeholder until branch code-fetch lands protocol/runtime-client.ts fetchCode (the runtime's POST /_/fetch): same signature.
-async function fetchCode(client: Dispatcher, req: { url: string; sha256: string; token: string; instance: string }, timeoutMs: number): Promise<{ codeDir: string }> {
-  const res = await client.request({ method: 'POST', path: '/_/fetch', headers: { 'content-type': 'application/json' }, body: JSON.stringify(req), headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
-  const json = await res.body.json() as { codeDir?: unknown; message?: unknown }
-  if (res.statusCode !== 200 || typeof json.codeDir !== 'string') throw new KdlError('KDL_ERR_BACKEND', `the runtime's code fetch answered ${res.statusCode}: ${String(json.message)}`)
-  return { codeDir: json.codeDir }
-}
 
 /** What the backend needs of the code server (backends/kubernetes/code-server.ts): a per-instance grant, revoked at stop. */
 export interface CodeGrants {
