@@ -1,5 +1,4 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
-import { createReadStream } from 'node:fs'
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -303,33 +302,38 @@ export class CodeServer {
   }
 
   async #send(res: ServerResponse, archive: Archive, instance: string): Promise<void> {
-    await this.#acquire()
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      this.#release()
+    // Opened before waiting for a turn: an archive dropped or evicted meanwhile is still sent whole.
+    let file: FileHandle
+    try {
+      file = await open(archive.path, 'r')
+    } catch (err) {
+      this.#log.error({ err, instance, sha256: archive.sha256 }, 'code archive unreadable')
+      return sendError(res, new KdlError('KDL_ERR_INTERNAL', 'the archive cannot be read'))
     }
-    res.once('close', release)
-    if (res.destroyed) return release()
+    await this.#acquire()
+    if (res.destroyed) {
+      this.#release()
+      await file.close()
+      return
+    }
     const started = Date.now()
     const deadline = setTimeout(() => {
       this.#log.warn({ instance, sha256: archive.sha256, ms: this.#transferTimeoutMs }, 'code transfer cut: too slow')
       res.destroy()
     }, this.#transferTimeoutMs)
-    res.once('close', () => clearTimeout(deadline))
-    const body = createReadStream(archive.path)
+    const body = file.createReadStream()
+    res.once('close', () => {
+      clearTimeout(deadline)
+      body.destroy()
+      this.#release()
+    })
     body.once('error', (err) => {
       this.#log.error({ err, instance, sha256: archive.sha256 }, 'code archive unreadable')
-      if (!res.headersSent) sendError(res, new KdlError('KDL_ERR_INTERNAL', 'the archive cannot be read'))
-      else res.destroy()
-    })
-    body.once('open', () => {
-      res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': archive.bytes, 'cache-control': 'no-store' })
-      body.pipe(res)
+      res.destroy()
     })
     res.once('finish', () => this.#log.debug({ instance, sha256: archive.sha256, bytes: archive.bytes, ms: Date.now() - started }, 'code sent'))
-    res.once('close', () => body.destroy())
+    res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': archive.bytes, 'cache-control': 'no-store' })
+    body.pipe(res)
   }
 
   #acquire(): Promise<void> {

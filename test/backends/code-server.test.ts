@@ -266,3 +266,19 @@ t.test('beyond maxCacheBytes the least recently granted archives no token can na
   t.equal(ga2.sha256, ga.sha256, 'a later grant makes it again')
   t.equal((await fetchArchive(ga2.url, auth(ga2.token, 'i-a2'))).status, 200)
 })
+
+t.test('a fetch waiting for its turn still gets the whole archive when it is dropped meanwhile', async (t) => {
+  const { server } = await started(t, { maxTransfers: 1 })
+  const big = tmp(t, 'kdl-code-')
+  writeFileSync(join(big, 'big.bin'), randomBytes(32 << 20))
+  const first = await server.grant('first', big)
+  const next = await server.grant('next', codeDir(t))
+  const holding = await request(first.url, { headers: auth(first.token, 'first') })
+  const waiting = fetchArchive(next.url, auth(next.token, 'next'))
+  await waitFor(() => server.transfers().waiting === 1, 'the second fetch waiting for its turn')
+  await server.drop(next.sha256)
+  await holding.body.arrayBuffer()
+  const got = await waiting
+  t.equal(got.status, 200)
+  t.equal(createHash('sha256').update(got.body).digest('hex'), next.sha256)
+})
