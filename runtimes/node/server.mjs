@@ -614,9 +614,10 @@ async function fetchCode(spec, res) {
   const p = parseFetch(spec)
   if (typeof p === 'string') return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: p })
   const refuse = (message) => sendJson(res, 409, { code: 'KDL_ERR_CODE_FETCH', message })
-  if (CODE_ROOT === null) return refuse('this runtime was started without KINDLING_CODE_DIR: it does not fetch code')
-  if (loading || handler !== null || boundFn !== null) {
-    return refuse(`code is fetched before the load only: this instance ${handler !== null ? 'has' : 'is bound to'} function ${fnName ?? boundFn ?? '(loading)'}`)
+  if (CODE_ROOT === null) return refuse('this runtime was started without KINDLING_CODE_DIR (an absolute path): it does not fetch code')
+  if (loading) return refuse('a load is in progress: code is fetched before the load only')
+  if (handler !== null || boundFn !== null) {
+    return refuse(`code is fetched before the load only: this instance ${handler !== null ? 'has' : 'is bound to'} function ${fnName ?? boundFn}`)
   }
   if (fetching !== null && fetching.sha256 !== p.sha256) return refuse('another code fetch is in progress')
   let current = fetching
