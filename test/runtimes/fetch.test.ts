@@ -41,7 +41,7 @@ function freePort(): Promise<number> {
 }
 
 /** The real runtime server on TCP (as in a pod), with KINDLING_CODE_DIR; ready once GET /_/health answers. */
-async function startRuntime(t: Test, withCodeDir = true): Promise<Runtime> {
+async function startRuntime(t: Test, withCodeDir = true, env: Record<string, string> = {}): Promise<Runtime> {
   const base = tmp(t, 'kdl-fetch-rt-')
   const codeRoot = join(base, 'code')
   mkdirSync(codeRoot)
@@ -49,7 +49,7 @@ async function startRuntime(t: Test, withCodeDir = true): Promise<Runtime> {
   for (let attempt = 0; ; attempt++) {
     const port = await freePort()
     const proc = spawn(process.execPath, [SERVER], {
-      env: { KINDLING_LISTEN: `tcp:127.0.0.1:${port}`, PATH: process.env.PATH, ...(withCodeDir ? { KINDLING_CODE_DIR: codeRoot } : {}) },
+      env: { KINDLING_LISTEN: `tcp:127.0.0.1:${port}`, PATH: process.env.PATH, ...(withCodeDir ? { KINDLING_CODE_DIR: codeRoot } : {}), ...env },
       stdio: ['ignore', 'ignore', 'pipe'],
     })
     let exited = false
@@ -322,4 +322,19 @@ t.test('bad requests are 400 KDL_ERR_BAD_REQUEST; a runtime without KINDLING_COD
   }
   const bare = await startRuntime(t, false)
   await t.rejects(fetchCode(bare.client, good), { code: 'KDL_ERR_CODE_FETCH', message: /without KINDLING_CODE_DIR/, details: { status: 409 } })
+})
+
+t.test('with KINDLING_CODE_ORIGIN, a fetch from another origin is refused before any download', async (t) => {
+  const cs = await codeServer(t)
+  const dir = functionDir(t)
+  const g = await cs.grant('inst-1', dir)
+  const rt = await startRuntime(t, true, { KINDLING_CODE_ORIGIN: new URL(g.url).origin })
+  let requests = 0
+  const elsewhere = await hostile(t, (res) => { requests++; serve(Buffer.alloc(0))(res) })
+  await t.rejects(fetchCode(rt.client, request(elsewhere + g.sha256, g.sha256)), { code: 'KDL_ERR_CODE_FETCH', message: /fetched from http:\/\/127\.0\.0\.1:\d+ only/, details: { status: 409 } })
+  t.equal(requests, 0, 'nothing was asked of the other origin')
+  const got = await fetchCode(rt.client, { ...g, instance: 'inst-1' })
+  t.equal(got.codeDir, join(rt.codeRoot, g.sha256), 'the code server itself is fine')
+  const loaded = await rt.client.request({ method: 'POST', path: '/_/load', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ codeDir: got.codeDir, entrypoint: 'index.mjs', function: 'f', version: 1, env: {} }) })
+  t.equal(loaded.statusCode, 200, await loaded.body.text())
 })
