@@ -151,6 +151,8 @@ export class MemoryStore implements ObjectStore {
         meta.name = prefix + suffix
       } while (bucket.has(objKey(meta.namespace, meta.name)))
     }
+    // As the real server's create strategies do: the status is the server's (a node registers with its own).
+    if (type.subresources.includes('status') && !(type.group === '' && type.resource === 'nodes')) delete obj.status
     applyDefaults(type, obj, true)
     if (type.group === '' && type.resource === 'services' && obj.spec?.type !== 'ExternalName' && obj.spec && obj.spec.clusterIP === undefined) {
       const n = this.#serviceIps++
