@@ -55,6 +55,8 @@ export function applyDefaults(type: ResourceType, obj: KubeObject, create: boole
       if (create) obj.status = { phase: 'Pending', qosClass: qosClass(spec), ...(obj.status ?? {}) }
       break
     case '/namespaces':
+      // The label the real server keeps on every namespace, for namespace selectors.
+      if (typeof obj.metadata.name === 'string' && obj.metadata.name !== '') obj.metadata.labels = { ...(obj.metadata.labels ?? {}), 'kubernetes.io/metadata.name': obj.metadata.name }
       obj.spec = { finalizers: ['kubernetes'], ...(spec ?? {}) }
       obj.status = { phase: 'Active', ...(obj.status ?? {}) }
       break
