@@ -261,8 +261,9 @@ export class ContainerRunner {
     this.#identity = this.#identityFor(image)
     const env = this.#buildEnv(image)
     const fix = (v: string): string => rewrite(expand(v, env), podIP, mounts)
-    const entry: string[] = (spec.command ?? image.command).map(fix)
-    const args: string[] = (spec.args ?? (spec.command === undefined ? image.args ?? [] : [])).map(fix)
+    // The image's own entrypoint is a host command line: only what the pod spec says is expanded and rewritten.
+    const entry: string[] = spec.command === undefined ? image.command : (spec.command as string[]).map(fix)
+    const args: string[] = spec.args !== undefined ? (spec.args as string[]).map(fix) : spec.command === undefined ? image.args ?? [] : []
     if (entry.length === 0) throw new ContainerConfigError('no command specified')
     const cwd = spec.workingDir !== undefined ? fix(String(spec.workingDir)) : image.workingDir ?? this.#ctx.dir
     await mkdir(cwd, { recursive: true })

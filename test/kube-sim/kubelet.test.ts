@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -37,6 +37,8 @@ interface Setup {
 
 async function setup(t: Test, index = 0): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'kube-sim-kubelet-'))
+  // The scripts are read by containers that run as other users.
+  await chmod(dir, 0o755)
   for (const [name, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, name), text)
   const store = new MemoryStore()
   const kinds = kindsOf(store)
@@ -240,7 +242,6 @@ t.test('deletion sends SIGTERM, waits the grace period, then SIGKILLs and remove
   t.ok(took >= 950, `the stubborn one was given its 1 s grace (${took} ms)`)
   t.notOk(alive(stubbornPid), 'SIGKILLed')
   t.notOk(alive(politePid))
-  const { readFile } = await import('node:fs/promises')
   t.match(await readFile(`${mark}-stubborn`, 'utf8'), /^TERM \d+\n$/, 'SIGTERM came first')
   t.match(await readFile(`${mark}-polite`, 'utf8'), /^TERM \d+\n$/)
 })
