@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { access, mkdtemp, rm, stat } from 'node:fs/promises'
+import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -60,7 +60,11 @@ function alive(pid: number): boolean {
 t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a DaemonSet, a clean stop', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'kube-sim-cluster-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const cluster: Cluster = await startCluster({ dataDir: join(dir, 'data'), nodes: { management: 1, runtime: 2, quarantine: 1 }, backoffBaseMs: 200 })
+  await writeFile(join(dir, 'echo.mjs'), "console.log('hello from ' + process.env.POD_NAME); setInterval(() => {}, 1000)")
+  const cluster: Cluster = await startCluster({
+    dataDir: join(dir, 'data'), nodes: { management: 1, runtime: 2, quarantine: 1 }, backoffBaseMs: 200,
+    images: { 'test/echo': [process.execPath, join(dir, 'echo.mjs')] },
+  })
   t.teardown(() => cluster.stop())
   const kubeconfig = join(dir, 'kubeconfig')
   await cluster.writeKubeconfig(kubeconfig)
@@ -92,6 +96,24 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   const pods = cluster.store.list(kinds.pod, { labelSelector: 'kindling.io/managed=true' }).items
   for (const p of pods) t.equal(await httpGet(`http://${String(p.status.podIP)}:8888/_/health`), 200, `GET /_/health on ${String(p.status.podIP)}:8888`)
   t.equal(new Set(pods.map((p) => p.status.podIP)).size, 4, 'every pod has its own address')
+
+  // A claim relabels a pool pod: the ReplicaSet orphans it (it keeps running) and starts a replacement.
+  const claimed = pods[0] as KubeObject
+  const claimedPid = Number(String(claimed.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  await kubectl('label', 'pod', String(claimed.metadata.name), 'kindling.io/managed=false', 'kindling.io/function=hello', '--overwrite')
+  await waitFor(() => {
+    const pool = cluster.store.list(kinds.pod, { labelSelector: 'kindling.io/managed=true' }).items
+    return pool.length === 4 && pool.every((p) => p.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True'))
+  }, 'the pool refilled after the claim', 30_000)
+  const orphan = JSON.parse(await kubectl('get', 'pod', String(claimed.metadata.name), '-o', 'json')) as KubeObject
+  t.equal(orphan.metadata.ownerReferences, undefined, 'the claimed pod is orphaned')
+  t.equal(orphan.status.phase, 'Running')
+  t.ok(alive(claimedPid), 'and its container still runs')
+  t.equal(await httpGet(`http://${String(orphan.status.podIP)}:8888/_/health`), 200)
+  await kubectl('delete', 'pod', String(claimed.metadata.name), '--wait=true', '--timeout=30s')
+  t.notOk(alive(claimedPid), 'deleting the claimed pod stops its container')
+  const refreshed = cluster.store.list(kinds.pod, { labelSelector: 'kindling.io/managed=true' }).items
+  pods.splice(0, pods.length, ...refreshed)
 
   // A node vanishes: its containers die at once, the pod GC deletes its pods, the pool refills on the other runtime node.
   const victims = pods.filter((p) => p.spec.nodeName === 'kindling-runtime-0')
@@ -129,11 +151,17 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   t.ok(agents.every((p) => p.status.phase === 'Running'))
 
   // kubectl logs reads the kubelet's capture.
-  const one = cluster.store.list(kinds.pod, { labelSelector: 'app=agent' }).items[0] as KubeObject
-  t.type(await kubectl('logs', String(one.metadata.name)), 'string')
+  await kubectlIn(JSON.stringify({
+    apiVersion: 'v1', kind: 'Pod', metadata: { name: 'echo', namespace: 'default' },
+    spec: { containers: [{ name: 'echo', image: 'test/echo', env: [{ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }] }] },
+  }), 'apply', '--validate=false', '-f', '-')
+  await kubectl('wait', '--for=condition=Ready', 'pod/echo', '--timeout=30s')
+  t.equal(await waitFor(async () => (await kubectl('logs', 'echo')) || undefined, 'echo logs'), 'hello from echo\n')
+  const echo = cluster.store.get(kinds.pod, 'default', 'echo') as KubeObject
+  t.equal(echo.spec.nodeName, 'kindling-management-0', 'a pod with no tolerations lands on the untainted management node')
 
   const allPids = ['kindling-management-0', 'kindling-quarantine-0', 'kindling-runtime-0', 'kindling-runtime-1'].flatMap((n) => cluster.kubelet(n)?.pids() ?? [])
-  t.ok(allPids.length >= 8, `${allPids.length} containers running`)
+  t.ok(allPids.length >= 9, `${allPids.length} containers running`)
   await cluster.stop()
   for (const pid of allPids) t.notOk(alive(pid), `pid ${pid} stopped`)
   await t.rejects(access(`/sys/fs/cgroup/memory/kube-sim/${cluster.id}`), 'the cluster\'s cgroups are removed')
