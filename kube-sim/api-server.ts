@@ -5,6 +5,7 @@ import { timingSafeEqual } from 'node:crypto'
 import { create, get, list, patch, remove, removeCollection, update, type Target } from './api/crud.js'
 import { aggregatedDiscovery, apiGroup, apiGroupList, apiResourceList, apiVersions, VERSION } from './api/discovery.js'
 import { sendError, sendJson } from './api/http.js'
+import { openApiGroupVersion, openApiRoot } from './api/openapi.js'
 import { binding, eviction, log, scale, type LogsHook } from './api/subresources.js'
 import { selfSigned } from './cert.js'
 import { ApiError, type ObjectStore, type ResourceType } from './types.js'
@@ -107,6 +108,12 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
         sendJson(res, 200, path === '/api' ? apiVersions(new URL(url).host) : apiGroupList(store.types()))
         return
       }
+    }
+    if (method === 'GET' && (path === '/openapi/v3' || path.startsWith('/openapi/v3/'))) {
+      const doc = path === '/openapi/v3' ? openApiRoot(store.types()) : openApiGroupVersion(store.types(), path.slice('/openapi/v3/'.length))
+      if (doc === undefined) throw NOT_FOUND
+      sendJson(res, 200, doc)
+      return
     }
     const segs = path.split('/').filter((s) => s !== '').map(decodeURIComponent)
     let group: string
