@@ -83,7 +83,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   t.same(rt.spec.taints, [{ key: 'kindling.io/node-role', value: 'runtime', effect: 'NoSchedule' }])
   t.same((nodes.find((n) => n.metadata.name === 'kindling-management-0') as KubeObject).spec.taints, undefined, 'management nodes: label only')
 
-  await kubectlIn(poolManifest(4), 'apply', '--validate=false', '-f', '-')
+  await kubectlIn(poolManifest(4), 'apply', '-f', '-')
   await kubectl('rollout', 'status', 'deployment/pool-node', '--timeout=60s')
   const wide = await kubectl('get', 'pods', '-o', 'wide', '-l', 'kindling.io/managed=true')
   const rows = wide.trim().split('\n').slice(1).map((l) => l.split(/\s+/))
@@ -144,7 +144,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
         },
       },
     },
-  }), 'apply', '--validate=false', '-f', '-')
+  }), 'apply', '-f', '-')
   await kubectl('rollout', 'status', 'daemonset/agent', '--timeout=60s')
   const agents = cluster.store.list(kinds.pod, { labelSelector: 'app=agent' }).items
   t.same(agents.map((p) => p.spec.nodeName).sort(), ['kindling-management-0', 'kindling-quarantine-0', 'kindling-runtime-0', 'kindling-runtime-1'])
@@ -154,7 +154,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   await kubectlIn(JSON.stringify({
     apiVersion: 'v1', kind: 'Pod', metadata: { name: 'echo', namespace: 'default' },
     spec: { containers: [{ name: 'echo', image: 'test/echo', env: [{ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }] }] },
-  }), 'apply', '--validate=false', '-f', '-')
+  }), 'apply', '-f', '-')
   await kubectl('wait', '--for=condition=Ready', 'pod/echo', '--timeout=30s')
   t.equal(await waitFor(async () => (await kubectl('logs', 'echo')) || undefined, 'echo logs'), 'hello from echo\n')
   const echo = cluster.store.get(kinds.pod, 'default', 'echo') as KubeObject
