@@ -48,6 +48,7 @@ interface Watcher {
   stopped: boolean
 }
 
+const PROTECTED_NAMESPACES = ['default', 'kube-system', 'kube-public']
 const NAME_CHARS = 'bcdfghjklmnpqrstvwxz2456789'
 const clone = <T>(v: T): T => structuredClone(v)
 
@@ -151,6 +152,8 @@ export class MemoryStore implements ObjectStore {
         meta.name = prefix + suffix
       } while (bucket.has(objKey(meta.namespace, meta.name)))
     }
+    // As the real server's create strategies do: the status is the server's (a node registers with its own).
+    if (type.subresources.includes('status') && !(type.group === '' && type.resource === 'nodes')) delete obj.status
     applyDefaults(type, obj, true)
     if (type.group === '' && type.resource === 'services' && obj.spec?.type !== 'ExternalName' && obj.spec && obj.spec.clusterIP === undefined) {
       const n = this.#serviceIps++
@@ -225,6 +228,9 @@ export class MemoryStore implements ObjectStore {
     const ns = type.namespaced ? (namespace ?? 'default') : undefined
     const stored = this.#bucket(type).get(objKey(ns, name))
     if (stored === undefined) throw this.#notFound(type, name)
+    if (type.group === '' && type.resource === 'namespaces' && PROTECTED_NAMESPACES.includes(name)) {
+      throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`, { name, kind: 'namespaces' })
+    }
     const pre = opts.preconditions
     if (pre?.uid !== undefined && pre.uid !== stored.metadata.uid) {
       throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on ${this.#what(type)} "${name}": Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${stored.metadata.uid}`, this.#details(type, name))

@@ -168,3 +168,31 @@ t.test('kubectl without the token is refused with 401', async (t) => {
   t.not(r.code, 0)
   t.match(r.stderr, /You must be logged in to the server|Unauthorized/)
 })
+
+t.test('kubectl\'s generators (protobuf bodies) create namespaces, config maps, secrets, service accounts and RBAC objects', async (t) => {
+  for (const args of [
+    ['create', 'namespace', 'kindling'],
+    ['create', 'configmap', 'conf', '-n', 'kindling', '--from-literal=a=b', '--from-literal=c=d'],
+    ['create', 'secret', 'generic', 'sec', '-n', 'kindling', '--from-literal=p=secret'],
+    ['create', 'serviceaccount', 'runner', '-n', 'kindling'],
+    ['create', 'role', 'pods', '-n', 'kindling', '--verb=get,list,watch', '--resource=pods'],
+    ['create', 'rolebinding', 'runner-pods', '-n', 'kindling', '--role=pods', '--serviceaccount=kindling:runner'],
+  ]) {
+    const r = await sim.kubectl(...args)
+    t.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`)
+  }
+  const ns = sim.store.get(sim.type('namespaces'), undefined, 'kindling')
+  t.equal(ns?.metadata.labels?.['kubernetes.io/metadata.name'], 'kindling')
+  t.same(sim.store.get(sim.type('configmaps'), 'kindling', 'conf')?.data, { a: 'b', c: 'd' })
+  t.same(sim.store.get(sim.type('secrets'), 'kindling', 'sec')?.data, { p: Buffer.from('secret').toString('base64') })
+  const rb = sim.store.get(sim.type('rolebindings', 'rbac.authorization.k8s.io'), 'kindling', 'runner-pods')
+  t.same(rb?.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'pods' })
+  t.same(rb?.subjects, [{ kind: 'ServiceAccount', name: 'runner', namespace: 'kindling' }])
+  const role = sim.store.get(sim.type('roles', 'rbac.authorization.k8s.io'), 'kindling', 'pods')
+  t.same(role?.rules, [{ verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['pods'] }])
+  const deploy = await sim.kubectl('create', 'deployment', 'gen', '--image=nginx')
+  t.not(deploy.code, 0, 'a protobuf kind the stand-in does not decode is refused')
+  t.match(deploy.stderr, 'use a manifest with kubectl apply -f')
+  const forbidden = await sim.kubectl('delete', 'namespace', 'default')
+  t.match(forbidden.stderr, 'Error from server (Forbidden): namespaces "default" is forbidden: this namespace may not be deleted')
+})

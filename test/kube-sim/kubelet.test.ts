@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -17,7 +17,10 @@ import { waitFor } from '../fixtures/wait.js'
 const REPO = new URL('../..', import.meta.url).pathname
 const SCRIPTS: Record<string, string> = {
   // Prints its environment and the identity it runs as, then stays up.
-  'env.mjs': `console.log(JSON.stringify({ env: process.env, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd() })); setInterval(() => {}, 1000)`,
+  'env.mjs': `import { writeFileSync } from 'node:fs'
+let wrote = false
+if (process.env.TMPDIR) { writeFileSync(process.env.TMPDIR + '/probe', 'x'); wrote = true }
+console.log(JSON.stringify({ env: process.env, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd(), wrote })); setInterval(() => {}, 1000)`,
   // Allocates (and touches) memory until the kernel stops it.
   'hog.mjs': `const keep = []; setInterval(() => { keep.push(Buffer.alloc(16 << 20, 1)) }, 5)`,
   // Exits with EXIT_CODE after a line of output.
@@ -37,6 +40,8 @@ interface Setup {
 
 async function setup(t: Test, index = 0): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'kube-sim-kubelet-'))
+  // The scripts are read by containers that run as other users.
+  await chmod(dir, 0o755)
   for (const [name, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, name), text)
   const store = new MemoryStore()
   const kinds = kindsOf(store)
@@ -152,7 +157,8 @@ t.test('builds the environment: fieldRefs, configMap/secret refs, $(VAR), 0.0.0.
     volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'code', emptyDir: {} }, { name: 'data', emptyDir: {} }],
   }))
   const line = await waitFor(() => s.kubelet.logs('default', 'envy', 'c')?.read().split('\n')[0], 'the env line', 10_000)
-  const { env, uid, gid, cwd } = JSON.parse(line) as { env: Record<string, string>; uid: number; gid: number; cwd: string }
+  const { env, uid, gid, cwd, wrote } = JSON.parse(line) as { env: Record<string, string>; uid: number; gid: number; cwd: string; wrote: boolean }
+  t.ok(wrote, 'the container (uid 1234) wrote into its TMPDIR emptyDir')
   const p = get(s, 'envy') as KubeObject
   const ip = String(p.status.podIP)
   const volumes = join(s.dir, 'data', 'nodes', 'kindling-runtime-0', 'pods', String(p.metadata.uid), 'volumes')
@@ -240,7 +246,66 @@ t.test('deletion sends SIGTERM, waits the grace period, then SIGKILLs and remove
   t.ok(took >= 950, `the stubborn one was given its 1 s grace (${took} ms)`)
   t.notOk(alive(stubbornPid), 'SIGKILLed')
   t.notOk(alive(politePid))
-  const { readFile } = await import('node:fs/promises')
   t.match(await readFile(`${mark}-stubborn`, 'utf8'), /^TERM \d+\n$/, 'SIGTERM came first')
   t.match(await readFile(`${mark}-polite`, 'utf8'), /^TERM \d+\n$/)
+})
+
+t.test('pod addresses across 127/8 are assignable on lo: a server listens on the highest one a node can hand out', async (t) => {
+  const { createServer, connect } = await import('node:net')
+  const server = createServer((sock) => sock.end('ok'))
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.254.255.254', resolve))
+  t.teardown(() => server.close())
+  const port = (server.address() as { port: number }).port
+  const got = await new Promise<string>((resolve, reject) => {
+    const c = connect(port, '127.254.255.254')
+    let data = ''
+    c.on('data', (d) => { data += d.toString() }).on('end', () => resolve(data)).on('error', reject)
+  })
+  t.equal(got, 'ok')
+})
+
+t.test('a failing liveness probe kills the container and the policy restarts it; an exec readiness probe drives Ready', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('unlive', 'kindling-runtime-0', {
+    terminationGracePeriodSeconds: 1,
+    containers: [{ name: 'c', image: 'test/env', livenessProbe: { tcpSocket: { port: 1 }, periodSeconds: 1, failureThreshold: 1 } }],
+  }))
+  s.store.create(s.kinds.pod, pod('gated', 'kindling-runtime-0', {
+    containers: [{
+      name: 'c', image: 'test/env',
+      readinessProbe: { exec: { command: ['sh', '-c', 'test -f "$TMPDIR/go"'] }, periodSeconds: 1 },
+      volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
+    }],
+    volumes: [{ name: 'tmp', emptyDir: {} }],
+  }))
+  await waitFor(() => get(s, 'unlive')?.status?.containerStatuses?.[0]?.restartCount >= 1, 'a liveness restart', 15_000)
+  t.ok(s.store.list(s.kinds.event, { namespace: 'default' }).items.some((e) => e.reason === 'Killing' && /failed liveness probe, will be restarted/.test(String(e.message))))
+  const gated = await waitFor(() => { const x = get(s, 'gated'); return x?.status?.phase === 'Running' && x }, 'gated running')
+  t.equal(gated.status.containerStatuses[0].ready, false, 'not ready while the exec probe fails')
+  const line = await waitFor(() => s.kubelet.logs('default', 'gated', 'c')?.read().split('\n')[0], 'gated env line')
+  const tmp = (JSON.parse(line) as { env: Record<string, string> }).env.TMPDIR as string
+  await writeFile(join(tmp, 'go'), '')
+  await waitFor(() => get(s, 'gated')?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True'), 'gated Ready', 10_000)
+})
+
+t.test('init containers run first, in order; a failed one with restartPolicy Never fails the pod', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('inited', 'kindling-runtime-0', {
+    initContainers: [{ name: 'first', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '0' }] }, { name: 'second', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '0' }] }],
+    containers: [{ name: 'main', image: 'test/env' }],
+  }))
+  s.store.create(s.kinds.pod, pod('badinit', 'kindling-runtime-0', {
+    restartPolicy: 'Never',
+    initContainers: [{ name: 'first', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '2' }] }],
+    containers: [{ name: 'main', image: 'test/env' }],
+  }))
+  const ok = await waitFor(() => { const x = get(s, 'inited'); return x?.status?.phase === 'Running' && x }, 'inited Running')
+  t.match(ok.status.initContainerStatuses, [{ name: 'first', state: { terminated: { exitCode: 0, reason: 'Completed' } } }, { name: 'second', state: { terminated: { exitCode: 0 } } }])
+  const first = Date.parse(ok.status.initContainerStatuses[0].state.terminated.finishedAt)
+  const second = Date.parse(ok.status.initContainerStatuses[1].state.terminated.startedAt)
+  t.ok(second >= first, 'the second started after the first finished')
+  t.match(ok.status.conditions, [{ type: 'PodReadyToStartContainers', status: 'True' }, { type: 'Initialized', status: 'True' }])
+  const bad = await waitFor(() => { const x = get(s, 'badinit'); return x?.status?.phase === 'Failed' && x }, 'badinit Failed')
+  t.match(bad.status.initContainerStatuses[0].state.terminated, { exitCode: 2 })
+  t.match(bad.status.containerStatuses[0].state, { waiting: { reason: 'PodInitializing' } }, 'the main container never started')
 })
