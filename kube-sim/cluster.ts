@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
+import { basename, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
@@ -89,7 +90,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const id = randomBytes(4).toString('hex')
   const token = opts.token ?? randomBytes(24).toString('hex')
   const log = opts.log
-  const repoRoot = opts.repoRoot ?? fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '')
+  // From kube-sim/cluster.ts one level up; from dist/kube-sim/cluster.js (the built CLI) two.
+  const here = dirname(fileURLToPath(import.meta.url))
+  const repoRoot = opts.repoRoot ?? resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
   const images: ImageMap = { ...defaultImages(repoRoot), ...(opts.images ?? {}) }
   const cgroups = opts.cgroups === null ? undefined : opts.cgroups ?? await detectCgroups()
   if (cgroups === undefined) log?.warn('kube-sim: no writable cgroup hierarchy; containers run without limits')
