@@ -22,8 +22,8 @@ export interface KubeletOptions {
   store: ObjectStore
   kinds: Kinds
   nodeName: string
-  /** 0…154: the node's addresses are 127.(100+index).*. */
-  nodeIndex: number
+  /** The node's subnet (reserveNodeSubnet): its address is 127.N.0.1, its pods' 127.N.x.y. */
+  subnet: number
   labels: Record<string, string>
   taints: Taint[]
   /** Where the node's pods live: `<dataDir>/nodes/<node>/pods/<uid>/`. */
@@ -58,10 +58,10 @@ export class Kubelet {
   #gone = false
 
   constructor(opts: KubeletOptions) {
-    if (!Number.isInteger(opts.nodeIndex) || opts.nodeIndex < 0 || opts.nodeIndex > 154) throw new RangeError(`node index ${opts.nodeIndex} is outside 0…154`)
+    if (!Number.isInteger(opts.subnet) || opts.subnet < 1 || opts.subnet > 254) throw new RangeError(`node subnet ${opts.subnet} is outside 1…254`)
     this.#opts = opts
     this.nodeName = opts.nodeName
-    this.hostIP = `127.${100 + opts.nodeIndex}.0.1`
+    this.hostIP = `127.${opts.subnet}.0.1`
   }
 
   async start(): Promise<void> {
@@ -161,9 +161,9 @@ export class Kubelet {
     this.#usedIPs.delete(worker.podIP)
   }
 
-  /** The next free 127.(100+i).x.y (x 1…255, y 1…254), round-robin so a freed address is not reused at once. */
+  /** The next free 127.N.x.y of the node's subnet (x 1…255, y 1…254), round-robin so a freed address is not reused at once. */
   #allocateIP(): string {
-    const prefix = `127.${100 + this.#opts.nodeIndex}`
+    const prefix = `127.${this.#opts.subnet}`
     const size = 255 * 254
     for (let n = 0; n < size; n++) {
       const k = (this.#cursor + n) % size
