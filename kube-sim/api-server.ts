@@ -94,11 +94,12 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       res.end('ok')
       return
     }
+    // /version is public on the real server too (system:public-info-viewer).
+    if (method === 'GET' && path === '/version') { sendJson(res, 200, VERSION); return }
     if (!authorized(req, token)) throw new ApiError(401, 'Unauthorized', 'Unauthorized')
     const accept = req.headers.accept
     if (method === 'POST' || method === 'PUT' || method === 'PATCH') checkBodyType(req)
     if (method === 'GET') {
-      if (path === '/version') { sendJson(res, 200, VERSION); return }
       if (path === '/api' || path === '/apis') {
         if (wantsAggregated(accept)) {
           const body = JSON.stringify(aggregatedDiscovery(store.types(), path === '/api'))
