@@ -17,6 +17,7 @@ import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Clus
 import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding'
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy'
+import { canonical, clone } from './json.js'
 import { matchesLabelSelector, type LabelSelector } from './selectors.js'
 import { ApiError, type KubeObject, type ResourceType } from './types.js'
 
@@ -27,7 +28,7 @@ import { ApiError, type KubeObject, type ResourceType } from './types.js'
  * <message>` with `details.causes`.
  */
 export interface Cause {
-  reason: 'FieldValueInvalid' | 'FieldValueRequired' | 'FieldValueDuplicate' | 'FieldValueNotSupported'
+  reason: 'FieldValueInvalid' | 'FieldValueRequired' | 'FieldValueDuplicate' | 'FieldValueNotSupported' | 'FieldValueForbidden'
   field: string
   message: string
 }
@@ -199,4 +200,34 @@ export function validateObject(type: ResourceType, obj: KubeObject): void {
   const causes = [...nameCauses(type, name), ...labelCauses('metadata.labels', obj.metadata?.labels), ...schemaCauses(type, obj)]
   if (causes.length === 0) causes.push(...kindCauses(type, obj))
   if (causes.length > 0) throw invalidError(type.kind, name, causes)
+}
+
+const POD_UPDATE_MSG = 'pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)'
+
+/**
+ * The real server's rule for pod updates: the spec is immutable but for the images, `activeDeadlineSeconds`,
+ * added tolerations, the grace period and removed scheduling gates. One stand-in exception: `spec.nodeName` may be
+ * set once on an unbound pod, which is how the in-process scheduler binds (a client binds through `pods/binding`).
+ */
+export function validatePodUpdate(old: KubeObject, next: KubeObject): void {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const a: any = clone(old.spec ?? {})
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const b: any = clone(next.spec ?? {})
+  for (const list of ['containers', 'initContainers']) {
+    if (Array.isArray(a[list]) && Array.isArray(b[list]) && a[list].length === b[list].length) {
+      b[list].forEach((c: Record<string, unknown>, i: number) => { if (c && typeof c === 'object') c.image = a[list][i]?.image })
+    }
+  }
+  for (const f of ['activeDeadlineSeconds', 'terminationGracePeriodSeconds']) { delete a[f]; delete b[f] }
+  const ta: unknown[] = a.tolerations ?? []
+  const tb: unknown[] = b.tolerations ?? []
+  if (tb.length >= ta.length && ta.every((x, i) => canonical(x) === canonical(tb[i]))) { delete a.tolerations; delete b.tolerations }
+  const ga: unknown[] = a.schedulingGates ?? []
+  const gb: unknown[] = b.schedulingGates ?? []
+  if (gb.every((g) => ga.some((x) => canonical(x) === canonical(g)))) { delete a.schedulingGates; delete b.schedulingGates }
+  if ((a.nodeName === undefined || a.nodeName === '') && typeof b.nodeName === 'string') { delete a.nodeName; delete b.nodeName }
+  if (canonical(a) !== canonical(b)) {
+    throw invalidError('Pod', old.metadata.name ?? '', [{ reason: 'FieldValueForbidden', field: 'spec', message: `Forbidden: ${POD_UPDATE_MSG}` }])
+  }
 }
