@@ -29,6 +29,8 @@ export interface ApiServerOptions {
   token?: string
   /** Serve HTTPS with a self-signed certificate. @default true when `token` is set */
   tls?: boolean
+  /** Where a 5xx (a bug of the stand-in) is reported; 4xx answers are the API's normal business. */
+  log?: { error(obj: object, msg: string): void }
   /** The text of `pods/<name>/log` (the kubelet's capture of the container's output). */
   logs?: LogsHook
 }
@@ -166,7 +168,10 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   }
 
   const handler: RequestListener = (req, res) => {
-    route(req, res).catch((err: unknown) => sendError(res, err))
+    route(req, res).catch((err: unknown) => {
+      if (!(err instanceof ApiError) || err.code >= 500) opts.log?.error({ err, method: req.method, path: req.url?.split('?')[0] }, 'kube-sim API request failed')
+      sendError(res, err)
+    })
   }
   const tls = opts.tls ?? token !== undefined
   const cert = tls ? selfSigned(['127.0.0.1', 'localhost', host]) : undefined

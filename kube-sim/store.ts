@@ -5,7 +5,7 @@ import { dependentsOf, orphaned, type Dependent } from './gc.js'
 import { apiVersionOf, resourceTypes } from './resources.js'
 import { matchesFields, matchesRequirements, parseFieldSelector, parseLabelSelector, type FieldRequirement, type Requirement } from './selectors.js'
 import { ApiError, type DeleteOptions, type KubeObject, type ListOptions, type ObjectStore, type ResourceType, type WatchEvent, type WatchEventType, type WatchOptions } from './types.js'
-import { validateObject, validatePodUpdate } from './validate.js'
+import { invalidError, validateObject, validatePodUpdate } from './validate.js'
 
 /**
  * The stand-in's object store (issue 10): every object in memory, one global resourceVersion counter, a ring of
@@ -156,7 +156,7 @@ export class MemoryStore implements ObjectStore {
       obj.spec.clusterIPs = [obj.spec.clusterIP]
     }
     if (this.#validate) validateObject(type, obj)
-    else if (typeof meta.name !== 'string' || meta.name === '') throw new ApiError(422, 'Invalid', `${type.kind} "" is invalid: metadata.name: Required value: name or generateName is required`)
+    else if (typeof meta.name !== 'string' || meta.name === '') throw invalidError(type, '', [{ reason: 'FieldValueRequired', field: 'metadata.name', message: 'Required value: name or generateName is required' }])
     const key = objKey(meta.namespace, meta.name!)
     if (bucket.has(key)) throw new ApiError(409, 'AlreadyExists', `${this.#what(type)} "${meta.name}" already exists`, this.#details(type, meta.name!))
     delete meta.deletionTimestamp
@@ -207,7 +207,7 @@ export class MemoryStore implements ObjectStore {
       // Finalizers may only be removed from an object being deleted.
       const had = new Set(stored.metadata.finalizers ?? [])
       const added = (next.metadata.finalizers ?? []).filter((f) => !had.has(f))
-      if (added.length > 0) throw new ApiError(422, 'Forbidden', `${type.kind} "${name}" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}`)
+      if (added.length > 0) throw invalidError(type, name, [{ reason: 'FieldValueForbidden', field: 'metadata.finalizers', message: `Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}` }])
     }
     next.metadata.resourceVersion = stored.metadata.resourceVersion
     if (withoutVersion(next) === withoutVersion(stored)) return clone(stored)

@@ -66,11 +66,11 @@ export function required(field: string, why?: string): Cause {
   return { reason: 'FieldValueRequired', field, message: why === undefined ? 'Required value' : `Required value: ${why}` }
 }
 
-/** The 422 the API server answers for these causes. */
-export function invalidError(kind: string, name: string, causes: Cause[]): ApiError {
+/** The 422 the API server answers for these causes (`details.kind` is the Kind, `group` its group, as the real one's). */
+export function invalidError(type: Pick<ResourceType, 'group' | 'kind'>, name: string, causes: Cause[]): ApiError {
   const parts = causes.map((c) => `${c.field}: ${c.message}`)
   const text = parts.length === 1 ? parts[0]! : `[${parts.join(', ')}]`
-  return new ApiError(422, 'Invalid', `${kind} "${name}" is invalid: ${text}`, { name, kind, causes })
+  return new ApiError(422, 'Invalid', `${type.kind} "${name}" is invalid: ${text}`, { name, ...(type.group === '' ? {} : { group: type.group }), kind: type.kind, causes })
 }
 
 /** `/spec/containers/0/image` → `spec.containers[0].image`. */
@@ -199,7 +199,7 @@ export function validateObject(type: ResourceType, obj: KubeObject): void {
   const name = typeof obj.metadata?.name === 'string' ? obj.metadata.name : ''
   const causes = [...nameCauses(type, name), ...labelCauses('metadata.labels', obj.metadata?.labels), ...schemaCauses(type, obj)]
   if (causes.length === 0) causes.push(...kindCauses(type, obj))
-  if (causes.length > 0) throw invalidError(type.kind, name, causes)
+  if (causes.length > 0) throw invalidError(type, name, causes)
 }
 
 const POD_UPDATE_MSG = 'pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)'
@@ -228,6 +228,6 @@ export function validatePodUpdate(old: KubeObject, next: KubeObject): void {
   if (gb.every((g) => ga.some((x) => canonical(x) === canonical(g)))) { delete a.schedulingGates; delete b.schedulingGates }
   if ((a.nodeName === undefined || a.nodeName === '') && typeof b.nodeName === 'string') { delete a.nodeName; delete b.nodeName }
   if (canonical(a) !== canonical(b)) {
-    throw invalidError('Pod', old.metadata.name ?? '', [{ reason: 'FieldValueForbidden', field: 'spec', message: `Forbidden: ${POD_UPDATE_MSG}` }])
+    throw invalidError({ group: '', kind: 'Pod' }, old.metadata.name ?? '', [{ reason: 'FieldValueForbidden', field: 'spec', message: `Forbidden: ${POD_UPDATE_MSG}` }])
   }
 }

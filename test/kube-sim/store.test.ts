@@ -237,7 +237,7 @@ t.test('finalizers hold a deletion until they are cleared', async (t) => {
   t.ok(d.metadata.deletionTimestamp)
   const held = store.get(configmaps, 'default', 'f')!
   t.ok(held, 'still there')
-  apiError(t, () => store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: ['example.com/hold', 'x/y'] } }), 422, 'Forbidden')
+  apiError(t, () => store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: ['example.com/hold', 'x/y'] } }), 422, 'Invalid', /metadata\.finalizers: Forbidden: no new finalizers can be added/)
   store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: [] } })
   t.equal(store.get(configmaps, 'default', 'f'), undefined, 'gone once the finalizers are cleared')
 })
