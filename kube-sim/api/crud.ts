@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import YAML from 'yaml'
 import { applyDefaults } from '../defaults.js'
 import { apiVersionOf } from '../resources.js'
 import { toTable, wantsTable } from '../table.js'
@@ -129,7 +128,7 @@ export function patched(current: KubeObject, contentType: string | undefined, te
   const kind = patchTypeOf(contentType)
   if (kind === undefined) throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json`)
   if (kind === 'json') return jsonPatch(current, parseJson(text))
-  const body = kind === 'apply' ? YAML.parse(text) : parseJson(text)
+  const body = parseJson(text, kind === 'apply')
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'BadRequest', 'the patch is not an object')
   return kind === 'merge' ? mergePatch(current, body) : strategicMergePatch(current, body)
 }
@@ -141,7 +140,7 @@ export async function patch(store: ObjectStore, t: Target, req: IncomingMessage,
   if (current === undefined) {
     if (patchTypeOf(req.headers['content-type']) !== 'apply' || t.sub !== undefined) throw notFound(t)
     if (q.get('fieldManager') === null) throw new ApiError(400, 'BadRequest', 'PATCH, application/apply-patch+yaml requires a fieldManager')
-    const obj = placed(t, objectBody(JSON.stringify(YAML.parse(text))))
+    const obj = placed(t, objectBody(text, 'application/yaml'))
     if (obj.metadata.name !== t.name) throw new ApiError(400, 'BadRequest', `the name of the object (${obj.metadata.name}) does not match the name on the URL (${t.name})`)
     sendJson(res, 201, dry ? dryCreate(store, t, obj) : store.create(t.type, obj))
     return
