@@ -18,6 +18,12 @@ import { ApiError, type ObjectStore, type ResourceType } from './types.js'
  * With a `token` it serves HTTPS with a self-signed certificate (its PEM is `ca`, for the kubeconfig's
  * `certificate-authority-data`): kubectl sends a kubeconfig's credentials only over TLS, so an authenticated
  * `http://` server would refuse kubectl. Without a token it serves plain HTTP and anyone may call.
+ *
+ * Not served, each a 404/415 a client sees as such: exec, attach, port-forward and proxy; protobuf bodies of kinds
+ * other than api/protobuf.ts's, and CBOR; `?limit=` pagination (everything comes in one page, no `continue`);
+ * `managedFields` and field ownership (server-side apply is create-or-strategic-merge); `fieldValidation=Strict`'s
+ * unknown-field check (the published schemas are checked, unknown fields are kept); authorization (every
+ * authenticated request may do anything — RBAC objects are stored, not enforced); disruption budgets on eviction.
  */
 export interface ApiServerOptions {
   store: ObjectStore
