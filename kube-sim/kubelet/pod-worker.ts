@@ -98,6 +98,7 @@ export class PodWorker {
       await Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(graceMs)))
       await this.#run
       this.#flushNow()
+      if (this.#silent) return
       try {
         this.#ctx.store.delete(this.#ctx.kinds.pod, this.#pod.metadata.namespace, String(this.#pod.metadata.name), { gracePeriodSeconds: 0, preconditions: { uid: this.uid } })
       } catch (err) {
@@ -111,8 +112,10 @@ export class PodWorker {
   /** The machine vanished (or the pod was removed behind the kubelet's back): SIGKILL now, write nothing. */
   async kill(): Promise<void> {
     this.#silent = true
-    await (this.#terminating ?? Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(0))))
+    // SIGKILL now, even when a graceful stop is already waiting out its grace period.
+    await Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(0)))
     await this.#run
+    await this.#terminating
     await this.cleanUp()
   }
 
@@ -124,6 +127,11 @@ export class PodWorker {
       await cg.destroy(cg.refFor(parent, name)).catch((err: unknown) => this.#ctx.log?.warn({ err }, 'cannot remove a pod cgroup'))
     }
     await rm(this.#ctx.podDir, { recursive: true, force: true }).catch(() => undefined)
+  }
+
+  /** Being stopped (gracefully or not): no container starts any more. */
+  get #halted(): boolean {
+    return this.#terminating !== undefined || this.#silent
   }
 
   async #runPod(): Promise<void> {
@@ -138,16 +146,16 @@ export class PodWorker {
     this.#changed()
     const restartPolicy: 'Always' | 'OnFailure' | 'Never' = spec.restartPolicy ?? 'Always'
     for (const c of (spec.initContainers ?? []) as Any[]) {
-      if (this.#terminating !== undefined) return
+      if (this.#halted) return
       const runner = this.#runner(c, restartPolicy === 'Never' ? 'Never' : 'OnFailure')
       this.#inits.push(runner)
       await runner.start()
       if (runner.finished?.exitCode !== 0) {
-        if (this.#terminating === undefined) { this.#initFailed = true; this.#changed() }
+        if (!this.#halted) { this.#initFailed = true; this.#changed() }
         return
       }
     }
-    if (this.#terminating !== undefined) return
+    if (this.#halted) return
     this.#initialized = true
     for (const c of (spec.containers ?? []) as Any[]) this.#containers.push(this.#runner(c, restartPolicy))
     this.#changed()
