@@ -36,6 +36,8 @@ interface Setup {
   kinds: Kinds
   kubelet: Kubelet
   dir: string
+  cgroups: Awaited<ReturnType<typeof detectCgroups>>
+  parent: string
 }
 
 async function setup(t: Test, index = 0): Promise<Setup> {
@@ -65,7 +67,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
     if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor('kube-sim', `test-${process.pid}-${index}`))
     await rm(dir, { recursive: true, force: true })
   })
-  return { store, kinds, kubelet, dir }
+  return { store, kinds, kubelet, dir, cgroups, parent }
 }
 
 function pod(name: string, node: string, spec: Record<string, unknown>): KubeObject {
@@ -308,4 +310,30 @@ t.test('init containers run first, in order; a failed one with restartPolicy Nev
   const bad = await waitFor(() => { const x = get(s, 'badinit'); return x?.status?.phase === 'Failed' && x }, 'badinit Failed')
   t.match(bad.status.initContainerStatuses[0].state.terminated, { exitCode: 2 })
   t.match(bad.status.containerStatuses[0].state, { waiting: { reason: 'PodInitializing' } }, 'the main container never started')
+})
+
+t.test('each container runs in its own cgroup under the pod\'s, with its cpu and memory limits', async (t) => {
+  const s = await setup(t)
+  const cg = s.cgroups
+  if (cg === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
+  s.store.create(s.kinds.pod, pod('limited', 'kindling-runtime-0', {
+    containers: [{ name: 'c', image: 'test/env', resources: { requests: { cpu: '100m' }, limits: { cpu: '500m', memory: '128Mi' } } }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'limited'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  const pid = Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${String(p.metadata.uid)}`, 'c')
+  t.ok((await cg.pids(ref)).includes(pid), 'the container\'s process is in its group')
+  if (cg.version === 1) {
+    t.equal((await readFile(join(ref.paths.memory as string, 'memory.limit_in_bytes'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.equal((await readFile(join(ref.paths.cpu as string, 'cpu.cfs_quota_us'), 'utf8')).trim(), '50000')
+  } else {
+    const dir = Object.values(ref.paths)[0] as string
+    t.equal((await readFile(join(dir, 'memory.max'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.match(await readFile(join(dir, 'cpu.max'), 'utf8'), /^50000 100000/)
+  }
+  t.equal(p.status.qosClass, 'Burstable')
+  s.store.delete(s.kinds.pod, 'default', 'limited', { gracePeriodSeconds: 1 })
+  await waitFor(() => get(s, 'limited') === undefined, 'removed')
+  t.same(await cg.pids(ref), [], 'the group is gone with the pod')
+  await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
 })
