@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import { timingSafeEqual } from 'node:crypto'
 import { create, get, list, patch, remove, removeCollection, update, type Target } from './api/crud.js'
 import { aggregatedDiscovery, apiGroup, apiGroupList, apiResourceList, apiVersions, VERSION } from './api/discovery.js'
-import { sendError, sendJson } from './api/http.js'
+import { checkBodyType, sendError, sendJson } from './api/http.js'
 import { openApiGroupVersion, openApiRoot } from './api/openapi.js'
 import { binding, eviction, log, scale, type LogsHook } from './api/subresources.js'
 import { selfSigned } from './cert.js'
@@ -94,10 +94,12 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       res.end('ok')
       return
     }
+    // /version is public on the real server too (system:public-info-viewer).
+    if (method === 'GET' && path === '/version') { sendJson(res, 200, VERSION); return }
     if (!authorized(req, token)) throw new ApiError(401, 'Unauthorized', 'Unauthorized')
     const accept = req.headers.accept
+    if (method === 'POST' || method === 'PUT' || method === 'PATCH') checkBodyType(req)
     if (method === 'GET') {
-      if (path === '/version') { sendJson(res, 200, VERSION); return }
       if (path === '/api' || path === '/apis') {
         if (wantsAggregated(accept)) {
           const body = JSON.stringify(aggregatedDiscovery(store.types(), path === '/api'))

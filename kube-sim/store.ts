@@ -48,8 +48,18 @@ interface Watcher {
   stopped: boolean
 }
 
+const PROTECTED_NAMESPACES = ['default', 'kube-system', 'kube-public']
 const NAME_CHARS = 'bcdfghjklmnpqrstvwxz2456789'
-const clone = <T>(v: T): T => structuredClone(v)
+/** A deep copy of JSON-shaped data: several times faster than structuredClone, which matters on every read. */
+function clone<T>(v: T): T {
+  if (Array.isArray(v)) return v.map(clone) as T
+  if (v !== null && typeof v === 'object') {
+    const o: Record<string, unknown> = {}
+    for (const k of Object.keys(v)) o[k] = clone((v as Record<string, unknown>)[k])
+    return o as T
+  }
+  return v
+}
 
 function typeKey(t: Pick<ResourceType, 'group' | 'resource'>): string {
   return `${t.group}/${t.resource}`
@@ -121,15 +131,11 @@ export class MemoryStore implements ObjectStore {
 
   list(type: ResourceType, opts: ListOptions = {}): { items: KubeObject[]; resourceVersion: string } {
     const match = this.#matcher(type, opts)
-    const items: KubeObject[] = []
-    for (const o of this.#bucket(type).values()) if (match(o)) items.push(clone(o))
+    const hits: Array<[string, KubeObject]> = []
+    for (const e of this.#bucket(type)) if (match(e[1])) hits.push(e)
     // etcd answers in key order: namespace, then name.
-    items.sort((a, b) => {
-      const ka = objKey(a.metadata.namespace, a.metadata.name!)
-      const kb = objKey(b.metadata.namespace, b.metadata.name!)
-      return ka < kb ? -1 : ka > kb ? 1 : 0
-    })
-    return { items, resourceVersion: this.currentVersion() }
+    hits.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+    return { items: hits.map((e) => clone(e[1])), resourceVersion: this.currentVersion() }
   }
 
   create(type: ResourceType, input: KubeObject): KubeObject {
@@ -151,6 +157,8 @@ export class MemoryStore implements ObjectStore {
         meta.name = prefix + suffix
       } while (bucket.has(objKey(meta.namespace, meta.name)))
     }
+    // As the real server's create strategies do: the status is the server's (a node registers with its own).
+    if (type.subresources.includes('status') && !(type.group === '' && type.resource === 'nodes')) delete obj.status
     applyDefaults(type, obj, true)
     if (type.group === '' && type.resource === 'services' && obj.spec?.type !== 'ExternalName' && obj.spec && obj.spec.clusterIP === undefined) {
       const n = this.#serviceIps++
@@ -225,6 +233,9 @@ export class MemoryStore implements ObjectStore {
     const ns = type.namespaced ? (namespace ?? 'default') : undefined
     const stored = this.#bucket(type).get(objKey(ns, name))
     if (stored === undefined) throw this.#notFound(type, name)
+    if (type.group === '' && type.resource === 'namespaces' && PROTECTED_NAMESPACES.includes(name)) {
+      throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`, { name, kind: 'namespaces' })
+    }
     const pre = opts.preconditions
     if (pre?.uid !== undefined && pre.uid !== stored.metadata.uid) {
       throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on ${this.#what(type)} "${name}": Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${stored.metadata.uid}`, this.#details(type, name))

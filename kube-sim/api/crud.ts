@@ -6,8 +6,9 @@ import { apiVersionOf } from '../resources.js'
 import { toTable, wantsTable } from '../table.js'
 import { ApiError, type DeleteOptions, type KubeObject, type ObjectStore, type ResourceType } from '../types.js'
 import { validateObject } from '../validate.js'
-import { flag, intParam, parseJson, readBody, sendJson } from './http.js'
+import { flag, intParam, parseJson, readBody, readRaw, sendJson } from './http.js'
 import { jsonPatch, mergePatch, patchTypeOf, strategicMergePatch } from './patch.js'
+import { decodeProtobuf } from './protobuf.js'
 import { streamWatch } from './watch.js'
 
 /**
@@ -27,12 +28,20 @@ export function notFound(t: Target): ApiError {
   return new ApiError(404, 'NotFound', `${what} "${t.name}" not found`, { name: t.name ?? '', ...(t.type.group === '' ? {} : { group: t.type.group }), kind: t.type.resource })
 }
 
-export function objectBody(text: string): KubeObject {
-  const body = parseJson(text)
+export function objectBody(text: string, contentType?: string): KubeObject {
+  const body = parseJson(text, /^application\/yaml\b/i.test(contentType ?? ''))
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'BadRequest', 'the body of the request was in an unknown format')
   const obj = body as KubeObject
   obj.metadata ??= {}
   return obj
+}
+
+/** A create's or update's body: JSON, YAML or protobuf by its content type. */
+export async function readObject(req: IncomingMessage): Promise<KubeObject> {
+  const ct = req.headers['content-type'] ?? ''
+  const raw = await readRaw(req)
+  if (/^application\/vnd\.kubernetes\.protobuf\b/i.test(ct)) return decodeProtobuf(raw)
+  return objectBody(raw.toString('utf8'), ct)
 }
 
 function dryRun(q: URLSearchParams): boolean {
@@ -98,7 +107,7 @@ function dryUpdate(store: ObjectStore, t: Target, obj: KubeObject): KubeObject {
 
 export async function create(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
   if (t.type.namespaced && t.namespace === undefined) throw new ApiError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`)
-  const obj = placed(t, objectBody(await readBody(req)))
+  const obj = placed(t, await readObject(req))
   sendJson(res, 201, dryRun(q) ? dryCreate(store, t, obj) : store.create(t.type, obj))
 }
 
@@ -111,7 +120,7 @@ export function write(store: ObjectStore, t: Target, obj: KubeObject, dry: boole
 }
 
 export async function update(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
-  const obj = objectBody(await readBody(req))
+  const obj = await readObject(req)
   sendJson(res, 200, write(store, t, obj, dryRun(q)))
 }
 

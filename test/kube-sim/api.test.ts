@@ -115,6 +115,9 @@ t.test('a watch stream sends bookmarks when allowed and ends after timeoutSecond
   t.ok(events.every((e: { type: string }) => e.type === 'BOOKMARK'), 'nothing changed: bookmarks only')
   t.equal(events[0].object.metadata.resourceVersion, rv)
   t.ok(Date.now() - started >= 900, 'the stream lasted its timeout')
+  const bad = await call('GET', '/api/v1/namespaces/default/pods?watch=1&labelSelector=a%20in%20(b')
+  t.equal(bad.status, 400, 'a bad selector is a plain 400, not a stream')
+  t.equal(bad.json.reason, 'BadRequest')
 })
 
 t.test('a strategic merge patch merges by key, deletes with $patch, and orders by $setElementOrder', async (t) => {

@@ -52,6 +52,9 @@ t.test('create sets uid, creationTimestamp, generation 1 and a fresh global reso
   t.equal(cm.metadata.resourceVersion, String(before + 2), 'one counter across kinds')
   t.equal(cm.metadata.namespace, 'default', 'a namespaced object without a namespace lands in default')
   t.equal(a.status?.phase, 'Pending', 'a new pod is Pending')
+  t.equal(a.status?.qosClass, 'BestEffort')
+  const withStatus = store.create(pods, { ...pod('s'), status: { phase: 'Running', podIP: '1.2.3.4' } })
+  t.same(withStatus.status, { phase: 'Pending', qosClass: 'BestEffort' }, 'a client\'s status is dropped on create, as the real server does')
   a.metadata.labels = { changed: 'yes' }
   t.same(store.get(pods, 'default', 'a')?.metadata.labels, {}, 'changing a returned object changes nothing stored')
   apiError(t, () => store.create(pods, pod('a')), 409, 'AlreadyExists', 'pods "a" already exists')
