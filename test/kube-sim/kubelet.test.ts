@@ -321,6 +321,8 @@ t.test('each container runs in its own cgroup under the pod\'s, with its cpu and
   }))
   const p = await waitFor(() => { const x = get(s, 'limited'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
   const pid = Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  // Output means the command runs: the wrapper joined the group before it exec'd the command.
+  await waitFor(() => s.kubelet.logs('default', 'limited', 'c')?.read(), 'the command\'s output')
   const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${String(p.metadata.uid)}`, 'c')
   t.ok((await cg.pids(ref)).includes(pid), 'the container\'s process is in its group')
   if (cg.version === 1) {
