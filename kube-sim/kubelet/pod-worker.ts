@@ -25,7 +25,8 @@ export interface PodWorkerContext {
   kinds: Kinds
   nodeName: string
   hostIP: string
-  podIP: string
+  /** The pod's address, given the ports its containers declare (checked free: other stand-ins may share the host). */
+  allocateIP(ports: readonly number[]): Promise<string>
   podDir: string
   images: ImageMap
   cgroups: CgroupDriver | undefined
@@ -52,6 +53,7 @@ export class PodWorker {
   #flushScheduled = false
   #mounts = new Map<string, HostMount[]>()
   #run: Promise<void> | undefined
+  #podIP: string | undefined
 
   constructor(ctx: PodWorkerContext, pod: KubeObject) {
     this.#ctx = ctx
@@ -63,8 +65,9 @@ export class PodWorker {
     return this.#pod
   }
 
-  get podIP(): string {
-    return this.#ctx.podIP
+  /** The pod's address once its sandbox is up. */
+  get podIP(): string | undefined {
+    return this.#podIP
   }
 
   start(): void {
@@ -142,6 +145,10 @@ export class PodWorker {
       this.#ctx.event(this.#pod, 'Warning', 'FailedMount', `Unable to set up volumes: ${(err as Error).message}`)
       throw err
     }
+    const ports = [...(spec.initContainers ?? []), ...(spec.containers ?? [])]
+      .flatMap((c: Any) => (c.ports ?? []).map((p: Any) => Number(p.containerPort))).filter((p: number) => Number.isInteger(p) && p > 0)
+    this.#podIP = await this.#ctx.allocateIP(ports)
+    if (this.#halted) return
     this.#sandboxReady = true
     this.#changed()
     const restartPolicy: 'Always' | 'OnFailure' | 'Never' = spec.restartPolicy ?? 'Always'
@@ -172,7 +179,7 @@ export class PodWorker {
       secret: (ns, name) => store.get(kinds.secret, ns, name),
     }
     return new ContainerRunner({
-      pod: this.#pod, spec, restartPolicy, podIP: this.#ctx.podIP, hostIP: this.#ctx.hostIP,
+      pod: this.#pod, spec, restartPolicy, podIP: this.#podIP as string, hostIP: this.#ctx.hostIP,
       mounts: this.#mountsOf(spec), dir, images: this.#ctx.images, cgroups: this.#ctx.cgroups, cgroupParent: this.#ctx.cgroupParent,
       sources, baseEnv: { ...this.#ctx.baseEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
       backoffBaseMs: this.#ctx.backoffBaseMs, graceSeconds: Number(this.#pod.spec?.terminationGracePeriodSeconds ?? 30),
@@ -262,7 +269,7 @@ export class PodWorker {
     const init = (spec.initContainers ?? []).map((c: Any, i: number) => this.#inits[i]?.status() ?? waiting(c))
     const containers = (spec.containers ?? []).map((c: Any, i: number) => this.#containers[i]?.status() ?? waiting(c))
     const status = podStatus(stored, {
-      podIP: this.#sandboxReady ? this.#ctx.podIP : undefined, hostIP: this.#ctx.hostIP, startTime: this.#startTime,
+      podIP: this.#sandboxReady ? this.#podIP : undefined, hostIP: this.#ctx.hostIP, startTime: this.#startTime,
       init, initialized: this.#initialized || (spec.initContainers ?? []).length === 0 && this.#sandboxReady, initFailed: this.#initFailed,
       containers, restartPolicy: spec.restartPolicy ?? 'Always', sandboxReady: this.#sandboxReady,
     }, nowIso())

@@ -59,7 +59,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
   }
   const kubelet = new Kubelet({
     store, kinds, nodeName: node, nodeIndex: index, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
-    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100,
+    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100, firstPodAddress: 0,
   })
   await kubelet.start()
   t.teardown(async () => {
@@ -338,4 +338,18 @@ t.test('each container runs in its own cgroup under the pod\'s, with its cpu and
   await waitFor(() => get(s, 'limited') === undefined, 'removed')
   t.same(await cg.pids(ref), [], 'the group is gone with the pod')
   await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
+})
+
+t.test('an address whose declared port another stand-in\'s pod already holds is skipped', async (t) => {
+  const { createServer } = await import('node:net')
+  const squatter = createServer()
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(8888, '127.105.1.1', resolve))
+  t.teardown(() => squatter.close())
+  const s = await setup(t, 5)
+  s.store.create(s.kinds.pod, pod('skip', 'kindling-runtime-5', {
+    containers: [{ name: 'runtime', image: 'kindling/runtime-node:1', ports: [{ containerPort: 8888 }], env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'skip'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  t.equal(p.status.podIP, '127.105.1.2', 'the first address was taken on 8888')
+  t.equal(p.status.containerStatuses[0].restartCount, 0)
 })
