@@ -26,6 +26,8 @@ const DELETE_OPTIONS: Schema = { 1: ['gracePeriodSeconds', 'int'], 2: ['precondi
 
 const KINDS: Record<string, Schema> = {
   'v1/Binding': { 1: ['metadata', META], 2: ['target', { 1: ['kind', 'string'], 2: ['namespace', 'string'], 3: ['name', 'string'], 4: ['uid', 'string'], 5: ['apiVersion', 'string'] }] },
+  'meta.k8s.io/v1/DeleteOptions': DELETE_OPTIONS,
+  'v1/DeleteOptions': DELETE_OPTIONS,
   'policy/v1/Eviction': { 1: ['metadata', META], 2: ['deleteOptions', DELETE_OPTIONS] },
   'v1/Namespace': { 1: ['metadata', META], 2: ['spec', { 1: ['finalizers', 'string', 'repeated'] }] },
   'v1/ConfigMap': { 1: ['metadata', META], 2: ['data', 'map'], 3: ['binaryData', 'mapBytes'], 4: ['immutable', 'bool'] },

@@ -221,3 +221,15 @@ t.test('kubectl drain cordons the node and evicts its pods (protobuf Evictions),
   const nodesOut = await sim.kubectl('get', 'nodes', 'kindling-runtime-7')
   t.match(nodesOut.stdout, /kindling-runtime-7\s+Ready,SchedulingDisabled\s+<none>/)
 })
+
+t.test('kubectl delete --dry-run=server (dryRun in the DeleteOptions body) deletes nothing', async (t) => {
+  const cms = sim.type('configmaps')
+  sim.store.create(cms, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'keep' } })
+  const r = await sim.kubectl('delete', 'configmap', 'keep', '--dry-run=server')
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, /configmap "keep" deleted.*\(server dry run\)/)
+  t.ok(sim.store.get(cms, 'default', 'keep'), 'still there')
+  const real = await sim.kubectl('delete', 'configmap', 'keep')
+  t.equal(real.code, 0, real.stderr)
+  t.equal(sim.store.get(cms, 'default', 'keep'), undefined)
+})
