@@ -223,3 +223,17 @@ t.test('events expire after their TTL, and the oldest go first beyond the cap', 
   ttl.sweep(Date.now() + 60_001)
   t.same(store.list(kinds.event, { namespace: 'default' }).items, [], 'expired')
 })
+
+t.test('scaling down deletes the not-ready pod first', async (t) => {
+  const { store, kinds } = setup(t)
+  store.create(kinds.deployment, deployment('pool', 3))
+  const three = await waitFor(() => { const p = pods(store, kinds); return p.length === 3 && p.every((x) => x.spec?.nodeName) && p }, '3 bound pods')
+  const [a, b, c] = three as [KubeObject, KubeObject, KubeObject]
+  markReady(store, kinds, a)
+  markReady(store, kinds, c)
+  const d = store.get(kinds.deployment, 'default', 'pool') as KubeObject
+  store.update(kinds.deployment, { ...d, spec: { ...d.spec, replicas: 2 } })
+  // No kubelet here: the deleted (bound) pod stays, terminating.
+  const left = await waitFor(() => { const p = pods(store, kinds).filter((x) => x.metadata.deletionTimestamp === undefined); return p.length === 2 && p }, 'scaled to 2')
+  t.same(left.map((p) => p.metadata.name).sort(), [a.metadata.name, c.metadata.name].sort(), `the not-ready ${String(b.metadata.name)} went`)
+})
