@@ -15,6 +15,7 @@ import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
 import { startApiServer } from './api-server.js'
 import { DaemonSetController } from './controllers/daemonset.js'
 import { DeploymentController } from './controllers/deployment.js'
+import { EventTtl } from './controllers/event-ttl.js'
 import { PodGarbageCollector } from './controllers/podgc.js'
 import { ReplicaSetController } from './controllers/replicaset.js'
 import { kindsOf, type Kinds } from './controllers/shared.js'
@@ -104,6 +105,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const loops = [
     new ReplicaSetController({ store, kinds, log }), new DeploymentController({ store, kinds, log }),
     new DaemonSetController({ store, kinds, log }), new PodGarbageCollector({ store, kinds, log }), new Scheduler({ store, kinds, log }),
+    new EventTtl({ store, kinds, log }),
   ]
   for (const l of loops) l.start()
 

@@ -36,7 +36,7 @@ export function parseJson(text: string, yaml = false): unknown {
   try {
     return yaml ? YAML.parse(text) : JSON.parse(text)
   } catch (err) {
-    throw new ApiError(400, 'BadRequest', `couldn't get version/kind; json parse error: ${(err as Error).message}`)
+    throw new ApiError(400, 'BadRequest', `couldn't get version/kind; ${yaml ? 'yaml' : 'json'} parse error: ${(err as Error).message.split('\n')[0]}`)
   }
 }
 

@@ -2,7 +2,8 @@ import { ApiError, type KubeObject } from '../types.js'
 
 /**
  * Kubernetes' protobuf encoding, decoded for the kinds kubectl's generators send that way (issue 10):
- * `kubectl create namespace|configmap|secret|serviceaccount|role|rolebinding|clusterrole|clusterrolebinding`. The
+ * `kubectl create namespace|configmap|secret|serviceaccount|role|rolebinding|clusterrole|clusterrolebinding`, and
+ * the Eviction of `kubectl drain`. The
  * envelope is `k8s\0` + `runtime.Unknown{typeMeta, raw}`; `raw` is the object in the field numbers of the API's
  * generated.proto, transcribed below for these kinds only (another kind is refused with 415).
  */
@@ -21,7 +22,13 @@ const SUBJECT: Schema = { 1: ['kind', 'string'], 2: ['apiGroup', 'string'], 3: [
 const ROLE_REF: Schema = { 1: ['apiGroup', 'string'], 2: ['kind', 'string'], 3: ['name', 'string'] }
 const BINDING: Schema = { 1: ['metadata', META], 2: ['subjects', SUBJECT, 'repeated'], 3: ['roleRef', ROLE_REF] }
 
+const DELETE_OPTIONS: Schema = { 1: ['gracePeriodSeconds', 'int'], 2: ['preconditions', { 1: ['uid', 'string'], 2: ['resourceVersion', 'string'] }], 3: ['orphanDependents', 'bool'], 4: ['propagationPolicy', 'string'], 5: ['dryRun', 'string', 'repeated'] }
+
 const KINDS: Record<string, Schema> = {
+  'v1/Binding': { 1: ['metadata', META], 2: ['target', { 1: ['kind', 'string'], 2: ['namespace', 'string'], 3: ['name', 'string'], 4: ['uid', 'string'], 5: ['apiVersion', 'string'] }] },
+  'meta.k8s.io/v1/DeleteOptions': DELETE_OPTIONS,
+  'v1/DeleteOptions': DELETE_OPTIONS,
+  'policy/v1/Eviction': { 1: ['metadata', META], 2: ['deleteOptions', DELETE_OPTIONS] },
   'v1/Namespace': { 1: ['metadata', META], 2: ['spec', { 1: ['finalizers', 'string', 'repeated'] }] },
   'v1/ConfigMap': { 1: ['metadata', META], 2: ['data', 'map'], 3: ['binaryData', 'mapBytes'], 4: ['immutable', 'bool'] },
   'v1/Secret': { 1: ['metadata', META], 2: ['data', 'mapBytes'], 3: ['type', 'string'], 4: ['stringData', 'map'], 5: ['immutable', 'bool'] },

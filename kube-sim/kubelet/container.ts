@@ -304,6 +304,8 @@ export class ContainerRunner {
       child.once('error', () => resolve([128, null]))
     })
     this.#exited = exited.then(() => undefined)
+    // Stopped while the start was under way (volumes, cgroup): the new process goes at once.
+    if (this.#stopping) void this.#terminate(0)
     child.stdout?.on('data', (d: Buffer) => this.#logs.write(d))
     child.stderr?.on('data', (d: Buffer) => this.#logs.write(d))
     this.#containerID = `kindling-sim://${String(child.pid)}`

@@ -106,7 +106,7 @@ t.test('a Watch sees ADDED, MODIFIED and DELETED after its version; a too-old ve
   await new Watch(kc).watch('/api/v1/namespaces/default/pods', { resourceVersion: from }, (type, obj: { code?: number; reason?: string }) => got.push({ type, code: obj.code, reason: obj.reason }), () => { done = true })
   await waitFor(() => done, 'the too-old watch to end')
   t.same(got, [{ type: 'ERROR', code: 410, reason: 'Expired' }])
-  t.not(ended, 'running', 'the aborted first watch ended')
+  await waitFor(() => ended !== 'running', 'the aborted first watch to end')
 })
 
 t.test('an informer lists, follows, relists after 410, and reconnects after an outage', async (t) => {

@@ -140,7 +140,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
         metadata: { labels: { app: 'agent' } },
         spec: {
           tolerations: [{ operator: 'Exists' }],
-          containers: [{ name: 'a', image: 'kindling/runtime-node:0.1', env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
+          containers: [{ name: 'a', image: 'kindling/runtime-node:0.1', ports: [{ containerPort: 8888 }], env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
         },
       },
     },
@@ -161,7 +161,10 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   t.equal(echo.spec.nodeName, 'kindling-management-0', 'a pod with no tolerations lands on the untainted management node')
 
   const allPids = ['kindling-management-0', 'kindling-quarantine-0', 'kindling-runtime-0', 'kindling-runtime-1'].flatMap((n) => cluster.kubelet(n)?.pids() ?? [])
-  t.ok(allPids.length >= 9, `${allPids.length} containers running`)
+  if (allPids.length < 9) {
+    for (const p of cluster.store.list(kinds.pod).items) t.comment(`${String(p.metadata.name)} on ${String(p.spec.nodeName)}: ${JSON.stringify(p.status?.containerStatuses?.[0]?.state)}`)
+  }
+  t.equal(allPids.length, 9, '4 pool pods, 4 agents and echo are running')
   await cluster.stop()
   for (const pid of allPids) t.notOk(alive(pid), `pid ${pid} stopped`)
   await t.rejects(access(`/sys/fs/cgroup/memory/kube-sim/${cluster.id}`), 'the cluster\'s cgroups are removed')

@@ -39,6 +39,8 @@ interface Setup {
   dir: string
   /** The node's reserved subnet octet: 127.N.0.1. */
   subnet: number
+  cgroups: Awaited<ReturnType<typeof detectCgroups>>
+  parent: string
 }
 
 async function setup(t: Test, index = 0): Promise<Setup> {
@@ -61,7 +63,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
   const subnet = await reserveNodeSubnet()
   const kubelet = new Kubelet({
     store, kinds, nodeName: node, subnet: subnet.octet, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
-    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100,
+    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100, firstPodAddress: 0,
   })
   await kubelet.start()
   t.teardown(async () => {
@@ -70,7 +72,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
     if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor('kube-sim', `test-${process.pid}-${index}`))
     await rm(dir, { recursive: true, force: true })
   })
-  return { store, kinds, kubelet, dir, subnet: subnet.octet }
+  return { store, kinds, kubelet, dir, subnet: subnet.octet, cgroups, parent }
 }
 
 function pod(name: string, node: string, spec: Record<string, unknown>): KubeObject {
@@ -313,4 +315,46 @@ t.test('init containers run first, in order; a failed one with restartPolicy Nev
   const bad = await waitFor(() => { const x = get(s, 'badinit'); return x?.status?.phase === 'Failed' && x }, 'badinit Failed')
   t.match(bad.status.initContainerStatuses[0].state.terminated, { exitCode: 2 })
   t.match(bad.status.containerStatuses[0].state, { waiting: { reason: 'PodInitializing' } }, 'the main container never started')
+})
+
+t.test('each container runs in its own cgroup under the pod\'s, with its cpu and memory limits', async (t) => {
+  const s = await setup(t)
+  const cg = s.cgroups
+  if (cg === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
+  s.store.create(s.kinds.pod, pod('limited', 'kindling-runtime-0', {
+    containers: [{ name: 'c', image: 'test/env', resources: { requests: { cpu: '100m' }, limits: { cpu: '500m', memory: '128Mi' } } }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'limited'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  const pid = Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  // Output means the command runs: the wrapper joined the group before it exec'd the command.
+  await waitFor(() => s.kubelet.logs('default', 'limited', 'c')?.read(), 'the command\'s output')
+  const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${String(p.metadata.uid)}`, 'c')
+  t.ok((await cg.pids(ref)).includes(pid), 'the container\'s process is in its group')
+  if (cg.version === 1) {
+    t.equal((await readFile(join(ref.paths.memory as string, 'memory.limit_in_bytes'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.equal((await readFile(join(ref.paths.cpu as string, 'cpu.cfs_quota_us'), 'utf8')).trim(), '50000')
+  } else {
+    const dir = Object.values(ref.paths)[0] as string
+    t.equal((await readFile(join(dir, 'memory.max'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.match(await readFile(join(dir, 'cpu.max'), 'utf8'), /^50000 100000/)
+  }
+  t.equal(p.status.qosClass, 'Burstable')
+  s.store.delete(s.kinds.pod, 'default', 'limited', { gracePeriodSeconds: 1 })
+  await waitFor(() => get(s, 'limited') === undefined, 'removed')
+  t.same(await cg.pids(ref), [], 'the group is gone with the pod')
+  await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
+})
+
+t.test('an address whose declared port a process outside the stand-in already holds is skipped', async (t) => {
+  const { createServer } = await import('node:net')
+  const s = await setup(t, 5)
+  const squatter = createServer()
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(8888, `127.${s.subnet}.1.1`, resolve))
+  t.teardown(() => squatter.close())
+  s.store.create(s.kinds.pod, pod('skip', 'kindling-runtime-5', {
+    containers: [{ name: 'runtime', image: 'kindling/runtime-node:1', ports: [{ containerPort: 8888 }], env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'skip'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  t.equal(p.status.podIP, `127.${s.subnet}.1.2`, 'the first address was taken on 8888')
+  t.equal(p.status.containerStatuses[0].restartCount, 0)
 })
