@@ -57,8 +57,10 @@ export function selfSigned(hosts: readonly string[], commonName = 'kindling-kube
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
   const ecdsaSha256 = seq(oid('1.2.840.10045.4.3.2'))
   const name = seq(set(seq(oid('2.5.4.3'), utf8(commonName))))
+  // A DER INTEGER is minimal and positive: a first byte of 0x01…0x7f is neither padded (0x00 before < 0x80, which
+  // OpenSSL refuses as "illegal padding") nor negative.
   const serial = randomBytes(16)
-  serial[0] = serial[0]! & 0x7f
+  serial[0] = (serial[0]! & 0x7f) | 0x01
   const now = Date.now()
   const sans = [...new Set(hosts)].map((h) => (isIPv4(h) ? tlv(0x87, Buffer.from(h.split('.').map(Number))) : tlv(0x82, Buffer.from(h, 'ascii'))))
   const extensions = tlv(0xa3, seq(

@@ -50,6 +50,11 @@ export interface ClusterOptions {
   port?: number
   /** The kubelets' restart back-off base (ms; capped at 10×). @default 1000 */
   backoffBaseMs?: number
+  /**
+   * Tasks a container may run (a real kubelet's podPidsLimit, `--pod-max-pids`): Kubernetes has no per-pod field for it,
+   * so on the kubernetes backend the runtime nodes' kubelets hold a fork bomb. @default 64 (KINDLING_PIDS_LIMIT's default)
+   */
+  podPidsLimit?: number
   log?: Logger
   /** The cgroup driver; `null` runs containers without cgroups. @default detectCgroups() */
   cgroups?: CgroupDriver | null
@@ -133,7 +138,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     const kubelet = new Kubelet({
       store, kinds, nodeName: name, subnet: subnet.octet, labels: nodeLabels(name, role), taints: nodeTaints(role),
       dataDir: opts.dataDir, images, cgroups, cgroupParent, cpu: opts.nodeCpu ?? 4, memoryMi: opts.nodeMemoryMi ?? 8192,
-      backoffBaseMs: opts.backoffBaseMs ?? 1000, log: log?.child({ node: name }),
+      backoffBaseMs: opts.backoffBaseMs ?? 1000, podPidsLimit: opts.podPidsLimit ?? 64, log: log?.child({ node: name }),
       baseEnv: () => ({ KUBECONFIG: kubeconfigPath, KUBERNETES_SERVICE_HOST: new URL(api.url).hostname, KUBERNETES_SERVICE_PORT: String(api.port) }),
     })
     kubelets.set(name, kubelet)

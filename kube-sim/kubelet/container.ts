@@ -14,6 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { existsSync, statSync } from 'node:fs'
 import { chown, mkdir } from 'node:fs/promises'
 import { constants } from 'node:os'
 import type { Logger } from 'pino'
@@ -43,6 +44,8 @@ export interface ContainerContext {
   sources: EnvSources
   baseEnv: Record<string, string>
   backoffBaseMs: number
+  /** Tasks each container's cgroup allows (the kubelet's podPidsLimit); 0: unlimited. */
+  pidsLimit: number
   /** The pod's grace period (s), for a liveness kill. */
   graceSeconds: number
   onChange(): void
@@ -67,6 +70,25 @@ interface Terminated {
 
 /** coreutils' env: runs a container's command without what a spawn wrapper of this process added (NODE_OPTIONS). */
 const ENV = '/usr/bin/env'
+const SH = '/bin/sh'
+/** util-linux, on every Debian: a private mount namespace for the volume binds, and the drop to the container's user. */
+const UNSHARE = '/usr/bin/unshare'
+const SETPRIV = '/usr/bin/setpriv'
+const HAVE_NS_TOOLS = existsSync(UNSHARE) && existsSync(SETPRIV)
+/** `sh -c BIND_SCRIPT name N host1 path1 … hostN pathN cmd args…`: binds each host dir over its path, then execs. */
+const BIND_SCRIPT = 'n=$1; shift; while [ "$n" -gt 0 ]; do mount --bind "$1" "$2" || exit 126; shift 2; n=$((n - 1)); done; exec "$@"'
+
+function under(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith('/') ? dir : `${dir}/`)
+}
+
+function isHostDir(path: string): boolean {
+  try {
+    return statSync(path).isDirectory()
+  } catch {
+    return false
+  }
+}
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z')
 
 export class ContainerRunner {
@@ -146,7 +168,7 @@ export class ContainerRunner {
     const env = this.#envOrUndefined()
     if (env === undefined || command.length === 0) return -1
     const argv = this.#wrap(command[0] as string, command.slice(1))
-    const child = spawn(ENV, ['-u', 'NODE_OPTIONS', '--', argv.command, ...argv.args], { env, cwd: this.#ctx.dir, stdio: 'ignore', detached: true, ...(this.#identity ?? {}) })
+    const child = spawn(argv.command, argv.args, { env, cwd: this.#ctx.dir, stdio: 'ignore', detached: true, ...(this.#spawnIdentity() ?? {}) })
     const timer = setTimeout(() => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch { /* gone */ } }, timeoutMs)
     try {
       const [code] = await once(child, 'exit') as [number | null]
@@ -261,9 +283,44 @@ export class ContainerRunner {
     })
   }
 
+  /**
+   * The container's command line, outermost first: join its cgroup; as root, a private mount namespace with each
+   * volume bound over its mountPath where that directory exists on the host (so `/tmp` is the pod's emptyDir, as in
+   * a real container; a mountPath the host lacks, like `/code`, is reached through the rewritten environment), then
+   * the container's user (setpriv); last `env -u NODE_OPTIONS` — a spawn wrapper of the process running the
+   * stand-in (a test runner's hooks, an APM) may add NODE_OPTIONS to any environment it spawns with.
+   */
   #wrap(command: string, args: string[]): { command: string; args: string[] } {
+    let argv = [ENV, '-u', 'NODE_OPTIONS', '--', command, ...args]
+    if (this.#privileged()) {
+      const id = this.#identity
+      // allowPrivilegeEscalation: false is the kernel's no_new_privs, as a real runtime sets it.
+      const noNewPrivs = this.#ctx.spec.securityContext?.allowPrivilegeEscalation === false ? ['--no-new-privs'] : []
+      if (id !== undefined || noNewPrivs.length > 0) {
+        argv = [SETPRIV, ...(id === undefined ? [] : [`--reuid=${id.uid}`, `--regid=${id.gid}`, '--clear-groups']), ...noNewPrivs, '--', ...argv]
+      }
+      // A bind that would hide what the container itself needs from the host (its own directory and its other
+      // volumes, under the node's data directory, or the image's files) is left out: a stand-in whose data
+      // directory is under /tmp gives its pods the host's /tmp (tests keep theirs in /var/tmp).
+      const needed = [this.#ctx.dir, command, ...args.filter((a) => a.startsWith('/'))]
+      const binds = this.#ctx.mounts.filter((m) => m.mountPath !== '/' && isHostDir(m.mountPath) && !needed.some((n) => under(n, m.mountPath)))
+      if (binds.length > 0) {
+        argv = [UNSHARE, '--mount', '--propagation', 'private', '--', SH, '-c', BIND_SCRIPT, 'kube-sim-mounts', String(binds.length), ...binds.flatMap((m) => [m.hostPath, m.mountPath]), ...argv]
+      }
+    }
+    const [cmd, ...rest] = argv as [string, ...string[]]
     const cg = this.#ctx.cgroups
-    return cg === undefined || this.#cgroup === undefined ? { command, args } : wrapCommand(cg.procsFiles(this.#cgroup), command, args)
+    return cg === undefined || this.#cgroup === undefined ? { command: cmd, args: rest } : wrapCommand(cg.procsFiles(this.#cgroup), cmd, rest)
+  }
+
+  /** Root with setpriv and unshare at hand: the user is dropped by setpriv inside the wrapper, not by spawn. */
+  #privileged(): boolean {
+    return process.getuid?.() === 0 && HAVE_NS_TOOLS
+  }
+
+  /** What spawn itself runs as: the container's user, unless the wrapper drops to it (#privileged). */
+  #spawnIdentity(): { uid: number; gid: number } | undefined {
+    return this.#privileged() ? undefined : this.#identity
   }
 
   /** One run: resolves when the process has exited (with how long it ran and how it ended). */
@@ -284,7 +341,7 @@ export class ContainerRunner {
       this.#cgroup = await cg.create(this.#ctx.cgroupParent, this.name, {
         cpu: limits.cpu === undefined ? 0 : cpuMilli(limits.cpu) / 1000,
         memoryBytes: limits.memory === undefined ? 0 : bytesOf(limits.memory),
-        pidsLimit: 0,
+        pidsLimit: this.#ctx.pidsLimit,
       })
       // The wrapper joins the group as the container's user: the procs files must be its to write.
       if (this.#identity !== undefined) for (const f of cg.procsFiles(this.#cgroup)) await chown(f, this.#identity.uid, this.#identity.gid)
@@ -295,9 +352,7 @@ export class ContainerRunner {
     }
     const argv = this.#wrap(entry[0] as string, [...entry.slice(1), ...args])
     const startedAt = Date.now()
-    // Through `env -u NODE_OPTIONS`: a spawn wrapper of the process running the stand-in (a test runner's coverage
-    // hooks, an APM) may add NODE_OPTIONS to any environment it spawns with; a container gets what its spec says.
-    const child = spawn(ENV, ['-u', 'NODE_OPTIONS', '--', argv.command, ...argv.args], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true, ...(this.#identity ?? {}) })
+    const child = spawn(argv.command, argv.args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true, ...(this.#spawnIdentity() ?? {}) })
     this.#child = child
     const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
       child.once('exit', (code, signal) => resolve([code, signal]))

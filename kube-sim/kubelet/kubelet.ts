@@ -39,6 +39,8 @@ export interface KubeletOptions {
   memoryMi?: number
   /** @default 1000 */
   backoffBaseMs?: number
+  /** Tasks a container may run (a real kubelet's `--pod-max-pids`, per container here); 0: unlimited. @default 0 */
+  podPidsLimit?: number
   /** Index of the first pod address tried (0 → 127.(100+i).1.1). @default random */
   firstPodAddress?: number
   /** Environment every container starts from (PATH, the API server's KUBERNETES_SERVICE_* variables). */
@@ -151,7 +153,7 @@ export class Kubelet {
       // A hostNetwork pod shares the node's address, as on a real node.
       allocateIP: (ports) => (pod.spec?.hostNetwork === true ? Promise.resolve(this.hostIP) : this.#allocateIP(ports)),
       podDir: join(this.#root(), 'pods', uid), images: o.images, cgroups: o.cgroups,
-      cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000,
+      cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000, pidsLimit: o.podPidsLimit ?? 0,
       baseEnv: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', ...(o.baseEnv?.() ?? {}) },
       log: o.log?.child({ pod: keyOf(pod) }),
       event: (p, type, reason, message) => recordEvent(o.store, o.kinds, p, type, reason, message, 'kubelet', this.nodeName),

@@ -33,6 +33,7 @@ export interface PodWorkerContext {
   /** The pod's cgroup parent (relative): `kube-sim/<cluster>/<node>/<pod uid>`. */
   cgroupParent: string
   backoffBaseMs: number
+  pidsLimit: number
   baseEnv: Record<string, string>
   log: Logger | undefined
   event(pod: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): void
@@ -182,7 +183,7 @@ export class PodWorker {
       pod: this.#pod, spec, restartPolicy, podIP: this.#podIP as string, hostIP: this.#ctx.hostIP,
       mounts: this.#mountsOf(spec), dir, images: this.#ctx.images, cgroups: this.#ctx.cgroups, cgroupParent: this.#ctx.cgroupParent,
       sources, baseEnv: { ...this.#ctx.baseEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
-      backoffBaseMs: this.#ctx.backoffBaseMs, graceSeconds: Number(this.#pod.spec?.terminationGracePeriodSeconds ?? 30),
+      backoffBaseMs: this.#ctx.backoffBaseMs, pidsLimit: this.#ctx.pidsLimit, graceSeconds: Number(this.#pod.spec?.terminationGracePeriodSeconds ?? 30),
       onChange: () => this.#changed(),
       event: (type, reason, message) => this.#ctx.event(this.#pod, type, reason, message),
       log: this.#ctx.log,

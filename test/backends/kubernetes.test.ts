@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client-node'
@@ -14,6 +13,7 @@ import { startCluster, type Cluster } from '../../kube-sim/cluster.js'
 import { dispatcherFor, load } from '../../protocol/runtime-client.js'
 import { writeCodeDir } from '../fixtures/code.js'
 import { waitFor } from '../fixtures/wait.js'
+import { SIM_ROOT } from '../fixtures/kube.js'
 
 // Issue 10: the kubernetes backend against the cluster stand-in, end to end — real client-node, a real API server,
 // pods that are real runtime servers on loopback pod IPs, kubectl reading back where they landed.
@@ -22,7 +22,7 @@ const run = promisify(execFile)
 const NS = 'kindling'
 const POOL = { runtime: 'node', size: 3, memoryMb: 128, cpu: 0.25 }
 
-const dir = await mkdtemp(join(tmpdir(), 'kdl-kube-'))
+const dir = await mkdtemp(join(SIM_ROOT, 'kdl-kube-'))
 // The pods run as nobody (runAsUser 65534): their emptyDirs under the stand-in's data directory must be reachable.
 await chmod(dir, 0o711)
 const cluster: Cluster = await startCluster({ dataDir: join(dir, 'cluster'), nodes: { management: 1, runtime: 2, quarantine: 1 }, nodeCpu: 8, nodeMemoryMi: 8192 })

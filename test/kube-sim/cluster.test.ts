@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process'
 import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -9,6 +8,7 @@ import { startCluster, type Cluster } from '../../kube-sim/cluster.js'
 import { kindsOf } from '../../kube-sim/controllers/shared.js'
 import type { KubeObject } from '../../kube-sim/types.js'
 import { waitFor } from '../fixtures/wait.js'
+import { SIM_ROOT } from '../fixtures/kube.js'
 
 // The whole stand-in (issue 10) through real kubectl: a pool Deployment of the runtime image lands on runtime nodes
 // only, Running and Ready, reachable on podIP:8888; a removed node takes its pods with it and the pool refills
@@ -58,7 +58,7 @@ function alive(pid: number): boolean {
 }
 
 t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a DaemonSet, a clean stop', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'kube-sim-cluster-'))
+  const dir = await mkdtemp(join(SIM_ROOT, 'kube-sim-cluster-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await writeFile(join(dir, 'echo.mjs'), "console.log('hello from ' + process.env.POD_NAME); setInterval(() => {}, 1000)")
   const cluster: Cluster = await startCluster({

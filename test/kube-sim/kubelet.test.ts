@@ -1,6 +1,5 @@
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { detectCgroups } from '../../cgroups/index.js'
@@ -11,6 +10,7 @@ import { reserveNodeSubnet } from '../../kube-sim/kubelet/subnet.js'
 import { MemoryStore } from '../../kube-sim/store.js'
 import type { KubeObject } from '../../kube-sim/types.js'
 import { waitFor } from '../fixtures/wait.js'
+import { SIM_ROOT } from '../fixtures/kube.js'
 
 // The stand-in's kubelet (issue 10) on one node, pods bound to it directly (no scheduler): containers are real
 // processes on the pod's own loopback address, in cgroups with the container's limits.
@@ -44,7 +44,7 @@ interface Setup {
 }
 
 async function setup(t: Test, index = 0): Promise<Setup> {
-  const dir = await mkdtemp(join(tmpdir(), 'kube-sim-kubelet-'))
+  const dir = await mkdtemp(join(SIM_ROOT, 'kube-sim-kubelet-'))
   // The scripts are read by containers that run as other users.
   await chmod(dir, 0o755)
   for (const [name, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, name), text)
