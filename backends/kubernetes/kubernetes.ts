@@ -3,7 +3,7 @@ import type { Dispatcher } from 'undici'
 import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoolSpec, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { InstanceAddress } from '../../common/types.js'
-import { dispatcherFor, fetchCode, health } from '../../protocol/runtime-client.js'
+import { dispatcherFor, fetchCode, health, type HealthAnswer } from '../../protocol/runtime-client.js'
 import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
@@ -64,6 +64,10 @@ interface Held {
 }
 
 const REMEMBERED = 1024
+/** Pool pods one start claims before it creates a pod of its own (each claimed one that did not answer is deleted). */
+const CLAIM_TRIES = 3
+/** How long a claimed pool pod (Ready, so listening) may take to answer its health check. */
+const POOL_PROBE_MS = 2_000
 /** How long exitReason() waits for the watch to report a death it has not reported yet. */
 const EXIT_WAIT_MS = 2_000
 const DEFAULT_RUNTIME_NODES: NodeRole = { key: 'kindling.io/node-role', value: 'runtime' }
@@ -208,12 +212,30 @@ export class KubernetesBackend implements ContainerBackend {
     failed.catch(noop)
     try {
       await Promise.race([this.#ready(), failed])
-      let pod = this.#fitsPool(req) ? await Promise.race([this.#claim(req, held), failed]) : undefined
-      const pooled = pod !== undefined
-      pod ??= await Promise.race([this.#startBare(req, held), failed])
-      const address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+      let pod: V1Pod | undefined
+      let address: { host: string; port: number } | undefined
+      let pooled = false
+      // A claimed pool pod that does not answer as a new runtime is dropped and the next one claimed (a few at most).
+      for (let tries = 0; pod === undefined && tries < CLAIM_TRIES && this.#fitsPool(req); tries++) {
+        pod = await Promise.race([this.#claim(req, held), failed])
+        if (pod === undefined) break
+        address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+        const answer = await Promise.race([this.#probe(address, held.startFailed.signal, POOL_PROBE_MS).catch((err: unknown) => err as Error), failed])
+        if (!(answer instanceof Error) && answer.state === 'generic') { pooled = true; break }
+        this.#log.warn({ instance: req.id, pod: held.podName, backend: this.name, address, answer: answer instanceof Error ? answer.message : answer }, 'a claimed pool pod does not answer as a new runtime; deleting it')
+        await this.#dropClaim(held)
+        pod = undefined
+      }
+      if (pod === undefined) {
+        pod = await Promise.race([this.#startBare(req, held), failed])
+        address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+        const answer = await Promise.race([this.#probe(address, held.startFailed.signal), failed])
+        // A new runtime has no function: one that answers with a function is not this pod's (an address someone
+        // else holds) and is never handed out.
+        if (answer.state !== 'generic') throw new KdlError('KDL_ERR_BACKEND', `pod ${held.podName} at ${address.host}:${address.port} answers as a runtime with function ${answer.function ?? '?'} loaded, not a new one`)
+      }
+      if (address === undefined) throw new KdlError('KDL_ERR_INTERNAL', 'no address')
       held.address = address
-      await Promise.race([this.#probe(address, held.startFailed.signal), failed])
       held.startFailed.signal.throwIfAborted()
       held.started = true
       this.#log.debug({ instance: req.id, pool: req.pool, backend: this.name, pod: held.podName, node: pod.spec?.nodeName, pooled, ms: Math.round(performance.now() - t0) }, 'instance started')
@@ -281,6 +303,7 @@ export class KubernetesBackend implements ContainerBackend {
             const s = statusOf(err)
             if (s === 404) break
             if (s !== 409) throw apiError(`cannot claim pool pod ${name}`, err, this.#server)
+            this.#log.debug({ instance: req.id, pod: name, backend: this.name }, 'claim lost a race')
           }
           pod = await this.#readPod(name)
           const want = resourcesOf(req.memoryMb, req.cpu)
@@ -319,6 +342,19 @@ export class KubernetesBackend implements ContainerBackend {
     return this.#waitReady(name, held.startFailed.signal)
   }
 
+  /** Lets go of a claimed pool pod that cannot serve: it is deleted (the ReplicaSet no longer counts it) and forgotten. */
+  async #dropClaim(held: Held): Promise<void> {
+    const name = held.podName
+    if (name === undefined) return
+    held.podName = undefined
+    if (this.#byPod.get(name) === held.id) this.#byPod.delete(name)
+    try {
+      await withTimeout(this.#core.deleteNamespacedPod({ name, namespace: this.#ns, gracePeriodSeconds: 0 }), this.#apiTimeoutMs, 'the pod delete')
+    } catch (err) {
+      if (statusOf(err) !== 404) throw apiError(`cannot delete pod ${name}`, err, this.#server)
+    }
+  }
+
   /** Deletes a pod that became an instance's after its start had already been given up. */
   #deleteLate(name: string, id: string): void {
     if (this.#byPod.get(name) === id) this.#byPod.delete(name)
@@ -349,16 +385,16 @@ export class KubernetesBackend implements ContainerBackend {
   }
 
   /** GET /_/health on the pod; a refused connection (the runtime not listening yet, or not reachable yet) is retried until the start fails. */
-  async #probe(address: InstanceAddress, failed: AbortSignal): Promise<void> {
+  async #probe(address: InstanceAddress, failed: AbortSignal, timeoutMs = this.#o.startTimeoutMs): Promise<HealthAnswer> {
     let backoff = 2
+    const deadline = Date.now() + timeoutMs
     for (;;) {
       const client = dispatcherFor(address)
       try {
-        await health(client, this.#o.startTimeoutMs)
-        return
+        return await health(client, Math.max(1, deadline - Date.now()))
       } catch (err) {
         const code = (err as { code?: unknown }).code
-        if (failed.aborted || (code !== 'ECONNREFUSED' && code !== 'ECONNRESET')) throw err
+        if (failed.aborted || Date.now() >= deadline || (code !== 'ECONNREFUSED' && code !== 'ECONNRESET')) throw err
       } finally {
         await client.close().catch(noop)
       }

@@ -1,16 +1,19 @@
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, readdir, readlink, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import { pino } from 'pino'
 import t from 'tap'
 import type { Dispatcher } from 'undici'
 import type { InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
 import { CodeServer } from '../../backends/kubernetes/code-server.js'
 import { KubernetesBackend } from '../../backends/kubernetes/kubernetes.js'
 import { startCluster, type Cluster } from '../../kube-sim/cluster.js'
+import { PoolManager } from '../../poolmgr/pool-manager.js'
 import { dispatcherFor, load } from '../../protocol/runtime-client.js'
 import { writeCodeDir } from '../fixtures/code.js'
 import { waitFor } from '../fixtures/wait.js'
@@ -25,7 +28,12 @@ const POOL = { runtime: 'node', size: 3, memoryMb: 128, cpu: 0.25 }
 const dir = await mkdtemp(join(tmpdir(), 'kdl-kube-'))
 // The pods run as nobody (runAsUser 65534): their emptyDirs under the stand-in's data directory must be reachable.
 await chmod(dir, 0o711)
-const cluster: Cluster = await startCluster({ dataDir: join(dir, 'cluster'), nodes: { management: 1, runtime: 2, quarantine: 1 }, nodeCpu: 8, nodeMemoryMi: 8192 })
+// tap's process tracking puts its hooks into every node child through NODE_OPTIONS; in a pod running as nobody they
+// cannot write .tap/ and turn a process.exit() into a thrown error. The runtime image runs without them, as in a cluster.
+const runtimeImage = { command: ['/usr/bin/env', '-u', 'NODE_OPTIONS', process.execPath, fileURLToPath(new URL('../../runtimes/node/server.mjs', import.meta.url))], user: { uid: 65534, gid: 65534 } }
+const cluster: Cluster = await startCluster({
+  dataDir: join(dir, 'cluster'), nodes: { management: 1, runtime: 2, quarantine: 1 }, nodeCpu: 8, nodeMemoryMi: 8192, images: { 'kindling/runtime-node': runtimeImage },
+})
 const kubeconfigPath = join(dir, 'kubeconfig')
 await cluster.writeKubeconfig(kubeconfigPath)
 const kc = new KubeConfig()
@@ -147,6 +155,22 @@ t.test('two claimers on one pool each get distinct pods', async (t) => {
   await Promise.all(reqs.map((r, i) => (i % 2 === 0 ? backend : other).stop(r.id)))
 })
 
+t.test('two claims of the same pool pod at once: one wins, the other takes the next pod after its 409', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const spy = { debug: (o: object, msg: string) => lines.push({ ...o, msg }), info: () => {}, warn: () => {}, error: () => {} }
+  const a = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, log: spy })
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, log: spy })
+  t.teardown(async () => { await a.close(); await b.close() })
+  await Promise.all([a.setGenericPool(POOL), b.setGenericPool(POOL)])
+  await waitFor(readyPool, 'a full pool', 30_000)
+  // Both copies of the pool are the same: both pick its oldest pod first.
+  const [ra, rb] = [request({ pool: 'fn:race2' }), request({ pool: 'fn:race2' })]
+  const [ha, hb] = await Promise.all([a.start(ra), b.start(rb)])
+  t.ok(ha.pooled && hb.pooled, 'both claimed a pool pod')
+  t.not((await podOf(ra.id))?.metadata?.name, (await podOf(rb.id))?.metadata?.name, 'not the same one')
+  t.ok(lines.some((l) => l['msg'] === 'claim lost a race'), 'one of them got the 409 and moved on')
+})
+
 t.test('a quarantine start lands on the quarantine node', async (t) => {
   const req = request({ pool: 'fn:noisy', quarantine: true })
   const h = await backend.start(req)
@@ -180,6 +204,45 @@ t.test('a pod deleted behind the backend\'s back is reported killed', async (t) 
   const exit = await waitFor(() => exits.find((e) => e.id === req.id), 'the exit report')
   t.equal(exit.reason, 'killed')
   t.equal(await backend.exitReason(req.id), 'killed')
+})
+
+t.test('an instance over its memory limit is reported oom, one that exits is reported crashed', async (t) => {
+  const code = join(dir, 'code-exits')
+  await writeCodeDir(code, { 'index.mjs': `export default async (event) => {
+    if (event.body === 'exit') process.exit(3)
+    const keep = []
+    for (;;) { keep.push(Buffer.alloc(8 << 20, 1)); await new Promise((r) => setImmediate(r)) }
+  }` })
+  for (const [body, reason] of [['grow', 'oom'], ['exit', 'crashed']] as const) {
+    const req = request({ pool: 'fn:exits' })
+    const h = await backend.start(req)
+    const client = dispatcherFor(h.address)
+    await load(client, { codeDir: await backend.prepareCode(req.id, code), entrypoint: 'index.mjs', function: 'exits', version: 1, env: {} }, 10_000)
+    const answer = await invoke(client, body).catch((err: unknown) => err as Error)
+    t.ok(answer instanceof Error, `the call that ends it (${body}) gets no answer: ${JSON.stringify(answer)}`)
+    await client.close()
+    const exit = await waitFor(() => exits.find((e) => e.id === req.id), `the exit of ${req.id}`, 20_000)
+    t.equal(exit.reason, reason, `${body}: ${reason}`)
+    t.equal(await backend.exitReason(req.id), reason)
+    await waitFor(async () => { const p = await podOf(req.id); return p === undefined || p.metadata?.deletionTimestamp !== undefined }, 'the dead instance\'s pod to be removed')
+  }
+})
+
+t.test('a pool manager on the backend: the runtime\'s pool is the Deployment, a call\'s instance is claimed from it and loads through the code fetch', async (t) => {
+  const b = backendFor()
+  const pools = new PoolManager({ backend: b, log: pino({ level: 'silent' }), pidsLimit: 64 })
+  t.teardown(() => pools.close())
+  pools.setRuntime({ name: 'node', poolSize: POOL.size, memoryMb: POOL.memoryMb, cpu: POOL.cpu })
+  await waitFor(readyPool, 'a full pool', 30_000)
+  const { inst, started } = await pools.takeOrStart('pm', 'node', { memoryMb: 128, cpu: 0.25, network: 'none' })
+  t.equal(started, false, 'claimed, not started')
+  const code = join(dir, 'code-pm')
+  await writeCodeDir(code, { 'index.mjs': 'export default async (event) => ({ hello: event.body })' })
+  await pools.load(inst, { name: 'pm', version: 1, runtime: 'node', entrypoint: 'index.mjs', mode: 'persistent', env: {} } as never, code)
+  const res = await invoke(inst.dispatcher, 'pm')
+  t.equal(res.status, 200)
+  t.match(JSON.parse(res.text), { hello: 'pm' })
+  t.same(pools.snapshot().find((s) => s.pool === 'generic:node'), { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 0, idle: 0, starting: 0 }, 'the pool manager keeps no pool of its own')
 })
 
 t.test('while the API server is away a claimed pod keeps answering, claims fail with KDL_ERR_BACKEND, and the watch resumes', async (t) => {
@@ -227,10 +290,25 @@ t.test('a runtime node removed takes its pods with it: held ones are reported ki
   for (const r of reqs) await backend.start(r)
   const node = (await podOf(reqs[0]!.id))!.spec!.nodeName!
   t.match(node, /^kindling-runtime-/)
-  await cluster.removeNode(node)
+  // Bounded: a removal that never finishes fails here instead of at the file's timeout.
+  const removed = await Promise.race([cluster.removeNode(node).then(() => 'removed'), new Promise((r) => setTimeout(() => r('still removing after 20 s'), 20_000).unref())])
+  t.equal(removed, 'removed', `the stand-in removed ${node}`)
   const lost = await waitFor(() => exits.find((e) => e.id === reqs[0]!.id), 'the exit of the pod on the removed node', 20_000)
   t.equal(lost.reason, 'killed')
   const pool = await waitFor(async () => { const p = await readyPool(); return p?.every((x) => x.spec?.nodeName !== node) ? p : undefined }, 'the pool to refill on the node left', 30_000)
   t.equal(pool.length, 3)
   for (const r of reqs) await backend.stop(r.id)
+})
+
+t.test('stopping the stand-in leaves no pod process behind', async (t) => {
+  await backend.close()
+  await backend.deletePools()
+  await cluster.stop()
+  const left: number[] = []
+  for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
+    const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '')
+    if (cwd.startsWith(dir)) left.push(Number(pid))
+  }
+  for (const pid of left) process.kill(pid, 'SIGKILL')
+  t.same(left, [], 'every runtime process of the pods is gone')
 })
