@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import { timingSafeEqual } from 'node:crypto'
 import { create, get, list, patch, remove, removeCollection, update, type Target } from './api/crud.js'
 import { aggregatedDiscovery, apiGroup, apiGroupList, apiResourceList, apiVersions, VERSION } from './api/discovery.js'
-import { sendError, sendJson } from './api/http.js'
+import { checkBodyType, sendError, sendJson } from './api/http.js'
 import { openApiGroupVersion, openApiRoot } from './api/openapi.js'
 import { binding, eviction, log, scale, type LogsHook } from './api/subresources.js'
 import { selfSigned } from './cert.js'
@@ -18,6 +18,12 @@ import { ApiError, type ObjectStore, type ResourceType } from './types.js'
  * With a `token` it serves HTTPS with a self-signed certificate (its PEM is `ca`, for the kubeconfig's
  * `certificate-authority-data`): kubectl sends a kubeconfig's credentials only over TLS, so an authenticated
  * `http://` server would refuse kubectl. Without a token it serves plain HTTP and anyone may call.
+ *
+ * Not served, each a 404/415 a client sees as such: exec, attach, port-forward and proxy; protobuf bodies of kinds
+ * other than api/protobuf.ts's, and CBOR; `?limit=` pagination (everything comes in one page, no `continue`);
+ * `managedFields` and field ownership (server-side apply is create-or-strategic-merge); `fieldValidation=Strict`'s
+ * unknown-field check (the published schemas are checked, unknown fields are kept); authorization (every
+ * authenticated request may do anything — RBAC objects are stored, not enforced); disruption budgets on eviction.
  */
 export interface ApiServerOptions {
   store: ObjectStore
@@ -29,6 +35,8 @@ export interface ApiServerOptions {
   token?: string
   /** Serve HTTPS with a self-signed certificate. @default true when `token` is set */
   tls?: boolean
+  /** Where a 5xx (a bug of the stand-in) is reported; 4xx answers are the API's normal business. */
+  log?: { error(obj: object, msg: string): void }
   /** The text of `pods/<name>/log` (the kubelet's capture of the container's output). */
   logs?: LogsHook
 }
@@ -94,10 +102,12 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       res.end('ok')
       return
     }
+    // /version is public on the real server too (system:public-info-viewer).
+    if (method === 'GET' && path === '/version') { sendJson(res, 200, VERSION); return }
     if (!authorized(req, token)) throw new ApiError(401, 'Unauthorized', 'Unauthorized')
     const accept = req.headers.accept
+    if (method === 'POST' || method === 'PUT' || method === 'PATCH') checkBodyType(req)
     if (method === 'GET') {
-      if (path === '/version') { sendJson(res, 200, VERSION); return }
       if (path === '/api' || path === '/apis') {
         if (wantsAggregated(accept)) {
           const body = JSON.stringify(aggregatedDiscovery(store.types(), path === '/api'))
@@ -164,7 +174,10 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   }
 
   const handler: RequestListener = (req, res) => {
-    route(req, res).catch((err: unknown) => sendError(res, err))
+    route(req, res).catch((err: unknown) => {
+      if (!(err instanceof ApiError) || err.code >= 500) opts.log?.error({ err, method: req.method, path: req.url?.split('?')[0] }, 'kube-sim API request failed')
+      sendError(res, err)
+    })
   }
   const tls = opts.tls ?? token !== undefined
   const cert = tls ? selfSigned(['127.0.0.1', 'localhost', host]) : undefined

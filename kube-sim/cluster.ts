@@ -10,16 +10,17 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
-import { stringify } from 'yaml'
 import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
 import { startApiServer } from './api-server.js'
 import { DaemonSetController } from './controllers/daemonset.js'
 import { DeploymentController } from './controllers/deployment.js'
+import { EventTtl } from './controllers/event-ttl.js'
 import { PodGarbageCollector } from './controllers/podgc.js'
 import { ReplicaSetController } from './controllers/replicaset.js'
 import { kindsOf, type Kinds } from './controllers/shared.js'
 import { defaultImages, type ImageMap } from './kubelet/images.js'
 import { Kubelet } from './kubelet/kubelet.js'
+import { kubeconfigYaml } from './kubeconfig.js'
 import { Scheduler } from './scheduler.js'
 import type { Taint } from './scheduling/node-fit.js'
 import { MemoryStore } from './store.js'
@@ -57,6 +58,8 @@ export interface ClusterOptions {
 export interface ClusterApi {
   url: string
   port: number
+  /** The API's serving certificate (PEM), as the kubeconfig carries it. */
+  ca: string | undefined
   close(): Promise<void>
   pause(): void
   resume(): void
@@ -98,6 +101,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const loops = [
     new ReplicaSetController({ store, kinds, log }), new DeploymentController({ store, kinds, log }),
     new DaemonSetController({ store, kinds, log }), new PodGarbageCollector({ store, kinds, log }), new Scheduler({ store, kinds, log }),
+    new EventTtl({ store, kinds, log }),
   ]
   for (const l of loops) l.start()
 
@@ -111,7 +115,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     },
   })
   const kubeconfigPath = `${opts.dataDir}/kubeconfig`
-  const kubeconfig = (): string => kubeconfigYaml(api.url, token)
+  const kubeconfig = (): string => kubeconfigYaml({ server: api.url, token, ca: api.ca, name: 'kindling-sim' })
   await writeFile(kubeconfigPath, kubeconfig(), { mode: 0o600 })
 
   let nextIndex = 0
@@ -179,16 +183,4 @@ function deleteNode(store: ObjectStore, kinds: Kinds, name: string): void {
   } catch (err) {
     if ((err as { code?: unknown }).code !== 404) throw err
   }
-}
-
-/** A kubeconfig for the stand-in: one cluster, one token user, context `kindling-sim`. */
-export function kubeconfigYaml(server: string, token: string): string {
-  return stringify({
-    apiVersion: 'v1', kind: 'Config',
-    clusters: [{ name: 'kindling-sim', cluster: { server } }],
-    users: [{ name: 'kindling-sim', user: { token } }],
-    contexts: [{ name: 'kindling-sim', context: { cluster: 'kindling-sim', user: 'kindling-sim', namespace: 'default' } }],
-    'current-context': 'kindling-sim',
-    preferences: {},
-  })
 }

@@ -30,15 +30,33 @@ function podSpecDefaults(spec: Any): void {
   for (const list of [spec.containers, spec.initContainers]) if (Array.isArray(list)) for (const c of list) containerDefaults(c)
 }
 
+/** The pod's QoS class from its containers' requests and limits (`Guaranteed`, `Burstable`, `BestEffort`). */
+function qosClass(spec: Any): string {
+  const cs: Any[] = [...(spec?.containers ?? []), ...(spec?.initContainers ?? [])]
+  let any = false
+  let guaranteed = cs.length > 0
+  for (const c of cs) {
+    const req = c?.resources?.requests ?? {}
+    const lim = c?.resources?.limits ?? {}
+    if (Object.keys(req).length > 0 || Object.keys(lim).length > 0) any = true
+    for (const r of ['cpu', 'memory']) {
+      if (lim[r] === undefined || (req[r] !== undefined && String(req[r]) !== String(lim[r]))) guaranteed = false
+    }
+  }
+  return !any ? 'BestEffort' : guaranteed ? 'Guaranteed' : 'Burstable'
+}
+
 /** Fills defaults in place on an object about to be written (`create` marks a new object). */
 export function applyDefaults(type: ResourceType, obj: KubeObject, create: boolean): void {
   const spec: Any = obj.spec
   switch (`${type.group}/${type.resource}`) {
     case '/pods':
       podSpecDefaults(spec)
-      if (create) obj.status = { phase: 'Pending', ...(obj.status ?? {}) }
+      if (create) obj.status = { phase: 'Pending', qosClass: qosClass(spec), ...(obj.status ?? {}) }
       break
     case '/namespaces':
+      // The label the real server keeps on every namespace, for namespace selectors.
+      if (typeof obj.metadata.name === 'string' && obj.metadata.name !== '') obj.metadata.labels = { ...(obj.metadata.labels ?? {}), 'kubernetes.io/metadata.name': obj.metadata.name }
       obj.spec = { finalizers: ['kubernetes'], ...(spec ?? {}) }
       obj.status = { phase: 'Active', ...(obj.status ?? {}) }
       break

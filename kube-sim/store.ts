@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import { applyDefaults } from './defaults.js'
+import { canonical, clone } from './json.js'
 import { dependentsOf, orphaned, type Dependent } from './gc.js'
 import { apiVersionOf, resourceTypes } from './resources.js'
 import { matchesFields, matchesRequirements, parseFieldSelector, parseLabelSelector, type FieldRequirement, type Requirement } from './selectors.js'
 import { ApiError, type DeleteOptions, type KubeObject, type ListOptions, type ObjectStore, type ResourceType, type WatchEvent, type WatchEventType, type WatchOptions } from './types.js'
-import { validateObject } from './validate.js'
+import { invalidError, validateObject, validatePodUpdate } from './validate.js'
 
 /**
  * The stand-in's object store (issue 10): every object in memory, one global resourceVersion counter, a ring of
@@ -48,9 +49,8 @@ interface Watcher {
   stopped: boolean
 }
 
+const PROTECTED_NAMESPACES = ['default', 'kube-system', 'kube-public']
 const NAME_CHARS = 'bcdfghjklmnpqrstvwxz2456789'
-const clone = <T>(v: T): T => structuredClone(v)
-
 function typeKey(t: Pick<ResourceType, 'group' | 'resource'>): string {
   return `${t.group}/${t.resource}`
 }
@@ -63,10 +63,10 @@ function now(): string {
 /** Everything but metadata and status, for `metadata.generation`. */
 function specPart(o: KubeObject): string {
   const { metadata: _m, status: _s, ...rest } = o
-  return JSON.stringify(rest)
+  return canonical(rest)
 }
 function withoutVersion(o: KubeObject): string {
-  return JSON.stringify({ ...o, metadata: { ...o.metadata, resourceVersion: undefined } })
+  return canonical({ ...o, metadata: { ...o.metadata, resourceVersion: undefined } })
 }
 
 export class MemoryStore implements ObjectStore {
@@ -121,15 +121,11 @@ export class MemoryStore implements ObjectStore {
 
   list(type: ResourceType, opts: ListOptions = {}): { items: KubeObject[]; resourceVersion: string } {
     const match = this.#matcher(type, opts)
-    const items: KubeObject[] = []
-    for (const o of this.#bucket(type).values()) if (match(o)) items.push(clone(o))
+    const hits: Array<[string, KubeObject]> = []
+    for (const e of this.#bucket(type)) if (match(e[1])) hits.push(e)
     // etcd answers in key order: namespace, then name.
-    items.sort((a, b) => {
-      const ka = objKey(a.metadata.namespace, a.metadata.name!)
-      const kb = objKey(b.metadata.namespace, b.metadata.name!)
-      return ka < kb ? -1 : ka > kb ? 1 : 0
-    })
-    return { items, resourceVersion: this.currentVersion() }
+    hits.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+    return { items: hits.map((e) => clone(e[1])), resourceVersion: this.currentVersion() }
   }
 
   create(type: ResourceType, input: KubeObject): KubeObject {
@@ -151,6 +147,8 @@ export class MemoryStore implements ObjectStore {
         meta.name = prefix + suffix
       } while (bucket.has(objKey(meta.namespace, meta.name)))
     }
+    // As the real server's create strategies do: the status is the server's (a node registers with its own).
+    if (type.subresources.includes('status') && !(type.group === '' && type.resource === 'nodes')) delete obj.status
     applyDefaults(type, obj, true)
     if (type.group === '' && type.resource === 'services' && obj.spec?.type !== 'ExternalName' && obj.spec && obj.spec.clusterIP === undefined) {
       const n = this.#serviceIps++
@@ -158,7 +156,7 @@ export class MemoryStore implements ObjectStore {
       obj.spec.clusterIPs = [obj.spec.clusterIP]
     }
     if (this.#validate) validateObject(type, obj)
-    else if (typeof meta.name !== 'string' || meta.name === '') throw new ApiError(422, 'Invalid', `${type.kind} "" is invalid: metadata.name: Required value: name or generateName is required`)
+    else if (typeof meta.name !== 'string' || meta.name === '') throw invalidError(type, '', [{ reason: 'FieldValueRequired', field: 'metadata.name', message: 'Required value: name or generateName is required' }])
     const key = objKey(meta.namespace, meta.name!)
     if (bucket.has(key)) throw new ApiError(409, 'AlreadyExists', `${this.#what(type)} "${meta.name}" already exists`, this.#details(type, meta.name!))
     delete meta.deletionTimestamp
@@ -209,11 +207,14 @@ export class MemoryStore implements ObjectStore {
       // Finalizers may only be removed from an object being deleted.
       const had = new Set(stored.metadata.finalizers ?? [])
       const added = (next.metadata.finalizers ?? []).filter((f) => !had.has(f))
-      if (added.length > 0) throw new ApiError(422, 'Forbidden', `${type.kind} "${name}" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}`)
+      if (added.length > 0) throw invalidError(type, name, [{ reason: 'FieldValueForbidden', field: 'metadata.finalizers', message: `Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}` }])
     }
     next.metadata.resourceVersion = stored.metadata.resourceVersion
     if (withoutVersion(next) === withoutVersion(stored)) return clone(stored)
-    if (this.#validate) validateObject(type, next)
+    if (this.#validate) {
+      validateObject(type, next)
+      if (type.group === '' && type.resource === 'pods' && opts.subresource !== 'status') validatePodUpdate(stored, next)
+    }
     next.metadata.resourceVersion = String(++this.#rv)
     bucket.set(key, next)
     this.#emit({ rv: this.#rv, key: typeKey(type), type: 'MODIFIED', obj: next, prev: stored })
@@ -225,6 +226,9 @@ export class MemoryStore implements ObjectStore {
     const ns = type.namespaced ? (namespace ?? 'default') : undefined
     const stored = this.#bucket(type).get(objKey(ns, name))
     if (stored === undefined) throw this.#notFound(type, name)
+    if (type.group === '' && type.resource === 'namespaces' && PROTECTED_NAMESPACES.includes(name)) {
+      throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`, { name, kind: 'namespaces' })
+    }
     const pre = opts.preconditions
     if (pre?.uid !== undefined && pre.uid !== stored.metadata.uid) {
       throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on ${this.#what(type)} "${name}": Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${stored.metadata.uid}`, this.#details(type, name))

@@ -123,6 +123,15 @@ const PRINTERS: Record<string, Printer> = {
       return [s.metadata.name, s.spec?.type ?? 'ClusterIP', s.spec?.clusterIP ?? '<none>', (s.spec?.externalIPs ?? []).join(',') || '<none>', ports === '' ? '<none>' : ports, ageOf(s, now), sel === '' ? '<none>' : sel]
     },
   },
+  '/events': {
+    columns: [col('Last Seen'), col('Type'), col('Reason'), col('Object'), col('Message'), col('Source', 'string', 1), col('First Seen', 'string', 1), col('Count', 'integer', 1), { ...name, priority: 1 }],
+    row: (e, now) => {
+      const last = Date.parse(e.lastTimestamp ?? e.eventTime ?? e.metadata?.creationTimestamp ?? '')
+      const first = Date.parse(e.firstTimestamp ?? e.eventTime ?? e.metadata?.creationTimestamp ?? '')
+      const io = e.involvedObject ?? {}
+      return [Number.isNaN(last) ? '<unknown>' : humanDuration(now - last), e.type ?? '', e.reason ?? '', `${String(io.kind ?? '').toLowerCase()}/${io.name ?? ''}`, e.message ?? '', e.source?.component ?? e.reportingComponent ?? '', Number.isNaN(first) ? '<unknown>' : humanDuration(now - first), e.count ?? 1, e.metadata.name]
+    },
+  },
   '/namespaces': {
     columns: [name, col('Status'), age],
     row: (n, now) => [n.metadata.name, n.status?.phase ?? 'Active', ageOf(n, now)],

@@ -17,6 +17,7 @@ import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Clus
 import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding'
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy'
+import { canonical, clone } from './json.js'
 import { matchesLabelSelector, type LabelSelector } from './selectors.js'
 import { ApiError, type KubeObject, type ResourceType } from './types.js'
 
@@ -27,7 +28,7 @@ import { ApiError, type KubeObject, type ResourceType } from './types.js'
  * <message>` with `details.causes`.
  */
 export interface Cause {
-  reason: 'FieldValueInvalid' | 'FieldValueRequired' | 'FieldValueDuplicate' | 'FieldValueNotSupported'
+  reason: 'FieldValueInvalid' | 'FieldValueRequired' | 'FieldValueDuplicate' | 'FieldValueNotSupported' | 'FieldValueForbidden'
   field: string
   message: string
 }
@@ -65,11 +66,11 @@ export function required(field: string, why?: string): Cause {
   return { reason: 'FieldValueRequired', field, message: why === undefined ? 'Required value' : `Required value: ${why}` }
 }
 
-/** The 422 the API server answers for these causes. */
-export function invalidError(kind: string, name: string, causes: Cause[]): ApiError {
+/** The 422 the API server answers for these causes (`details.kind` is the Kind, `group` its group, as the real one's). */
+export function invalidError(type: Pick<ResourceType, 'group' | 'kind'>, name: string, causes: Cause[]): ApiError {
   const parts = causes.map((c) => `${c.field}: ${c.message}`)
   const text = parts.length === 1 ? parts[0]! : `[${parts.join(', ')}]`
-  return new ApiError(422, 'Invalid', `${kind} "${name}" is invalid: ${text}`, { name, kind, causes })
+  return new ApiError(422, 'Invalid', `${type.kind} "${name}" is invalid: ${text}`, { name, ...(type.group === '' ? {} : { group: type.group }), kind: type.kind, causes })
 }
 
 /** `/spec/containers/0/image` → `spec.containers[0].image`. */
@@ -198,5 +199,35 @@ export function validateObject(type: ResourceType, obj: KubeObject): void {
   const name = typeof obj.metadata?.name === 'string' ? obj.metadata.name : ''
   const causes = [...nameCauses(type, name), ...labelCauses('metadata.labels', obj.metadata?.labels), ...schemaCauses(type, obj)]
   if (causes.length === 0) causes.push(...kindCauses(type, obj))
-  if (causes.length > 0) throw invalidError(type.kind, name, causes)
+  if (causes.length > 0) throw invalidError(type, name, causes)
+}
+
+const POD_UPDATE_MSG = 'pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)'
+
+/**
+ * The real server's rule for pod updates: the spec is immutable but for the images, `activeDeadlineSeconds`,
+ * added tolerations, the grace period and removed scheduling gates. One stand-in exception: `spec.nodeName` may be
+ * set once on an unbound pod, which is how the in-process scheduler binds (a client binds through `pods/binding`).
+ */
+export function validatePodUpdate(old: KubeObject, next: KubeObject): void {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const a: any = clone(old.spec ?? {})
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const b: any = clone(next.spec ?? {})
+  for (const list of ['containers', 'initContainers']) {
+    if (Array.isArray(a[list]) && Array.isArray(b[list]) && a[list].length === b[list].length) {
+      b[list].forEach((c: Record<string, unknown>, i: number) => { if (c && typeof c === 'object') c.image = a[list][i]?.image })
+    }
+  }
+  for (const f of ['activeDeadlineSeconds', 'terminationGracePeriodSeconds']) { delete a[f]; delete b[f] }
+  const ta: unknown[] = a.tolerations ?? []
+  const tb: unknown[] = b.tolerations ?? []
+  if (tb.length >= ta.length && ta.every((x, i) => canonical(x) === canonical(tb[i]))) { delete a.tolerations; delete b.tolerations }
+  const ga: unknown[] = a.schedulingGates ?? []
+  const gb: unknown[] = b.schedulingGates ?? []
+  if (gb.every((g) => ga.some((x) => canonical(x) === canonical(g)))) { delete a.schedulingGates; delete b.schedulingGates }
+  if ((a.nodeName === undefined || a.nodeName === '') && typeof b.nodeName === 'string') { delete a.nodeName; delete b.nodeName }
+  if (canonical(a) !== canonical(b)) {
+    throw invalidError({ group: '', kind: 'Pod' }, old.metadata.name ?? '', [{ reason: 'FieldValueForbidden', field: 'spec', message: `Forbidden: ${POD_UPDATE_MSG}` }])
+  }
 }

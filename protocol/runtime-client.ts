@@ -67,11 +67,6 @@ export async function load(client: Dispatcher, req: LoadRequest, timeoutMs?: num
   })
 }
 
-export async function unload(client: Dispatcher, timeoutMs?: number): Promise<void> {
-  const { status } = await control(client, 'POST', '/_/unload', {}, timeoutMs)
-  if (status !== 200) throw new KdlError('KDL_ERR_BACKEND', `runtime unload answered ${status}`)
-}
-
 /** `POST /_/fetch` (PROTOCOL §4.6): what a pod needs to fetch its function's code from the platform's code server. */
 export interface FetchCodeRequest {
   /** `<code server>/code/<sha256>` */
@@ -106,10 +101,12 @@ const FETCH_CODES = new Set(['KDL_ERR_CODE_FETCH', 'KDL_ERR_CODE_INTEGRITY', 'KD
 /**
  * Has the runtime fetch, verify and unpack its function's code; resolves the directory to load it from. A refusal
  * keeps the runtime's code (KDL_ERR_CODE_FETCH, KDL_ERR_CODE_INTEGRITY, KDL_ERR_BAD_ARCHIVE, KDL_ERR_BAD_REQUEST)
- * and message; anything else is KDL_ERR_CODE_FETCH. `details.status` is the runtime's HTTP status.
+ * and message; anything else is KDL_ERR_CODE_FETCH. `details.status` is the runtime's HTTP status. `timeoutMs`
+ * bounds the whole request. @default req.timeoutMs + 30 s
  */
 export async function fetchCode(client: Dispatcher, req: FetchCodeRequest, timeoutMs?: number): Promise<FetchCodeAnswer> {
-  const { status, json } = await control(client, 'POST', '/_/fetch', req, timeoutMs)
+  // By default the runtime's own download bound, plus time to unpack: the runtime gives up first and says why.
+  const { status, json } = await control(client, 'POST', '/_/fetch', req, timeoutMs ?? (req.timeoutMs ?? 60_000) + 30_000)
   if (status === 200 && typeof json['codeDir'] === 'string') {
     return {
       codeDir: json['codeDir'],
@@ -122,3 +119,9 @@ export async function fetchCode(client: Dispatcher, req: FetchCodeRequest, timeo
   const message = typeof json['message'] === 'string' ? json['message'] : `runtime refused the code fetch (${status})`
   throw new KdlError(code, message, { details: { status } })
 }
+
+export async function unload(client: Dispatcher, timeoutMs?: number): Promise<void> {
+  const { status } = await control(client, 'POST', '/_/unload', {}, timeoutMs)
+  if (status !== 200) throw new KdlError('KDL_ERR_BACKEND', `runtime unload answered ${status}`)
+}
+

@@ -1,5 +1,4 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
-import { createReadStream } from 'node:fs'
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -13,6 +12,13 @@ export interface CodeServerOptions {
   secret: Buffer
   /** Directory the archives are written to (`<sha256>.tar`), created on first use. */
   workDir: string
+  /** When set, grants refuse a code directory outside it (the code cache), as docker's prepareCode does. */
+  codeRoot?: string
+  /**
+   * Archives kept in workDir, bytes: beyond it the least recently granted ones no live token can name are
+   * removed (a later grant makes them again). @default 1_073_741_824
+   */
+  maxCacheBytes?: number
   /** How long a grant's token is accepted, ms. @default 300_000 */
   ttlMs?: number
   /** The clock tokens expire by (tests inject one). @default Date.now */
@@ -45,6 +51,8 @@ interface Archive {
   sha256: string
   path: string
   bytes: number
+  /** When it was last granted (the server's clock): no token names it after this + ttl. */
+  granted: number
 }
 
 /** One entry of a code directory as it goes into the archive. */
@@ -104,6 +112,8 @@ export class CodeServer {
   readonly #transferTimeoutMs: number
   readonly #maxBytes: number
   readonly #maxEntries: number
+  readonly #codeRoot: string | undefined
+  readonly #maxCacheBytes: number
   readonly #log: BackendLog
   /** Per real code directory: the signature of its tree when archived, and the archive. */
   readonly #byDir = new Map<string, { signature: string; archive: Promise<Archive> }>()
@@ -130,12 +140,21 @@ export class CodeServer {
     this.#transferTimeoutMs = opts.transferTimeoutMs ?? 120_000
     this.#maxBytes = opts.maxBytes ?? 256 * 1024 * 1024
     this.#maxEntries = opts.maxEntries ?? 200_000
+    this.#codeRoot = opts.codeRoot
+    this.#maxCacheBytes = opts.maxCacheBytes ?? 1024 * 1024 * 1024
     this.#log = opts.log ?? silent
   }
 
-  /** Listens; resolves the base URL pods fetch from (`http://host:port`). */
-  async start({ host, port }: { host: string; port: number }): Promise<string> {
+  /**
+   * Listens; resolves the base URL pods fetch from: `http://<advertiseHost ?? host>:<port>`. A wildcard `host`
+   * (`0.0.0.0`, `::`) needs `advertiseHost`, the address pods reach this process at (e.g. its pod IP).
+   */
+  async start({ host, port, advertiseHost }: { host: string; port: number; advertiseHost?: string }): Promise<string> {
     if (this.#server !== undefined) throw new KdlError('KDL_ERR_INTERNAL', 'the code server is already started')
+    const shown = advertiseHost ?? host
+    if (shown === '0.0.0.0' || shown === '::' || shown === '') {
+      throw new KdlError('KDL_ERR_BAD_REQUEST', `the code server listens on "${host}": pods need advertiseHost, an address they can reach it at`)
+    }
     await this.#sweepBuilds()
     const server = createServer((req, res) => { this.#onRequest(req, res) })
     await new Promise<void>((resolve, reject) => {
@@ -144,7 +163,7 @@ export class CodeServer {
     })
     this.#server = server
     const addr = server.address() as AddressInfo
-    this.#base = `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}`
+    this.#base = `http://${shown.includes(':') ? `[${shown}]` : shown}:${addr.port}`
     return this.#base
   }
 
@@ -159,7 +178,9 @@ export class CodeServer {
     }
     const archive = await this.#archiveOf(hostCodeDir)
     const now = this.#now()
+    archive.granted = now
     this.#sweep(now)
+    await this.#evict(now)
     let grant = this.#grants.get(instanceId)
     if (grant === undefined) {
       grant = { epoch: ++this.#epochs, shas: new Map() }
@@ -190,6 +211,20 @@ export class CodeServer {
     for (const [dir, known] of this.#byDir) if ((await known.archive.catch(() => undefined))?.sha256 === sha256) this.#byDir.delete(dir)
     // A transfer in flight keeps reading its open file.
     await rm(archive.path, { force: true })
+  }
+
+  /** Keeps the archives within maxCacheBytes: least recently granted first, never one a live token may name. */
+  async #evict(now: number): Promise<void> {
+    let total = 0
+    for (const a of this.#archives.values()) total += a.bytes
+    if (total <= this.#maxCacheBytes) return
+    const idle = [...this.#archives.values()].filter((a) => a.granted + this.#ttlMs <= now).sort((a, b) => a.granted - b.granted)
+    for (const a of idle) {
+      if (total <= this.#maxCacheBytes) break
+      total -= a.bytes
+      await this.drop(a.sha256)
+      this.#log.info({ sha256: a.sha256, bytes: a.bytes }, 'code archive evicted')
+    }
   }
 
   /** Stops listening and drops every connection (a transfer in flight is cut). */
@@ -267,33 +302,38 @@ export class CodeServer {
   }
 
   async #send(res: ServerResponse, archive: Archive, instance: string): Promise<void> {
-    await this.#acquire()
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      this.#release()
+    // Opened before waiting for a turn: an archive dropped or evicted meanwhile is still sent whole.
+    let file: FileHandle
+    try {
+      file = await open(archive.path, 'r')
+    } catch (err) {
+      this.#log.error({ err, instance, sha256: archive.sha256 }, 'code archive unreadable')
+      return sendError(res, new KdlError('KDL_ERR_INTERNAL', 'the archive cannot be read'))
     }
-    res.once('close', release)
-    if (res.destroyed) return release()
+    await this.#acquire()
+    if (res.destroyed) {
+      this.#release()
+      await file.close()
+      return
+    }
     const started = Date.now()
     const deadline = setTimeout(() => {
       this.#log.warn({ instance, sha256: archive.sha256, ms: this.#transferTimeoutMs }, 'code transfer cut: too slow')
       res.destroy()
     }, this.#transferTimeoutMs)
-    res.once('close', () => clearTimeout(deadline))
-    const body = createReadStream(archive.path)
+    const body = file.createReadStream()
+    res.once('close', () => {
+      clearTimeout(deadline)
+      body.destroy()
+      this.#release()
+    })
     body.once('error', (err) => {
       this.#log.error({ err, instance, sha256: archive.sha256 }, 'code archive unreadable')
-      if (!res.headersSent) sendError(res, new KdlError('KDL_ERR_INTERNAL', 'the archive cannot be read'))
-      else res.destroy()
-    })
-    body.once('open', () => {
-      res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': archive.bytes, 'cache-control': 'no-store' })
-      body.pipe(res)
+      res.destroy()
     })
     res.once('finish', () => this.#log.debug({ instance, sha256: archive.sha256, bytes: archive.bytes, ms: Date.now() - started }, 'code sent'))
-    res.once('close', () => body.destroy())
+    res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': archive.bytes, 'cache-control': 'no-store' })
+    body.pipe(res)
   }
 
   #acquire(): Promise<void> {
@@ -313,11 +353,16 @@ export class CodeServer {
   /** The archive of a code directory's current tree: reused while the tree's lstat()s are unchanged. */
   async #archiveOf(hostCodeDir: string): Promise<Archive> {
     let root: string
+    let codeRoot: string | undefined
     try {
       root = await realpath(hostCodeDir)
       if (!(await stat(root)).isDirectory()) throw new Error('not a directory')
+      codeRoot = this.#codeRoot === undefined ? undefined : await realpath(this.#codeRoot)
     } catch (err) {
       throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} cannot be read: ${(err as Error).message}`, { cause: err })
+    }
+    if (codeRoot !== undefined && !root.startsWith(codeRoot + sep)) {
+      throw new KdlError('KDL_ERR_BACKEND', `code directory ${hostCodeDir} is outside the code root ${this.#codeRoot as string}`)
     }
     const { entries, signature } = await this.#walk(root)
     const known = this.#byDir.get(root)
@@ -392,7 +437,7 @@ export class CodeServer {
     const sha256 = out.hash.digest('hex')
     const path = join(this.#workDir, `${sha256}.tar`)
     await rename(tmp, path)
-    const archive = { sha256, path, bytes: out.bytes }
+    const archive = { sha256, path, bytes: out.bytes, granted: this.#now() }
     this.#archives.set(sha256, archive)
     this.#log.info({ sha256, bytes: out.bytes, entries: entries.length }, 'code archive made')
     return archive

@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import YAML from 'yaml'
 import { applyDefaults } from '../defaults.js'
 import { apiVersionOf } from '../resources.js'
 import { toTable, wantsTable } from '../table.js'
 import { ApiError, type DeleteOptions, type KubeObject, type ObjectStore, type ResourceType } from '../types.js'
 import { validateObject } from '../validate.js'
-import { flag, intParam, parseJson, readBody, sendJson } from './http.js'
+import { flag, intParam, parseJson, readBody, readRaw, sendJson } from './http.js'
 import { jsonPatch, mergePatch, patchTypeOf, strategicMergePatch } from './patch.js'
+import { decodeProtobuf } from './protobuf.js'
 import { streamWatch } from './watch.js'
 
 /**
@@ -27,12 +27,20 @@ export function notFound(t: Target): ApiError {
   return new ApiError(404, 'NotFound', `${what} "${t.name}" not found`, { name: t.name ?? '', ...(t.type.group === '' ? {} : { group: t.type.group }), kind: t.type.resource })
 }
 
-export function objectBody(text: string): KubeObject {
-  const body = parseJson(text)
+export function objectBody(text: string, contentType?: string): KubeObject {
+  const body = parseJson(text, /^application\/yaml\b/i.test(contentType ?? ''))
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'BadRequest', 'the body of the request was in an unknown format')
   const obj = body as KubeObject
   obj.metadata ??= {}
   return obj
+}
+
+/** A create's or update's body: JSON, YAML or protobuf by its content type. */
+export async function readObject(req: IncomingMessage): Promise<KubeObject> {
+  const ct = req.headers['content-type'] ?? ''
+  const raw = await readRaw(req)
+  if (/^application\/vnd\.kubernetes\.protobuf\b/i.test(ct)) return decodeProtobuf(raw)
+  return objectBody(raw.toString('utf8'), ct)
 }
 
 function dryRun(q: URLSearchParams): boolean {
@@ -98,7 +106,7 @@ function dryUpdate(store: ObjectStore, t: Target, obj: KubeObject): KubeObject {
 
 export async function create(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
   if (t.type.namespaced && t.namespace === undefined) throw new ApiError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`)
-  const obj = placed(t, objectBody(await readBody(req)))
+  const obj = placed(t, await readObject(req))
   sendJson(res, 201, dryRun(q) ? dryCreate(store, t, obj) : store.create(t.type, obj))
 }
 
@@ -111,7 +119,7 @@ export function write(store: ObjectStore, t: Target, obj: KubeObject, dry: boole
 }
 
 export async function update(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
-  const obj = objectBody(await readBody(req))
+  const obj = await readObject(req)
   sendJson(res, 200, write(store, t, obj, dryRun(q)))
 }
 
@@ -120,7 +128,7 @@ export function patched(current: KubeObject, contentType: string | undefined, te
   const kind = patchTypeOf(contentType)
   if (kind === undefined) throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json`)
   if (kind === 'json') return jsonPatch(current, parseJson(text))
-  const body = kind === 'apply' ? YAML.parse(text) : parseJson(text)
+  const body = parseJson(text, kind === 'apply')
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'BadRequest', 'the patch is not an object')
   return kind === 'merge' ? mergePatch(current, body) : strategicMergePatch(current, body)
 }
@@ -132,7 +140,7 @@ export async function patch(store: ObjectStore, t: Target, req: IncomingMessage,
   if (current === undefined) {
     if (patchTypeOf(req.headers['content-type']) !== 'apply' || t.sub !== undefined) throw notFound(t)
     if (q.get('fieldManager') === null) throw new ApiError(400, 'BadRequest', 'PATCH, application/apply-patch+yaml requires a fieldManager')
-    const obj = placed(t, objectBody(JSON.stringify(YAML.parse(text))))
+    const obj = placed(t, objectBody(text, 'application/yaml'))
     if (obj.metadata.name !== t.name) throw new ApiError(400, 'BadRequest', `the name of the object (${obj.metadata.name}) does not match the name on the URL (${t.name})`)
     sendJson(res, 201, dry ? dryCreate(store, t, obj) : store.create(t.type, obj))
     return
@@ -141,8 +149,12 @@ export async function patch(store: ObjectStore, t: Target, req: IncomingMessage,
   sendJson(res, 200, write(store, t, next, dry))
 }
 
-function deleteOptions(text: string, q: URLSearchParams): DeleteOptions {
-  const body = (parseJson(text) ?? {}) as Record<string, unknown>
+interface DeleteRequest extends DeleteOptions { dryRun: boolean }
+
+/** DeleteOptions from the body (JSON or protobuf) and the query, the query winning. */
+async function deleteOptions(req: IncomingMessage, q: URLSearchParams): Promise<DeleteRequest> {
+  const raw = await readRaw(req)
+  const body = (raw.length === 0 ? {} : /^application\/vnd\.kubernetes\.protobuf\b/i.test(req.headers['content-type'] ?? '') ? decodeProtobuf(raw) : parseJson(raw.toString('utf8')) ?? {}) as Record<string, unknown>
   const grace = intParam(q, 'gracePeriodSeconds') ?? (typeof body.gracePeriodSeconds === 'number' ? body.gracePeriodSeconds : undefined)
   let policy = (q.get('propagationPolicy') ?? body.propagationPolicy) as DeleteOptions['propagationPolicy'] | undefined
   const orphan = q.get('orphanDependents') ?? body.orphanDependents
@@ -151,12 +163,14 @@ function deleteOptions(text: string, q: URLSearchParams): DeleteOptions {
     throw new ApiError(422, 'Invalid', `DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "${policy}": supported values: "Foreground", "Background", "Orphan", "nil"`)
   }
   const pre = body.preconditions as DeleteOptions['preconditions']
-  return { gracePeriodSeconds: grace, propagationPolicy: policy, preconditions: pre }
+  const bodyDry = Array.isArray(body.dryRun) ? (body.dryRun as string[]) : []
+  if (bodyDry.some((x) => x !== 'All')) throw new ApiError(400, 'BadRequest', `invalid dry run option: ${bodyDry.join(',')}; supported: All`)
+  return { gracePeriodSeconds: grace, propagationPolicy: policy, preconditions: pre, dryRun: dryRun(q) || bodyDry.length > 0 }
 }
 
 export async function remove(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
-  const opts = deleteOptions(await readBody(req), q)
-  if (dryRun(q)) {
+  const opts = await deleteOptions(req, q)
+  if (opts.dryRun) {
     const cur = store.get(t.type, t.namespace, t.name!)
     if (cur === undefined) throw notFound(t)
     sendJson(res, 200, cur)
@@ -166,8 +180,8 @@ export async function remove(store: ObjectStore, t: Target, req: IncomingMessage
 }
 
 export async function removeCollection(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): Promise<void> {
-  const opts = deleteOptions(await readBody(req), q)
-  const dry = dryRun(q)
+  const opts = await deleteOptions(req, q)
+  const dry = opts.dryRun
   const { items } = store.list(t.type, { namespace: t.namespace, labelSelector: q.get('labelSelector') ?? undefined, fieldSelector: q.get('fieldSelector') ?? undefined })
   const out: KubeObject[] = []
   for (const o of items) {

@@ -1,10 +1,15 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import YAML from 'yaml'
 import { ApiError, type KubeObject } from '../types.js'
 
 /** The request and response plumbing of the stand-in's API server (issue 10). */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024
 
 export async function readBody(req: IncomingMessage): Promise<string> {
+  return (await readRaw(req)).toString('utf8')
+}
+
+export async function readRaw(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = []
   let size = 0
   for await (const chunk of req as AsyncIterable<Buffer>) {
@@ -12,15 +17,26 @@ export async function readBody(req: IncomingMessage): Promise<string> {
     if (size > MAX_BODY_BYTES) throw new ApiError(413, 'RequestEntityTooLarge', 'Request entity too large: limit is 3145728')
     chunks.push(chunk)
   }
-  return Buffer.concat(chunks).toString('utf8')
+  return Buffer.concat(chunks)
 }
 
-export function parseJson(text: string): unknown {
+/**
+ * Bodies are JSON or YAML, or protobuf for the few kinds api/protobuf.ts knows (kubectl's generators send it).
+ * CBOR is refused with 415 (clients only send it when their CBOR feature gate is on).
+ */
+export function checkBodyType(req: IncomingMessage): void {
+  const ct = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
+  if (ct === 'application/cbor' || ct === 'application/apply-patch+cbor' || (ct === 'application/vnd.kubernetes.protobuf' && req.method === 'PATCH')) {
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (the kindling stand-in does not decode ${ct}; use a manifest with kubectl apply -f or create -f)`)
+  }
+}
+
+export function parseJson(text: string, yaml = false): unknown {
   if (text.trim() === '') return undefined
   try {
-    return JSON.parse(text)
+    return yaml ? YAML.parse(text) : JSON.parse(text)
   } catch (err) {
-    throw new ApiError(400, 'BadRequest', `couldn't get version/kind; json parse error: ${(err as Error).message}`)
+    throw new ApiError(400, 'BadRequest', `couldn't get version/kind; ${yaml ? 'yaml' : 'json'} parse error: ${(err as Error).message.split('\n')[0]}`)
   }
 }
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { labelSelectorString } from '../selectors.js'
 import { ApiError, type KubeObject, type ObjectStore } from '../types.js'
-import { notFound, objectBody, patched, type Target } from './crud.js'
+import { notFound, objectBody, patched, readObject, type Target } from './crud.js'
 import { readBody, sendJson, success } from './http.js'
 
 /**
@@ -49,7 +49,7 @@ export async function scale(store: ObjectStore, t: Target, req: IncomingMessage,
 
 export async function binding(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (req.method !== 'POST') throw new ApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
-  const body = objectBody(await readBody(req))
+  const body = await readObject(req)
   const node = (body as { target?: { name?: string } }).target?.name
   if (typeof node !== 'string' || node === '') throw new ApiError(422, 'Invalid', `Binding "${t.name}" is invalid: target.name: Required value`, { name: t.name!, kind: 'Binding', causes: [{ reason: 'FieldValueRequired', field: 'target.name', message: 'Required value' }] })
   const pod = current(store, t)
@@ -63,7 +63,7 @@ export async function binding(store: ObjectStore, t: Target, req: IncomingMessag
 
 export async function eviction(store: ObjectStore, t: Target, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (req.method !== 'POST') throw new ApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
-  const body = objectBody(await readBody(req)) as KubeObject & { deleteOptions?: { gracePeriodSeconds?: number; preconditions?: { uid?: string; resourceVersion?: string } } }
+  const body = (await readObject(req)) as KubeObject & { deleteOptions?: { gracePeriodSeconds?: number; preconditions?: { uid?: string; resourceVersion?: string } } }
   current(store, t)
   store.delete(t.type, t.namespace, t.name!, { gracePeriodSeconds: body.deleteOptions?.gracePeriodSeconds, preconditions: body.deleteOptions?.preconditions })
   sendJson(res, 201, success(t.name!, 'pods'))

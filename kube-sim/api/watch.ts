@@ -11,9 +11,12 @@ import { flag, intParam } from './http.js'
  */
 export function streamWatch(store: ObjectStore, type: ResourceType, namespace: string | undefined, req: IncomingMessage, res: ServerResponse, q: URLSearchParams): void {
   const table = wantsTable(req.headers.accept)
-  res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked', 'Cache-Control': 'no-cache, private' })
-  res.flushHeaders()
+  // Headers go out with the first event or right after the watch starts, so that a bad selector is still a plain 400.
+  const start = (): void => {
+    if (!res.headersSent) res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked', 'Cache-Control': 'no-cache, private' })
+  }
   const write = (e: WatchEvent): void => {
+    start()
     const object = table && e.type !== 'ERROR' && e.type !== 'BOOKMARK' ? toTable(type, [e.object], e.object.metadata.resourceVersion ?? '', q.get('includeObject') ?? undefined) : e.object
     res.write(`${JSON.stringify({ type: e.type, object })}\n`)
   }
@@ -26,6 +29,7 @@ export function streamWatch(store: ObjectStore, type: ResourceType, namespace: s
     if (!res.writableEnded) res.end()
   }
   res.on('close', end)
+  const timeout = intParam(q, 'timeoutSeconds') ?? 1800
   try {
     stop = store.watch(type, {
       namespace,
@@ -35,13 +39,14 @@ export function streamWatch(store: ObjectStore, type: ResourceType, namespace: s
       allowWatchBookmarks: flag(q, 'allowWatchBookmarks'),
     }, write)
   } catch (err) {
-    if (!(err instanceof ApiError)) throw err
+    if (!(err instanceof ApiError) || err.code !== 410) throw err
     write({ type: 'ERROR', object: err.status() })
     end()
     return
   }
   if (res.writableEnded) { end(); return }
-  const timeout = intParam(q, 'timeoutSeconds') ?? 1800
+  start()
+  res.flushHeaders()
   timer = setTimeout(end, timeout * 1000)
   timer.unref()
 }

@@ -46,7 +46,7 @@ export class WorkQueue {
     this.#timers.set(key, timer)
   }
 
-  /** Resolves once nothing is pending or running (tests and an orderly stop). */
+  /** Whether nothing is pending or running. */
   get idle(): boolean {
     return this.#pending.size === 0 && !this.#running
   }

@@ -7,6 +7,10 @@
  * ErrImagePull/ImagePullBackOff, a missing ConfigMap/Secret in CreateContainerConfigError. Probes drive
  * `started` and `ready`; a failed liveness or startup probe kills the container (then the policy decides).
  * Output is kept (last ~1 MiB, and the previous run's) for `kubectl logs`.
+ *
+ * Not enforced (a container shares the host's filesystem, network namespace and capabilities):
+ * `readOnlyRootFilesystem`, `capabilities`, `allowPrivilegeEscalation`, `seccompProfile` are accepted and noted
+ * only; `runAsNonRoot` is checked as the kubelet checks it (CreateContainerConfigError).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -169,10 +173,15 @@ export class ContainerRunner {
       try {
         started = await this.#runOnce(image)
       } catch (err) {
-        if (!(err instanceof ContainerConfigError)) throw err
+        // A config error (missing ConfigMap key, runAsNonRoot as root) or a failed start (a cgroup that cannot be
+        // made): the container waits, and is tried again after a back-off, as the kubelet does.
+        await this.#reap()
         configFailures++
-        this.#setState({ waiting: { reason: 'CreateContainerConfigError', message: err.message } })
-        if (configFailures === 1) this.#ctx.event('Warning', 'Failed', `Error: ${err.message}`)
+        const config = err instanceof ContainerConfigError
+        const message = (err as Error).message
+        this.#setState({ waiting: { reason: config ? 'CreateContainerConfigError' : 'RunContainerError', message } })
+        if (configFailures === 1) this.#ctx.event('Warning', 'Failed', `Error: ${message}`)
+        if (!config) this.#ctx.log?.warn({ err, container: this.name }, 'container start failed')
         await this.#sleep(this.#backoff(configFailures))
         continue
       }
@@ -261,8 +270,9 @@ export class ContainerRunner {
     this.#identity = this.#identityFor(image)
     const env = this.#buildEnv(image)
     const fix = (v: string): string => rewrite(expand(v, env), podIP, mounts)
-    const entry: string[] = (spec.command ?? image.command).map(fix)
-    const args: string[] = (spec.args ?? (spec.command === undefined ? image.args ?? [] : [])).map(fix)
+    // The image's own entrypoint is a host command line: only what the pod spec says is expanded and rewritten.
+    const entry: string[] = spec.command === undefined ? image.command : (spec.command as string[]).map(fix)
+    const args: string[] = spec.args !== undefined ? (spec.args as string[]).map(fix) : spec.command === undefined ? image.args ?? [] : []
     if (entry.length === 0) throw new ContainerConfigError('no command specified')
     const cwd = spec.workingDir !== undefined ? fix(String(spec.workingDir)) : image.workingDir ?? this.#ctx.dir
     await mkdir(cwd, { recursive: true })
@@ -290,6 +300,8 @@ export class ContainerRunner {
       child.once('error', () => resolve([128, null]))
     })
     this.#exited = exited.then(() => undefined)
+    // Stopped while the start was under way (volumes, cgroup): the new process goes at once.
+    if (this.#stopping) void this.#terminate(0)
     child.stdout?.on('data', (d: Buffer) => this.#logs.write(d))
     child.stderr?.on('data', (d: Buffer) => this.#logs.write(d))
     this.#containerID = `kindling-sim://${String(child.pid)}`

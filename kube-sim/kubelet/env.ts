@@ -62,7 +62,8 @@ export function buildEnv(ctx: EnvContext): Record<string, string> {
     const v = valueFrom(e.valueFrom, ctx, ns)
     if (v !== undefined) env[e.name] = v
   }
-  for (const [k, v] of Object.entries(env)) env[k] = rewrite(v, ctx.podIP, ctx.mounts)
+  // The base (PATH, the image's ENV) holds host values: only what the pod's spec set is rewritten.
+  for (const [k, v] of Object.entries(env)) if (ctx.base[k] !== v) env[k] = rewrite(v, ctx.podIP, ctx.mounts)
   const tmp = ctx.mounts.find((m) => m.mountPath === '/tmp')
   if (tmp !== undefined) env.TMPDIR = tmp.hostPath
   const code = ctx.mounts.find((m) => m.mountPath === '/code')

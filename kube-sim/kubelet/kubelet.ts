@@ -7,6 +7,7 @@
  * every container SIGKILLed at once, nothing more written.
  */
 import { chmod, mkdir, stat } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { release } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
@@ -38,6 +39,8 @@ export interface KubeletOptions {
   memoryMi?: number
   /** @default 1000 */
   backoffBaseMs?: number
+  /** Index of the first pod address tried (0 → 127.(100+i).1.1). @default random */
+  firstPodAddress?: number
   /** Environment every container starts from (PATH, the API server's KUBERNETES_SERVICE_* variables). */
   baseEnv?: () => Record<string, string>
   log?: Logger | undefined
@@ -52,7 +55,7 @@ export class Kubelet {
   readonly #opts: KubeletOptions
   readonly #workers = new Map<string, PodWorker>()
   readonly #usedIPs = new Set<string>()
-  #cursor = 0
+  #cursor: number
   #stopWatch: (() => void) | undefined
   #leaseTimer: NodeJS.Timeout | undefined
   #gone = false
@@ -62,6 +65,7 @@ export class Kubelet {
     this.#opts = opts
     this.nodeName = opts.nodeName
     this.hostIP = `127.${100 + opts.nodeIndex}.0.1`
+    this.#cursor = opts.firstPodAddress ?? Math.floor(Math.random() * 255 * 254)
   }
 
   async start(): Promise<void> {
@@ -140,11 +144,12 @@ export class Kubelet {
   }
 
   #admit(pod: KubeObject): void {
-    const ip = this.#allocateIP()
     const uid = String(pod.metadata.uid)
     const o = this.#opts
     const worker = new PodWorker({
-      store: o.store, kinds: o.kinds, nodeName: this.nodeName, hostIP: this.hostIP, podIP: ip,
+      store: o.store, kinds: o.kinds, nodeName: this.nodeName, hostIP: this.hostIP,
+      // A hostNetwork pod shares the node's address, as on a real node.
+      allocateIP: (ports) => (pod.spec?.hostNetwork === true ? Promise.resolve(this.hostIP) : this.#allocateIP(ports)),
       podDir: join(this.#root(), 'pods', uid), images: o.images, cgroups: o.cgroups,
       cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000,
       baseEnv: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', ...(o.baseEnv?.() ?? {}) },
@@ -158,21 +163,27 @@ export class Kubelet {
 
   #forget(worker: PodWorker): void {
     if (this.#workers.get(worker.uid) === worker) this.#workers.delete(worker.uid)
-    this.#usedIPs.delete(worker.podIP)
+    if (worker.podIP !== undefined && worker.podIP !== this.hostIP) this.#usedIPs.delete(worker.podIP)
   }
 
-  /** The next free 127.(100+i).x.y (x 1…255, y 1…254), round-robin so a freed address is not reused at once. */
-  #allocateIP(): string {
+  /**
+   * The next free 127.(100+i).x.y (x 1…255, y 1…254), round-robin from a random start so a freed address is not
+   * reused at once and two stand-ins on one host (tests running side by side) rarely meet; an address where one
+   * of the pod's declared ports is already taken (by another stand-in's pod) is skipped.
+   */
+  async #allocateIP(ports: readonly number[]): Promise<string> {
     const prefix = `127.${100 + this.#opts.nodeIndex}`
     const size = 255 * 254
     for (let n = 0; n < size; n++) {
       const k = (this.#cursor + n) % size
       const ip = `${prefix}.${1 + Math.floor(k / 254)}.${1 + (k % 254)}`
-      if (!this.#usedIPs.has(ip)) {
+      if (this.#usedIPs.has(ip)) continue
+      this.#usedIPs.add(ip)
+      if (await portsFree(ip, ports)) {
         this.#cursor = k + 1
-        this.#usedIPs.add(ip)
         return ip
       }
+      this.#usedIPs.delete(ip)
     }
     throw new Error(`node ${this.nodeName} has no pod address left`)
   }
@@ -242,4 +253,17 @@ export class Kubelet {
 
 function isFinished(pod: KubeObject): boolean {
   return pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed'
+}
+
+/** Whether every port can be bound on `ip` now (a listen that is closed at once). */
+async function portsFree(ip: string, ports: readonly number[]): Promise<boolean> {
+  for (const port of new Set(ports)) {
+    const free = await new Promise<boolean>((resolve) => {
+      const server = createServer()
+      server.once('error', () => resolve(false))
+      server.listen({ host: ip, port, exclusive: true }, () => server.close(() => resolve(true)))
+    })
+    if (!free) return false
+  }
+  return true
 }

@@ -25,7 +25,8 @@ export interface PodWorkerContext {
   kinds: Kinds
   nodeName: string
   hostIP: string
-  podIP: string
+  /** The pod's address, given the ports its containers declare (checked free: other stand-ins may share the host). */
+  allocateIP(ports: readonly number[]): Promise<string>
   podDir: string
   images: ImageMap
   cgroups: CgroupDriver | undefined
@@ -52,6 +53,7 @@ export class PodWorker {
   #flushScheduled = false
   #mounts = new Map<string, HostMount[]>()
   #run: Promise<void> | undefined
+  #podIP: string | undefined
 
   constructor(ctx: PodWorkerContext, pod: KubeObject) {
     this.#ctx = ctx
@@ -63,8 +65,9 @@ export class PodWorker {
     return this.#pod
   }
 
-  get podIP(): string {
-    return this.#ctx.podIP
+  /** The pod's address once its sandbox is up. */
+  get podIP(): string | undefined {
+    return this.#podIP
   }
 
   start(): void {
@@ -98,6 +101,7 @@ export class PodWorker {
       await Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(graceMs)))
       await this.#run
       this.#flushNow()
+      if (this.#silent) return
       try {
         this.#ctx.store.delete(this.#ctx.kinds.pod, this.#pod.metadata.namespace, String(this.#pod.metadata.name), { gracePeriodSeconds: 0, preconditions: { uid: this.uid } })
       } catch (err) {
@@ -111,8 +115,10 @@ export class PodWorker {
   /** The machine vanished (or the pod was removed behind the kubelet's back): SIGKILL now, write nothing. */
   async kill(): Promise<void> {
     this.#silent = true
-    await (this.#terminating ?? Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(0))))
+    // SIGKILL now, even when a graceful stop is already waiting out its grace period.
+    await Promise.all([...this.#inits, ...this.#containers].map((c) => c.stop(0)))
     await this.#run
+    await this.#terminating
     await this.cleanUp()
   }
 
@@ -126,6 +132,11 @@ export class PodWorker {
     await rm(this.#ctx.podDir, { recursive: true, force: true }).catch(() => undefined)
   }
 
+  /** Being stopped (gracefully or not): no container starts any more. */
+  get #halted(): boolean {
+    return this.#terminating !== undefined || this.#silent
+  }
+
   async #runPod(): Promise<void> {
     const spec = this.#pod.spec ?? {}
     try {
@@ -134,20 +145,24 @@ export class PodWorker {
       this.#ctx.event(this.#pod, 'Warning', 'FailedMount', `Unable to set up volumes: ${(err as Error).message}`)
       throw err
     }
+    const ports = [...(spec.initContainers ?? []), ...(spec.containers ?? [])]
+      .flatMap((c: Any) => (c.ports ?? []).map((p: Any) => Number(p.containerPort))).filter((p: number) => Number.isInteger(p) && p > 0)
+    this.#podIP = await this.#ctx.allocateIP(ports)
+    if (this.#halted) return
     this.#sandboxReady = true
     this.#changed()
     const restartPolicy: 'Always' | 'OnFailure' | 'Never' = spec.restartPolicy ?? 'Always'
     for (const c of (spec.initContainers ?? []) as Any[]) {
-      if (this.#terminating !== undefined) return
+      if (this.#halted) return
       const runner = this.#runner(c, restartPolicy === 'Never' ? 'Never' : 'OnFailure')
       this.#inits.push(runner)
       await runner.start()
       if (runner.finished?.exitCode !== 0) {
-        if (this.#terminating === undefined) { this.#initFailed = true; this.#changed() }
+        if (!this.#halted) { this.#initFailed = true; this.#changed() }
         return
       }
     }
-    if (this.#terminating !== undefined) return
+    if (this.#halted) return
     this.#initialized = true
     for (const c of (spec.containers ?? []) as Any[]) this.#containers.push(this.#runner(c, restartPolicy))
     this.#changed()
@@ -164,7 +179,7 @@ export class PodWorker {
       secret: (ns, name) => store.get(kinds.secret, ns, name),
     }
     return new ContainerRunner({
-      pod: this.#pod, spec, restartPolicy, podIP: this.#ctx.podIP, hostIP: this.#ctx.hostIP,
+      pod: this.#pod, spec, restartPolicy, podIP: this.#podIP as string, hostIP: this.#ctx.hostIP,
       mounts: this.#mountsOf(spec), dir, images: this.#ctx.images, cgroups: this.#ctx.cgroups, cgroupParent: this.#ctx.cgroupParent,
       sources, baseEnv: { ...this.#ctx.baseEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
       backoffBaseMs: this.#ctx.backoffBaseMs, graceSeconds: Number(this.#pod.spec?.terminationGracePeriodSeconds ?? 30),
@@ -254,7 +269,7 @@ export class PodWorker {
     const init = (spec.initContainers ?? []).map((c: Any, i: number) => this.#inits[i]?.status() ?? waiting(c))
     const containers = (spec.containers ?? []).map((c: Any, i: number) => this.#containers[i]?.status() ?? waiting(c))
     const status = podStatus(stored, {
-      podIP: this.#sandboxReady ? this.#ctx.podIP : undefined, hostIP: this.#ctx.hostIP, startTime: this.#startTime,
+      podIP: this.#sandboxReady ? this.#podIP : undefined, hostIP: this.#ctx.hostIP, startTime: this.#startTime,
       init, initialized: this.#initialized || (spec.initContainers ?? []).length === 0 && this.#sandboxReady, initFailed: this.#initFailed,
       containers, restartPolicy: spec.restartPolicy ?? 'Always', sandboxReady: this.#sandboxReady,
     }, nowIso())

@@ -27,6 +27,12 @@ delete process.env.KINDLING_WARMUP
 /** Where POST /_/fetch unpacks code (Kubernetes: the pod's emptyDir at /code); null: this instance does not fetch. */
 const CODE_ROOT = process.env.KINDLING_CODE_DIR !== undefined && isAbsolute(process.env.KINDLING_CODE_DIR) ? resolvePath(process.env.KINDLING_CODE_DIR) : null
 delete process.env.KINDLING_CODE_DIR
+/**
+ * The code server's origin (`http://host:port`), when the pod spec names it: a fetch from anywhere else is refused,
+ * so whoever else can reach a generic pod's control port cannot have it download code of their choosing.
+ */
+const CODE_ORIGIN = originOf(process.env.KINDLING_CODE_ORIGIN)
+delete process.env.KINDLING_CODE_ORIGIN
 /** The environment the server started with; each load sets process.env to this plus the function's env. */
 const baseEnv = { ...process.env }
 
@@ -614,9 +620,11 @@ async function fetchCode(spec, res) {
   const p = parseFetch(spec)
   if (typeof p === 'string') return sendJson(res, 400, { code: 'KDL_ERR_BAD_REQUEST', message: p })
   const refuse = (message) => sendJson(res, 409, { code: 'KDL_ERR_CODE_FETCH', message })
-  if (CODE_ROOT === null) return refuse('this runtime was started without KINDLING_CODE_DIR: it does not fetch code')
-  if (loading || handler !== null || boundFn !== null) {
-    return refuse(`code is fetched before the load only: this instance ${handler !== null ? 'has' : 'is bound to'} function ${fnName ?? boundFn ?? '(loading)'}`)
+  if (CODE_ROOT === null) return refuse('this runtime was started without KINDLING_CODE_DIR (an absolute path): it does not fetch code')
+  if (CODE_ORIGIN !== null && p.url.origin !== CODE_ORIGIN) return refuse(`code is fetched from ${CODE_ORIGIN} only, not ${p.url.origin}`)
+  if (loading) return refuse('a load is in progress: code is fetched before the load only')
+  if (handler !== null || boundFn !== null) {
+    return refuse(`code is fetched before the load only: this instance ${handler !== null ? 'has' : 'is bound to'} function ${fnName ?? boundFn}`)
   }
   if (fetching !== null && fetching.sha256 !== p.sha256) return refuse('another code fetch is in progress')
   let current = fetching
@@ -630,6 +638,16 @@ async function fetchCode(spec, res) {
   } catch (err) {
     if (typeof err?.status === 'number' && typeof err.code === 'string') sendJson(res, err.status, { code: err.code, message: err.message })
     else sendJson(res, 500, { code: 'KDL_ERR_INTERNAL', message: `the code fetch failed: ${describe(err?.message ?? err)}` })
+  }
+}
+
+/** `scheme://host:port` of a URL, '' for a malformed one (nothing matches it), or null when unset. */
+function originOf(value) {
+  if (value === undefined || value === '') return null
+  try {
+    return new URL(value).origin
+  } catch {
+    return ''
   }
 }
 

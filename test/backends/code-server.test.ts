@@ -115,11 +115,12 @@ t.test('refuses to archive a symlink that leaves the code directory', async (t) 
 })
 
 t.test('a transfer slower than transferTimeoutMs is cut and frees its turn', async (t) => {
-  const { server } = await started(t, { maxTransfers: 1, transferTimeoutMs: 300 })
+  const { server } = await started(t, { maxTransfers: 1, transferTimeoutMs: 1000 })
   const dir = tmp(t, 'kdl-code-')
   writeFileSync(join(dir, 'big.bin'), randomBytes(32 << 20))
   const slow = await server.grant('slow', dir)
-  const next = await server.grant('next', dir)
+  // Small, so that its own transfer is far within the deadline.
+  const next = await server.grant('next', codeDir(t))
   const res = await request(slow.url, { headers: auth(slow.token, 'slow') })
   t.equal(res.statusCode, 200)
   // Never read: the server's writes stall, the deadline cuts it, and the waiting fetch gets the turn.
@@ -223,4 +224,61 @@ t.test('transfers beyond maxTransfers wait their turn and all complete', async (
     t.equal(r.status, 200)
     t.equal(createHash('sha256').update(r.body).digest('hex'), grants[0]?.sha256)
   }
+})
+
+t.test('with codeRoot set, a directory outside it is refused', async (t) => {
+  const root = tmp(t, 'kdl-root-')
+  const { server } = await started(t, { codeRoot: root })
+  await t.rejects(server.grant('i', codeDir(t)), { code: 'KDL_ERR_BACKEND', message: /outside the code root/ })
+  const inside = join(root, 'f'.repeat(64))
+  mkdirSync(inside)
+  writeFileSync(join(inside, 'index.mjs'), 'export default () => 1\n')
+  t.match((await server.grant('i', inside)).sha256, /^[0-9a-f]{64}$/)
+  await t.rejects(server.grant('i', root), { code: 'KDL_ERR_BACKEND' }, 'nor the root itself')
+})
+
+t.test('listening on a wildcard address needs advertiseHost, which the URLs then name', async (t) => {
+  const work = tmp(t, 'kdl-codesrv-')
+  const server = new CodeServer({ secret: randomBytes(32), workDir: work })
+  t.teardown(() => server.close())
+  await t.rejects(server.start({ host: '0.0.0.0', port: 0 }), { code: 'KDL_ERR_BAD_REQUEST', message: /advertiseHost/ })
+  const base = await server.start({ host: '0.0.0.0', port: 0, advertiseHost: '127.0.0.1' })
+  t.match(base, /^http:\/\/127\.0\.0\.1:\d+$/)
+  const g = await server.grant('i', codeDir(t))
+  t.ok(g.url.startsWith(`${base}/code/`))
+  t.equal((await fetchArchive(g.url, auth(g.token, 'i'))).status, 200)
+})
+
+t.test('beyond maxCacheBytes the least recently granted archives no token can name are removed', async (t) => {
+  let now = 5_000_000
+  const { server, work } = await started(t, { now: () => now, ttlMs: 1000, maxCacheBytes: 1 })
+  const a = codeDir(t)
+  const b = tmp(t, 'kdl-code-')
+  writeFileSync(join(b, 'index.mjs'), 'export default () => "b"\n')
+  const ga = await server.grant('i-a', a)
+  const gb = await server.grant('i-b', b)
+  t.same(readdirSync(work).sort(), [`${ga.sha256}.tar`, `${gb.sha256}.tar`].sort(), 'both kept while their tokens live')
+  now += 1000
+  const gb2 = await server.grant('i-b2', b)
+  t.same(readdirSync(work), [`${gb.sha256}.tar`], 'a is gone, b (just granted) stays')
+  t.equal((await fetchArchive(gb2.url, auth(gb2.token, 'i-b2'))).status, 200)
+  const ga2 = await server.grant('i-a2', a)
+  t.equal(ga2.sha256, ga.sha256, 'a later grant makes it again')
+  t.equal((await fetchArchive(ga2.url, auth(ga2.token, 'i-a2'))).status, 200)
+})
+
+t.test('a fetch waiting for its turn still gets the whole archive when it is dropped meanwhile', async (t) => {
+  const { server } = await started(t, { maxTransfers: 1 })
+  const big = tmp(t, 'kdl-code-')
+  writeFileSync(join(big, 'big.bin'), randomBytes(32 << 20))
+  const first = await server.grant('first', big)
+  const next = await server.grant('next', codeDir(t))
+  const holding = await request(first.url, { headers: auth(first.token, 'first') })
+  const waiting = fetchArchive(next.url, auth(next.token, 'next'))
+  await waitFor(() => server.transfers().waiting === 1, 'the second fetch waiting for its turn')
+  await server.drop(next.sha256)
+  await holding.body.arrayBuffer()
+  const got = await waiting
+  t.equal(got.status, 200)
+  t.equal(createHash('sha256').update(got.body).digest('hex'), next.sha256)
 })

@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import { DaemonSetController } from '../../kube-sim/controllers/daemonset.js'
 import { DeploymentController } from '../../kube-sim/controllers/deployment.js'
+import { EventTtl } from '../../kube-sim/controllers/event-ttl.js'
 import { PodGarbageCollector } from '../../kube-sim/controllers/podgc.js'
 import { ReplicaSetController } from '../../kube-sim/controllers/replicaset.js'
 import { controllerOf, kindsOf, type Kinds } from '../../kube-sim/controllers/shared.js'
@@ -204,4 +205,35 @@ t.test('pods of a deleted node are deleted by the pod GC and their ReplicaSet re
   store.delete(kinds.node, undefined, 'kindling-runtime-0')
   const after = await waitFor(() => { const p = pods(store, kinds); return p.length === 4 && p.every((x) => x.spec?.nodeName === 'kindling-runtime-1') && p }, 'all 4 on the other runtime node')
   t.notOk(after.some((p) => victims.includes(p.metadata.name)), 'the vanished node\'s pods are gone')
+})
+
+t.test('events expire after their TTL, and the oldest go first beyond the cap', async (t) => {
+  const store = new MemoryStore()
+  const kinds = kindsOf(store)
+  const ttl = new EventTtl({ store, kinds, ttlMs: 60_000, maxEvents: 3 })
+  ttl.start()
+  t.teardown(() => ttl.stop())
+  const event = (name: string): KubeObject => ({
+    apiVersion: 'v1', kind: 'Event', metadata: { name, namespace: 'default' },
+    involvedObject: { kind: 'Pod', name: 'p', namespace: 'default' }, reason: 'Test', message: name, type: 'Normal',
+  })
+  for (const n of ['e1', 'e2', 'e3', 'e4', 'e5']) store.create(kinds.event, event(n))
+  await waitFor(() => store.list(kinds.event, { namespace: 'default' }).items.length === 3, 'the cap enforced')
+  t.same(store.list(kinds.event, { namespace: 'default' }).items.map((e) => e.metadata.name), ['e3', 'e4', 'e5'])
+  ttl.sweep(Date.now() + 60_001)
+  t.same(store.list(kinds.event, { namespace: 'default' }).items, [], 'expired')
+})
+
+t.test('scaling down deletes the not-ready pod first', async (t) => {
+  const { store, kinds } = setup(t)
+  store.create(kinds.deployment, deployment('pool', 3))
+  const three = await waitFor(() => { const p = pods(store, kinds); return p.length === 3 && p.every((x) => x.spec?.nodeName) && p }, '3 bound pods')
+  const [a, b, c] = three as [KubeObject, KubeObject, KubeObject]
+  markReady(store, kinds, a)
+  markReady(store, kinds, c)
+  const d = store.get(kinds.deployment, 'default', 'pool') as KubeObject
+  store.update(kinds.deployment, { ...d, spec: { ...d.spec, replicas: 2 } })
+  // No kubelet here: the deleted (bound) pod stays, terminating.
+  const left = await waitFor(() => { const p = pods(store, kinds).filter((x) => x.metadata.deletionTimestamp === undefined); return p.length === 2 && p }, 'scaled to 2')
+  t.same(left.map((p) => p.metadata.name).sort(), [a.metadata.name, c.metadata.name].sort(), `the not-ready ${String(b.metadata.name)} went`)
 })

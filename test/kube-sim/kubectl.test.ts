@@ -168,3 +168,68 @@ t.test('kubectl without the token is refused with 401', async (t) => {
   t.not(r.code, 0)
   t.match(r.stderr, /You must be logged in to the server|Unauthorized/)
 })
+
+t.test('kubectl\'s generators (protobuf bodies) create namespaces, config maps, secrets, service accounts and RBAC objects', async (t) => {
+  for (const args of [
+    ['create', 'namespace', 'kindling'],
+    ['create', 'configmap', 'conf', '-n', 'kindling', '--from-literal=a=b', '--from-literal=c=d'],
+    ['create', 'secret', 'generic', 'sec', '-n', 'kindling', '--from-literal=p=secret'],
+    ['create', 'serviceaccount', 'runner', '-n', 'kindling'],
+    ['create', 'role', 'pods', '-n', 'kindling', '--verb=get,list,watch', '--resource=pods'],
+    ['create', 'rolebinding', 'runner-pods', '-n', 'kindling', '--role=pods', '--serviceaccount=kindling:runner'],
+  ]) {
+    const r = await sim.kubectl(...args)
+    t.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`)
+  }
+  const ns = sim.store.get(sim.type('namespaces'), undefined, 'kindling')
+  t.equal(ns?.metadata.labels?.['kubernetes.io/metadata.name'], 'kindling')
+  t.same(sim.store.get(sim.type('configmaps'), 'kindling', 'conf')?.data, { a: 'b', c: 'd' })
+  t.same(sim.store.get(sim.type('secrets'), 'kindling', 'sec')?.data, { p: Buffer.from('secret').toString('base64') })
+  const rb = sim.store.get(sim.type('rolebindings', 'rbac.authorization.k8s.io'), 'kindling', 'runner-pods')
+  t.same(rb?.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'pods' })
+  t.same(rb?.subjects, [{ kind: 'ServiceAccount', name: 'runner', namespace: 'kindling' }])
+  const role = sim.store.get(sim.type('roles', 'rbac.authorization.k8s.io'), 'kindling', 'pods')
+  t.same(role?.rules, [{ verbs: ['get', 'list', 'watch'], apiGroups: [''], resources: ['pods'] }])
+  const deploy = await sim.kubectl('create', 'deployment', 'gen', '--image=nginx')
+  t.not(deploy.code, 0, 'a protobuf kind the stand-in does not decode is refused')
+  t.match(deploy.stderr, 'use a manifest with kubectl apply -f')
+  const forbidden = await sim.kubectl('delete', 'namespace', 'default')
+  t.match(forbidden.stderr, 'Error from server (Forbidden): namespaces "default" is forbidden: this namespace may not be deleted')
+})
+
+t.test('kubectl drain cordons the node and evicts its pods (protobuf Evictions), which terminate gracefully', async (t) => {
+  const pods = sim.type('pods')
+  const nodes = sim.type('nodes')
+  sim.store.create(nodes, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'kindling-runtime-7' }, status: { conditions: [{ type: 'Ready', status: 'True' }] } })
+  for (const name of ['d1', 'd2']) sim.store.create(pods, runningPod(name, undefined, 'kindling-runtime-7', '127.101.7.1'))
+  const graces: Array<number | undefined> = []
+  // The node's kubelet: a terminating pod's containers stop at once, then it removes the pod.
+  const stop = sim.store.watch(pods, { fieldSelector: 'spec.nodeName=kindling-runtime-7' }, (e) => {
+    if (e.type !== 'MODIFIED' || e.object.metadata.deletionTimestamp === undefined) return
+    graces.push(e.object.metadata.deletionGracePeriodSeconds)
+    sim.store.delete(pods, 'default', e.object.metadata.name!, { gracePeriodSeconds: 0 })
+  })
+  const r = await sim.kubectl('drain', 'kindling-runtime-7', '--force', '--timeout=30s')
+  stop()
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, 'node/kindling-runtime-7 cordoned')
+  t.match(r.stdout, 'pod/d1 evicted')
+  t.match(r.stdout, 'node/kindling-runtime-7 drained')
+  t.equal(sim.store.get(nodes, undefined, 'kindling-runtime-7')?.spec?.unschedulable, true)
+  t.same(graces, [30, 30], 'each eviction was a graceful delete with the pod\'s grace period')
+  t.equal(sim.store.list(pods, { fieldSelector: 'spec.nodeName=kindling-runtime-7' }).items.length, 0)
+  const nodesOut = await sim.kubectl('get', 'nodes', 'kindling-runtime-7')
+  t.match(nodesOut.stdout, /kindling-runtime-7\s+Ready,SchedulingDisabled\s+<none>/)
+})
+
+t.test('kubectl delete --dry-run=server (dryRun in the DeleteOptions body) deletes nothing', async (t) => {
+  const cms = sim.type('configmaps')
+  sim.store.create(cms, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'keep' } })
+  const r = await sim.kubectl('delete', 'configmap', 'keep', '--dry-run=server')
+  t.equal(r.code, 0, r.stderr)
+  t.match(r.stdout, /configmap "keep" deleted.*\(server dry run\)/)
+  t.ok(sim.store.get(cms, 'default', 'keep'), 'still there')
+  const real = await sim.kubectl('delete', 'configmap', 'keep')
+  t.equal(real.code, 0, real.stderr)
+  t.equal(sim.store.get(cms, 'default', 'keep'), undefined)
+})

@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -17,7 +17,10 @@ import { waitFor } from '../fixtures/wait.js'
 const REPO = new URL('../..', import.meta.url).pathname
 const SCRIPTS: Record<string, string> = {
   // Prints its environment and the identity it runs as, then stays up.
-  'env.mjs': `console.log(JSON.stringify({ env: process.env, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd() })); setInterval(() => {}, 1000)`,
+  'env.mjs': `import { writeFileSync } from 'node:fs'
+let wrote = false
+if (process.env.TMPDIR) { writeFileSync(process.env.TMPDIR + '/probe', 'x'); wrote = true }
+console.log(JSON.stringify({ env: process.env, uid: process.getuid(), gid: process.getgid(), cwd: process.cwd(), wrote })); setInterval(() => {}, 1000)`,
   // Allocates (and touches) memory until the kernel stops it.
   'hog.mjs': `const keep = []; setInterval(() => { keep.push(Buffer.alloc(16 << 20, 1)) }, 5)`,
   // Exits with EXIT_CODE after a line of output.
@@ -33,10 +36,14 @@ interface Setup {
   kinds: Kinds
   kubelet: Kubelet
   dir: string
+  cgroups: Awaited<ReturnType<typeof detectCgroups>>
+  parent: string
 }
 
 async function setup(t: Test, index = 0): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'kube-sim-kubelet-'))
+  // The scripts are read by containers that run as other users.
+  await chmod(dir, 0o755)
   for (const [name, text] of Object.entries(SCRIPTS)) await writeFile(join(dir, name), text)
   const store = new MemoryStore()
   const kinds = kindsOf(store)
@@ -52,7 +59,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
   }
   const kubelet = new Kubelet({
     store, kinds, nodeName: node, nodeIndex: index, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
-    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100,
+    dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100, firstPodAddress: 0,
   })
   await kubelet.start()
   t.teardown(async () => {
@@ -60,7 +67,7 @@ async function setup(t: Test, index = 0): Promise<Setup> {
     if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor('kube-sim', `test-${process.pid}-${index}`))
     await rm(dir, { recursive: true, force: true })
   })
-  return { store, kinds, kubelet, dir }
+  return { store, kinds, kubelet, dir, cgroups, parent }
 }
 
 function pod(name: string, node: string, spec: Record<string, unknown>): KubeObject {
@@ -152,7 +159,8 @@ t.test('builds the environment: fieldRefs, configMap/secret refs, $(VAR), 0.0.0.
     volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'code', emptyDir: {} }, { name: 'data', emptyDir: {} }],
   }))
   const line = await waitFor(() => s.kubelet.logs('default', 'envy', 'c')?.read().split('\n')[0], 'the env line', 10_000)
-  const { env, uid, gid, cwd } = JSON.parse(line) as { env: Record<string, string>; uid: number; gid: number; cwd: string }
+  const { env, uid, gid, cwd, wrote } = JSON.parse(line) as { env: Record<string, string>; uid: number; gid: number; cwd: string; wrote: boolean }
+  t.ok(wrote, 'the container (uid 1234) wrote into its TMPDIR emptyDir')
   const p = get(s, 'envy') as KubeObject
   const ip = String(p.status.podIP)
   const volumes = join(s.dir, 'data', 'nodes', 'kindling-runtime-0', 'pods', String(p.metadata.uid), 'volumes')
@@ -240,7 +248,108 @@ t.test('deletion sends SIGTERM, waits the grace period, then SIGKILLs and remove
   t.ok(took >= 950, `the stubborn one was given its 1 s grace (${took} ms)`)
   t.notOk(alive(stubbornPid), 'SIGKILLed')
   t.notOk(alive(politePid))
-  const { readFile } = await import('node:fs/promises')
   t.match(await readFile(`${mark}-stubborn`, 'utf8'), /^TERM \d+\n$/, 'SIGTERM came first')
   t.match(await readFile(`${mark}-polite`, 'utf8'), /^TERM \d+\n$/)
+})
+
+t.test('pod addresses across 127/8 are assignable on lo: a server listens on the highest one a node can hand out', async (t) => {
+  const { createServer, connect } = await import('node:net')
+  const server = createServer((sock) => sock.end('ok'))
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.254.255.254', resolve))
+  t.teardown(() => server.close())
+  const port = (server.address() as { port: number }).port
+  const got = await new Promise<string>((resolve, reject) => {
+    const c = connect(port, '127.254.255.254')
+    let data = ''
+    c.on('data', (d) => { data += d.toString() }).on('end', () => resolve(data)).on('error', reject)
+  })
+  t.equal(got, 'ok')
+})
+
+t.test('a failing liveness probe kills the container and the policy restarts it; an exec readiness probe drives Ready', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('unlive', 'kindling-runtime-0', {
+    terminationGracePeriodSeconds: 1,
+    containers: [{ name: 'c', image: 'test/env', livenessProbe: { tcpSocket: { port: 1 }, periodSeconds: 1, failureThreshold: 1 } }],
+  }))
+  s.store.create(s.kinds.pod, pod('gated', 'kindling-runtime-0', {
+    containers: [{
+      name: 'c', image: 'test/env',
+      readinessProbe: { exec: { command: ['sh', '-c', 'test -f "$TMPDIR/go"'] }, periodSeconds: 1 },
+      volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
+    }],
+    volumes: [{ name: 'tmp', emptyDir: {} }],
+  }))
+  await waitFor(() => get(s, 'unlive')?.status?.containerStatuses?.[0]?.restartCount >= 1, 'a liveness restart', 15_000)
+  t.ok(s.store.list(s.kinds.event, { namespace: 'default' }).items.some((e) => e.reason === 'Killing' && /failed liveness probe, will be restarted/.test(String(e.message))))
+  const gated = await waitFor(() => { const x = get(s, 'gated'); return x?.status?.phase === 'Running' && x }, 'gated running')
+  t.equal(gated.status.containerStatuses[0].ready, false, 'not ready while the exec probe fails')
+  const line = await waitFor(() => s.kubelet.logs('default', 'gated', 'c')?.read().split('\n')[0], 'gated env line')
+  const tmp = (JSON.parse(line) as { env: Record<string, string> }).env.TMPDIR as string
+  await writeFile(join(tmp, 'go'), '')
+  await waitFor(() => get(s, 'gated')?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True'), 'gated Ready', 10_000)
+})
+
+t.test('init containers run first, in order; a failed one with restartPolicy Never fails the pod', async (t) => {
+  const s = await setup(t)
+  s.store.create(s.kinds.pod, pod('inited', 'kindling-runtime-0', {
+    initContainers: [{ name: 'first', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '0' }] }, { name: 'second', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '0' }] }],
+    containers: [{ name: 'main', image: 'test/env' }],
+  }))
+  s.store.create(s.kinds.pod, pod('badinit', 'kindling-runtime-0', {
+    restartPolicy: 'Never',
+    initContainers: [{ name: 'first', image: 'test/exit', env: [{ name: 'EXIT_CODE', value: '2' }] }],
+    containers: [{ name: 'main', image: 'test/env' }],
+  }))
+  const ok = await waitFor(() => { const x = get(s, 'inited'); return x?.status?.phase === 'Running' && x }, 'inited Running')
+  t.match(ok.status.initContainerStatuses, [{ name: 'first', state: { terminated: { exitCode: 0, reason: 'Completed' } } }, { name: 'second', state: { terminated: { exitCode: 0 } } }])
+  const first = Date.parse(ok.status.initContainerStatuses[0].state.terminated.finishedAt)
+  const second = Date.parse(ok.status.initContainerStatuses[1].state.terminated.startedAt)
+  t.ok(second >= first, 'the second started after the first finished')
+  t.match(ok.status.conditions, [{ type: 'PodReadyToStartContainers', status: 'True' }, { type: 'Initialized', status: 'True' }])
+  const bad = await waitFor(() => { const x = get(s, 'badinit'); return x?.status?.phase === 'Failed' && x }, 'badinit Failed')
+  t.match(bad.status.initContainerStatuses[0].state.terminated, { exitCode: 2 })
+  t.match(bad.status.containerStatuses[0].state, { waiting: { reason: 'PodInitializing' } }, 'the main container never started')
+})
+
+t.test('each container runs in its own cgroup under the pod\'s, with its cpu and memory limits', async (t) => {
+  const s = await setup(t)
+  const cg = s.cgroups
+  if (cg === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
+  s.store.create(s.kinds.pod, pod('limited', 'kindling-runtime-0', {
+    containers: [{ name: 'c', image: 'test/env', resources: { requests: { cpu: '100m' }, limits: { cpu: '500m', memory: '128Mi' } } }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'limited'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  const pid = Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  // Output means the command runs: the wrapper joined the group before it exec'd the command.
+  await waitFor(() => s.kubelet.logs('default', 'limited', 'c')?.read(), 'the command\'s output')
+  const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${String(p.metadata.uid)}`, 'c')
+  t.ok((await cg.pids(ref)).includes(pid), 'the container\'s process is in its group')
+  if (cg.version === 1) {
+    t.equal((await readFile(join(ref.paths.memory as string, 'memory.limit_in_bytes'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.equal((await readFile(join(ref.paths.cpu as string, 'cpu.cfs_quota_us'), 'utf8')).trim(), '50000')
+  } else {
+    const dir = Object.values(ref.paths)[0] as string
+    t.equal((await readFile(join(dir, 'memory.max'), 'utf8')).trim(), String(128 * 2 ** 20))
+    t.match(await readFile(join(dir, 'cpu.max'), 'utf8'), /^50000 100000/)
+  }
+  t.equal(p.status.qosClass, 'Burstable')
+  s.store.delete(s.kinds.pod, 'default', 'limited', { gracePeriodSeconds: 1 })
+  await waitFor(() => get(s, 'limited') === undefined, 'removed')
+  t.same(await cg.pids(ref), [], 'the group is gone with the pod')
+  await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
+})
+
+t.test('an address whose declared port another stand-in\'s pod already holds is skipped', async (t) => {
+  const { createServer } = await import('node:net')
+  const squatter = createServer()
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(8888, '127.105.1.1', resolve))
+  t.teardown(() => squatter.close())
+  const s = await setup(t, 5)
+  s.store.create(s.kinds.pod, pod('skip', 'kindling-runtime-5', {
+    containers: [{ name: 'runtime', image: 'kindling/runtime-node:1', ports: [{ containerPort: 8888 }], env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
+  }))
+  const p = await waitFor(() => { const x = get(s, 'skip'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
+  t.equal(p.status.podIP, '127.105.1.2', 'the first address was taken on 8888')
+  t.equal(p.status.containerStatuses[0].restartCount, 0)
 })

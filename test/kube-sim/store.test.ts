@@ -52,6 +52,9 @@ t.test('create sets uid, creationTimestamp, generation 1 and a fresh global reso
   t.equal(cm.metadata.resourceVersion, String(before + 2), 'one counter across kinds')
   t.equal(cm.metadata.namespace, 'default', 'a namespaced object without a namespace lands in default')
   t.equal(a.status?.phase, 'Pending', 'a new pod is Pending')
+  t.equal(a.status?.qosClass, 'BestEffort')
+  const withStatus = store.create(pods, { ...pod('s'), status: { phase: 'Running', podIP: '1.2.3.4' } })
+  t.same(withStatus.status, { phase: 'Pending', qosClass: 'BestEffort' }, 'a client\'s status is dropped on create, as the real server does')
   a.metadata.labels = { changed: 'yes' }
   t.same(store.get(pods, 'default', 'a')?.metadata.labels, {}, 'changing a returned object changes nothing stored')
   apiError(t, () => store.create(pods, pod('a')), 409, 'AlreadyExists', 'pods "a" already exists')
@@ -234,7 +237,7 @@ t.test('finalizers hold a deletion until they are cleared', async (t) => {
   t.ok(d.metadata.deletionTimestamp)
   const held = store.get(configmaps, 'default', 'f')!
   t.ok(held, 'still there')
-  apiError(t, () => store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: ['example.com/hold', 'x/y'] } }), 422, 'Forbidden')
+  apiError(t, () => store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: ['example.com/hold', 'x/y'] } }), 422, 'Invalid', /metadata\.finalizers: Forbidden: no new finalizers can be added/)
   store.update(configmaps, { ...held, metadata: { ...held.metadata, finalizers: [] } })
   t.equal(store.get(configmaps, 'default', 'f'), undefined, 'gone once the finalizers are cleared')
 })
@@ -269,4 +272,18 @@ t.test('deleting a namespace deletes what is in it', async (t) => {
   t.equal(store.list(configmaps, { namespace: 'tmp' }).items.length, 0)
   t.equal(store.list(pods, { namespace: 'tmp' }).items.length, 0)
   t.equal(store.get(namespaces, undefined, 'tmp'), undefined)
+})
+
+t.test('a pod\'s spec is immutable but for images, deadlines, added tolerations; nodeName may be set once (the in-process binding)', async (t) => {
+  const { store, pods } = setup()
+  const p = store.create(pods, pod('imm'))
+  const image = store.update(pods, { ...p, spec: { ...p.spec, containers: [{ ...p.spec.containers[0], image: 'kindling/runtime-node:2' }], tolerations: [{ key: 'k', operator: 'Exists' }] } })
+  t.equal(image.spec.containers[0].image, 'kindling/runtime-node:2')
+  const bound = store.update(pods, { ...image, spec: { ...image.spec, nodeName: 'n1' } })
+  t.equal(bound.spec.nodeName, 'n1')
+  apiError(t, () => store.update(pods, { ...bound, spec: { ...bound.spec, nodeName: 'n2' } }), 422, 'Invalid', /^Pod "imm" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers\[\*\]\.image`/)
+  apiError(t, () => store.update(pods, { ...bound, spec: { ...bound.spec, restartPolicy: 'Never' } }), 422, 'Invalid')
+  apiError(t, () => store.update(pods, { ...bound, spec: { ...bound.spec, tolerations: [] } }), 422, 'Invalid', undefined)
+  const reordered = JSON.parse(JSON.stringify(bound, (_k, v) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).reverse()) : v)))
+  t.equal(store.update(pods, reordered).metadata.resourceVersion, bound.metadata.resourceVersion, 'the same spec in another key order is no change')
 })

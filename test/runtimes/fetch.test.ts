@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -41,7 +41,7 @@ function freePort(): Promise<number> {
 }
 
 /** The real runtime server on TCP (as in a pod), with KINDLING_CODE_DIR; ready once GET /_/health answers. */
-async function startRuntime(t: Test, withCodeDir = true): Promise<Runtime> {
+async function startRuntime(t: Test, withCodeDir = true, env: Record<string, string> = {}): Promise<Runtime> {
   const base = tmp(t, 'kdl-fetch-rt-')
   const codeRoot = join(base, 'code')
   mkdirSync(codeRoot)
@@ -49,7 +49,7 @@ async function startRuntime(t: Test, withCodeDir = true): Promise<Runtime> {
   for (let attempt = 0; ; attempt++) {
     const port = await freePort()
     const proc = spawn(process.execPath, [SERVER], {
-      env: { KINDLING_LISTEN: `tcp:127.0.0.1:${port}`, PATH: process.env.PATH, ...(withCodeDir ? { KINDLING_CODE_DIR: codeRoot } : {}) },
+      env: { KINDLING_LISTEN: `tcp:127.0.0.1:${port}`, PATH: process.env.PATH, ...(withCodeDir ? { KINDLING_CODE_DIR: codeRoot } : {}), ...env },
       stdio: ['ignore', 'ignore', 'pipe'],
     })
     let exited = false
@@ -168,6 +168,25 @@ t.test('a pod fetches its code from the code server, loads it and serves calls',
   const unload = await rt.client.request({ method: 'POST', path: '/_/unload', body: '{}', headers: { 'content-type': 'application/json' } })
   await unload.body.dump()
   await t.rejects(fetchCode(rt.client, { ...g, instance: 'inst-1' }), { code: 'KDL_ERR_CODE_FETCH', message: /bound to function greeter/ }, 'nor after an unload: the instance is bound')
+})
+
+t.test('what the code server archives, the runtime unpacks as it was: long paths, modes, inside symlinks as files', async (t) => {
+  const rt = await startRuntime(t)
+  const cs = await codeServer(t)
+  const dir = functionDir(t)
+  const deep = join('node_modules', 'a'.repeat(60), 'lib', 'b'.repeat(50))
+  mkdirSync(join(dir, deep), { recursive: true })
+  const long = join(deep, `${'c'.repeat(90)}.js`)
+  writeFileSync(join(dir, long), 'module.exports = 1\n')
+  writeFileSync(join(dir, 'run.sh'), '#!/bin/sh\n')
+  chmodSync(join(dir, 'run.sh'), 0o700)
+  symlinkSync('lib', join(dir, 'lib-link'))
+  const g = await cs.grant('inst-1', dir)
+  const got = await fetchCode(rt.client, { ...g, instance: 'inst-1' })
+  t.equal(readFileSync(join(got.codeDir, long), 'utf8'), 'module.exports = 1\n', `a ${long.length}-byte path`)
+  t.equal(statSync(join(got.codeDir, 'run.sh')).mode & 0o777, 0o755, 'an executable is 0755')
+  t.ok(lstatSync(join(got.codeDir, 'lib-link')).isDirectory(), 'a symlink inside the code arrives as what it points to')
+  t.equal(readFileSync(join(got.codeDir, 'lib-link', 'greet.mjs'), 'utf8'), readFileSync(join(dir, 'lib', 'greet.mjs'), 'utf8'))
 })
 
 t.test("the code server's refusal is KDL_ERR_CODE_FETCH naming it; nothing is written", async (t) => {
@@ -303,4 +322,19 @@ t.test('bad requests are 400 KDL_ERR_BAD_REQUEST; a runtime without KINDLING_COD
   }
   const bare = await startRuntime(t, false)
   await t.rejects(fetchCode(bare.client, good), { code: 'KDL_ERR_CODE_FETCH', message: /without KINDLING_CODE_DIR/, details: { status: 409 } })
+})
+
+t.test('with KINDLING_CODE_ORIGIN, a fetch from another origin is refused before any download', async (t) => {
+  const cs = await codeServer(t)
+  const dir = functionDir(t)
+  const g = await cs.grant('inst-1', dir)
+  const rt = await startRuntime(t, true, { KINDLING_CODE_ORIGIN: new URL(g.url).origin })
+  let requests = 0
+  const elsewhere = await hostile(t, (res) => { requests++; serve(Buffer.alloc(0))(res) })
+  await t.rejects(fetchCode(rt.client, request(elsewhere + g.sha256, g.sha256)), { code: 'KDL_ERR_CODE_FETCH', message: /fetched from http:\/\/127\.0\.0\.1:\d+ only/, details: { status: 409 } })
+  t.equal(requests, 0, 'nothing was asked of the other origin')
+  const got = await fetchCode(rt.client, { ...g, instance: 'inst-1' })
+  t.equal(got.codeDir, join(rt.codeRoot, g.sha256), 'the code server itself is fine')
+  const loaded = await rt.client.request({ method: 'POST', path: '/_/load', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ codeDir: got.codeDir, entrypoint: 'index.mjs', function: 'f', version: 1, env: {} }) })
+  t.equal(loaded.statusCode, 200, await loaded.body.text())
 })
