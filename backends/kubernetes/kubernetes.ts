@@ -34,6 +34,11 @@ export interface KubernetesBackendOptions {
   quarantineNodes?: NodeRole | undefined
   /** Grants pods their function's code (prepareCode). */
   codeServer: CodeGrants
+  /**
+   * The code server's origin as pods reach it (`http://host:port`, CodeServer.start's answer): a runtime then fetches
+   * from there only, so whoever else reaches a generic pod's port cannot make it download code (KINDLING_CODE_ORIGIN).
+   */
+  codeOrigin?: string | undefined
   /** How long a start may take: a claim and its health check, or a bare pod's scheduling, start and readiness, ms. */
   startTimeoutMs: number
   /** Bound on each API call, ms. @default 10_000 */
@@ -180,7 +185,7 @@ export class KubernetesBackend implements ContainerBackend {
     const name = this.poolName(pool.runtime)
     const body = poolDeployment(name, this.#ns, pool.size, {
       platformId: this.#o.platformId, runtime: pool.runtime, image: this.#imageOf(pool.runtime, pool.image), memoryMb: pool.memoryMb, cpu: pool.cpu,
-      role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256,
+      role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })
     try {
       await withTimeout(this.#apps.createNamespacedDeployment({ namespace: this.#ns, body }), this.#apiTimeoutMs, 'the pool create')
@@ -333,7 +338,7 @@ export class KubernetesBackend implements ContainerBackend {
     // stand-in has none); a deployment that needs `none` enforced adds a NetworkPolicy for `kindling.io/managed=false`.
     const body = barePod(name, this.#ns, req.id, req.pool, {
       platformId: this.#o.platformId, runtime: req.runtime, image: this.#imageOf(req.runtime, req.image), memoryMb: req.memoryMb, cpu: req.cpu,
-      role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256,
+      role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })
     held.podName = name
     this.#byPod.set(name, req.id)

@@ -46,12 +46,12 @@ if (insecure) {
 }
 const core = kc.makeApiClient(CoreV1Api)
 const codeServer = new CodeServer({ secret: randomBytes(32), workDir: join(dir, 'archives') })
-await codeServer.start({ host: '127.0.0.1', port: 0 })
+const codeOrigin = await codeServer.start({ host: '127.0.0.1', port: 0 })
 const platformId = randomBytes(6).toString('hex')
 const exits: InstanceExit[] = []
 
 function backendFor(): KubernetesBackend {
-  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, apiTimeoutMs: 3_000 })
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, apiTimeoutMs: 3_000 })
   b.onExit((e) => exits.push(e))
   return b
 }
@@ -106,6 +106,8 @@ t.test('the pool Deployment fills with Ready pods on the runtime nodes only', as
   t.match(c.resources, { requests: { memory: '128Mi', cpu: '250m' }, limits: { memory: '128Mi', cpu: '250m' } }, 'requests = limits from the runtime')
   t.match(c.securityContext, { readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } })
   t.equal(pool[0]!.spec!.automountServiceAccountToken, false)
+  t.ok(c.env?.some((e) => e.name === 'KINDLING_WARMUP' && e.value === '1'), 'pool pods warm their request path while they wait')
+  t.ok(c.env?.some((e) => e.name === 'KINDLING_CODE_ORIGIN' && e.value === codeOrigin), 'and fetch code from the code server only')
   await backend.setGenericPool(POOL)
   t.equal((await pods('kindling.io/managed=true')).length, 3, 'setting the same pool again changes nothing')
 })
@@ -158,8 +160,8 @@ t.test('two claimers on one pool each get distinct pods', async (t) => {
 t.test('two claims of the same pool pod at once: one wins, the other takes the next pod after its 409', async (t) => {
   const lines: Array<Record<string, unknown>> = []
   const spy = { debug: (o: object, msg: string) => lines.push({ ...o, msg }), info: () => {}, warn: () => {}, error: () => {} }
-  const a = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, log: spy })
-  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, log: spy })
+  const a = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, log: spy })
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, log: spy })
   t.teardown(async () => { await a.close(); await b.close() })
   await Promise.all([a.setGenericPool(POOL), b.setGenericPool(POOL)])
   await waitFor(readyPool, 'a full pool', 30_000)
