@@ -276,6 +276,36 @@ t.test('while the API server is away a claimed pod keeps answering, claims fail 
   await backend.stop(again.id)
 })
 
+t.test('a watch that comes back too old for the server\'s history (410 Gone) relists and reports the pod that went meanwhile', async (t) => {
+  const said: string[] = []
+  const log = { debug: () => {}, info: (_o: object, msg: string) => said.push(msg), warn: (_o: object, msg: string) => said.push(msg), error: () => {} }
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, apiTimeoutMs: 3_000, log })
+  b.onExit((e) => exits.push(e))
+  t.teardown(() => b.close())
+  await b.setGenericPool(POOL)
+  const req = request()
+  await b.start(req)
+  const pod = (await podOf(req.id))!
+  const store = cluster.store
+  const podType = store.type('', 'v1', 'pods')!
+  const cmType = store.type('', 'v1', 'configmaps')!
+  cluster.api.pause()
+  try {
+    // Behind the outage: the held pod is deleted, and more changes happen than the server keeps for watches (1000).
+    store.delete(podType, NS, pod.metadata!.name!, { gracePeriodSeconds: 0 })
+    for (let i = 0; i < 1100; i++) store.create(cmType, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: `churn-${i}`, namespace: NS }, data: { i: String(i) } })
+  } finally {
+    cluster.api.resume()
+  }
+  const exit = await waitFor(() => exits.find((e) => e.id === req.id), 'the relist to report the deleted pod', 20_000)
+  t.equal(exit.reason, 'killed')
+  t.ok(said.includes('pod watch too old (410 Gone); relisting'), 'it came from a relist after 410 Gone')
+  const again = await b.start(request())
+  t.ok(again.pooled, 'claims from the relisted pool')
+  await b.stop(again.id)
+  for (let i = 0; i < 1100; i++) store.delete(cmType, NS, `churn-${i}`)
+})
+
 t.test('close() deletes the pods it holds and leaves the pools', async (t) => {
   const b = backendFor()
   await b.setGenericPool(POOL)
