@@ -198,6 +198,14 @@ t.test('other limits get a bare pod of their own, with those limits', async (t) 
   t.pass('stopping it again resolves')
 })
 
+t.test('a pod no node can take fails its start with the scheduler\'s reason, and is removed', async (t) => {
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 3_000 })
+  t.teardown(() => b.close())
+  const req = request({ memoryMb: 64 * 1024 })
+  await t.rejects(b.start(req), { code: 'KDL_ERR_BACKEND', message: /not ready within 3000 ms: phase Pending; PodScheduled=False \(Unschedulable: / })
+  await waitFor(async () => (await podOf(req.id)) === undefined, 'the unschedulable pod to be deleted')
+})
+
 t.test('a pod deleted behind the backend\'s back is reported killed', async (t) => {
   const req = request()
   await backend.start(req)
