@@ -1,4 +1,4 @@
-import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import { AppsV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { Dispatcher } from 'undici'
 import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoolSpec, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
@@ -7,6 +7,7 @@ import { dispatcherFor, fetchCode, health, type HealthAnswer } from '../../proto
 import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
+import { PoolDeployments, mergePatch } from './pool-deployments.js'
 
 export type { KubeLog } from './kube-common.js'
 
@@ -77,7 +78,6 @@ const POOL_PROBE_MS = 2_000
 const EXIT_WAIT_MS = 2_000
 const DEFAULT_RUNTIME_NODES: NodeRole = { key: 'kindling.io/node-role', value: 'runtime' }
 const DEFAULT_QUARANTINE_NODES: NodeRole = { key: 'kindling.io/node-role', value: 'quarantine' }
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch)
 
 /**
  * Instances as Kubernetes pods (issue 10). Each runtime's generic pool is a Deployment of runtime pods on the
@@ -100,7 +100,7 @@ export class KubernetesBackend implements ContainerBackend {
   readonly #ns: string
   readonly #server: string
   readonly #core: CoreV1Api
-  readonly #apps: AppsV1Api
+  readonly #deployments: PoolDeployments
   readonly #log: KubeLog
   readonly #apiTimeoutMs: number
   readonly #watch: PodWatch
@@ -115,7 +115,6 @@ export class KubernetesBackend implements ContainerBackend {
   /** Callbacks run on every event of a pod (start() waiting for a pod to be Ready). */
   readonly #podWaiters = new Map<string, Set<() => void>>()
   readonly #stops = new Map<string, Promise<void>>()
-  #namespaceReady: Promise<void> | undefined
   #closing = false
 
   constructor(opts: KubernetesBackendOptions) {
@@ -123,9 +122,11 @@ export class KubernetesBackend implements ContainerBackend {
     this.#ns = opts.namespace ?? 'kindling'
     this.#server = opts.kubeConfig.getCurrentCluster()?.server ?? '(no current cluster)'
     this.#core = opts.kubeConfig.makeApiClient(CoreV1Api)
-    this.#apps = opts.kubeConfig.makeApiClient(AppsV1Api)
     this.#log = opts.log ?? silent
     this.#apiTimeoutMs = opts.apiTimeoutMs ?? 10_000
+    this.#deployments = new PoolDeployments({
+      core: this.#core, apps: opts.kubeConfig.makeApiClient(AppsV1Api), namespace: this.#ns, platformId: opts.platformId, server: this.#server, timeoutMs: this.#apiTimeoutMs,
+    })
     this.#watch = new PodWatch({
       kubeConfig: opts.kubeConfig, core: this.#core, namespace: this.#ns, labelSelector: `${LABEL.platform}=${opts.platformId}`,
       server: this.#server, timeoutMs: this.#apiTimeoutMs, log: this.#log, onEvent: (type, pod) => this.#onPod(type, pod),
@@ -141,30 +142,8 @@ export class KubernetesBackend implements ContainerBackend {
     }
   }
 
-  /** The namespace exists (created when missing; 403 — no right to read or create namespaces — and 409 are fine). */
-  #namespace(): Promise<void> {
-    this.#namespaceReady ??= (async () => {
-      try {
-        await withTimeout(this.#core.readNamespace({ name: this.#ns }), this.#apiTimeoutMs, 'the namespace read')
-        return
-      } catch (err) {
-        const s = statusOf(err)
-        if (s === 403) return
-        if (s !== 404) throw apiError(`cannot read namespace ${this.#ns}`, err, this.#server)
-      }
-      try {
-        await withTimeout(this.#core.createNamespace({ body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: this.#ns, labels: { 'app.kubernetes.io/managed-by': 'kindling' } } } }), this.#apiTimeoutMs, 'the namespace create')
-      } catch (err) {
-        const s = statusOf(err)
-        if (s !== 403 && s !== 409) throw apiError(`cannot create namespace ${this.#ns}`, err, this.#server)
-      }
-    })()
-    this.#namespaceReady.catch(() => { this.#namespaceReady = undefined })
-    return this.#namespaceReady
-  }
-
   async #ready(): Promise<void> {
-    await this.#namespace()
+    await this.#deployments.namespace()
     await this.#watch.ensure()
   }
 
@@ -187,15 +166,8 @@ export class KubernetesBackend implements ContainerBackend {
       platformId: this.#o.platformId, runtime: pool.runtime, image: this.#imageOf(pool.runtime, pool.image), memoryMb: pool.memoryMb, cpu: pool.cpu,
       role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })
-    try {
-      await withTimeout(this.#apps.createNamespacedDeployment({ namespace: this.#ns, body }), this.#apiTimeoutMs, 'the pool create')
-    } catch (err) {
-      if (statusOf(err) !== 409) throw apiError(`cannot create the pool Deployment ${name}`, err, this.#server)
-      // It exists (an earlier run, another replica of the platform): its size and pod template become this pool's.
-      // A merge patch replaces the template's lists (containers, tolerations) whole; the selector is the same.
-      const patch = { metadata: { labels: body.metadata?.labels }, spec: { replicas: pool.size, template: body.spec?.template } }
-      await this.#api(`update the pool Deployment ${name}`, () => this.#apps.patchNamespacedDeployment({ name, namespace: this.#ns, body: patch }, mergePatch))
-    }
+    // An existing one (an earlier run, another replica of the platform) becomes this pool.
+    await this.#deployments.write(body)
     this.#log.info({ backend: this.name, runtime: pool.runtime, size: pool.size, deployment: name }, 'generic pool set')
   }
 
@@ -487,7 +459,7 @@ export class KubernetesBackend implements ContainerBackend {
 
   /** The platform's instance pods (claimed or bare: `managed=false`), including those an earlier run left. */
   async list(): Promise<Array<{ id: string; pool: string; runtime: string }>> {
-    await this.#namespace()
+    await this.#deployments.namespace()
     const list = await this.#api('list instance pods', () => this.#core.listNamespacedPod({ namespace: this.#ns, labelSelector: `${LABEL.platform}=${this.#o.platformId},${LABEL.managed}=false,${LABEL.instance}` }))
     return list.items.map((p) => ({
       id: p.metadata?.labels?.[LABEL.instance] ?? '',
@@ -539,15 +511,7 @@ export class KubernetesBackend implements ContainerBackend {
 
   /** Deletes every pool Deployment of this platform (and, by garbage collection, their pool pods). */
   async deletePools(): Promise<void> {
-    const list = await this.#api('list the pool Deployments', () => this.#apps.listNamespacedDeployment({ namespace: this.#ns, labelSelector: `${LABEL.platform}=${this.#o.platformId}` }))
-    for (const d of list.items) {
-      const name = d.metadata?.name ?? ''
-      try {
-        await withTimeout(this.#apps.deleteNamespacedDeployment({ name, namespace: this.#ns, propagationPolicy: 'Background' }), this.#apiTimeoutMs, 'the pool delete')
-      } catch (err) {
-        if (statusOf(err) !== 404) throw apiError(`cannot delete the pool Deployment ${name}`, err, this.#server)
-      }
-    }
+    await this.#deployments.deleteAll()
     this.#pools.clear()
   }
 
