@@ -7,6 +7,7 @@ import { registerBuildsCommands } from './builds.js'
 import { registerEventsCommand } from './events.js'
 import { registerFnCommands } from './fn.js'
 import { registerImagesCommands } from './images.js'
+import { registerKubeSimCommand } from './kube-sim.js'
 import { ApiClient, CliError } from './http.js'
 import type { CliContext, OutputStream } from './output.js'
 import { registerPoolsCommand } from './pools.js'
@@ -77,6 +78,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerTriggersCommands(program, run)
   registerAsyncCommands(program, run)
   registerWorkflowCommands(program, run)
+  registerKubeSimCommand(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -8,6 +8,7 @@ interface UpOptions {
   dataDir?: string
   store?: string
   redisUrl?: string
+  kubeconfig?: string
 }
 
 interface Overrides {
@@ -17,12 +18,13 @@ interface Overrides {
   KINDLING_PORT?: number
   KINDLING_HOST?: string
   KINDLING_DATA_DIR?: string
+  KINDLING_KUBECONFIG?: string
 }
 
 const SIGNALS = ['SIGINT', 'SIGTERM'] as const
 
 /** The next SIGINT / SIGTERM; `cancel()` gives the signals back to their default behaviour. */
-function nextSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
+export function nextSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
   let on: (sig: NodeJS.Signals) => void = () => {}
   const cancel = (): void => {
     for (const s of SIGNALS) process.off(s, on)
@@ -40,7 +42,8 @@ function nextSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
 export function registerUpCommand(program: Command, run: Runner): void {
   program.command('up')
     .description('run the whole platform in this process (API, invocations, pools) on one port')
-    .addOption(new Option('--backend <backend>', 'where instances run').choices(['process', 'docker']))
+    .addOption(new Option('--backend <backend>', 'where instances run').choices(['process', 'docker', 'kubernetes']))
+    .option('--kubeconfig <file>', 'the cluster of --backend kubernetes (KINDLING_KUBECONFIG; e.g. the one `kindling kube-sim` writes)')
     .option('--port <port>', 'port to listen on (KINDLING_PORT, default 8080)', intOption)
     .option('--host <host>', 'address to bind (KINDLING_HOST, default 127.0.0.1)')
     .option('--data-dir <dir>', 'state, code cache and sockets (KINDLING_DATA_DIR, default ./.kindling)')
@@ -54,6 +57,7 @@ export function registerUpCommand(program: Command, run: Runner): void {
       if (opts.dataDir !== undefined) overrides.KINDLING_DATA_DIR = opts.dataDir
       if (opts.store !== undefined) overrides.KINDLING_STORE = opts.store
       if (opts.redisUrl !== undefined) overrides.KINDLING_REDIS_URL = opts.redisUrl
+      if (opts.kubeconfig !== undefined) overrides.KINDLING_KUBECONFIG = opts.kubeconfig
       // Loaded on demand so the client commands never pay for loading the platform.
       const { startEmbedded } = await import('../embedded/main.js')
       // Last line of defence: every background path of the platform handles its own failures (a test run

@@ -15,7 +15,7 @@ export const ConfigSchema = Type.Object({
   /** Where the file store, code cache and instance sockets live. @default ./.kindling */
   KINDLING_DATA_DIR: Type.String({ minLength: 1, default: '.kindling' }),
   /** Container backend. @default process */
-  KINDLING_BACKEND: Type.Union([Type.Literal('process'), Type.Literal('docker')], { default: 'process' }),
+  KINDLING_BACKEND: Type.Union([Type.Literal('process'), Type.Literal('docker'), Type.Literal('kubernetes')], { default: 'process' }),
   /** Store of specs, versions, runtimes (and, on Redis, async jobs and triggers): `file` (one process) or `redis` (several replicas share it). @default file */
   KINDLING_STORE: Type.Union([Type.Literal('file'), Type.Literal('redis')], { default: 'file' }),
   /** Redis the `redis` store uses (`redis://[:password@]host:port[/db]`, `rediss://` for TLS). @default redis://127.0.0.1:6379 */
@@ -81,6 +81,21 @@ export const ConfigSchema = Type.Object({
   KINDLING_MEMORY_FLOOR_MB: Type.Integer({ minimum: 0, default: 0 }),
   /** Docker engine socket (docker backend). @default /var/run/docker.sock */
   KINDLING_DOCKER_SOCKET: Type.String({ minLength: 1, default: '/var/run/docker.sock' }),
+  // The kubernetes backend (issue 10).
+  /** Kubeconfig of the cluster (its current context); unset: $KUBECONFIG, else in-cluster service account, else ~/.kube/config. */
+  KINDLING_KUBECONFIG: Type.Optional(Type.String({ minLength: 1 })),
+  /** Namespace of the runtime pods (created when missing). @default kindling */
+  KINDLING_KUBE_NAMESPACE: Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$', default: 'kindling' }),
+  /** Image of the node runtime's pods. @default kindling/runtime-node:<platform version> */
+  KINDLING_KUBE_RUNTIME_IMAGE: Type.Optional(Type.String({ minLength: 1 })),
+  /** `key=value` of the runtime nodes: their label (the pods' nodeSelector) and their `NoSchedule` taint (tolerated). @default kindling.io/node-role=runtime */
+  KINDLING_KUBE_RUNTIME_NODES: Type.String({ pattern: '^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*$', default: 'kindling.io/node-role=runtime' }),
+  /** `key=value` of the quarantine nodes (load guard): label and taint, as for runtime nodes. @default kindling.io/node-role=quarantine */
+  KINDLING_KUBE_QUARANTINE_NODES: Type.String({ pattern: '^[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*$', default: 'kindling.io/node-role=quarantine' }),
+  /** Where the code server pods fetch function code from listens (`host:port`). @default 127.0.0.1:0 (the stand-in; in a cluster: 0.0.0.0:8890) */
+  KINDLING_KUBE_CODE_LISTEN: Type.String({ pattern: '^[^\\s:]+:[0-9]{1,5}$', default: '127.0.0.1:0' }),
+  /** The address pods reach the code server at (its pod IP, a Service name); unset: the listen address (a wildcard one needs this). */
+  KINDLING_KUBE_CODE_HOST: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9.:_-]+$' })),
   /** Grow generic pools when they see cold starts, shrink them when calm (OpenWhisk's reactive rule). @default true */
   KINDLING_POOL_ADAPTIVE: Type.Boolean({ default: true }),
   /** Upper bound of an adaptive generic pool. @default 8 */

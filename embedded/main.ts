@@ -51,6 +51,7 @@ import { openAsync } from './async.js'
 import { openShared } from './shared.js'
 import { openTriggers } from './triggers.js'
 import { openWorkflows, type Workflows } from './workflows.js'
+import { createKubernetesBackend } from './kubernetes.js'
 import { workflowStartPlugin } from '../api/workflows.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
@@ -58,6 +59,8 @@ const here = dirname(fileURLToPath(import.meta.url))
 /** The repository: two levels up from dist/embedded/main.js, one from embedded/main.ts. */
 export const REPO_ROOT = resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
 export const NODE_SERVER_DIR = join(REPO_ROOT, 'runtimes', 'node')
+/** package.json's version: the default tag of the runtime image on kubernetes. */
+const PLATFORM_VERSION = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version
 const SPAWNER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'spawner.mjs')
 const MOUNTER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'mounter.pl')
 /** How long a stop waits for calls in flight before it cuts their connections. */
@@ -108,7 +111,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const shared = config.KINDLING_STORE === 'redis' ? await openShared(config, log) : undefined
   const store = shared?.store ?? new FileStore({ dir: join(dataDir, 'store') })
   const codeStore = new CodeStore({ root: join(dataDir, 'code'), maxUnpackedBytes: config.KINDLING_MAX_UNPACKED_BYTES, maxEntries: 10_000 })
-  const backend = await createBackend(config, platformId, runDir, join(dataDir, 'code'), log)
+  // The kubernetes backend (issue 10) brings the code server its pods fetch their function's code from.
+  const kube = config.KINDLING_BACKEND === 'kubernetes' ? await createKubernetesBackend(config, platformId, runDir, join(dataDir, 'code'), PLATFORM_VERSION, log) : undefined
+  const backend: ContainerBackend = kube?.backend ?? await createBackend(config, platformId, runDir, join(dataDir, 'code'), log)
   // Function logs (issue 14): what instances print, the function's from the start of its load on.
   const backendLog = log.child({ component: 'backend' })
   const logs = new FunctionLogs({
@@ -145,9 +150,11 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     pidsLimit: config.KINDLING_PIDS_LIMIT,
     // Issue 16: the host is budgeted by what instances use at rest (a share of the limit) and at work (the limit),
     // and no start may take the host below its memory floor (MemAvailable, read at each start).
-    memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB > 0 ? config.KINDLING_MEMORY_BUDGET_MB : Math.floor((totalmem() / 1048576) * 0.75),
+    // On kubernetes the pods are not on this host: the cluster's scheduler places them by their requests, and a
+    // budget applies only when one is configured.
+    memoryBudgetMb: config.KINDLING_MEMORY_BUDGET_MB > 0 ? config.KINDLING_MEMORY_BUDGET_MB : kube !== undefined ? undefined : Math.floor((totalmem() / 1048576) * 0.75),
     idleMemoryRatio: config.KINDLING_IDLE_MEMORY_RATIO,
-    hostMemory: {
+    hostMemory: kube !== undefined ? undefined : {
       availableMb: hostAvailableMb,
       floorMb: config.KINDLING_MEMORY_FLOOR_MB > 0 ? config.KINDLING_MEMORY_FLOOR_MB : Math.min(2048, Math.floor((totalmem() / 1048576) * 0.05)),
     },
@@ -253,6 +260,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     await triggers?.close()
     await workflows.close(0)
     await pools.close()
+    await kube?.codeServer.close()
     await shared?.close()
     throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
   }
@@ -297,6 +305,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         app.server.closeAllConnections()
         await closed
         await pools.close()
+        await kube?.codeServer.close()
         await releases.settled()
         await store.close()
         await shared?.close()

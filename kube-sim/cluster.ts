@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
+import { basename, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
@@ -20,6 +21,7 @@ import { ReplicaSetController } from './controllers/replicaset.js'
 import { kindsOf, type Kinds } from './controllers/shared.js'
 import { defaultImages, type ImageMap } from './kubelet/images.js'
 import { Kubelet } from './kubelet/kubelet.js'
+import { reserveNodeSubnet, type NodeSubnet } from './kubelet/subnet.js'
 import { kubeconfigYaml } from './kubeconfig.js'
 import { Scheduler } from './scheduler.js'
 import type { Taint } from './scheduling/node-fit.js'
@@ -90,7 +92,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const id = randomBytes(4).toString('hex')
   const token = opts.token ?? randomBytes(24).toString('hex')
   const log = opts.log
-  const repoRoot = opts.repoRoot ?? fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '')
+  // From kube-sim/cluster.ts one level up; from dist/kube-sim/cluster.js (the built CLI) two.
+  const here = dirname(fileURLToPath(import.meta.url))
+  const repoRoot = opts.repoRoot ?? resolve(here, basename(dirname(here)) === 'dist' ? '../..' : '..')
   const images: ImageMap = { ...defaultImages(repoRoot), ...(opts.images ?? {}) }
   const cgroups = opts.cgroups === null ? undefined : opts.cgroups ?? await detectCgroups()
   if (cgroups === undefined) log?.warn('kube-sim: no writable cgroup hierarchy; containers run without limits')
@@ -118,14 +122,16 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const kubeconfig = (): string => kubeconfigYaml({ server: api.url, token, ca: api.ca, name: 'kindling-sim' })
   await writeFile(kubeconfigPath, kubeconfig(), { mode: 0o600 })
 
-  let nextIndex = 0
+  const subnets = new Map<string, NodeSubnet>()
   const addNode = async (role: NodeRole): Promise<string> => {
     if (!NODE_ROLES.includes(role)) throw new Error(`unknown node role "${String(role)}" (${NODE_ROLES.join(', ')})`)
     let i = 0
     while (kubelets.has(`kindling-${role}-${i}`) || store.get(kinds.node, undefined, `kindling-${role}-${i}`) !== undefined) i++
     const name = `kindling-${role}-${i}`
+    const subnet = await reserveNodeSubnet()
+    subnets.set(name, subnet)
     const kubelet = new Kubelet({
-      store, kinds, nodeName: name, nodeIndex: nextIndex++, labels: nodeLabels(name, role), taints: nodeTaints(role),
+      store, kinds, nodeName: name, subnet: subnet.octet, labels: nodeLabels(name, role), taints: nodeTaints(role),
       dataDir: opts.dataDir, images, cgroups, cgroupParent, cpu: opts.nodeCpu ?? 4, memoryMi: opts.nodeMemoryMi ?? 8192,
       backoffBaseMs: opts.backoffBaseMs ?? 1000, log: log?.child({ node: name }),
       baseEnv: () => ({ KUBECONFIG: kubeconfigPath, KUBERNETES_SERVICE_HOST: new URL(api.url).hostname, KUBERNETES_SERVICE_PORT: String(api.port) }),
@@ -147,12 +153,16 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       kubelets.delete(name)
       await k.vanish()
       deleteNode(store, kinds, name)
+      await subnets.get(name)?.release()
+      subnets.delete(name)
     },
     kubelet: (name) => kubelets.get(name),
     stop: () => (stopped ??= (async () => {
       for (const l of loops) l.stop()
       await Promise.all([...kubelets.values()].map((k) => k.stop()))
       kubelets.clear()
+      await Promise.all([...subnets.values()].map((s) => s.release()))
+      subnets.clear()
       await api.close()
       if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor(CGROUP_ROOT, id)).catch((err: unknown) => log?.warn({ err }, 'cannot remove the stand-in\'s cgroup'))
     })()),

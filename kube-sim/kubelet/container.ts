@@ -65,6 +65,8 @@ interface Terminated {
   containerID?: string
 }
 
+/** coreutils' env: runs a container's command without what a spawn wrapper of this process added (NODE_OPTIONS). */
+const ENV = '/usr/bin/env'
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z')
 
 export class ContainerRunner {
@@ -144,7 +146,7 @@ export class ContainerRunner {
     const env = this.#envOrUndefined()
     if (env === undefined || command.length === 0) return -1
     const argv = this.#wrap(command[0] as string, command.slice(1))
-    const child = spawn(argv.command, argv.args, { env, cwd: this.#ctx.dir, stdio: 'ignore', detached: true, ...(this.#identity ?? {}) })
+    const child = spawn(ENV, ['-u', 'NODE_OPTIONS', '--', argv.command, ...argv.args], { env, cwd: this.#ctx.dir, stdio: 'ignore', detached: true, ...(this.#identity ?? {}) })
     const timer = setTimeout(() => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch { /* gone */ } }, timeoutMs)
     try {
       const [code] = await once(child, 'exit') as [number | null]
@@ -293,7 +295,9 @@ export class ContainerRunner {
     }
     const argv = this.#wrap(entry[0] as string, [...entry.slice(1), ...args])
     const startedAt = Date.now()
-    const child = spawn(argv.command, argv.args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true, ...(this.#identity ?? {}) })
+    // Through `env -u NODE_OPTIONS`: a spawn wrapper of the process running the stand-in (a test runner's coverage
+    // hooks, an APM) may add NODE_OPTIONS to any environment it spawns with; a container gets what its spec says.
+    const child = spawn(ENV, ['-u', 'NODE_OPTIONS', '--', argv.command, ...argv.args], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true, ...(this.#identity ?? {}) })
     this.#child = child
     const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
       child.once('exit', (code, signal) => resolve([code, signal]))

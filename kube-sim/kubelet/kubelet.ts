@@ -23,8 +23,8 @@ export interface KubeletOptions {
   store: ObjectStore
   kinds: Kinds
   nodeName: string
-  /** 0…154: the node's addresses are 127.(100+index).*. */
-  nodeIndex: number
+  /** The node's subnet (reserveNodeSubnet): its address is 127.N.0.1, its pods' 127.N.x.y. */
+  subnet: number
   labels: Record<string, string>
   taints: Taint[]
   /** Where the node's pods live: `<dataDir>/nodes/<node>/pods/<uid>/`. */
@@ -61,10 +61,10 @@ export class Kubelet {
   #gone = false
 
   constructor(opts: KubeletOptions) {
-    if (!Number.isInteger(opts.nodeIndex) || opts.nodeIndex < 0 || opts.nodeIndex > 154) throw new RangeError(`node index ${opts.nodeIndex} is outside 0…154`)
+    if (!Number.isInteger(opts.subnet) || opts.subnet < 1 || opts.subnet > 254) throw new RangeError(`node subnet ${opts.subnet} is outside 1…254`)
     this.#opts = opts
     this.nodeName = opts.nodeName
-    this.hostIP = `127.${100 + opts.nodeIndex}.0.1`
+    this.hostIP = `127.${opts.subnet}.0.1`
     this.#cursor = opts.firstPodAddress ?? Math.floor(Math.random() * 255 * 254)
   }
 
@@ -167,12 +167,12 @@ export class Kubelet {
   }
 
   /**
-   * The next free 127.(100+i).x.y (x 1…255, y 1…254), round-robin from a random start so a freed address is not
-   * reused at once and two stand-ins on one host (tests running side by side) rarely meet; an address where one
-   * of the pod's declared ports is already taken (by another stand-in's pod) is skipped.
+   * The next free 127.N.x.y of the node's own subnet (x 1…255, y 1…254; the subnet is reserved host-wide, see
+   * subnet.ts), round-robin from a random start so a freed address is not reused at once; an address where one of
+   * the pod's declared ports is already taken (by a process outside the stand-in) is skipped.
    */
   async #allocateIP(ports: readonly number[]): Promise<string> {
-    const prefix = `127.${100 + this.#opts.nodeIndex}`
+    const prefix = `127.${this.#opts.subnet}`
     const size = 255 * 254
     for (let n = 0; n < size; n++) {
       const k = (this.#cursor + n) % size

@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { Client } from 'undici'
 import { pidsOf, runChaos, runDirInstances, startKiller, type ChaosResult, type Victim } from '../../bench/chaos.js'
-import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { HOST_BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // Issue 8 part 4. Kills only instances of the test's own platform: ids from its run directory and pool
@@ -32,7 +32,7 @@ function report(t: { comment(...m: unknown[]): void }, r: ChaosResult): void {
   for (const f of r.failures.slice(0, 30)) t.comment(`  failure @${Math.round(f.atMs)} ms: ${f.fn} ${f.status} ${f.code ?? ""} ${f.message}`)
 }
 
-for (const backend of BACKENDS) {
+for (const backend of HOST_BACKENDS) {
 t.test(`on the ${backend} backend, a call never fails because an instance other than its own died`, async (t) => {
   const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 2, KINDLING_POOL_ADAPTIVE: 'false' })
   const fns = {

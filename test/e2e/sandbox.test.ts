@@ -4,7 +4,7 @@ import { chmod, lstat, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import t from 'tap'
-import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { HOST_BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 
 /**
  * Tries what a hostile function would (issue 8): TCP connections, Unix sockets, reading paths. Answers
@@ -140,7 +140,7 @@ interface Tap { teardown(fn: () => unknown): void }
 const refused = /^(?!connected)/
 const unreadable = /^(?!read)/
 
-for (const backend of BACKENDS) {
+for (const backend of HOST_BACKENDS) {
  t.test(`on the ${backend} backend`, async (t) => {
   t.test('a network: none function reaches neither the platform nor another instance nor other code', async (t) => {
     // Outside /tmp (an instance's private /tmp would hide it anyway) and world-readable, as `kindling up`

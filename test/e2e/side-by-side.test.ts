@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { startSim } from '../fixtures/kube.js'
 import { waitFor } from '../fixtures/wait.js'
 
 const CODE = 'export default () => ({ pid: process.pid })'
@@ -31,14 +32,16 @@ t.test('the platform id is derived from the data directory and recorded in it', 
 
 for (const backend of BACKENDS) {
   t.test(`two platforms on one host leave each other alone (${backend} backend)`, async (t) => {
-    const a = await startPlatform(t, { KINDLING_BACKEND: backend })
+    // On kubernetes: two platforms on one cluster, in one namespace, told apart by their platform id.
+    const cluster: Record<string, string> = backend === 'kubernetes' ? { KINDLING_KUBECONFIG: (await startSim(t)).kubeconfigPath } : {}
+    const a = await startPlatform(t, { KINDLING_BACKEND: backend, ...cluster })
     t.equal((await a.deploy('keep', { runtime: 'node', code: CODE, mode: 'persistent', prewarm: 2 })).status, 201)
     await waitFor(async () => (await idleOf(a, 'keep')) === 2, 'the first platform\'s prewarm pool to be full')
     const before = instancesOf(a, 'keep')
     t.equal(before.length, 2)
 
     // A second platform with its own data directory starts (and reaps its own orphans), serves, and stops.
-    const b = await startPlatform(t, { KINDLING_BACKEND: backend })
+    const b = await startPlatform(t, { KINDLING_BACKEND: backend, ...cluster })
     t.equal((await b.deploy('other', { runtime: 'node', code: CODE, mode: 'persistent', prewarm: 1 })).status, 201)
     t.equal((await b.invoke('other')).status, 200)
     t.same(instancesOf(a, 'keep'), before, 'the second platform\'s start-up reaped none of the first one\'s instances')

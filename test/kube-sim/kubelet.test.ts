@@ -7,6 +7,7 @@ import { detectCgroups } from '../../cgroups/index.js'
 import { kindsOf, type Kinds } from '../../kube-sim/controllers/shared.js'
 import { defaultImages } from '../../kube-sim/kubelet/images.js'
 import { Kubelet } from '../../kube-sim/kubelet/kubelet.js'
+import { reserveNodeSubnet } from '../../kube-sim/kubelet/subnet.js'
 import { MemoryStore } from '../../kube-sim/store.js'
 import type { KubeObject } from '../../kube-sim/types.js'
 import { waitFor } from '../fixtures/wait.js'
@@ -36,6 +37,8 @@ interface Setup {
   kinds: Kinds
   kubelet: Kubelet
   dir: string
+  /** The node's reserved subnet octet: 127.N.0.1. */
+  subnet: number
   cgroups: Awaited<ReturnType<typeof detectCgroups>>
   parent: string
 }
@@ -57,17 +60,19 @@ async function setup(t: Test, index = 0): Promise<Setup> {
     'test/exit': [process.execPath, join(dir, 'exit.mjs')],
     'test/term': [process.execPath, join(dir, 'term.mjs')],
   }
+  const subnet = await reserveNodeSubnet()
   const kubelet = new Kubelet({
-    store, kinds, nodeName: node, nodeIndex: index, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
+    store, kinds, nodeName: node, subnet: subnet.octet, labels: { 'kindling.io/node-role': 'runtime' }, taints: [],
     dataDir: join(dir, 'data'), images, cgroups, cgroupParent: parent, backoffBaseMs: 100, firstPodAddress: 0,
   })
   await kubelet.start()
   t.teardown(async () => {
     await kubelet.stop()
+    await subnet.release()
     if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor('kube-sim', `test-${process.pid}-${index}`))
     await rm(dir, { recursive: true, force: true })
   })
-  return { store, kinds, kubelet, dir, cgroups, parent }
+  return { store, kinds, kubelet, dir, subnet: subnet.octet, cgroups, parent }
 }
 
 function pod(name: string, node: string, spec: Record<string, unknown>): KubeObject {
@@ -92,12 +97,12 @@ function alive(pid: number): boolean {
   try { process.kill(pid, 0); return true } catch { return false }
 }
 
-t.test('registers its Node: Ready, capacity, InternalIP 127.(100+i).0.1, and a Lease in kube-node-lease', async (t) => {
+t.test('registers its Node: Ready, capacity, InternalIP 127.N.0.1 of its reserved subnet, and a Lease in kube-node-lease', async (t) => {
   const s = await setup(t, 3)
   const node = s.store.get(s.kinds.node, undefined, 'kindling-runtime-3') as KubeObject
   t.match(node.status.conditions, [{ type: 'MemoryPressure' }, { type: 'DiskPressure' }, { type: 'PIDPressure' }, { type: 'Ready', status: 'True', reason: 'KubeletReady' }])
   t.same(node.status.allocatable, { cpu: '4', memory: `${8192 * 1024}Ki`, pods: '110', 'ephemeral-storage': '100Gi' })
-  t.same(node.status.addresses[0], { type: 'InternalIP', address: '127.103.0.1' })
+  t.same(node.status.addresses[0], { type: 'InternalIP', address: `127.${s.subnet}.0.1` })
   const lease = s.store.get(s.kinds.lease, 'kube-node-lease', 'kindling-runtime-3') as KubeObject
   t.equal(lease.spec.holderIdentity, 'kindling-runtime-3')
   t.match(lease.spec.renewTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/)
@@ -117,9 +122,9 @@ t.test('runs the runtime image as nobody on its own loopback IP; readiness (GET 
   }))
   const p = await waitFor(() => { const x = get(s, 'rt'); return x?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'Ready' && c.status === 'True') && x }, 'the pod Ready', 15_000)
   t.equal(p.status.phase, 'Running')
-  t.match(p.status.podIP, /^127\.100\.\d+\.\d+$/)
-  t.not(p.status.podIP, '127.100.0.1', 'not the node address')
-  t.equal(p.status.hostIP, '127.100.0.1')
+  t.match(p.status.podIP, new RegExp(`^127\\.${s.subnet}\\.\\d+\\.\\d+$`), 'an address of the node\'s subnet')
+  t.not(p.status.podIP, `127.${s.subnet}.0.1`, 'not the node address')
+  t.equal(p.status.hostIP, `127.${s.subnet}.0.1`)
   t.same(p.status.podIPs, [{ ip: p.status.podIP }])
   const cs = p.status.containerStatuses[0]
   t.match(cs, { name: 'runtime', ready: true, started: true, restartCount: 0, state: { running: {} } })
@@ -340,16 +345,16 @@ t.test('each container runs in its own cgroup under the pod\'s, with its cpu and
   await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
 })
 
-t.test('an address whose declared port another stand-in\'s pod already holds is skipped', async (t) => {
+t.test('an address whose declared port a process outside the stand-in already holds is skipped', async (t) => {
   const { createServer } = await import('node:net')
-  const squatter = createServer()
-  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(8888, '127.105.1.1', resolve))
-  t.teardown(() => squatter.close())
   const s = await setup(t, 5)
+  const squatter = createServer()
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(8888, `127.${s.subnet}.1.1`, resolve))
+  t.teardown(() => squatter.close())
   s.store.create(s.kinds.pod, pod('skip', 'kindling-runtime-5', {
     containers: [{ name: 'runtime', image: 'kindling/runtime-node:1', ports: [{ containerPort: 8888 }], env: [{ name: 'KINDLING_LISTEN', value: 'tcp:0.0.0.0:8888' }] }],
   }))
   const p = await waitFor(() => { const x = get(s, 'skip'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
-  t.equal(p.status.podIP, '127.105.1.2', 'the first address was taken on 8888')
+  t.equal(p.status.podIP, `127.${s.subnet}.1.2`, 'the first address was taken on 8888')
   t.equal(p.status.containerStatuses[0].restartCount, 0)
 })

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
+import { HOST_BACKENDS, startPlatform, type TestPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 const generic = (p: TestPlatform) => p.pools.snapshot().find((s) => s.pool === 'generic:node')!
@@ -40,7 +40,7 @@ t.test('the memory budget evicts idle pooled instances first, then refuses with 
   t.equal(huge.json['code'], 'KDL_ERR_NO_CAPACITY')
 })
 
-for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instances start at a small CPU share and get a full one when they serve a call`, async (t) => {
+for (const backend of HOST_BACKENDS) t.test(`on the ${backend} backend, pool instances start at a small CPU share and get a full one when they serve a call`, async (t) => {
   const { readFile } = await import('node:fs/promises')
   const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 1, KINDLING_POOL_ADAPTIVE: 'false' })
   await waitFor(() => generic(p).idle === 1, 'the generic pool to fill')
@@ -58,7 +58,7 @@ for (const backend of BACKENDS) t.test(`on the ${backend} backend, pool instance
   t.equal(await shares(serving.id), 1024, 'the instance serving the call has the full share')
 })
 
-for (const backend of BACKENDS) t.test(`on the ${backend} backend, no more instance starts run at once than KINDLING_MAX_STARTING; the calls beyond wait their turn`, async (t) => {
+for (const backend of HOST_BACKENDS) t.test(`on the ${backend} backend, no more instance starts run at once than KINDLING_MAX_STARTING; the calls beyond wait their turn`, async (t) => {
   const p = await startPlatform(t, { KINDLING_BACKEND: backend, KINDLING_POOL_SIZE: 0, KINDLING_POOL_ADAPTIVE: 'false', KINDLING_MAX_STARTING: 2 })
   t.same((await p.api('GET', '/v1/pools')).json['starts'], { running: 0, waiting: 0, limit: 2 }, 'GET /v1/pools shows the start gate')
   await p.deploy('burst', { runtime: 'node', code: 'export default () => "b"', mode: 'ephemeral', maxInstances: 6 })
