@@ -171,6 +171,17 @@ export class KubernetesBackend implements ContainerBackend {
     this.#log.info({ backend: this.name, runtime: pool.runtime, size: pool.size, deployment: name }, 'generic pool set')
   }
 
+  /** Ready, unclaimed pool pods of the runtime in the watch's copy (what a claim could take now). */
+  genericPoolIdle(runtime: string): number {
+    const pool = this.#pools.get(runtime)
+    if (pool === undefined) return 0
+    const want = resourcesOf(pool.memoryMb, pool.cpu)
+    const image = this.#imageOf(runtime, pool.image)
+    let n = 0
+    for (const [name, pod] of this.#watch.pods) if (this.#claimable(pod, runtime, want, image) && !this.#claiming.has(name) && !this.#byPod.has(name)) n++
+    return n
+  }
+
   async start(req: InstanceRequest): Promise<InstanceHandle> {
     if (this.#closing) throw new KdlError('KDL_ERR_BACKEND', 'kubernetes backend is closed')
     checkId(req.id)

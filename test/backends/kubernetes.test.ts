@@ -252,7 +252,10 @@ t.test('a pool manager on the backend: the runtime\'s pool is the Deployment, a 
   const res = await invoke(inst.dispatcher, 'pm')
   t.equal(res.status, 200)
   t.match(JSON.parse(res.text), { hello: 'pm' })
-  t.same(pools.snapshot().find((s) => s.pool === 'generic:node'), { pool: 'generic:node', kind: 'generic', runtime: 'node', target: 0, idle: 0, starting: 0 }, 'the pool manager keeps no pool of its own')
+  t.equal(inst.handle.pooled, true)
+  const snap = await waitFor(() => { const x = pools.snapshot().find((s) => s.pool === 'generic:node'); return x?.idle === POOL.size ? x : undefined }, 'the snapshot to show the refilled pool')
+  t.match(snap, { target: POOL.size, starting: 0 }, 'the pool manager shows the Deployment\'s pool, keeping none of its own')
+  t.notOk([...pools.instances()].some((i) => i.state === 'generic'), 'no generic instance of the pool manager\'s')
 })
 
 t.test('while the API server is away a claimed pod keeps answering, claims fail with KDL_ERR_BACKEND, and the watch resumes', async (t) => {
