@@ -169,6 +169,8 @@ export interface ContainerBackend {
   readonly ownsGenericPools?: boolean
   /** Creates or resizes a runtime's generic pool (backends that own their pools); idempotent. */
   setGenericPool?(pool: GenericPoolSpec): Promise<void>
+  /** Instances of the runtime's own pool ready to be claimed now, as far as the backend knows (pool snapshots and metrics). */
+  genericPoolIdle?(runtime: string): number
   /** Start one generic instance; resolves once its runtime server answers `GET /_/health`. */
   start(req: InstanceRequest): Promise<InstanceHandle>
   /** Stop and remove an instance. Idempotent: stopping an unknown or dead instance resolves. */

@@ -562,8 +562,12 @@ export class PoolManager {
 
   snapshot(): PoolSnapshot[] {
     const out: PoolSnapshot[] = []
+    const owned = this.backend.ownsGenericPools === true
     for (const [runtime, p] of this.#generic) {
-      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target: p.target, idle: p.idle.length, starting: p.starting, ...unmetView(p) })
+      // A pool the backend keeps: its size is the runtime's, its idle instances are the backend's.
+      const target = owned ? p.spec.poolSize : p.target
+      const idle = owned ? this.backend.genericPoolIdle?.(runtime) ?? 0 : p.idle.length
+      out.push({ pool: `generic:${runtime}`, kind: 'generic', runtime, target, idle, starting: p.starting, ...unmetView(p) })
     }
     for (const [key, p] of this.#prewarm) {
       out.push({ pool: `fn:${key}`, kind: 'prewarm', runtime: p.record.runtime, function: p.record.name, version: p.record.version, target: p.target, idle: p.idle.length, starting: p.filling, ...unmetView(p) })

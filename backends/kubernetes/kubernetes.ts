@@ -1,12 +1,13 @@
-import { AppsV1Api, CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import { AppsV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node'
 import type { Dispatcher } from 'undici'
 import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoolSpec, type InstanceExit, type InstanceHandle, type InstanceRequest } from '../../common/backend.js'
 import { KdlError } from '../../common/errors.js'
 import type { InstanceAddress } from '../../common/types.js'
-import { dispatcherFor, fetchCode, health } from '../../protocol/runtime-client.js'
+import { dispatcherFor, fetchCode, health, type HealthAnswer } from '../../protocol/runtime-client.js'
 import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
+import { PoolDeployments, mergePatch } from './pool-deployments.js'
 
 export type { KubeLog } from './kube-common.js'
 
@@ -34,6 +35,11 @@ export interface KubernetesBackendOptions {
   quarantineNodes?: NodeRole | undefined
   /** Grants pods their function's code (prepareCode). */
   codeServer: CodeGrants
+  /**
+   * The code server's origin as pods reach it (`http://host:port`, CodeServer.start's answer): a runtime then fetches
+   * from there only, so whoever else reaches a generic pod's port cannot make it download code (KINDLING_CODE_ORIGIN).
+   */
+  codeOrigin?: string | undefined
   /** How long a start may take: a claim and its health check, or a bare pod's scheduling, start and readiness, ms. */
   startTimeoutMs: number
   /** Bound on each API call, ms. @default 10_000 */
@@ -64,11 +70,14 @@ interface Held {
 }
 
 const REMEMBERED = 1024
+/** Pool pods one start claims before it creates a pod of its own (each claimed one that did not answer is deleted). */
+const CLAIM_TRIES = 3
+/** How long a claimed pool pod (Ready, so listening) may take to answer its health check. */
+const POOL_PROBE_MS = 2_000
 /** How long exitReason() waits for the watch to report a death it has not reported yet. */
 const EXIT_WAIT_MS = 2_000
 const DEFAULT_RUNTIME_NODES: NodeRole = { key: 'kindling.io/node-role', value: 'runtime' }
 const DEFAULT_QUARANTINE_NODES: NodeRole = { key: 'kindling.io/node-role', value: 'quarantine' }
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch)
 
 /**
  * Instances as Kubernetes pods (issue 10). Each runtime's generic pool is a Deployment of runtime pods on the
@@ -91,7 +100,7 @@ export class KubernetesBackend implements ContainerBackend {
   readonly #ns: string
   readonly #server: string
   readonly #core: CoreV1Api
-  readonly #apps: AppsV1Api
+  readonly #deployments: PoolDeployments
   readonly #log: KubeLog
   readonly #apiTimeoutMs: number
   readonly #watch: PodWatch
@@ -106,7 +115,6 @@ export class KubernetesBackend implements ContainerBackend {
   /** Callbacks run on every event of a pod (start() waiting for a pod to be Ready). */
   readonly #podWaiters = new Map<string, Set<() => void>>()
   readonly #stops = new Map<string, Promise<void>>()
-  #namespaceReady: Promise<void> | undefined
   #closing = false
 
   constructor(opts: KubernetesBackendOptions) {
@@ -114,9 +122,11 @@ export class KubernetesBackend implements ContainerBackend {
     this.#ns = opts.namespace ?? 'kindling'
     this.#server = opts.kubeConfig.getCurrentCluster()?.server ?? '(no current cluster)'
     this.#core = opts.kubeConfig.makeApiClient(CoreV1Api)
-    this.#apps = opts.kubeConfig.makeApiClient(AppsV1Api)
     this.#log = opts.log ?? silent
     this.#apiTimeoutMs = opts.apiTimeoutMs ?? 10_000
+    this.#deployments = new PoolDeployments({
+      core: this.#core, apps: opts.kubeConfig.makeApiClient(AppsV1Api), namespace: this.#ns, platformId: opts.platformId, server: this.#server, timeoutMs: this.#apiTimeoutMs,
+    })
     this.#watch = new PodWatch({
       kubeConfig: opts.kubeConfig, core: this.#core, namespace: this.#ns, labelSelector: `${LABEL.platform}=${opts.platformId}`,
       server: this.#server, timeoutMs: this.#apiTimeoutMs, log: this.#log, onEvent: (type, pod) => this.#onPod(type, pod),
@@ -132,30 +142,8 @@ export class KubernetesBackend implements ContainerBackend {
     }
   }
 
-  /** The namespace exists (created when missing; 403 — no right to read or create namespaces — and 409 are fine). */
-  #namespace(): Promise<void> {
-    this.#namespaceReady ??= (async () => {
-      try {
-        await withTimeout(this.#core.readNamespace({ name: this.#ns }), this.#apiTimeoutMs, 'the namespace read')
-        return
-      } catch (err) {
-        const s = statusOf(err)
-        if (s === 403) return
-        if (s !== 404) throw apiError(`cannot read namespace ${this.#ns}`, err, this.#server)
-      }
-      try {
-        await withTimeout(this.#core.createNamespace({ body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: this.#ns, labels: { 'app.kubernetes.io/managed-by': 'kindling' } } } }), this.#apiTimeoutMs, 'the namespace create')
-      } catch (err) {
-        const s = statusOf(err)
-        if (s !== 403 && s !== 409) throw apiError(`cannot create namespace ${this.#ns}`, err, this.#server)
-      }
-    })()
-    this.#namespaceReady.catch(() => { this.#namespaceReady = undefined })
-    return this.#namespaceReady
-  }
-
   async #ready(): Promise<void> {
-    await this.#namespace()
+    await this.#deployments.namespace()
     await this.#watch.ensure()
   }
 
@@ -176,18 +164,22 @@ export class KubernetesBackend implements ContainerBackend {
     const name = this.poolName(pool.runtime)
     const body = poolDeployment(name, this.#ns, pool.size, {
       platformId: this.#o.platformId, runtime: pool.runtime, image: this.#imageOf(pool.runtime, pool.image), memoryMb: pool.memoryMb, cpu: pool.cpu,
-      role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256,
+      role: this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })
-    try {
-      await withTimeout(this.#apps.createNamespacedDeployment({ namespace: this.#ns, body }), this.#apiTimeoutMs, 'the pool create')
-    } catch (err) {
-      if (statusOf(err) !== 409) throw apiError(`cannot create the pool Deployment ${name}`, err, this.#server)
-      // It exists (an earlier run, another replica of the platform): its size and pod template become this pool's.
-      // A merge patch replaces the template's lists (containers, tolerations) whole; the selector is the same.
-      const patch = { metadata: { labels: body.metadata?.labels }, spec: { replicas: pool.size, template: body.spec?.template } }
-      await this.#api(`update the pool Deployment ${name}`, () => this.#apps.patchNamespacedDeployment({ name, namespace: this.#ns, body: patch }, mergePatch))
-    }
+    // An existing one (an earlier run, another replica of the platform) becomes this pool.
+    await this.#deployments.write(body)
     this.#log.info({ backend: this.name, runtime: pool.runtime, size: pool.size, deployment: name }, 'generic pool set')
+  }
+
+  /** Ready, unclaimed pool pods of the runtime in the watch's copy (what a claim could take now). */
+  genericPoolIdle(runtime: string): number {
+    const pool = this.#pools.get(runtime)
+    if (pool === undefined) return 0
+    const want = resourcesOf(pool.memoryMb, pool.cpu)
+    const image = this.#imageOf(runtime, pool.image)
+    let n = 0
+    for (const [name, pod] of this.#watch.pods) if (this.#claimable(pod, runtime, want, image) && !this.#claiming.has(name) && !this.#byPod.has(name)) n++
+    return n
   }
 
   async start(req: InstanceRequest): Promise<InstanceHandle> {
@@ -208,12 +200,30 @@ export class KubernetesBackend implements ContainerBackend {
     failed.catch(noop)
     try {
       await Promise.race([this.#ready(), failed])
-      let pod = this.#fitsPool(req) ? await Promise.race([this.#claim(req, held), failed]) : undefined
-      const pooled = pod !== undefined
-      pod ??= await Promise.race([this.#startBare(req, held), failed])
-      const address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+      let pod: V1Pod | undefined
+      let address: { host: string; port: number } | undefined
+      let pooled = false
+      // A claimed pool pod that does not answer as a new runtime is dropped and the next one claimed (a few at most).
+      for (let tries = 0; pod === undefined && tries < CLAIM_TRIES && this.#fitsPool(req); tries++) {
+        pod = await Promise.race([this.#claim(req, held), failed])
+        if (pod === undefined) break
+        address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+        const answer = await Promise.race([this.#probe(address, held.startFailed.signal, POOL_PROBE_MS).catch((err: unknown) => err as Error), failed])
+        if (!(answer instanceof Error) && answer.state === 'generic') { pooled = true; break }
+        this.#log.warn({ instance: req.id, pod: held.podName, backend: this.name, address, answer: answer instanceof Error ? answer.message : answer }, 'a claimed pool pod does not answer as a new runtime; deleting it')
+        await this.#dropClaim(held)
+        pod = undefined
+      }
+      if (pod === undefined) {
+        pod = await Promise.race([this.#startBare(req, held), failed])
+        address = { host: pod.status?.podIP ?? '', port: RUNTIME_PORT }
+        const answer = await Promise.race([this.#probe(address, held.startFailed.signal), failed])
+        // A new runtime has no function: one that answers with a function is not this pod's (an address someone
+        // else holds) and is never handed out.
+        if (answer.state !== 'generic') throw new KdlError('KDL_ERR_BACKEND', `pod ${held.podName} at ${address.host}:${address.port} answers as a runtime with function ${answer.function ?? '?'} loaded, not a new one`)
+      }
+      if (address === undefined) throw new KdlError('KDL_ERR_INTERNAL', 'no address')
       held.address = address
-      await Promise.race([this.#probe(address, held.startFailed.signal), failed])
       held.startFailed.signal.throwIfAborted()
       held.started = true
       this.#log.debug({ instance: req.id, pool: req.pool, backend: this.name, pod: held.podName, node: pod.spec?.nodeName, pooled, ms: Math.round(performance.now() - t0) }, 'instance started')
@@ -281,6 +291,7 @@ export class KubernetesBackend implements ContainerBackend {
             const s = statusOf(err)
             if (s === 404) break
             if (s !== 409) throw apiError(`cannot claim pool pod ${name}`, err, this.#server)
+            this.#log.debug({ instance: req.id, pod: name, backend: this.name }, 'claim lost a race')
           }
           pod = await this.#readPod(name)
           const want = resourcesOf(req.memoryMb, req.cpu)
@@ -310,13 +321,26 @@ export class KubernetesBackend implements ContainerBackend {
     // stand-in has none); a deployment that needs `none` enforced adds a NetworkPolicy for `kindling.io/managed=false`.
     const body = barePod(name, this.#ns, req.id, req.pool, {
       platformId: this.#o.platformId, runtime: req.runtime, image: this.#imageOf(req.runtime, req.image), memoryMb: req.memoryMb, cpu: req.cpu,
-      role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256,
+      role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })
     held.podName = name
     this.#byPod.set(name, req.id)
     await this.#api(`create pod ${name}`, () => this.#core.createNamespacedPod({ namespace: this.#ns, body }))
     if (held.stopping) this.#deleteLate(name, req.id)
     return this.#waitReady(name, held.startFailed.signal)
+  }
+
+  /** Lets go of a claimed pool pod that cannot serve: it is deleted (the ReplicaSet no longer counts it) and forgotten. */
+  async #dropClaim(held: Held): Promise<void> {
+    const name = held.podName
+    if (name === undefined) return
+    held.podName = undefined
+    if (this.#byPod.get(name) === held.id) this.#byPod.delete(name)
+    try {
+      await withTimeout(this.#core.deleteNamespacedPod({ name, namespace: this.#ns, gracePeriodSeconds: 0 }), this.#apiTimeoutMs, 'the pod delete')
+    } catch (err) {
+      if (statusOf(err) !== 404) throw apiError(`cannot delete pod ${name}`, err, this.#server)
+    }
   }
 
   /** Deletes a pod that became an instance's after its start had already been given up. */
@@ -349,16 +373,16 @@ export class KubernetesBackend implements ContainerBackend {
   }
 
   /** GET /_/health on the pod; a refused connection (the runtime not listening yet, or not reachable yet) is retried until the start fails. */
-  async #probe(address: InstanceAddress, failed: AbortSignal): Promise<void> {
+  async #probe(address: InstanceAddress, failed: AbortSignal, timeoutMs = this.#o.startTimeoutMs): Promise<HealthAnswer> {
     let backoff = 2
+    const deadline = Date.now() + timeoutMs
     for (;;) {
       const client = dispatcherFor(address)
       try {
-        await health(client, this.#o.startTimeoutMs)
-        return
+        return await health(client, Math.max(1, deadline - Date.now()))
       } catch (err) {
         const code = (err as { code?: unknown }).code
-        if (failed.aborted || (code !== 'ECONNREFUSED' && code !== 'ECONNRESET')) throw err
+        if (failed.aborted || Date.now() >= deadline || (code !== 'ECONNREFUSED' && code !== 'ECONNRESET')) throw err
       } finally {
         await client.close().catch(noop)
       }
@@ -446,7 +470,7 @@ export class KubernetesBackend implements ContainerBackend {
 
   /** The platform's instance pods (claimed or bare: `managed=false`), including those an earlier run left. */
   async list(): Promise<Array<{ id: string; pool: string; runtime: string }>> {
-    await this.#namespace()
+    await this.#deployments.namespace()
     const list = await this.#api('list instance pods', () => this.#core.listNamespacedPod({ namespace: this.#ns, labelSelector: `${LABEL.platform}=${this.#o.platformId},${LABEL.managed}=false,${LABEL.instance}` }))
     return list.items.map((p) => ({
       id: p.metadata?.labels?.[LABEL.instance] ?? '',
@@ -498,15 +522,7 @@ export class KubernetesBackend implements ContainerBackend {
 
   /** Deletes every pool Deployment of this platform (and, by garbage collection, their pool pods). */
   async deletePools(): Promise<void> {
-    const list = await this.#api('list the pool Deployments', () => this.#apps.listNamespacedDeployment({ namespace: this.#ns, labelSelector: `${LABEL.platform}=${this.#o.platformId}` }))
-    for (const d of list.items) {
-      const name = d.metadata?.name ?? ''
-      try {
-        await withTimeout(this.#apps.deleteNamespacedDeployment({ name, namespace: this.#ns, propagationPolicy: 'Background' }), this.#apiTimeoutMs, 'the pool delete')
-      } catch (err) {
-        if (statusOf(err) !== 404) throw apiError(`cannot delete the pool Deployment ${name}`, err, this.#server)
-      }
-    }
+    await this.#deployments.deleteAll()
     this.#pools.clear()
   }
 

@@ -24,6 +24,8 @@ export interface RuntimePodShape {
   cpu: number
   /** The nodes it may run on (their label and NoSchedule taint). */
   role: NodeRole
+  /** The code server's origin (`http://host:port`): the runtime fetches code from there only (KINDLING_CODE_ORIGIN). */
+  codeOrigin?: string | undefined
   /** Extra environment (a bare pod started for a known function; KINDLING_WARMUP). */
   env?: Record<string, string> | undefined
   /** Size bounds of the two emptyDirs, MiB. */
@@ -50,6 +52,7 @@ export function runtimePodSpec(shape: RuntimePodShape): V1PodSpec {
     // The kubelet gives each pod its IP here (the stand-in rewrites 0.0.0.0 to it, a real one binds every address).
     KINDLING_LISTEN: `tcp:0.0.0.0:${RUNTIME_PORT}`,
     KINDLING_CODE_DIR: CODE_DIR,
+    ...(shape.codeOrigin === undefined ? {} : { KINDLING_CODE_ORIGIN: shape.codeOrigin }),
     HOME: TMP_DIR,
     TMPDIR: TMP_DIR,
   }

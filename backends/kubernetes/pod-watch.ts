@@ -102,7 +102,11 @@ export class PodWatch {
         if (events > 0 || Date.now() - t0 >= SHORT_WATCH_MS) { backoff = 100; continue }
       } catch (err) {
         if (this.#closed.signal.aborted) return
-        if (statusOf(err) === 410) { this.#rv = undefined; continue }
+        if (statusOf(err) === 410) {
+          this.#o.log.info({ namespace: this.#o.namespace }, 'pod watch too old (410 Gone); relisting')
+          this.#rv = undefined
+          continue
+        }
         if (!this.#away) this.#o.log.warn({ err: errorText(err), namespace: this.#o.namespace }, 'pod watch lost; resuming with back-off')
         this.#away = true
       }

@@ -1,15 +1,17 @@
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, readdir, readlink, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client-node'
+import { pino } from 'pino'
 import t from 'tap'
 import type { Dispatcher } from 'undici'
 import type { InstanceExit, InstanceHandle, InstanceRequest } from '../../common/backend.js'
 import { CodeServer } from '../../backends/kubernetes/code-server.js'
 import { KubernetesBackend } from '../../backends/kubernetes/kubernetes.js'
 import { startCluster, type Cluster } from '../../kube-sim/cluster.js'
+import { PoolManager } from '../../poolmgr/pool-manager.js'
 import { dispatcherFor, load } from '../../protocol/runtime-client.js'
 import { writeCodeDir } from '../fixtures/code.js'
 import { waitFor } from '../fixtures/wait.js'
@@ -38,12 +40,12 @@ if (insecure) {
 }
 const core = kc.makeApiClient(CoreV1Api)
 const codeServer = new CodeServer({ secret: randomBytes(32), workDir: join(dir, 'archives') })
-await codeServer.start({ host: '127.0.0.1', port: 0 })
+const codeOrigin = await codeServer.start({ host: '127.0.0.1', port: 0 })
 const platformId = randomBytes(6).toString('hex')
 const exits: InstanceExit[] = []
 
 function backendFor(): KubernetesBackend {
-  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, startTimeoutMs: 30_000, apiTimeoutMs: 3_000 })
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, apiTimeoutMs: 3_000 })
   b.onExit((e) => exits.push(e))
   return b
 }
@@ -98,6 +100,8 @@ t.test('the pool Deployment fills with Ready pods on the runtime nodes only', as
   t.match(c.resources, { requests: { memory: '128Mi', cpu: '250m' }, limits: { memory: '128Mi', cpu: '250m' } }, 'requests = limits from the runtime')
   t.match(c.securityContext, { readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } })
   t.equal(pool[0]!.spec!.automountServiceAccountToken, false)
+  t.ok(c.env?.some((e) => e.name === 'KINDLING_WARMUP' && e.value === '1'), 'pool pods warm their request path while they wait')
+  t.ok(c.env?.some((e) => e.name === 'KINDLING_CODE_ORIGIN' && e.value === codeOrigin), 'and fetch code from the code server only')
   await backend.setGenericPool(POOL)
   t.equal((await pods('kindling.io/managed=true')).length, 3, 'setting the same pool again changes nothing')
 })
@@ -147,6 +151,22 @@ t.test('two claimers on one pool each get distinct pods', async (t) => {
   await Promise.all(reqs.map((r, i) => (i % 2 === 0 ? backend : other).stop(r.id)))
 })
 
+t.test('two claims of the same pool pod at once: one wins, the other takes the next pod after its 409', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const spy = { debug: (o: object, msg: string) => lines.push({ ...o, msg }), info: () => {}, warn: () => {}, error: () => {} }
+  const a = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, log: spy })
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, log: spy })
+  t.teardown(async () => { await a.close(); await b.close() })
+  await Promise.all([a.setGenericPool(POOL), b.setGenericPool(POOL)])
+  await waitFor(readyPool, 'a full pool', 30_000)
+  // Both copies of the pool are the same: both pick its oldest pod first.
+  const [ra, rb] = [request({ pool: 'fn:race2' }), request({ pool: 'fn:race2' })]
+  const [ha, hb] = await Promise.all([a.start(ra), b.start(rb)])
+  t.ok(ha.pooled && hb.pooled, 'both claimed a pool pod')
+  t.not((await podOf(ra.id))?.metadata?.name, (await podOf(rb.id))?.metadata?.name, 'not the same one')
+  t.ok(lines.some((l) => l['msg'] === 'claim lost a race'), 'one of them got the 409 and moved on')
+})
+
 t.test('a quarantine start lands on the quarantine node', async (t) => {
   const req = request({ pool: 'fn:noisy', quarantine: true })
   const h = await backend.start(req)
@@ -172,6 +192,14 @@ t.test('other limits get a bare pod of their own, with those limits', async (t) 
   t.pass('stopping it again resolves')
 })
 
+t.test('a pod no node can take fails its start with the scheduler\'s reason, and is removed', async (t) => {
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 3_000 })
+  t.teardown(() => b.close())
+  const req = request({ memoryMb: 64 * 1024 })
+  await t.rejects(b.start(req), { code: 'KDL_ERR_BACKEND', message: /not ready within 3000 ms: phase Pending; PodScheduled=False \(Unschedulable: / })
+  await waitFor(async () => (await podOf(req.id)) === undefined, 'the unschedulable pod to be deleted')
+})
+
 t.test('a pod deleted behind the backend\'s back is reported killed', async (t) => {
   const req = request()
   await backend.start(req)
@@ -180,6 +208,48 @@ t.test('a pod deleted behind the backend\'s back is reported killed', async (t) 
   const exit = await waitFor(() => exits.find((e) => e.id === req.id), 'the exit report')
   t.equal(exit.reason, 'killed')
   t.equal(await backend.exitReason(req.id), 'killed')
+})
+
+t.test('an instance over its memory limit is reported oom, one that exits is reported crashed', async (t) => {
+  const code = join(dir, 'code-exits')
+  await writeCodeDir(code, { 'index.mjs': `export default async (event) => {
+    if (event.body === 'exit') process.exit(3)
+    const keep = []
+    for (;;) { keep.push(Buffer.alloc(8 << 20, 1)); await new Promise((r) => setImmediate(r)) }
+  }` })
+  for (const [body, reason] of [['grow', 'oom'], ['exit', 'crashed']] as const) {
+    const req = request({ pool: 'fn:exits' })
+    const h = await backend.start(req)
+    const client = dispatcherFor(h.address)
+    await load(client, { codeDir: await backend.prepareCode(req.id, code), entrypoint: 'index.mjs', function: 'exits', version: 1, env: {} }, 10_000)
+    const answer = await invoke(client, body).catch((err: unknown) => err as Error)
+    t.ok(answer instanceof Error, `the call that ends it (${body}) gets no answer: ${JSON.stringify(answer)}`)
+    await client.close()
+    const exit = await waitFor(() => exits.find((e) => e.id === req.id), `the exit of ${req.id}`, 20_000)
+    t.equal(exit.reason, reason, `${body}: ${reason}`)
+    t.equal(await backend.exitReason(req.id), reason)
+    await waitFor(async () => { const p = await podOf(req.id); return p === undefined || p.metadata?.deletionTimestamp !== undefined }, 'the dead instance\'s pod to be removed')
+  }
+})
+
+t.test('a pool manager on the backend: the runtime\'s pool is the Deployment, a call\'s instance is claimed from it and loads through the code fetch', async (t) => {
+  const b = backendFor()
+  const pools = new PoolManager({ backend: b, log: pino({ level: 'silent' }), pidsLimit: 64 })
+  t.teardown(() => pools.close())
+  pools.setRuntime({ name: 'node', poolSize: POOL.size, memoryMb: POOL.memoryMb, cpu: POOL.cpu })
+  await waitFor(readyPool, 'a full pool', 30_000)
+  const { inst, started } = await pools.takeOrStart('pm', 'node', { memoryMb: 128, cpu: 0.25, network: 'none' })
+  t.equal(started, false, 'claimed, not started')
+  const code = join(dir, 'code-pm')
+  await writeCodeDir(code, { 'index.mjs': 'export default async (event) => ({ hello: event.body })' })
+  await pools.load(inst, { name: 'pm', version: 1, runtime: 'node', entrypoint: 'index.mjs', mode: 'persistent', env: {} } as never, code)
+  const res = await invoke(inst.dispatcher, 'pm')
+  t.equal(res.status, 200)
+  t.match(JSON.parse(res.text), { hello: 'pm' })
+  t.equal(inst.handle.pooled, true)
+  const snap = await waitFor(() => { const x = pools.snapshot().find((s) => s.pool === 'generic:node'); return x?.idle === POOL.size ? x : undefined }, 'the snapshot to show the refilled pool')
+  t.match(snap, { target: POOL.size, starting: 0 }, 'the pool manager shows the Deployment\'s pool, keeping none of its own')
+  t.notOk([...pools.instances()].some((i) => i.state === 'generic'), 'no generic instance of the pool manager\'s')
 })
 
 t.test('while the API server is away a claimed pod keeps answering, claims fail with KDL_ERR_BACKEND, and the watch resumes', async (t) => {
@@ -211,6 +281,36 @@ t.test('while the API server is away a claimed pod keeps answering, claims fail 
   await backend.stop(again.id)
 })
 
+t.test('a watch that comes back too old for the server\'s history (410 Gone) relists and reports the pod that went meanwhile', async (t) => {
+  const said: string[] = []
+  const log = { debug: () => {}, info: (_o: object, msg: string) => said.push(msg), warn: (_o: object, msg: string) => said.push(msg), error: () => {} }
+  const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 30_000, apiTimeoutMs: 3_000, log })
+  b.onExit((e) => exits.push(e))
+  t.teardown(() => b.close())
+  await b.setGenericPool(POOL)
+  const req = request()
+  await b.start(req)
+  const pod = (await podOf(req.id))!
+  const store = cluster.store
+  const podType = store.type('', 'v1', 'pods')!
+  const cmType = store.type('', 'v1', 'configmaps')!
+  cluster.api.pause()
+  try {
+    // Behind the outage: the held pod is deleted, and more changes happen than the server keeps for watches (1000).
+    store.delete(podType, NS, pod.metadata!.name!, { gracePeriodSeconds: 0 })
+    for (let i = 0; i < 1100; i++) store.create(cmType, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: `churn-${i}`, namespace: NS }, data: { i: String(i) } })
+  } finally {
+    cluster.api.resume()
+  }
+  const exit = await waitFor(() => exits.find((e) => e.id === req.id), 'the relist to report the deleted pod', 20_000)
+  t.equal(exit.reason, 'killed')
+  t.ok(said.includes('pod watch too old (410 Gone); relisting'), 'it came from a relist after 410 Gone')
+  const again = await b.start(request())
+  t.ok(again.pooled, 'claims from the relisted pool')
+  await b.stop(again.id)
+  for (let i = 0; i < 1100; i++) store.delete(cmType, NS, `churn-${i}`)
+})
+
 t.test('close() deletes the pods it holds and leaves the pools', async (t) => {
   const b = backendFor()
   await b.setGenericPool(POOL)
@@ -227,10 +327,25 @@ t.test('a runtime node removed takes its pods with it: held ones are reported ki
   for (const r of reqs) await backend.start(r)
   const node = (await podOf(reqs[0]!.id))!.spec!.nodeName!
   t.match(node, /^kindling-runtime-/)
-  await cluster.removeNode(node)
+  // Bounded: a removal that never finishes fails here instead of at the file's timeout.
+  const removed = await Promise.race([cluster.removeNode(node).then(() => 'removed'), new Promise((r) => setTimeout(() => r('still removing after 20 s'), 20_000).unref())])
+  t.equal(removed, 'removed', `the stand-in removed ${node}`)
   const lost = await waitFor(() => exits.find((e) => e.id === reqs[0]!.id), 'the exit of the pod on the removed node', 20_000)
   t.equal(lost.reason, 'killed')
   const pool = await waitFor(async () => { const p = await readyPool(); return p?.every((x) => x.spec?.nodeName !== node) ? p : undefined }, 'the pool to refill on the node left', 30_000)
   t.equal(pool.length, 3)
   for (const r of reqs) await backend.stop(r.id)
+})
+
+t.test('stopping the stand-in leaves no pod process behind', async (t) => {
+  await backend.close()
+  await backend.deletePools()
+  await cluster.stop()
+  const left: number[] = []
+  for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
+    const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '')
+    if (cwd.startsWith(dir)) left.push(Number(pid))
+  }
+  for (const pid of left) process.kill(pid, 'SIGKILL')
+  t.same(left, [], 'every runtime process of the pods is gone')
 })

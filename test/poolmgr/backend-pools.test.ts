@@ -16,6 +16,8 @@ class PoolOwningBackend implements ContainerBackend {
   readonly starts: InstanceRequest[] = []
   failPools = 0
 
+  genericPoolIdle(): number { return 2 }
+
   async setGenericPool(pool: GenericPoolSpec): Promise<void> {
     if (this.failPools > 0) {
       this.failPools--
@@ -47,7 +49,7 @@ t.test('a backend that owns the generic pools gets each runtime\'s pool, and the
   pools.setRuntime(runtime)
   await waitFor(() => backend.pools.length === 1, 'the pool to reach the backend')
   t.same(backend.pools[0], { runtime: 'node', size: 3, memoryMb: 128, cpu: 0.5, image: undefined })
-  t.match(pools.snapshot().find((s) => s.pool === 'generic:node'), { target: 0, idle: 0, starting: 0 }, 'no generic instance of the pool manager')
+  t.match(pools.snapshot().find((s) => s.pool === 'generic:node'), { target: 3, idle: 2, starting: 0 }, 'the snapshot shows the backend\'s pool: its size and its idle instances')
   t.equal(backend.starts.length, 0, 'nothing started to fill a pool')
 
   pools.setRuntime({ ...runtime, poolSize: 5 })
