@@ -62,6 +62,8 @@ export async function createKubernetesBackend(config: Config, platformId: string
     runtimeNodes: nodeRole(config.KINDLING_KUBE_RUNTIME_NODES),
     quarantineNodes: nodeRole(config.KINDLING_KUBE_QUARANTINE_NODES),
     codeServer,
+    // Pods fetch code from this origin only (KINDLING_CODE_ORIGIN): whoever else reaches a pool pod cannot make it download.
+    codeOrigin: codeUrl,
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
     log: log.child({ component: 'backend', backend: 'kubernetes' }),
   })
