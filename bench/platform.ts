@@ -28,7 +28,7 @@ export interface BenchPlatform {
   url: string
   port: number
   dataDir: string
-  backend: 'process' | 'docker'
+  backend: 'process' | 'docker' | 'kubernetes'
   api(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }>
   deploy(name: string, spec: Record<string, unknown>): Promise<void>
   remove(name: string): Promise<void>
@@ -46,7 +46,7 @@ export interface BenchPlatform {
 
 export interface PlatformOptions {
   dataDir: string
-  backend: 'process' | 'docker'
+  backend: 'process' | 'docker' | 'kubernetes'
   poolSize: number
   /** Further settings, e.g. the load guard's (`KINDLING_LOADGUARD_*`). */
   overrides?: Partial<Record<keyof Config, string | number>>

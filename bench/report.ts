@@ -13,7 +13,7 @@ import type { WorkflowsResult } from './workflows.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'chaos', 'starts', 'builds', 'async', 'workflows', 'scale'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'kubernetes', 'chaos', 'starts', 'builds', 'async', 'workflows', 'scale'] as const
 /** Sections a bench without --only runs: `scale` (minutes, a thousand functions) only when asked for. */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter((s) => s !== 'scale')
 export type Section = typeof SECTIONS[number]
@@ -43,6 +43,8 @@ export interface Results {
   rss?: RssRow[]
   noisy?: NoisyResult
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
+  /** The kubernetes backend against `kindling kube-sim` on this host (issue 10). */
+  kubernetes?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
   chaos?: ChaosRow
   /** Start rate and latency by how many starts run at once, per backend (starts.ts). */
   starts?: StartsRow[]
@@ -145,6 +147,16 @@ export function render(r: Results): string {
       [['bare', 32, round(b32?.rps ?? Number.NaN, 0), ms(b32?.latency.p50 ?? Number.NaN), ms(b32?.latency.p99 ?? Number.NaN), '1.00x', b32 === undefined ? '-' : failed(b32), b32 === undefined ? '-' : busy(b32)],
         ['router (docker)', 32, round(d.load.rps, 0), ms(d.load.latency.p50), ms(d.load.latency.p99), times(ratio(d.load.rps, b32?.rps)), failed(d.load), busy(d.load)]]))
     out.push(coldTable('5b. docker backend: cold start per kind', d.warm, d.kinds))
+  }
+  if (r.kubernetes !== undefined) {
+    const k = r.kubernetes
+    const b32 = r.bare.byConnections['32']
+    out.push(table('5c. kubernetes backend (kube-sim on this host): warm path @32 connections', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
+      [['bare', 32, round(b32?.rps ?? Number.NaN, 0), ms(b32?.latency.p50 ?? Number.NaN), ms(b32?.latency.p99 ?? Number.NaN), '1.00x', b32 === undefined ? '-' : failed(b32), b32 === undefined ? '-' : busy(b32)],
+        ['router (kubernetes)', 32, round(k.load.rps, 0), ms(k.load.latency.p50), ms(k.load.latency.p99), times(ratio(k.load.rps, b32?.rps)), failed(k.load), busy(k.load)]]))
+    out.push(coldTable('5d. kubernetes backend (kube-sim): cold start per kind', k.warm, k.kinds))
+    out.push('  specialized = a Ready pool pod claimed by relabelling + its code fetched (sha256-checked) + loaded; cold = a bare pod scheduled, started, Ready, then fetched and loaded.')
+    out.push('  The stand-in starts a pod as a local process (no image pull, no container runtime, API and kubelet in one process): its cold starts are a floor, not a real cluster\'s; the claim, fetch and load are the real work')
   }
   if (r.chaos !== undefined) out.push(chaosTable(r.chaos))
   if (r.starts !== undefined && r.starts.length > 0) {
@@ -249,6 +261,7 @@ export function summarize(r: Results): Results['summary'] {
   coldRows('', r.cold?.warm, r.cold?.kinds)
   for (const x of r.rss ?? []) row(`idle ${x.what} node instance ≤ 40 MB RSS`, `${fmt(x.nodeMb)} MB`, Number.isFinite(x.nodeMb) ? x.nodeMb <= 40 : null)
   if (r.docker !== undefined) coldRows('docker: ', r.docker.warm, r.docker.kinds)
+  if (r.kubernetes !== undefined) coldRows('kubernetes: ', r.kubernetes.warm, r.kubernetes.kinds)
   if (r.noisy !== undefined) {
     const p99 = (phase: string): number => r.noisy?.phases.find((x) => x.phase === phase)?.victim.latency.p99 ?? Number.NaN
     const on = ratio(p99('hog, guard on'), p99('alone'))

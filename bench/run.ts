@@ -17,6 +17,7 @@ import { startFloor, type Floor } from './floor.js'
 import { defaultModesResult, measureDefaultModes } from './modes.js'
 import { findNginx, startNginx, type Nginx } from './nginx.js'
 import { startPlatform, type BenchPlatform } from './platform.js'
+import { startCluster } from '../kube-sim/cluster.js'
 import { rssKb } from './proc.js'
 import { measureNoisy } from './noisy.js'
 import { byCategory, profileDuring } from './profile.js'
@@ -325,6 +326,40 @@ async function main(): Promise<number> {
             return () => { const i = cleanups.indexOf(close); if (i >= 0) cleanups.splice(i, 1) }
           },
         })
+      })
+    }
+
+    if (flags.only.has('kubernetes')) {
+      await section('kubernetes backend', async () => {
+        progress('starting kube-sim (1 management, 2 runtime, 1 quarantine node) and the platform on the kubernetes backend')
+        // Outside /tmp: a pod's /tmp emptyDir is bound over /tmp, which a data directory there would hide.
+        const simDir = await mkdtemp(join('/var/tmp', 'kdl-bench-sim-'))
+        const sim = await startCluster({ dataDir: simDir, nodes: { management: 1, runtime: 2, quarantine: 1 } })
+        const stopSim = async (): Promise<void> => { await sim.stop(); await rm(simDir, { recursive: true, force: true }) }
+        cleanups.push(stopSim)
+        const kubeconfig = join(simDir, 'kubeconfig')
+        await sim.writeKubeconfig(kubeconfig)
+        const p = await startPlatform({ dataDir: join(tmp, 'kubernetes'), backend: 'kubernetes', poolSize: POOL_SIZE, overrides: { KINDLING_KUBECONFIG: kubeconfig } })
+        const closeP = async (): Promise<void> => { await p.close() }
+        cleanups.push(closeP)
+        try {
+          await p.deploy('hello', HELLO_SPEC)
+          await p.settle()
+          await ctx.bareRef(32)
+          const load = await measureRouter(ctx, p, 'hello', 32)
+          const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
+          const kinds: ColdResult[] = []
+          for (const kind of COLD_KINDS) {
+            progress(`kubernetes ${kind} × ${coldFunctions}`)
+            kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, 'k8'))
+          }
+          results.kubernetes = { warm, load, kinds }
+        } finally {
+          cleanups.splice(cleanups.indexOf(closeP), 1)
+          await section('stopping the platform (kubernetes)', () => p.close())
+          cleanups.splice(cleanups.indexOf(stopSim), 1)
+          await section('stopping kube-sim', stopSim)
+        }
       })
     }
 
