@@ -116,6 +116,8 @@ export class KubernetesBackend implements ContainerBackend {
   readonly #podWaiters = new Map<string, Set<() => void>>()
   readonly #stops = new Map<string, Promise<void>>()
   #closing = false
+  /** Pods whose delete failed (the API server away), retried until they are gone. */
+  readonly #deleting = new Map<string, NodeJS.Timeout>()
 
   constructor(opts: KubernetesBackendOptions) {
     this.#o = opts
@@ -444,9 +446,13 @@ export class KubernetesBackend implements ContainerBackend {
         const names = held?.podName !== undefined ? [held.podName] : await this.#podsOf(id)
         for (const name of names) {
           try {
-            await withTimeout(this.#core.deleteNamespacedPod({ name, namespace: this.#ns, gracePeriodSeconds: 0 }), this.#apiTimeoutMs, 'the pod delete')
+            await this.#deletePod(name)
           } catch (err) {
-            if (statusOf(err) !== 404) throw apiError(`cannot delete pod ${name} of instance ${id}`, err, this.#server)
+            // The API server is away (or refused): the instance is gone for the platform all the same, and its pod
+            // is deleted as soon as the API answers again — a pod left claimed would hold a node's room forever.
+            if (this.#closing) throw apiError(`cannot delete pod ${name} of instance ${id}`, err, this.#server)
+            this.#log.warn({ pod: name, instance: id, err: (err as Error).message }, 'pod delete failed; retrying until the API server answers')
+            this.#retryDelete(name, 250)
           }
         }
         if (!this.#reasons.has(id)) this.#remember(id, 'stopped')
@@ -458,6 +464,27 @@ export class KubernetesBackend implements ContainerBackend {
     })()
     this.#stops.set(id, p)
     return p
+  }
+
+  /** Deletes a pod at once (grace 0); a 404 is done already. */
+  async #deletePod(name: string): Promise<void> {
+    try {
+      await withTimeout(this.#core.deleteNamespacedPod({ name, namespace: this.#ns, gracePeriodSeconds: 0 }), this.#apiTimeoutMs, 'the pod delete')
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err
+    }
+  }
+
+  /** Retries a pod's delete, backing off from `delayMs` to 5 s, until it is gone or the backend closes. */
+  #retryDelete(name: string, delayMs: number): void {
+    if (this.#deleting.has(name)) return
+    const timer = setTimeout(() => {
+      this.#deleting.delete(name)
+      if (this.#closing) return
+      this.#deletePod(name).catch(() => this.#retryDelete(name, Math.min(5000, delayMs * 2)))
+    }, delayMs)
+    timer.unref()
+    this.#deleting.set(name, timer)
   }
 
   /** Pods carrying the instance's label: the watch's copy, else the API (an instance of an earlier run). */
@@ -529,7 +556,10 @@ export class KubernetesBackend implements ContainerBackend {
   /** Deletes the pods this backend holds and stops the watch; the pool Deployments stay (see the class comment). */
   async close(): Promise<void> {
     this.#closing = true
-    const results = await Promise.allSettled([...this.#held.keys()].map((id) => this.stop(id)))
+    const retried = [...this.#deleting.keys()]
+    for (const timer of this.#deleting.values()) clearTimeout(timer)
+    this.#deleting.clear()
+    const results = await Promise.allSettled([...[...this.#held.keys()].map((id) => this.stop(id)), ...retried.map((name) => this.#deletePod(name))])
     this.#watch.close()
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed !== undefined) throw failed.reason instanceof KdlError ? failed.reason : new KdlError('KDL_ERR_BACKEND', 'cannot stop every instance', { cause: failed.reason })
