@@ -6,53 +6,38 @@
  * selected, a second pod on a node, a node gone) and failed pods are deleted; a changed template rolls one node
  * at a time (RollingUpdate, maxUnavailable 1) or waits for deletions (OnDelete).
  */
-import type { KubeObject, ObjectStore } from '../types.js'
+import type { KubeObject } from '../types.js'
 import { DAEMON_TOLERATIONS, matchesNodeSelectorAndAffinity, untoleratedTaint, type Taint, type Toleration } from '../scheduling/node-fit.js'
-import { WorkQueue } from './queue.js'
-import type { ControllerOptions } from './replicaset.js'
-import { type Kinds, controllerOf, controllerRefTo, isApiError, isPodReady, keyOf, recordEvent, sameJson, splitKey, templateHash } from './shared.js'
+import { QueueController, type ControllerOptions } from './queue.js'
+import { controllerOf, controllerRefTo, isApiError, isPodReady, keyOf, recordEvent, sameJson, splitKey, templateHash } from './shared.js'
 
 const COMPONENT = 'daemonset-controller'
 const REVISION = 'controller-revision-hash'
 
-export class DaemonSetController {
-  readonly #store: ObjectStore
-  readonly #kinds: Kinds
-  readonly #queue: WorkQueue
-  readonly #stops: Array<() => void> = []
-
+export class DaemonSetController extends QueueController {
   constructor(opts: ControllerOptions) {
-    this.#store = opts.store
-    this.#kinds = opts.kinds
-    this.#queue = new WorkQueue((key) => this.sync(key), {
-      onError: (key, err) => opts.log?.warn({ key, err }, 'daemonset sync failed'),
-    })
+    super(opts, 'daemonset sync')
   }
 
   start(): void {
-    this.#stops.push(this.#store.watch(this.#kinds.daemonSet, {}, (ev) => this.#queue.add(keyOf(ev.object))))
-    this.#stops.push(this.#store.watch(this.#kinds.pod, {}, (ev) => {
+    this.watch(this.kinds.daemonSet, (ev) => this.queue.add(keyOf(ev.object)))
+    this.watch(this.kinds.pod, (ev) => {
       const ref = controllerOf(ev.object)
-      if (ref?.kind === 'DaemonSet') this.#queue.add(`${String(ev.object.metadata.namespace)}/${ref.name}`)
-    }))
-    this.#stops.push(this.#store.watch(this.#kinds.node, {}, () => {
-      for (const ds of this.#store.list(this.#kinds.daemonSet).items) this.#queue.add(keyOf(ds))
-    }))
-  }
-
-  stop(): void {
-    for (const s of this.#stops.splice(0)) s()
-    this.#queue.stop()
+      if (ref?.kind === 'DaemonSet') this.queue.add(`${String(ev.object.metadata.namespace)}/${ref.name}`)
+    })
+    this.watch(this.kinds.node, () => {
+      for (const ds of this.store.list(this.kinds.daemonSet).items) this.queue.add(keyOf(ds))
+    })
   }
 
   sync(key: string): void {
     const { namespace, name } = splitKey(key)
-    const ds = this.#store.get(this.#kinds.daemonSet, namespace, name)
+    const ds = this.store.get(this.kinds.daemonSet, namespace, name)
     if (ds === undefined || ds.metadata.deletionTimestamp !== undefined) return
     const hash = templateHash(ds.spec?.template)
-    const nodes = this.#store.list(this.#kinds.node).items
+    const nodes = this.store.list(this.kinds.node).items
     const byNode = new Map<string, KubeObject[]>()
-    for (const pod of this.#store.list(this.#kinds.pod, { namespace }).items) {
+    for (const pod of this.store.list(this.kinds.pod, { namespace }).items) {
       if (controllerOf(pod)?.uid !== ds.metadata.uid || pod.metadata.deletionTimestamp !== undefined) continue
       const node = nodeOfDaemonPod(pod)
       byNode.set(node, [...(byNode.get(node) ?? []), pod])
@@ -80,8 +65,8 @@ export class DaemonSetController {
     }
     for (const pod of toDelete) {
       try {
-        this.#store.delete(this.#kinds.pod, namespace, String(pod.metadata.name))
-        recordEvent(this.#store, this.#kinds, ds, 'Normal', 'SuccessfulDelete', `Deleted pod: ${String(pod.metadata.name)}`, COMPONENT)
+        this.store.delete(this.kinds.pod, namespace, String(pod.metadata.name))
+        recordEvent(this.store, this.kinds, ds, 'Normal', 'SuccessfulDelete', `Deleted pod: ${String(pod.metadata.name)}`, COMPONENT)
       } catch (err) {
         if (!isApiError(err, 404)) throw err
       }
@@ -111,7 +96,7 @@ export class DaemonSetController {
         },
       },
     }
-    const pod = this.#store.create(this.#kinds.pod, {
+    const pod = this.store.create(this.kinds.pod, {
       apiVersion: 'v1', kind: 'Pod',
       metadata: {
         generateName: `${String(ds.metadata.name)}-`, namespace: ds.metadata.namespace,
@@ -121,13 +106,13 @@ export class DaemonSetController {
       },
       spec,
     })
-    recordEvent(this.#store, this.#kinds, ds, 'Normal', 'SuccessfulCreate', `Created pod: ${String(pod.metadata.name)}`, COMPONENT)
+    recordEvent(this.store, this.kinds, ds, 'Normal', 'SuccessfulCreate', `Created pod: ${String(pod.metadata.name)}`, COMPONENT)
   }
 
   #writeStatus(ds0: KubeObject, wanted: Set<string>, hash: string): void {
-    const ds = this.#store.get(this.#kinds.daemonSet, ds0.metadata.namespace, String(ds0.metadata.name))
+    const ds = this.store.get(this.kinds.daemonSet, ds0.metadata.namespace, String(ds0.metadata.name))
     if (ds === undefined) return
-    const pods = this.#store.list(this.#kinds.pod, { namespace: ds.metadata.namespace }).items
+    const pods = this.store.list(this.kinds.pod, { namespace: ds.metadata.namespace }).items
       .filter((p) => controllerOf(p)?.uid === ds.metadata.uid && p.metadata.deletionTimestamp === undefined)
     const scheduled = new Set<string>()
     const ready = new Set<string>()
@@ -152,7 +137,7 @@ export class DaemonSetController {
       observedGeneration: ds.metadata.generation ?? 1,
     }
     if (sameJson(status, ds.status)) return
-    this.#store.update(this.#kinds.daemonSet, { ...ds, status }, { subresource: 'status' })
+    this.store.update(this.kinds.daemonSet, { ...ds, status }, { subresource: 'status' })
   }
 }
 

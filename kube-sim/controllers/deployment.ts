@@ -6,51 +6,36 @@
  * `kubectl rollout status` reads it: replicas, updated, ready, available, observedGeneration, the Available and
  * Progressing conditions, and the `deployment.kubernetes.io/revision` annotation.
  */
-import type { KubeObject, ObjectStore } from '../types.js'
-import { WorkQueue } from './queue.js'
-import type { ControllerOptions } from './replicaset.js'
+import type { KubeObject } from '../types.js'
+import { QueueController, type ControllerOptions } from './queue.js'
 import { matchesLabelSelector } from '../selectors.js'
-import { type Kinds, controllerOf, controllerRefTo, isApiError, keyOf, nowIso, recordEvent, sameJson, setCondition, splitKey, templateHash } from './shared.js'
+import { controllerOf, controllerRefTo, isApiError, keyOf, nowIso, recordEvent, sameJson, setCondition, splitKey, templateHash } from './shared.js'
 
 const COMPONENT = 'deployment-controller'
 const HASH = 'pod-template-hash'
 const REVISION = 'deployment.kubernetes.io/revision'
 
-export class DeploymentController {
-  readonly #store: ObjectStore
-  readonly #kinds: Kinds
-  readonly #queue: WorkQueue
-  readonly #stops: Array<() => void> = []
-
+export class DeploymentController extends QueueController {
   constructor(opts: ControllerOptions) {
-    this.#store = opts.store
-    this.#kinds = opts.kinds
-    this.#queue = new WorkQueue((key) => this.sync(key), {
-      onError: (key, err) => opts.log?.warn({ key, err }, 'deployment sync failed'),
-    })
+    super(opts, 'deployment sync')
   }
 
   start(): void {
-    this.#stops.push(this.#store.watch(this.#kinds.deployment, {}, (ev) => this.#queue.add(keyOf(ev.object))))
-    this.#stops.push(this.#store.watch(this.#kinds.replicaSet, {}, (ev) => {
+    this.watch(this.kinds.deployment, (ev) => this.queue.add(keyOf(ev.object)))
+    this.watch(this.kinds.replicaSet, (ev) => {
       const ref = controllerOf(ev.object)
-      if (ref?.kind === 'Deployment') this.#queue.add(`${String(ev.object.metadata.namespace)}/${ref.name}`)
+      if (ref?.kind === 'Deployment') this.queue.add(`${String(ev.object.metadata.namespace)}/${ref.name}`)
       else if (ref === undefined) {
-        for (const d of this.#store.list(this.#kinds.deployment, { namespace: ev.object.metadata.namespace }).items) {
-          if (matchesLabelSelector(d.spec?.selector, ev.object.metadata.labels)) this.#queue.add(keyOf(d))
+        for (const d of this.store.list(this.kinds.deployment, { namespace: ev.object.metadata.namespace }).items) {
+          if (matchesLabelSelector(d.spec?.selector, ev.object.metadata.labels)) this.queue.add(keyOf(d))
         }
       }
-    }))
-  }
-
-  stop(): void {
-    for (const s of this.#stops.splice(0)) s()
-    this.#queue.stop()
+    })
   }
 
   sync(key: string): void {
     const { namespace, name } = splitKey(key)
-    const d = this.#store.get(this.#kinds.deployment, namespace, name)
+    const d = this.store.get(this.kinds.deployment, namespace, name)
     if (d === undefined || d.metadata.deletionTimestamp !== undefined) return
     const sets = this.#ownedSets(d)
     const hash = templateHash(d.spec?.template)
@@ -68,11 +53,11 @@ export class DeploymentController {
 
   #ownedSets(d: KubeObject): KubeObject[] {
     const out: KubeObject[] = []
-    for (const rs of this.#store.list(this.#kinds.replicaSet, { namespace: d.metadata.namespace }).items) {
+    for (const rs of this.store.list(this.kinds.replicaSet, { namespace: d.metadata.namespace }).items) {
       const ref = controllerOf(rs)
       if (ref?.uid === d.metadata.uid) out.push(rs)
       else if (ref === undefined && rs.metadata.deletionTimestamp === undefined && matchesLabelSelector(d.spec?.selector, rs.metadata.labels)) {
-        out.push(this.#store.update(this.#kinds.replicaSet, {
+        out.push(this.store.update(this.kinds.replicaSet, {
           ...rs, metadata: { ...rs.metadata, ownerReferences: [...(rs.metadata.ownerReferences ?? []), controllerRefTo(d)] },
         }))
       }
@@ -90,7 +75,7 @@ export class DeploymentController {
     // A first set starts at the full count; a rollout's new set starts at 0 and grows within maxSurge.
     const replicas = old.length === 0 ? Number(d.spec?.replicas ?? 1) : 0
     try {
-      const rs = this.#store.create(this.#kinds.replicaSet, {
+      const rs = this.store.create(this.kinds.replicaSet, {
         apiVersion: 'apps/v1', kind: 'ReplicaSet',
         metadata: {
           name, namespace: d.metadata.namespace,
@@ -100,11 +85,11 @@ export class DeploymentController {
         },
         spec: { replicas, selector, template, minReadySeconds: d.spec?.minReadySeconds ?? 0 },
       })
-      recordEvent(this.#store, this.#kinds, d, 'Normal', 'ScalingReplicaSet', `Scaled up replica set ${name} from 0 to ${replicas}`, COMPONENT)
+      recordEvent(this.store, this.kinds, d, 'Normal', 'ScalingReplicaSet', `Scaled up replica set ${name} from 0 to ${replicas}`, COMPONENT)
       return rs
     } catch (err) {
       if (!isApiError(err, 409)) throw err
-      const existing = this.#store.get(this.#kinds.replicaSet, d.metadata.namespace, name)
+      const existing = this.store.get(this.kinds.replicaSet, d.metadata.namespace, name)
       if (existing === undefined) throw err
       return existing
     }
@@ -161,12 +146,12 @@ export class DeploymentController {
   #scale(d: KubeObject, rs: KubeObject, replicas: number): KubeObject {
     const from = Number(rs.spec?.replicas ?? 0)
     if (from === replicas) return rs
-    const next = this.#store.update(this.#kinds.replicaSet, {
+    const next = this.store.update(this.kinds.replicaSet, {
       ...rs,
       metadata: { ...rs.metadata, annotations: { ...(rs.metadata.annotations ?? {}), 'deployment.kubernetes.io/desired-replicas': String(d.spec?.replicas ?? 1) } },
       spec: { ...rs.spec, replicas },
     })
-    recordEvent(this.#store, this.#kinds, d, 'Normal', 'ScalingReplicaSet',
+    recordEvent(this.store, this.kinds, d, 'Normal', 'ScalingReplicaSet',
       `Scaled ${replicas > from ? 'up' : 'down'} replica set ${String(rs.metadata.name)} from ${from} to ${replicas}`, COMPONENT)
     return next
   }
@@ -178,7 +163,7 @@ export class DeploymentController {
       .sort((a, b) => Number(a.metadata.annotations?.[REVISION] ?? 0) - Number(b.metadata.annotations?.[REVISION] ?? 0))
     for (const rs of idle.slice(0, Math.max(0, idle.length - limit))) {
       try {
-        this.#store.delete(this.#kinds.replicaSet, rs.metadata.namespace, String(rs.metadata.name))
+        this.store.delete(this.kinds.replicaSet, rs.metadata.namespace, String(rs.metadata.name))
       } catch (err) {
         if (!isApiError(err, 404)) throw err
       }
@@ -186,9 +171,9 @@ export class DeploymentController {
   }
 
   #writeStatus(d0: KubeObject, hash: string): void {
-    const d = this.#store.get(this.#kinds.deployment, d0.metadata.namespace, String(d0.metadata.name))
+    const d = this.store.get(this.kinds.deployment, d0.metadata.namespace, String(d0.metadata.name))
     if (d === undefined) return
-    const sets = this.#store.list(this.#kinds.replicaSet, { namespace: d.metadata.namespace }).items.filter((rs) => controllerOf(rs)?.uid === d.metadata.uid)
+    const sets = this.store.list(this.kinds.replicaSet, { namespace: d.metadata.namespace }).items.filter((rs) => controllerOf(rs)?.uid === d.metadata.uid)
     const newRS = sets.find((rs) => rs.metadata.labels?.[HASH] === hash)
     const sum = (f: string): number => sets.reduce((n, rs) => n + Number(rs.status?.[f] ?? 0), 0)
     const desired = Number(d.spec?.replicas ?? 1)
@@ -222,11 +207,11 @@ export class DeploymentController {
     }
     const revision = newRS?.metadata.annotations?.[REVISION]
     if (revision !== undefined && d.metadata.annotations?.[REVISION] !== revision) {
-      this.#store.update(this.#kinds.deployment, { ...d, metadata: { ...d.metadata, annotations: { ...(d.metadata.annotations ?? {}), [REVISION]: revision } } })
+      this.store.update(this.kinds.deployment, { ...d, metadata: { ...d.metadata, annotations: { ...(d.metadata.annotations ?? {}), [REVISION]: revision } } })
       return // the write's own watch event syncs again and writes the status
     }
     if (sameJson(status, d.status)) return
-    this.#store.update(this.#kinds.deployment, { ...d, status }, { subresource: 'status' })
+    this.store.update(this.kinds.deployment, { ...d, status }, { subresource: 'status' })
   }
 }
 

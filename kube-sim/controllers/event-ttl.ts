@@ -5,7 +5,7 @@
  * more than `maxEvents` are kept.
  */
 import type { ObjectStore } from '../types.js'
-import type { ControllerOptions } from './replicaset.js'
+import type { ControllerOptions } from './queue.js'
 import { type Kinds, isApiError, splitKey } from './shared.js'
 
 export interface EventTtlOptions extends ControllerOptions {

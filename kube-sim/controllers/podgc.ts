@@ -3,48 +3,33 @@
  * (`gracePeriodSeconds: 0`: no kubelet is left to stop it), so its ReplicaSet or DaemonSet replaces it. The real
  * PodGC waits for its node informer to settle; the stand-in's store is read directly, so there is nothing to wait for.
  */
-import type { KubeObject, ObjectStore } from '../types.js'
-import { WorkQueue } from './queue.js'
-import type { ControllerOptions } from './replicaset.js'
-import { type Kinds, isApiError, keyOf, splitKey } from './shared.js'
+import type { KubeObject } from '../types.js'
+import { QueueController, type ControllerOptions } from './queue.js'
+import { isApiError, keyOf, splitKey } from './shared.js'
 
-export class PodGarbageCollector {
-  readonly #store: ObjectStore
-  readonly #kinds: Kinds
-  readonly #queue: WorkQueue
-  readonly #stops: Array<() => void> = []
-
+export class PodGarbageCollector extends QueueController {
   constructor(opts: ControllerOptions) {
-    this.#store = opts.store
-    this.#kinds = opts.kinds
-    this.#queue = new WorkQueue((key) => this.sync(key), {
-      onError: (key, err) => opts.log?.warn({ key, err }, 'pod gc failed'),
-    })
+    super(opts, 'pod gc')
   }
 
   start(): void {
-    this.#stops.push(this.#store.watch(this.#kinds.pod, {}, (ev) => {
-      if (ev.type !== 'DELETED' && boundTo(ev.object) !== undefined) this.#queue.add(keyOf(ev.object))
-    }))
-    this.#stops.push(this.#store.watch(this.#kinds.node, {}, (ev) => {
+    this.watch(this.kinds.pod, (ev) => {
+      if (ev.type !== 'DELETED' && boundTo(ev.object) !== undefined) this.queue.add(keyOf(ev.object))
+    })
+    this.watch(this.kinds.node, (ev) => {
       if (ev.type !== 'DELETED') return
       const node = String(ev.object.metadata.name)
-      for (const pod of this.#store.list(this.#kinds.pod, { fieldSelector: `spec.nodeName=${node}` }).items) this.#queue.add(keyOf(pod))
-    }))
-  }
-
-  stop(): void {
-    for (const s of this.#stops.splice(0)) s()
-    this.#queue.stop()
+      for (const pod of this.store.list(this.kinds.pod, { fieldSelector: `spec.nodeName=${node}` }).items) this.queue.add(keyOf(pod))
+    })
   }
 
   sync(key: string): void {
     const { namespace, name } = splitKey(key)
-    const pod = this.#store.get(this.#kinds.pod, namespace, name)
+    const pod = this.store.get(this.kinds.pod, namespace, name)
     const node = pod === undefined ? undefined : boundTo(pod)
-    if (pod === undefined || node === undefined || this.#store.get(this.#kinds.node, undefined, node) !== undefined) return
+    if (pod === undefined || node === undefined || this.store.get(this.kinds.node, undefined, node) !== undefined) return
     try {
-      this.#store.delete(this.#kinds.pod, namespace, name, { gracePeriodSeconds: 0, preconditions: { uid: String(pod.metadata.uid) } })
+      this.store.delete(this.kinds.pod, namespace, name, { gracePeriodSeconds: 0, preconditions: { uid: String(pod.metadata.uid) } })
     } catch (err) {
       if (!isApiError(err, 404) && !isApiError(err, 409)) throw err
     }

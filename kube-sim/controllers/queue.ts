@@ -5,6 +5,10 @@
  * per-key back-off (a 409 Conflict from a stale read is retried at once, anything else after 50 ms doubling
  * to 2 s); a later add of the key runs it sooner.
  */
+import type { Logger } from 'pino'
+import type { ObjectStore, ResourceType, WatchEvent } from '../types.js'
+import type { Kinds } from './shared.js'
+
 export interface WorkQueueOptions {
   /** Told of a handler's failure (not of conflicts, which are retried quietly). */
   onError?: (key: string, err: unknown) => void
@@ -99,5 +103,45 @@ export class WorkQueue {
     }
     const base = this.#opts.retryBaseMs ?? 50
     this.addAfter(key, Math.min(this.#opts.retryMaxMs ?? 2000, base * 2 ** Math.min(n - 1, 10)))
+  }
+}
+
+/** What a controller is given: the store it reads and writes in-process, its kinds, a log. */
+export interface ControllerOptions {
+  store: ObjectStore
+  kinds: Kinds
+  log?: Logger | undefined
+}
+
+/**
+ * The shape every queue-driven controller of the stand-in shares: store watches feed keys into one coalescing work
+ * queue whose handler is `sync(key)`; `stop()` ends the watches and the queue. A subclass says what it watches in
+ * `start()` (through `watch`) and what a key means in `sync`.
+ */
+export abstract class QueueController {
+  protected readonly store: ObjectStore
+  protected readonly kinds: Kinds
+  protected readonly queue: WorkQueue
+  readonly #stops: Array<() => void> = []
+
+  constructor(opts: ControllerOptions, what: string) {
+    this.store = opts.store
+    this.kinds = opts.kinds
+    this.queue = new WorkQueue((key) => this.sync(key), {
+      onError: (key, err) => opts.log?.warn({ key, err }, `${what} failed`),
+    })
+  }
+
+  abstract start(): void
+  abstract sync(key: string): void | Promise<void>
+
+  /** Follows every object of `kind` for as long as the controller runs. */
+  protected watch(kind: ResourceType, onEvent: (ev: WatchEvent) => void): void {
+    this.#stops.push(this.store.watch(kind, {}, onEvent))
+  }
+
+  stop(): void {
+    for (const s of this.#stops.splice(0)) s()
+    this.queue.stop()
   }
 }

@@ -6,65 +6,44 @@
  * Reacts to watches of replica sets and pods; reads the store directly (it is in-process: no informer lag, so no
  * "expectations" bookkeeping is needed).
  */
-import type { Logger } from 'pino'
-import type { KubeObject, ObjectStore } from '../types.js'
-import { WorkQueue } from './queue.js'
+import type { KubeObject } from '../types.js'
+import { QueueController, type ControllerOptions } from './queue.js'
 import { matchesLabelSelector } from '../selectors.js'
 import {
-  type Kinds, controllerOf, controllerRefTo, isApiError, isPodActive, isPodReady, keyOf, recordEvent, sameJson, splitKey,
+  controllerOf, controllerRefTo, isApiError, isPodActive, isPodReady, keyOf, recordEvent, sameJson, splitKey,
 } from './shared.js'
-
-export interface ControllerOptions {
-  store: ObjectStore
-  kinds: Kinds
-  log?: Logger | undefined
-}
 
 const COMPONENT = 'replicaset-controller'
 
-export class ReplicaSetController {
-  readonly #store: ObjectStore
-  readonly #kinds: Kinds
-  readonly #queue: WorkQueue
-  readonly #stops: Array<() => void> = []
-
+export class ReplicaSetController extends QueueController {
   constructor(opts: ControllerOptions) {
-    this.#store = opts.store
-    this.#kinds = opts.kinds
-    this.#queue = new WorkQueue((key) => this.sync(key), {
-      onError: (key, err) => opts.log?.warn({ key, err }, 'replicaset sync failed'),
-    })
+    super(opts, 'replicaset sync')
   }
 
   start(): void {
-    this.#stops.push(this.#store.watch(this.#kinds.replicaSet, {}, (ev) => this.#queue.add(keyOf(ev.object))))
-    this.#stops.push(this.#store.watch(this.#kinds.pod, {}, (ev) => this.#podChanged(ev.object)))
-  }
-
-  stop(): void {
-    for (const s of this.#stops.splice(0)) s()
-    this.#queue.stop()
+    this.watch(this.kinds.replicaSet, (ev) => this.queue.add(keyOf(ev.object)))
+    this.watch(this.kinds.pod, (ev) => this.#podChanged(ev.object))
   }
 
   #podChanged(pod: KubeObject): void {
     const ref = controllerOf(pod)
     if (ref !== undefined) {
-      if (ref.kind === 'ReplicaSet') this.#queue.add(`${String(pod.metadata.namespace)}/${ref.name}`)
+      if (ref.kind === 'ReplicaSet') this.queue.add(`${String(pod.metadata.namespace)}/${ref.name}`)
       return
     }
     // An orphan: every set whose selector it matches may adopt it.
-    const { items } = this.#store.list(this.#kinds.replicaSet, { namespace: pod.metadata.namespace })
-    for (const rs of items) if (matchesLabelSelector(rs.spec?.selector, pod.metadata.labels)) this.#queue.add(keyOf(rs))
+    const { items } = this.store.list(this.kinds.replicaSet, { namespace: pod.metadata.namespace })
+    for (const rs of items) if (matchesLabelSelector(rs.spec?.selector, pod.metadata.labels)) this.queue.add(keyOf(rs))
   }
 
   sync(key: string): void {
     const { namespace, name } = splitKey(key)
-    const rs = this.#store.get(this.#kinds.replicaSet, namespace, name)
+    const rs = this.store.get(this.kinds.replicaSet, namespace, name)
     if (rs === undefined || rs.metadata.deletionTimestamp !== undefined) return
     const uid = rs.metadata.uid
     const selector = rs.spec?.selector
     const owned: KubeObject[] = []
-    for (const pod of this.#store.list(this.#kinds.pod, { namespace }).items) {
+    for (const pod of this.store.list(this.kinds.pod, { namespace }).items) {
       const ref = controllerOf(pod)
       const matches = matchesLabelSelector(selector, pod.metadata.labels)
       if (ref?.uid === uid) {
@@ -82,8 +61,8 @@ export class ReplicaSetController {
     } else if (active.length > want) {
       for (const pod of [...active].sort(deletionOrder).slice(0, active.length - want)) {
         try {
-          this.#store.delete(this.#kinds.pod, namespace, String(pod.metadata.name))
-          recordEvent(this.#store, this.#kinds, rs, 'Normal', 'SuccessfulDelete', `Deleted pod: ${String(pod.metadata.name)}`, COMPONENT)
+          this.store.delete(this.kinds.pod, namespace, String(pod.metadata.name))
+          recordEvent(this.store, this.kinds, rs, 'Normal', 'SuccessfulDelete', `Deleted pod: ${String(pod.metadata.name)}`, COMPONENT)
         } catch (err) {
           if (!isApiError(err, 404)) throw err
         }
@@ -99,7 +78,7 @@ export class ReplicaSetController {
     if (refs.length === 0) delete next.metadata.ownerReferences
     else next.metadata.ownerReferences = refs
     try {
-      this.#store.update(this.#kinds.pod, next)
+      this.store.update(this.kinds.pod, next)
     } catch (err) {
       if (!isApiError(err, 404)) throw err
     }
@@ -108,7 +87,7 @@ export class ReplicaSetController {
   #adopt(pod: KubeObject, rs: KubeObject): KubeObject | undefined {
     const next: KubeObject = { ...pod, metadata: { ...pod.metadata, ownerReferences: [...(pod.metadata.ownerReferences ?? []), controllerRefTo(rs)] } }
     try {
-      return this.#store.update(this.#kinds.pod, next)
+      return this.store.update(this.kinds.pod, next)
     } catch (err) {
       if (isApiError(err, 404)) return undefined
       throw err
@@ -118,7 +97,7 @@ export class ReplicaSetController {
   #createPod(rs: KubeObject): void {
     const template = rs.spec?.template ?? {}
     const meta = template.metadata ?? {}
-    const pod = this.#store.create(this.#kinds.pod, {
+    const pod = this.store.create(this.kinds.pod, {
       apiVersion: 'v1', kind: 'Pod',
       metadata: {
         generateName: `${String(rs.metadata.name)}-`, namespace: rs.metadata.namespace,
@@ -128,14 +107,14 @@ export class ReplicaSetController {
       },
       spec: structuredClone(template.spec ?? {}),
     })
-    recordEvent(this.#store, this.#kinds, rs, 'Normal', 'SuccessfulCreate', `Created pod: ${String(pod.metadata.name)}`, COMPONENT)
+    recordEvent(this.store, this.kinds, rs, 'Normal', 'SuccessfulCreate', `Created pod: ${String(pod.metadata.name)}`, COMPONENT)
   }
 
   #writeStatus(rs0: KubeObject): void {
-    const rs = this.#store.get(this.#kinds.replicaSet, rs0.metadata.namespace, String(rs0.metadata.name))
+    const rs = this.store.get(this.kinds.replicaSet, rs0.metadata.namespace, String(rs0.metadata.name))
     if (rs === undefined) return
     const templateLabels: Record<string, string> = rs.spec?.template?.metadata?.labels ?? {}
-    const pods = this.#store.list(this.#kinds.pod, { namespace: rs.metadata.namespace }).items
+    const pods = this.store.list(this.kinds.pod, { namespace: rs.metadata.namespace }).items
       .filter((p) => controllerOf(p)?.uid === rs.metadata.uid && isPodActive(p))
     const ready = pods.filter(isPodReady).length
     const status = {
@@ -147,7 +126,7 @@ export class ReplicaSetController {
       observedGeneration: rs.metadata.generation ?? 1,
     }
     if (sameJson(status, rs.status)) return
-    this.#store.update(this.#kinds.replicaSet, { ...rs, status }, { subresource: 'status' })
+    this.store.update(this.kinds.replicaSet, { ...rs, status }, { subresource: 'status' })
   }
 }
 
