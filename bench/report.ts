@@ -140,21 +140,17 @@ export function render(r: Results): string {
     out.push('  RSS counts the node binary\'s shared pages in full for every instance; PSS shares them out; private is what one more instance costs')
   }
   if (r.noisy !== undefined) out.push(noisyTable(r.noisy))
-  if (r.docker !== undefined) {
-    const d = r.docker
+  /** Another backend's two tables: its warm path at 32 connections beside bare, then its cold starts per kind. */
+  const backendTables = (n: string, backend: string, what: string, x: { warm: Latency; load: LoadResult; kinds: ColdResult[] }): void => {
     const b32 = r.bare.byConnections['32']
-    out.push(table('5a. docker backend: warm path @32 connections', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
+    out.push(table(`${n}a. ${backend} backend${what}: warm path @32 connections`, ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
       [['bare', 32, round(b32?.rps ?? Number.NaN, 0), ms(b32?.latency.p50 ?? Number.NaN), ms(b32?.latency.p99 ?? Number.NaN), '1.00x', b32 === undefined ? '-' : failed(b32), b32 === undefined ? '-' : busy(b32)],
-        ['router (docker)', 32, round(d.load.rps, 0), ms(d.load.latency.p50), ms(d.load.latency.p99), times(ratio(d.load.rps, b32?.rps)), failed(d.load), busy(d.load)]]))
-    out.push(coldTable('5b. docker backend: cold start per kind', d.warm, d.kinds))
+        [`router (${backend})`, 32, round(x.load.rps, 0), ms(x.load.latency.p50), ms(x.load.latency.p99), times(ratio(x.load.rps, b32?.rps)), failed(x.load), busy(x.load)]]))
+    out.push(coldTable(`${n}b. ${backend} backend${what}: cold start per kind`, x.warm, x.kinds))
   }
+  if (r.docker !== undefined) backendTables('5', 'docker', '', r.docker)
   if (r.kubernetes !== undefined) {
-    const k = r.kubernetes
-    const b32 = r.bare.byConnections['32']
-    out.push(table('5c. kubernetes backend (kube-sim on this host): warm path @32 connections', ['target', 'conns', 'rps', 'p50', 'p99', 'rps / bare', 'failed', 'busy before'],
-      [['bare', 32, round(b32?.rps ?? Number.NaN, 0), ms(b32?.latency.p50 ?? Number.NaN), ms(b32?.latency.p99 ?? Number.NaN), '1.00x', b32 === undefined ? '-' : failed(b32), b32 === undefined ? '-' : busy(b32)],
-        ['router (kubernetes)', 32, round(k.load.rps, 0), ms(k.load.latency.p50), ms(k.load.latency.p99), times(ratio(k.load.rps, b32?.rps)), failed(k.load), busy(k.load)]]))
-    out.push(coldTable('5d. kubernetes backend (kube-sim): cold start per kind', k.warm, k.kinds))
+    backendTables('5k', 'kubernetes', ' (kube-sim on this host)', r.kubernetes)
     out.push('  specialized = a Ready pool pod claimed by relabelling + its code fetched (sha256-checked) + loaded; cold = a bare pod scheduled, started, Ready, then fetched and loaded.')
     out.push('  The stand-in starts a pod as a local process (no image pull, no container runtime, API and kubelet in one process): its cold starts are a floor, not a real cluster\'s; the claim, fetch and load are the real work')
   }

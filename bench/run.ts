@@ -329,6 +329,21 @@ async function main(): Promise<number> {
       })
     }
 
+    /** What another backend's section measures: the warm path at 32 connections beside bare, and each kind of cold start. */
+    const backendRows = async (p: BenchPlatform, prefix: string): Promise<{ warm: Awaited<ReturnType<typeof warmSingle>>; load: LoadResult; kinds: ColdResult[] }> => {
+      await p.deploy('hello', HELLO_SPEC)
+      await p.settle()
+      await ctx.bareRef(32)
+      const load = await measureRouter(ctx, p, 'hello', 32)
+      const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
+      const kinds: ColdResult[] = []
+      for (const kind of COLD_KINDS) {
+        progress(`${p.backend} ${kind} × ${coldFunctions}`)
+        kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, prefix))
+      }
+      return { warm, load, kinds }
+    }
+
     if (flags.only.has('kubernetes')) {
       await section('kubernetes backend', async () => {
         progress('starting kube-sim (1 management, 2 runtime, 1 quarantine node) and the platform on the kubernetes backend')
@@ -343,17 +358,7 @@ async function main(): Promise<number> {
         const closeP = async (): Promise<void> => { await p.close() }
         cleanups.push(closeP)
         try {
-          await p.deploy('hello', HELLO_SPEC)
-          await p.settle()
-          await ctx.bareRef(32)
-          const load = await measureRouter(ctx, p, 'hello', 32)
-          const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
-          const kinds: ColdResult[] = []
-          for (const kind of COLD_KINDS) {
-            progress(`kubernetes ${kind} × ${coldFunctions}`)
-            kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, 'k8'))
-          }
-          results.kubernetes = { warm, load, kinds }
+          results.kubernetes = await backendRows(p, 'k8')
         } finally {
           cleanups.splice(cleanups.indexOf(closeP), 1)
           await section('stopping the platform (kubernetes)', () => p.close())
@@ -370,17 +375,7 @@ async function main(): Promise<number> {
         const closeP = async (): Promise<void> => { await p.close() }
         cleanups.push(closeP)
         try {
-          await p.deploy('hello', HELLO_SPEC)
-          await p.settle()
-          await ctx.bareRef(32)
-          const load = await measureRouter(ctx, p, 'hello', 32)
-          const warm = await warmSingle(p, 'hello', flags.quick ? 100 : 300)
-          const kinds: ColdResult[] = []
-          for (const kind of COLD_KINDS) {
-            progress(`docker ${kind} × ${coldFunctions}`)
-            kinds.push(await coldStarts(p, kind, coldFunctions, POOL_SIZE, 'dk'))
-          }
-          results.docker = { warm, load, kinds }
+          results.docker = await backendRows(p, 'dk')
         } finally {
           cleanups.splice(cleanups.indexOf(closeP), 1)
           await section('stopping the platform (docker)', () => p.close())
