@@ -70,6 +70,11 @@ export type ExecutorEvent =
    */
   | { type: 'function-changed'; name: string; live: readonly number[] }
   | { type: 'instance-gone'; name: string; instanceId: string; reason: string }
+  /**
+   * The instance must go once its calls in flight end (a quarantined function's instance its backend cannot move
+   * into the quarantine group — a pod stays on its node): the router takes no new call on it and releases it.
+   */
+  | { type: 'instance-retire'; name: string; instanceId: string }
 
 export interface ExecutorClient {
   /**

@@ -61,6 +61,10 @@ export class Executor implements ExecutorClient {
         this.#emit({ type: 'instance-gone', name: inst.fn, instanceId: inst.id, reason: exit.reason })
       }
     })
+    // Quarantine on a backend that cannot move an instance: the router drains it and gives it back.
+    opts.pools.onMustRetire((inst) => {
+      if (inst.fn !== undefined && this.#leased.has(inst.id)) this.#emit({ type: 'instance-retire', name: inst.fn, instanceId: inst.id })
+    })
   }
 
   /**

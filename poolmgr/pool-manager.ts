@@ -171,6 +171,7 @@ export class PoolManager {
   /** Memory of instances being started (not yet in #all), MiB. */
   #reserved = 0
   readonly #goneListeners: InstanceGoneListener[] = []
+  readonly #retireListeners: Array<(inst: Instance) => void> = []
   /** Loads that lost their instance, waiting to learn how it died (see #loadFailure). */
   readonly #exitWaiters = new Map<string, Array<(exit: InstanceExit) => void>>()
   /** Functions the load guard quarantined: their new instances start in the quarantine group. */
@@ -298,7 +299,13 @@ export class PoolManager {
     else this.#quarantined.delete(fn)
     for (const inst of this.#all.values()) {
       if (inst.fn !== fn) continue
-      this.backend.setQuarantine?.(inst.id, on).catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot move an instance in or out of quarantine'))
+      if (this.backend.setQuarantine !== undefined) {
+        this.backend.setQuarantine(inst.id, on).catch((err: unknown) => this.#log.warn({ err, instance: inst.id }, 'cannot move an instance in or out of quarantine'))
+      } else if (on && !inst.quarantined && inst.state === 'leased') {
+        // The backend cannot move it (a pod stays on its node): its replacement starts in quarantine, and it goes
+        // once the calls it serves end (the router drains it). Idle prewarmed ones are replaced just below.
+        for (const l of this.#retireListeners) l(inst)
+      }
     }
     for (const [key, pool] of this.#prewarm) {
       if (pool.record.name !== fn) continue
@@ -554,6 +561,11 @@ export class PoolManager {
 
   onInstanceGone(listener: InstanceGoneListener): void {
     this.#goneListeners.push(listener)
+  }
+
+  /** Told of each in-use instance that must be replaced once its calls end (see setQuarantined). */
+  onMustRetire(listener: (inst: Instance) => void): void {
+    this.#retireListeners.push(listener)
   }
 
   instances(): IterableIterator<Instance> {

@@ -432,6 +432,11 @@ export class InstanceTable {
       this.#scale(hit.entry)
       return
     }
+    if (e.type === 'instance-retire') {
+      const hit = this.#byInstance.get(e.instanceId)
+      if (hit !== undefined && !hit.slot.removed) this.retire(hit.entry, hit.slot, 'retire')
+      return
+    }
     // The function's routes changed: every key of it is looked up again at its next call. Versions still
     // routed keep their entries (a canary's weight step or a rollback moves calls, not instances).
     this.#generation.set(e.name, (this.#generation.get(e.name) ?? 0) + 1)

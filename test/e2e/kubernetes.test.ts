@@ -132,3 +132,27 @@ t.test('a node removed takes its pods with it, and the pools refill on the nodes
   for (const [pod, node] of await wide(sim, 'kindling.io/managed')) t.not(node, victimNode, `${pod} is not on the removed node`)
   t.equal((await p.invoke('spread')).status, 200)
 })
+
+t.test('a quarantined function\'s pods are replaced on the quarantine node: idle ones at once, serving ones once their call ends', async (t) => {
+  const { sim, p } = await onKube(t)
+  t.equal((await p.deploy('noisy', { runtime: 'node', code: CODE, mode: 'persistent', prewarm: 1 })).status, 201)
+  const before = await p.invoke('noisy')
+  t.equal(before.status, 200)
+  await waitFor(async () => (await kubectlPods(sim, 'kindling.io/function=noisy')).length === 2, 'a serving and a prewarmed pod')
+  for (const x of await kubectlPods(sim, 'kindling.io/function=noisy')) t.match(x.node, /^kindling-runtime-\d+$/, `${x.name} starts on a runtime node`)
+
+  // What the load guard does when it quarantines a function (on kubernetes it cannot sample the pods' cgroups:
+  // that is the node agent's, issue 13).
+  p.pools.setQuarantined('noisy', true)
+  const onQuarantine = async (): Promise<boolean> => {
+    const pods = await kubectlPods(sim, 'kindling.io/function=noisy')
+    return pods.length > 0 && pods.every((x) => x.node === 'kindling-quarantine-0')
+  }
+  // The serving pod goes once a call on it ends; the next calls are served by quarantined ones.
+  await waitFor(async () => (await p.invoke('noisy')).status === 200 && await onQuarantine(), 'every pod of the function on the quarantine node', 30_000, 100)
+  const after = await p.invoke('noisy')
+  t.equal(after.status, 200)
+  t.not((after.json() as { pid: number }).pid, (before.json() as { pid: number }).pid, 'served by a replacement')
+  for (const [pod, node] of await wide(sim, 'kindling.io/function=noisy')) t.equal(node, 'kindling-quarantine-0', `${pod} is on the quarantine node (kubectl -o wide)`)
+  for (const [pod, node] of await wide(sim, 'kindling.io/managed=true')) t.match(node, /^kindling-runtime-\d+$/, `pool pod ${pod} stays on a runtime node`)
+})
