@@ -7,6 +7,8 @@ export interface InstanceRequest {
   runtime: string
   /** Pool this instance is started for (`generic:<runtime>` or `fn:<name>`); a label only. */
   pool: string
+  /** The function version it is started for, when known (a label only: `kindling.io/version` on kubernetes). */
+  version?: number | undefined
   memoryMb: number
   cpu: number
   /** Max processes/threads in the instance. */

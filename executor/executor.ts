@@ -140,7 +140,7 @@ export class Executor implements ExecutorClient {
     let loadMs = 0
     let inst = pools.takePrewarmed(name, version)
     if (inst === undefined) {
-      const got = await pools.takeOrStart(name, record.runtime, pools.resourcesOf(record))
+      const got = await pools.takeOrStart(name, record.runtime, pools.resourcesOf(record), true, record.version)
       inst = got.inst
       kind = 'specialized'
       if (got.started) {
@@ -208,7 +208,7 @@ export class Executor implements ExecutorClient {
     const pools = this.#o.pools
     if (pools.runtime(record.runtime) === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${record.runtime}" is not configured`)
     return this.#retrying(record, async () => {
-      const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record))
+      const { inst } = await pools.takeOrStart(record.name, record.runtime, pools.resourcesOf(record), true, record.version)
       await pools.load(inst, record, this.#o.codeDirOf(record.codeHash), record.prewarm > 0)
       return inst
     })

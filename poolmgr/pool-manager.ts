@@ -319,14 +319,14 @@ export class PoolManager {
   }
 
   /** An instance for `fn`: a generic one (unless `fn` is quarantined) or a newly started one. */
-  async takeOrStart(fn: string, runtime: string, res: Resources, forCall = true): Promise<{ inst: Instance; started: boolean }> {
+  async takeOrStart(fn: string, runtime: string, res: Resources, forCall = true, version?: number): Promise<{ inst: Instance; started: boolean }> {
     const quarantined = this.#quarantined.has(fn)
     const taken = quarantined ? undefined : this.takeGeneric(runtime, res)
     if (taken !== undefined) {
       if (forCall) this.#serving(taken)
       return { inst: taken, started: false }
     }
-    const inst = await this.start(runtime, `fn:${fn}`, res, quarantined, forCall)
+    const inst = await this.start(runtime, `fn:${fn}`, res, quarantined, forCall, version)
     // Claimed from the backend's own pool (ownsGenericPools): warm, as a take from a generic pool here would be.
     return { inst, started: inst.handle.pooled !== true }
   }
@@ -366,8 +366,8 @@ export class PoolManager {
    * Otherwise it is a background refill: it never evicts, and runs at a small CPU share until handed out.
    * When the budget has no room: KDL_ERR_NO_CAPACITY. Either waits its turn at the start gate first.
    */
-  async start(runtime: string, pool: string, res: Resources, quarantine = false, forCall = true): Promise<Instance> {
-    return this.#gate.run(forCall ? 'call' : 'background', () => this.#start(runtime, pool, res, quarantine, forCall))
+  async start(runtime: string, pool: string, res: Resources, quarantine = false, forCall = true, version?: number): Promise<Instance> {
+    return this.#gate.run(forCall ? 'call' : 'background', () => this.#start(runtime, pool, res, quarantine, forCall, version))
   }
 
   /** Starts that run now, that wait for their turn, and how many may run at once (see StartGate). */
@@ -375,7 +375,7 @@ export class PoolManager {
     return this.#gate.stats()
   }
 
-  async #start(runtime: string, pool: string, res: Resources, quarantine: boolean, forCall: boolean): Promise<Instance> {
+  async #start(runtime: string, pool: string, res: Resources, quarantine: boolean, forCall: boolean, version: number | undefined): Promise<Instance> {
     if (this.#closed) throw new KdlError('KDL_ERR_SHUTTING_DOWN', 'the platform is stopping')
     const spec = this.runtime(runtime)
     if (spec === undefined) throw new KdlError('KDL_ERR_RUNTIME_NOT_FOUND', `runtime "${runtime}" is not configured`)
@@ -389,7 +389,7 @@ export class PoolManager {
     let handle
     try {
       handle = await this.backend.start({
-        id, runtime, pool, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image, background: !forCall,
+        id, runtime, pool, version, memoryMb: res.memoryMb, cpu: res.cpu, pidsLimit: this.#pidsLimit, network: res.network, quarantine, image: spec.image, background: !forCall,
         // A refill waits in its pool: its runtime warms its own request path meanwhile (PROTOCOL §2).
         ...(forCall ? {} : { env: { KINDLING_WARMUP: '1' } }),
       })
@@ -686,7 +686,7 @@ export class PoolManager {
 
   /** A generic instance (taken or started) with the function loaded: what a prewarm refill produces. */
   async #prepareLoaded(record: FunctionRecord, codeDir: string): Promise<Instance> {
-    const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record), false)
+    const { inst } = await this.takeOrStart(record.name, record.runtime, this.resourcesOf(record), false, record.version)
     await this.load(inst, record, codeDir, true)
     return inst
   }

@@ -21,6 +21,7 @@ export const LABEL = {
   platform: 'kindling.io/platform',
   fn: 'kindling.io/function',
   instance: 'kindling.io/instance',
+  version: 'kindling.io/version',
   /** The pool's kind (`generic`, `fn`): a label value cannot hold the pool's name (`fn:<name>`); the annotation does. */
   pool: 'kindling.io/pool',
 } as const

@@ -279,7 +279,7 @@ export class KubernetesBackend implements ContainerBackend {
       try {
         let pod: V1Pod | undefined = seen
         for (let attempt = 0; attempt < 2 && pod !== undefined && !held.startFailed.signal.aborted; attempt++) {
-          const body = { metadata: { resourceVersion: pod.metadata?.resourceVersion, labels: claimLabels(req.id, req.pool), annotations: { [POOL_ANNOTATION]: req.pool } } }
+          const body = { metadata: { resourceVersion: pod.metadata?.resourceVersion, labels: claimLabels(req.id, req.pool, req.version), annotations: { [POOL_ANNOTATION]: req.pool } } }
           try {
             const claimed = await withTimeout(this.#core.patchNamespacedPod({ name, namespace: this.#ns, body }, mergePatch), this.#apiTimeoutMs, 'the claim')
             held.podName = name
@@ -321,7 +321,7 @@ export class KubernetesBackend implements ContainerBackend {
     const role = req.quarantine === true ? this.#o.quarantineNodes ?? DEFAULT_QUARANTINE_NODES : this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES
     // `network: egress` is not told apart here: pods reach what the cluster's network policy lets them reach (the
     // stand-in has none); a deployment that needs `none` enforced adds a NetworkPolicy for `kindling.io/managed=false`.
-    const body = barePod(name, this.#ns, req.id, req.pool, {
+    const body = barePod(name, this.#ns, req.id, req.pool, req.version, {
       platformId: this.#o.platformId, runtime: req.runtime, image: this.#imageOf(req.runtime, req.image), memoryMb: req.memoryMb, cpu: req.cpu,
       role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
     })

@@ -116,12 +116,8 @@ export function poolDeployment(name: string, namespace: string, size: number, sh
 }
 
 /** A pod of one instance, owned by nobody: a start that no pool pod fits (other limits, egress, quarantine), or an empty pool. */
-export function barePod(name: string, namespace: string, instance: string, pool: string, shape: Omit<RuntimePodShape, 'restartPolicy'>): V1Pod {
-  const labels: Record<string, string> = {
-    [LABEL.managed]: 'false', [LABEL.runtime]: shape.runtime, [LABEL.platform]: shape.platformId,
-    [LABEL.instance]: instance, [LABEL.pool]: poolKind(pool),
-  }
-  if (pool.startsWith('fn:')) labels[LABEL.fn] = pool.slice(3)
+export function barePod(name: string, namespace: string, instance: string, pool: string, version: number | undefined, shape: Omit<RuntimePodShape, 'restartPolicy'>): V1Pod {
+  const labels: Record<string, string> = { [LABEL.runtime]: shape.runtime, [LABEL.platform]: shape.platformId, ...claimLabels(instance, pool, version) }
   return {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -131,8 +127,9 @@ export function barePod(name: string, namespace: string, instance: string, pool:
 }
 
 /** The labels a claim puts on a pool pod: out of its Deployment's selector, named for its instance and function. */
-export function claimLabels(instance: string, pool: string): Record<string, string> {
+export function claimLabels(instance: string, pool: string, version?: number): Record<string, string> {
   const labels: Record<string, string> = { [LABEL.managed]: 'false', [LABEL.instance]: instance, [LABEL.pool]: poolKind(pool) }
   if (pool.startsWith('fn:')) labels[LABEL.fn] = pool.slice(3)
+  if (version !== undefined) labels[LABEL.version] = String(version)
   return labels
 }

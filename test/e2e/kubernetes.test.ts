@@ -47,7 +47,10 @@ t.test('pool and function pods land only on runtime nodes, nothing on management
   t.equal(mgmt.stdout.trim(), '', 'no pod at all on the management node')
   const claimed = await kubectlPods(sim, 'kindling.io/function=placed')
   t.ok(claimed.length >= 2, 'the function\'s instances are claimed pods, labelled with it')
-  for (const c of claimed) t.equal(c.labels['kindling.io/managed'], 'false', `${c.name} left the pool's selector`)
+  for (const c of claimed) {
+    t.equal(c.labels['kindling.io/managed'], 'false', `${c.name} left the pool's selector`)
+    t.equal(c.labels['kindling.io/version'], '1', `${c.name} carries the function's version`)
+  }
 })
 
 t.test('an API-server outage of 5 s under load loses no warm call, and no pool is doubled or lost after it', async (t) => {
