@@ -12,7 +12,7 @@ import { basename, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
-import { startApiServer } from './api-server.js'
+import { startApiServer, type ApiServer } from './api-server.js'
 import { DaemonSetController } from './controllers/daemonset.js'
 import { DeploymentController } from './controllers/deployment.js'
 import { EventTtl } from './controllers/event-ttl.js'
@@ -62,15 +62,8 @@ export interface ClusterOptions {
   repoRoot?: string
 }
 
-export interface ClusterApi {
-  url: string
-  port: number
-  /** The API's serving certificate (PEM), as the kubeconfig carries it. */
-  ca: string | undefined
-  close(): Promise<void>
-  pause(): void
-  resume(): void
-}
+/** The cluster's API server (`pause()`/`resume()`: an outage as its clients see it). */
+export type ClusterApi = ApiServer
 
 export interface Cluster {
   store: ObjectStore
