@@ -75,8 +75,22 @@ const SH = '/bin/sh'
 const UNSHARE = '/usr/bin/unshare'
 const SETPRIV = '/usr/bin/setpriv'
 const HAVE_NS_TOOLS = existsSync(UNSHARE) && existsSync(SETPRIV)
-/** `sh -c BIND_SCRIPT name N host1 path1 … hostN pathN cmd args…`: binds each host dir over its path, then execs. */
-const BIND_SCRIPT = 'n=$1; shift; while [ "$n" -gt 0 ]; do mount --bind "$1" "$2" || exit 126; shift 2; n=$((n - 1)); done; exec "$@"'
+/**
+ * `sh -c BIND_SCRIPT name N (host path k top1…topk)×N cmd args…`: for each volume, the host's `path/top` entries the
+ * container needs are bound into the volume's host directory first, then the volume (with them) over `path`; then execs.
+ */
+const BIND_SCRIPT = [
+  'n=$1; shift',
+  'while [ "$n" -gt 0 ]; do',
+  '  src=$1; dst=$2; k=$3; shift 3',
+  '  while [ "$k" -gt 0 ]; do',
+  '    if [ -d "$dst/$1" ]; then mkdir -p "$src/$1"; else : > "$src/$1"; fi',
+  '    mount --bind "$dst/$1" "$src/$1" || exit 126; shift; k=$((k - 1))',
+  '  done',
+  '  mount --rbind "$src" "$dst" || exit 126; n=$((n - 1))',
+  'done',
+  'exec "$@"',
+].join('\n')
 
 function under(path: string, dir: string): boolean {
   return path === dir || path.startsWith(dir.endsWith('/') ? dir : `${dir}/`)
@@ -299,13 +313,18 @@ export class ContainerRunner {
       if (id !== undefined || noNewPrivs.length > 0) {
         argv = [SETPRIV, ...(id === undefined ? [] : [`--reuid=${id.uid}`, `--regid=${id.gid}`, '--clear-groups']), ...noNewPrivs, '--', ...argv]
       }
-      // A bind that would hide what the container itself needs from the host (its own directory and its other
-      // volumes, under the node's data directory, or the image's files) is left out: a stand-in whose data
-      // directory is under /tmp gives its pods the host's /tmp (tests keep theirs in /var/tmp).
-      const needed = [this.#ctx.dir, command, ...args.filter((a) => a.startsWith('/'))]
-      const binds = this.#ctx.mounts.filter((m) => m.mountPath !== '/' && isHostDir(m.mountPath) && !needed.some((n) => under(n, m.mountPath)))
+      // What the container needs from the host under a mount path stays reachable: its own directory, its volumes'
+      // host directories (reached through the rewritten environment) and the image's files — a stand-in whose data
+      // directory or repository lies under /tmp would otherwise hide them behind the pod's /tmp. Each such top
+      // directory is bound into the volume first, then the volume with it (rbind) over the mount path.
+      const needed = [this.#ctx.dir, ...this.#ctx.mounts.map((m) => m.hostPath), command, ...args.filter((a) => a.startsWith('/'))]
+      const binds = this.#ctx.mounts.filter((m) => m.mountPath !== '/' && isHostDir(m.mountPath))
       if (binds.length > 0) {
-        argv = [UNSHARE, '--mount', '--propagation', 'private', '--', SH, '-c', BIND_SCRIPT, 'kube-sim-mounts', String(binds.length), ...binds.flatMap((m) => [m.hostPath, m.mountPath]), ...argv]
+        const triples = binds.flatMap((m) => {
+          const tops = [...new Set(needed.filter((n) => under(n, m.mountPath) && n !== m.mountPath).map((n) => n.slice(m.mountPath.replace(/\/$/, '').length + 1).split('/')[0]!))]
+          return [m.hostPath, m.mountPath, String(tops.length), ...tops]
+        })
+        argv = [UNSHARE, '--mount', '--propagation', 'private', '--', SH, '-c', BIND_SCRIPT, 'kube-sim-mounts', String(binds.length), ...triples, ...argv]
       }
     }
     const [cmd, ...rest] = argv as [string, ...string[]]
