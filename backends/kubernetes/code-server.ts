@@ -95,6 +95,9 @@ const badTree = (message: string): KdlError => new KdlError('KDL_ERR_BAD_ARCHIVE
  * directories 0755, files 0644 or 0755 (any exec bit), owner 0:0, mtime 0 — the same directory always gives the
  * same bytes, hence the same sha256. Symlinks are followed when they stay inside the directory (the pod receives
  * files and directories only, so its unpacker handles no link at all) and refused when they leave it.
+ * Written here rather than with node-tar's `create` (which cluster/code-share.ts packs with): node-tar may add pax
+ * headers (long or non-ASCII paths) and link entries, and the pod's unpacker (runtimes/node/untar.mjs, dependency-free
+ * like every runtime file) accepts exactly this subset and refuses the rest.
  *
  * Plain tar rather than tar.gz, measured on a 0.95 MB function (the `yaml` package and `pino/lib`, ~250 files;
  * Node 20, a shared 2-CPU host, medians): gzip -6 shrinks it to 18 % (171 KB) for ~15 ms once per code version

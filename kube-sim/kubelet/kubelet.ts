@@ -9,7 +9,7 @@
 import { chmod, mkdir, stat } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { release } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import type { CgroupDriver } from '../../cgroups/index.js'
 import type { KubeObject, ObjectStore } from '../types.js'
@@ -139,6 +139,15 @@ export class Kubelet {
   /** Containers that run as another user must reach their directories under dataDir: its owner-only bits are widened by x. */
   async #traversable(): Promise<void> {
     if ((process.getuid?.() ?? 0) !== 0) return
+    // Pods run as other users (the runtime image as 65534): every directory above the node's data directory must let
+    // them through, or each pod fails later and obscurely (its code fetch cannot reach its emptyDir). Said at once.
+    for (let dir = dirname(resolve(this.#opts.dataDir)); ; dir = dirname(dir)) {
+      const s = await stat(dir)
+      if ((s.mode & 0o001) === 0) {
+        throw new Error(`kube-sim: pods run as other users and cannot reach ${this.#opts.dataDir}: ${dir} is not searchable by others (mode ${(s.mode & 0o777).toString(8).padStart(4, '0')}); use a data directory under a searchable path (e.g. --data-dir /var/tmp/kube-sim) or chmod o+x ${dir}`)
+      }
+      if (dir === dirname(dir)) break
+    }
     for (const dir of [this.#opts.dataDir, join(this.#opts.dataDir, 'nodes'), this.#root()]) {
       const s = await stat(dir)
       if ((s.mode & 0o011) !== 0o011) await chmod(dir, (s.mode & 0o7777) | 0o011)

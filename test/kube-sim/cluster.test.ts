@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { access, chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -59,6 +59,8 @@ function alive(pid: number): boolean {
 
 t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a DaemonSet, a clean stop', async (t) => {
   const dir = await mkdtemp(join(SIM_ROOT, 'kube-sim-cluster-'))
+  // The pods run as 65534: they pass through the test's directory as through a user's usual one.
+  await chmod(dir, 0o711)
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await writeFile(join(dir, 'echo.mjs'), "console.log('hello from ' + process.env.POD_NAME); setInterval(() => {}, 1000)")
   const cluster: Cluster = await startCluster({
