@@ -139,14 +139,13 @@ export class Kubelet {
   /** Containers that run as another user must reach their directories under dataDir: its owner-only bits are widened by x. */
   async #traversable(): Promise<void> {
     if ((process.getuid?.() ?? 0) !== 0) return
-    // Pods run as other users (the runtime image as 65534): every directory above the node's data directory must let
-    // them through, or each pod fails later and obscurely (its code fetch cannot reach its emptyDir). Said at once.
-    for (let dir = dirname(resolve(this.#opts.dataDir)); ; dir = dirname(dir)) {
-      const s = await stat(dir)
-      if ((s.mode & 0o001) === 0) {
-        throw new Error(`kube-sim: pods run as other users and cannot reach ${this.#opts.dataDir}: ${dir} is not searchable by others (mode ${(s.mode & 0o777).toString(8).padStart(4, '0')}); use a data directory under a searchable path (e.g. --data-dir /var/tmp/kube-sim) or chmod o+x ${dir}`)
-      }
-      if (dir === dirname(dir)) break
+    // Pods run as other users (the runtime image as 65534): every directory above the node's data directory and above
+    // the images' files must let them through, or each pod fails later and obscurely (its code fetch cannot reach its
+    // emptyDir, its server file cannot be read). Said at once.
+    await searchableByOthers(this.#opts.dataDir, 'reach')
+    for (const spec of Object.values(this.#opts.images)) {
+      const argv = Array.isArray(spec) ? spec : spec.command
+      for (const a of argv.filter((x) => x.startsWith('/'))) await searchableByOthers(a, 'run')
     }
     for (const dir of [this.#opts.dataDir, join(this.#opts.dataDir, 'nodes'), this.#root()]) {
       const s = await stat(dir)
@@ -277,4 +276,15 @@ async function portsFree(ip: string, ports: readonly number[]): Promise<boolean>
     if (!free) return false
   }
   return true
+}
+
+/** Throws, naming it, when a directory above `path` does not let other users through (mode without o+x). */
+async function searchableByOthers(path: string, verb: string): Promise<void> {
+  for (let dir = dirname(resolve(path)); ; dir = dirname(dir)) {
+    const s = await stat(dir)
+    if ((s.mode & 0o001) === 0) {
+      throw new Error(`kube-sim: pods run as other users and cannot ${verb} ${path}: ${dir} is not searchable by others (mode ${(s.mode & 0o777).toString(8).padStart(4, '0')}); use a path under searchable directories (e.g. --data-dir /var/tmp/kube-sim, a checkout outside /root) or chmod o+x ${dir}`)
+    }
+    if (dir === dirname(dir)) return
+  }
 }

@@ -87,5 +87,5 @@ t.test('a data directory its pods could not reach is refused at start, saying wh
   sim.stderr!.on('data', (d: Buffer) => { err += d.toString() })
   const [code] = await once(sim, 'exit') as [number | null]
   t.equal(code, 1, 'kube-sim exits 1')
-  t.match(err, new RegExp(`${dir} is not searchable by others \\(mode 0700\\); use a data directory under a searchable path`))
+  t.match(err, new RegExp(`${dir} is not searchable by others \\(mode 0700\\); use a path under searchable directories`))
 })
