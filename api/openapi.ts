@@ -242,6 +242,21 @@ function invocationPaths(): Record<string, unknown> {
         responses: { '200': { description: 'The Prometheus text format.', content: { 'text/plain': { schema: { type: 'string' } } } } },
       },
     },
+    '/healthz': {
+      get: {
+        tags: ['platform'], summary: 'Liveness: the process answers', operationId: 'healthz', security: [],
+        responses: { '200': { description: 'Alive.', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string', const: 'ok' } } } } } } },
+      },
+    },
+    '/readyz': {
+      get: {
+        tags: ['platform'], summary: 'Readiness: calls can be routed (a cluster router has reached its controller; a standby controller is not ready)', operationId: 'readyz', security: [],
+        responses: {
+          '200': { description: 'Ready.', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string', const: 'ready' } } } } } },
+          '503': { description: 'Not ready, and why.', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string' }, reason: { type: 'string' } } } } } },
+        },
+      },
+    },
   }
 }
 

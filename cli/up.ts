@@ -9,9 +9,11 @@ interface UpOptions {
   store?: string
   redisUrl?: string
   kubeconfig?: string
+  role?: string
 }
 
 interface Overrides {
+  KINDLING_ROLE?: string
   KINDLING_STORE?: string
   KINDLING_REDIS_URL?: string
   KINDLING_BACKEND?: string
@@ -43,6 +45,7 @@ export function registerUpCommand(program: Command, run: Runner): void {
   program.command('up')
     .description('run the whole platform in this process (API, invocations, pools) on one port')
     .addOption(new Option('--backend <backend>', 'where instances run').choices(['process', 'docker', 'kubernetes']))
+    .addOption(new Option('--role <role>', 'all: the whole platform; controller or router: one component of a cluster (KINDLING_ROLE; see the README\'s "Kindling as a cluster")').choices(['all', 'controller', 'router']))
     .option('--kubeconfig <file>', 'the cluster of --backend kubernetes (KINDLING_KUBECONFIG; e.g. the one `kindling kube-sim` writes)')
     .option('--port <port>', 'port to listen on (KINDLING_PORT, default 8080)', intOption)
     .option('--host <host>', 'address to bind (KINDLING_HOST, default 127.0.0.1)')
@@ -58,8 +61,9 @@ export function registerUpCommand(program: Command, run: Runner): void {
       if (opts.store !== undefined) overrides.KINDLING_STORE = opts.store
       if (opts.redisUrl !== undefined) overrides.KINDLING_REDIS_URL = opts.redisUrl
       if (opts.kubeconfig !== undefined) overrides.KINDLING_KUBECONFIG = opts.kubeconfig
+      if (opts.role !== undefined) overrides.KINDLING_ROLE = opts.role
       // Loaded on demand so the client commands never pay for loading the platform.
-      const { startEmbedded } = await import('../embedded/main.js')
+      const { startPlatform } = await import('../embedded/main.js')
       // Last line of defence: every background path of the platform handles its own failures (a test run
       // fails on one that does not); should one still slip through, it is reported, not fatal to every
       // function this process serves.
@@ -68,17 +72,26 @@ export function registerUpCommand(program: Command, run: Runner): void {
       })
       // Listen before starting: a signal during start-up still shuts the platform down cleanly.
       const { signal, cancel } = nextSignal()
-      let platform: { url: string; close(): Promise<void> }
+      let platform: { url: string; lost?: Promise<string> | undefined; close(): Promise<void> }
       try {
-        platform = await startEmbedded({ env: ctx.env, overrides })
+        platform = await startPlatform({ env: ctx.env, overrides })
       } catch (err) {
         cancel()
         throw err
       }
       const backend = opts.backend ?? ctx.env['KINDLING_BACKEND'] ?? 'process'
       const store = opts.store ?? ctx.env['KINDLING_STORE'] ?? 'file'
-      ctx.stdout.write(`kindling listening on ${platform.url} (backend ${backend}${store === 'redis' ? ', store redis' : ''})\n`)
-      const sig = await signal
+      const role = opts.role ?? ctx.env['KINDLING_ROLE'] ?? 'all'
+      ctx.stdout.write(`kindling listening on ${platform.url} (${role === 'router' ? 'router' : `backend ${backend}${store === 'redis' ? ', store redis' : ''}${role === 'controller' ? ', controller' : ''}`})\n`)
+      // A controller that loses its leadership stops at once and exits non-zero: its pod restarts as a candidate.
+      const ended = await Promise.race([signal.then((sig) => ({ sig })), (platform.lost ?? new Promise<never>(() => {})).then((why) => ({ lost: why }))])
+      if ('lost' in ended) {
+        cancel()
+        ctx.stderr.write(`kindling: ${ended.lost}, stopping\n`)
+        await platform.close()
+        return 1
+      }
+      const sig = ended.sig
       ctx.stderr.write(`kindling: ${sig} received, stopping (press Ctrl-C again to force)\n`)
       const force = (): void => process.exit(130)
       for (const s of SIGNALS) process.once(s, force)

@@ -180,6 +180,12 @@ export interface ContainerBackend {
   /** Instances this backend can see that carry Kindling's labels (including ones left by an earlier run). */
   list(): Promise<Array<{ id: string; pool: string; runtime: string }>>
   /**
+   * Issue 13: takes over an instance an earlier controller of this platform started and handed to a router (a
+   * leader failover): its handle when it still runs (started, reachable, not being removed), else undefined. Only
+   * backends whose instances outlive their platform process have it (kubernetes).
+   */
+  adopt?(id: string): Promise<InstanceHandle | undefined>
+  /**
    * Make a content-addressed code directory (on the platform's host) readable by the instance;
    * returns the path the runtime server must load it from.
    */
@@ -199,5 +205,6 @@ export interface ContainerBackend {
   /** Runs one build in a sandboxed build instance (issue 9); absent on a backend that cannot build. */
   runBuild?(job: BuildJob): Promise<BuildJobResult>
   /** Stop everything this backend started and release its clients. */
-  close(): Promise<void>
+  /** `keep`: instances left running for another platform process to adopt (issue 13; backends whose instances can outlive it). */
+  close(keep?: ReadonlySet<string>): Promise<void>
 }

@@ -96,6 +96,21 @@ export const ConfigSchema = Type.Object({
   KINDLING_KUBE_CODE_LISTEN: Type.String({ pattern: '^[^\\s:]+:[0-9]{1,5}$', default: '127.0.0.1:0' }),
   /** The address pods reach the code server at (its pod IP, a Service name); unset: the listen address (a wildcard one needs this). */
   KINDLING_KUBE_CODE_HOST: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9.:_-]+$' })),
+  // Kindling as a cluster (issue 13): each component its own workload.
+  /** What this process runs: `all` (the whole platform, one process), `controller` (API, executor, pools, load guard; leader-elected with KINDLING_LEADER_LEASE), `router` (function URLs; its executor is the controller's, at KINDLING_EXECUTOR_URL). @default all */
+  KINDLING_ROLE: Type.Union([Type.Literal('all'), Type.Literal('controller'), Type.Literal('router')], { default: 'all' }),
+  /** The controller's executor a router asks for instances (`http://host:port`; role router). */
+  KINDLING_EXECUTOR_URL: Type.Optional(Type.String({ pattern: '^https?://[^\\s/]+/?$' })),
+  /** Port of the controller's executor endpoint for routers (role controller), on KINDLING_HOST. @default 8081 */
+  KINDLING_EXECUTOR_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8081 }),
+  /** Bearer token between routers and the controller's executor; unset: none (the chart's NetworkPolicy and Secret set one). */
+  KINDLING_EXECUTOR_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  /** The platform's identity (labels of its pods, its cgroups); unset: derived from the data directory. Every controller replica of one install must share it. */
+  KINDLING_PLATFORM_ID: Type.Optional(Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$' })),
+  /** Name of the coordination.k8s.io Lease the controllers elect their leader with, in KINDLING_KUBE_NAMESPACE (role controller); unset: no election (one controller). */
+  KINDLING_LEADER_LEASE: Type.Optional(Type.String({ pattern: '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$' })),
+  /** Lease duration of the leader election: a leader that has not renewed this long is replaced. @default 15000 */
+  KINDLING_LEADER_LEASE_MS: Type.Integer({ minimum: 2000, maximum: 600_000, default: 15_000 }),
   /** Grow generic pools when they see cold starts, shrink them when calm (OpenWhisk's reactive rule). @default true */
   KINDLING_POOL_ADAPTIVE: Type.Boolean({ default: true }),
   /** Upper bound of an adaptive generic pool. @default 8 */

@@ -39,6 +39,7 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_SHUTTING_DOWN: { status: 503, description: 'The platform is stopping and takes no new calls.' },
   KDL_ERR_FN_TIMEOUT: { status: 504, description: 'The call exceeded the function timeoutMs; the instance was replaced.' },
   KDL_ERR_BACKEND: { status: 500, description: 'The container backend (process, docker, kubernetes) failed; `cause` holds the original error.' },
+  KDL_ERR_CONTROLLER_UNAVAILABLE: { status: 503, description: 'A cluster router cannot reach the controller (a leader failover under way): warm calls are still served; retry after Retry-After.' },
   KDL_ERR_STORE_UNAVAILABLE: { status: 503, description: 'The shared store (Redis) does not answer; nothing was changed. Warm calls of known functions are still served; retry after Retry-After.' },
   KDL_ERR_JOB_NOT_FOUND: { status: 404, description: 'No async invocation of that id is on record (never enqueued, or expired).' },
   KDL_ERR_ASYNC_UNAVAILABLE: { status: 503, description: 'Async invocations and triggers need the shared store: start the platform with KINDLING_STORE=redis.' },

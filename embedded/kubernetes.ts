@@ -20,12 +20,8 @@ function nodeRole(value: string): { key: string; value: string } {
   return { key: value.slice(0, eq), value: value.slice(eq + 1) }
 }
 
-/**
- * The kubernetes backend (issue 10): a client of the cluster of KINDLING_KUBECONFIG (else client-node's default
- * search: $KUBECONFIG, the in-cluster service account, ~/.kube/config) and the code server its pods fetch their
- * function's code from. The API server is asked once here, so a wrong kubeconfig fails `kindling up` at once.
- */
-export async function createKubernetesBackend(config: Config, platformId: string, runDir: string, codeRoot: string, version: string, log: Logger): Promise<KubernetesPart> {
+/** KINDLING_KUBECONFIG, else client-node's default search ($KUBECONFIG, the in-cluster service account, ~/.kube/config). */
+export function loadKubeConfig(config: Config): KubeConfig {
   const kubeConfig = new KubeConfig()
   try {
     if (config.KINDLING_KUBECONFIG !== undefined) kubeConfig.loadFromString(readFileSync(config.KINDLING_KUBECONFIG, 'utf8'))
@@ -33,6 +29,16 @@ export async function createKubernetesBackend(config: Config, platformId: string
   } catch (err) {
     throw new KdlError('KDL_ERR_BAD_REQUEST', `cannot read the kubeconfig ${config.KINDLING_KUBECONFIG ?? '(default)'}: ${(err as Error).message}`, { cause: err })
   }
+  return kubeConfig
+}
+
+/**
+ * The kubernetes backend (issue 10): a client of the cluster of KINDLING_KUBECONFIG (else client-node's default
+ * search: $KUBECONFIG, the in-cluster service account, ~/.kube/config) and the code server its pods fetch their
+ * function's code from. The API server is asked once here, so a wrong kubeconfig fails `kindling up` at once.
+ */
+export async function createKubernetesBackend(config: Config, platformId: string, runDir: string, codeRoot: string, version: string, log: Logger): Promise<KubernetesPart> {
+  const kubeConfig = loadKubeConfig(config)
   const server = kubeConfig.getCurrentCluster()?.server
   if (server === undefined) {
     throw new KdlError('KDL_ERR_BAD_REQUEST', `the kubeconfig ${config.KINDLING_KUBECONFIG ?? '(default)'} has no current cluster (set KINDLING_KUBECONFIG, or run \`kindling kube-sim\` for a local stand-in)`)

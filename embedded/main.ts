@@ -53,6 +53,8 @@ import { openTriggers } from './triggers.js'
 import { openWorkflows, type Workflows } from './workflows.js'
 import { createKubernetesBackend } from './kubernetes.js'
 import { workflowStartPlugin } from '../api/workflows.js'
+import { RemoteExecutorServer } from '../executor/remote-server.js'
+import { electLeader, startRouterRole } from './cluster-roles.js'
 
 /** Repository root, from dist/embedded/main.js or embedded/main.ts alike. */
 const here = dirname(fileURLToPath(import.meta.url))
@@ -65,6 +67,8 @@ const SPAWNER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'spawne
 const MOUNTER_SCRIPT = join(REPO_ROOT, 'backends', 'process', 'spawner', 'mounter.pl')
 /** How long a stop waits for calls in flight before it cuts their connections. */
 const SHUTDOWN_GRACE_MS = 10_000
+/** A controller that took over (issue 13) reaps instances nobody handed over within this. */
+const ORPHAN_GRACE_MS = 30_000
 /** Runtime kinds this build can start. */
 export const RUNTIME_KINDS = ['node'] as const
 
@@ -91,7 +95,18 @@ export interface Embedded {
   invoke: Invoke
   /** Every route the HTTP app registered after the router's own: what the API description (`/docs/json`) must cover. */
   routes: readonly RouteEntry[]
+  /** Role controller (issue 13): the port of the executor endpoint routers use. */
+  executorPort?: number | undefined
+  /** Role controller with a leader lease (issue 13): resolves when leadership is lost — the process must stop. */
+  lost?: Promise<string> | undefined
   close(): Promise<void>
+}
+
+/** What `kindling up` runs: the whole platform or a controller (startEmbedded), or a cluster router (issue 13). */
+export async function startPlatform(opts: EmbeddedOptions): Promise<{ url: string; lost?: Promise<string> | undefined; close(): Promise<void> }> {
+  const config = loadConfig(opts.env, opts.overrides)
+  if (config.KINDLING_ROLE !== 'router') return startEmbedded(opts)
+  return startRouterRole(config, opts.log ?? pino({ level: config.KINDLING_LOG_LEVEL }), SHUTDOWN_GRACE_MS)
 }
 
 /**
@@ -101,12 +116,17 @@ export interface Embedded {
 export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   const config = loadConfig(opts.env, opts.overrides)
   const log = opts.log ?? pino({ level: config.KINDLING_LOG_LEVEL })
+  if (config.KINDLING_ROLE === 'router') throw new KdlError('KDL_ERR_BAD_REQUEST', 'KINDLING_ROLE=router runs without the platform\'s state: start it with startPlatform (kindling up)')
+  const controller = config.KINDLING_ROLE === 'controller'
+  // Issue 13: a controller with a leader lease does nothing but wait (live, not ready) until it leads.
+  const leader = controller && config.KINDLING_LEADER_LEASE !== undefined ? await electLeader(config, log) : undefined
   const dataDir = resolve(config.KINDLING_DATA_DIR)
   const runDir = join(dataDir, 'run')
   for (const d of [dataDir, join(dataDir, 'store'), join(dataDir, 'code'), runDir]) await mkdir(d, { recursive: true, mode: 0o755 })
 
   // Scopes cgroups, containers and orphan reaping to this data directory's platform (issue 8, part 5).
-  const { id: platformId } = await platformIdentity(dataDir)
+  // Every controller replica of one install is one platform (KINDLING_PLATFORM_ID): the leader adopts what the last one left.
+  const platformId = config.KINDLING_PLATFORM_ID ?? (await platformIdentity(dataDir)).id
   // Issue 11: on Redis the replicas share one store (and async jobs, triggers); the file store is one process's.
   const shared = config.KINDLING_STORE === 'redis' ? await openShared(config, log) : undefined
   const store = shared?.store ?? new FileStore({ dir: join(dataDir, 'store') })
@@ -166,7 +186,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
       ? { intervalMs: config.KINDLING_POOL_ADAPT_INTERVAL_MS, threshold: 2, increment: 1, maxPoolSize: config.KINDLING_POOL_MAX_SIZE }
       : undefined,
   })
-  await pools.reapOrphans()
+  // A controller taking over leaves the routers time to hand over the instances they hold.
+  if (controller) pools.reapOrphansAfter(ORPHAN_GRACE_MS)
+  else await pools.reapOrphans()
 
   for (const kind of RUNTIME_KINDS) {
     let spec: RuntimeSpec | undefined = await store.getRuntime(kind)
@@ -250,9 +272,18 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   await app.register(uiPlugin, { dir: join(REPO_ROOT, 'dist', 'ui') })
   metrics.setPoolSource(() => pools.snapshot())
 
+  // Issue 13: the routers of a cluster ask this controller for instances over the network.
+  let executorPort: number | undefined
+  const executorServer = controller ? new RemoteExecutorServer({
+    executor, controller: leader?.elector.identity ?? `controller-${platformId}`, token: config.KINDLING_EXECUTOR_TOKEN, log: log.child({ component: 'executor-server' }),
+  }) : undefined
   try {
     await app.listen({ host: config.KINDLING_HOST, port: config.KINDLING_PORT })
+    executorPort = await executorServer?.listen(config.KINDLING_HOST, config.KINDLING_EXECUTOR_PORT)
   } catch (err) {
+    await app.close().catch(() => {})
+    await executorServer?.close().catch(() => {})
+    await leader?.elector.stop()
     await loadGuard?.stop()
     canary.close()
     sync?.close()
@@ -262,7 +293,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     await pools.close()
     await kube?.codeServer.close()
     await shared?.close()
-    throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}: ${(err as Error).message}`, { cause: err })
+    throw new KdlError('KDL_ERR_INTERNAL', `cannot listen on ${config.KINDLING_HOST}:${config.KINDLING_PORT}${controller ? ` / ${config.KINDLING_EXECUTOR_PORT}` : ''}: ${(err as Error).message}`, { cause: err })
   }
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.KINDLING_PORT
@@ -286,8 +317,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
     loadGuard,
     invoke,
     routes,
+    executorPort,
+    lost: leader?.lost,
     close: () => {
       closing ??= (async () => {
+        // Routers go on serving warm calls from the instances they hold; the next leader adopts those.
+        await executorServer?.close()
         canary.close()
         sync?.close()
         await replicas?.stop()
@@ -304,8 +339,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
         await table.whenIdle(SHUTDOWN_GRACE_MS)
         app.server.closeAllConnections()
         await closed
-        await pools.close()
+        await pools.close({ keepLeased: controller })
         await kube?.codeServer.close()
+        // Last: the Lease is given up only once this controller has stopped acting, so two never act at once.
+        await leader?.elector.stop()
         await releases.settled()
         await store.close()
         await shared?.close()

@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici'
-import type { PersistenceMode, StartKind } from '../common/types.js'
+import type { InstanceAddress, PersistenceMode, StartKind } from '../common/types.js'
 
 /**
  * The only executor file the router imports: what the data plane may ask of the control plane.
@@ -40,6 +40,12 @@ export interface ResolvedRoute {
 /** A loaded instance handed to the router until it is released. */
 export interface Lease {
   instanceId: string
+  /**
+   * Where the instance's runtime listens (issue 13): what crosses the network between a controller and a remote
+   * router. The dispatcher is the router side's connection pool to that address — the executor's own in one
+   * process; the remote client's (executor/remote-client.ts), made from `address`, in a cluster router.
+   */
+  address: InstanceAddress
   dispatcher: Dispatcher
   fn: string
   version: number

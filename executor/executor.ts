@@ -156,7 +156,7 @@ export class Executor implements ExecutorClient {
     m.coldStarts.inc({ kind })
     inst.state = 'leased'
     this.#leased.set(inst.id, inst)
-    return { instanceId: inst.id, dispatcher: inst.dispatcher, fn: name, version, kind, startMs, loadMs, startedAt: inst.startedAt }
+    return { instanceId: inst.id, address: inst.handle.address, dispatcher: inst.dispatcher, fn: name, version, kind, startMs, loadMs, startedAt: inst.startedAt }
   }
 
   /**
@@ -178,6 +178,33 @@ export class Executor implements ExecutorClient {
     if (outcome !== 'ok') return retire(outcome)
     if (record === undefined || this.#versions.get(lease.fn)?.has(lease.version) !== true) return retire('retire')
     return true
+  }
+
+  /**
+   * Issue 13, a leader failover: a router hands over an instance the previous controller leased to it. True when
+   * the instance is leased here from now on (its release and diagnosis work as for one acquired here); false when
+   * the version is no longer stored, or the backend no longer has the instance — the router drops its slot.
+   */
+  async adoptLease(lease: Pick<Lease, 'instanceId' | 'fn' | 'version'>): Promise<boolean> {
+    if (this.#leased.has(lease.instanceId)) return true
+    let record: FunctionRecord
+    try {
+      record = await this.version(lease.fn, lease.version)
+    } catch {
+      return false
+    }
+    const inst = await this.#o.pools.adopt(lease.instanceId, record)
+    if (inst === undefined) return false
+    inst.state = 'leased'
+    this.#leased.set(inst.id, inst)
+    return true
+  }
+
+  /** The versions each function's aliases route to now: what a router reconnecting after a gap compares its routes with. */
+  routedVersions(): Record<string, number[]> {
+    const out: Record<string, number[]> = {}
+    for (const head of this.#records.values()) out[head.name] = [...liveVersions(head)]
+    return out
   }
 
   async diagnose(lease: Lease): Promise<'oom' | 'crashed'> {

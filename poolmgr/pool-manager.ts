@@ -177,6 +177,7 @@ export class PoolManager {
   /** Functions the load guard quarantined: their new instances start in the quarantine group. */
   readonly #quarantined = new Set<string>()
   #closed = false
+  #reapTimer: NodeJS.Timeout | undefined
 
   readonly #loadTimeoutMs: number
   readonly #gate: StartGate
@@ -254,6 +255,42 @@ export class PoolManager {
     await Promise.all(found.map((o) => this.backend.stop(o.id)))
     if (found.length > 0) this.#log.info({ count: found.length }, 'reaped orphan instances')
     return found.length
+  }
+
+  /**
+   * Issue 13, a controller that took over from another: the instances the earlier leader handed to routers still
+   * serve their warm calls, and the routers hand them over (`adopt`) once they reach this one. What is still
+   * nobody's after `graceMs` is reaped as an orphan.
+   */
+  reapOrphansAfter(graceMs: number): void {
+    clearTimeout(this.#reapTimer)
+    this.#reapTimer = setTimeout(() => {
+      this.#reapTimer = undefined
+      if (this.#closed) return
+      this.reapOrphans().catch((err: unknown) => this.#log.warn({ err }, 'cannot reap orphan instances'))
+    }, graceMs)
+    this.#reapTimer.unref()
+  }
+
+  /**
+   * Issue 13: an instance an earlier controller of this platform loaded with `record` and handed to a router,
+   * taken over as leased (ContainerBackend.adopt); undefined when it no longer runs or the backend cannot adopt.
+   */
+  async adopt(id: string, record: FunctionRecord): Promise<Instance | undefined> {
+    if (this.#closed) return undefined
+    const known = this.#all.get(id)
+    if (known !== undefined) return known.state === 'dead' || known.fn !== record.name ? undefined : known
+    const handle = await this.backend.adopt?.(id)
+    if (handle === undefined) return undefined
+    const raced = this.#all.get(id)
+    if (raced !== undefined) return raced
+    const inst = new Instance(handle, dispatcherFor(handle.address), 0, this.resourcesOf(record).memoryMb, this.isQuarantined(record.name))
+    inst.fn = record.name
+    inst.version = record.version
+    inst.state = 'leased'
+    this.#owners?.bind(id, record.name, record.version)
+    this.#all.set(id, inst)
+    return inst
   }
 
   /** Adds or reconfigures a runtime's generic pool and fills it to `poolSize` in the background. */
@@ -587,14 +624,21 @@ export class PoolManager {
     return out
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops every instance, then the backend. `keepLeased` (issue 13, a controller stepping down): the instances
+   * routers hold keep serving their warm calls and are left to the next leader, which adopts them.
+   */
+  async close(opts: { keepLeased?: boolean } = {}): Promise<void> {
     this.#closed = true
+    clearTimeout(this.#reapTimer)
     this.#gate.close()
     clearInterval(this.#adaptTimer)
     for (const p of this.#generic.values()) clearTimeout(p.retryTimer)
     for (const p of this.#prewarm.values()) clearTimeout(p.retryTimer)
-    await Promise.all([...this.#all.values()].map((inst) => this.destroy(inst)))
-    await this.backend.close()
+    const keep = new Set<string>()
+    for (const inst of this.#all.values()) if (opts.keepLeased === true && inst.state === 'leased') keep.add(inst.id)
+    await Promise.all([...this.#all.values()].filter((inst) => !keep.has(inst.id)).map((inst) => this.destroy(inst)))
+    await this.backend.close(keep.size > 0 ? keep : undefined)
   }
 
   #onExit(exit: InstanceExit): void {

@@ -28,6 +28,11 @@ export interface RouterDeps {
   asyncInvoke?: ((key: string, rest: string, req: IncomingMessage, res: ServerResponse) => void) | undefined
   /** A call carrying this as `x-kindling-async-token` is an async job's: its `x-kindling-async-id`/`-attempt` reach the function. */
   asyncToken?: string | undefined
+  /**
+   * `GET /readyz` (issue 13): undefined while this router can take calls; else why not (a cluster router that has not
+   * reached its controller yet). Absent: always ready.
+   */
+  notReady?: (() => string | undefined) | undefined
 }
 
 export interface RouterConfig {
@@ -146,6 +151,14 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   app.get('/metrics', async (_request, reply) => {
     void reply.header('content-type', metrics.registry.contentType)
     return metrics.registry.metrics()
+  })
+
+  // Probes (issue 13): alive while the process answers; ready once calls can be routed.
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_request, reply) => {
+    const why = deps.notReady?.()
+    if (why === undefined) return { status: 'ready' }
+    return reply.code(503).send({ status: 'not ready', reason: why })
   })
 
   app.addHook('onClose', async () => table.close())

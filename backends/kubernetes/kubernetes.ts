@@ -239,6 +239,42 @@ export class KubernetesBackend implements ContainerBackend {
     }
   }
 
+  /**
+   * Issue 13, a leader failover: the claimed pod of an instance the previous controller handed to a router is this
+   * backend's from now on — found in the watch by its instance label (this platform's, claimed, Ready, not being
+   * deleted). Exits and stop() then work on it as on any instance started here.
+   */
+  async adopt(id: string): Promise<InstanceHandle | undefined> {
+    checkId(id)
+    await this.#ready()
+    const known = this.#held.get(id)
+    if (known !== undefined) {
+      return known.started && !known.stopping && !known.ended && known.address !== undefined
+        ? { id, runtime: known.runtime, pool: known.pool, address: known.address, startedAt: Date.now(), pooled: true }
+        : undefined
+    }
+    for (const [name, pod] of this.#watch.pods) {
+      const labels = pod.metadata?.labels ?? {}
+      if (labels[LABEL.instance] !== id || labels[LABEL.platform] !== this.#o.platformId || labels[LABEL.managed] !== 'false') continue
+      const ip = pod.status?.podIP ?? ''
+      if (pod.metadata?.deletionTimestamp !== undefined || !isReady(pod) || ip === '' || this.#byPod.has(name)) return undefined
+      let markDied = noop
+      const died = new Promise<void>((resolve) => { markDied = resolve })
+      const address = { host: ip, port: RUNTIME_PORT }
+      const held: Held = {
+        id, runtime: labels[LABEL.runtime] ?? 'node', pool: pod.metadata?.annotations?.[POOL_ANNOTATION] ?? 'unknown', podName: name, address,
+        restarts: pod.status?.containerStatuses?.[0]?.restartCount ?? 0, started: true, stopping: false, ended: false, startFailed: new AbortController(), died, markDied,
+      }
+      this.#held.set(id, held)
+      this.#byPod.set(name, id)
+      this.#reasons.delete(id)
+      this.#log.info({ instance: id, pod: name, node: pod.spec?.nodeName }, 'instance adopted from an earlier controller')
+      const created = Date.parse(pod.metadata?.creationTimestamp === undefined ? '' : String(pod.metadata.creationTimestamp))
+      return { id, runtime: held.runtime, pool: held.pool, address, startedAt: Number.isFinite(created) ? created : Date.now(), pooled: true }
+    }
+    return undefined
+  }
+
   /** A request the runtime's pool pods serve: same limits and image, no network, not quarantined. */
   #fitsPool(req: InstanceRequest): boolean {
     const pool = this.#pools.get(req.runtime)
@@ -554,12 +590,13 @@ export class KubernetesBackend implements ContainerBackend {
   }
 
   /** Deletes the pods this backend holds and stops the watch; the pool Deployments stay (see the class comment). */
-  async close(): Promise<void> {
+  /** Stops every instance but those in `keep` (issue 13: a stepping-down controller leaves routers' instances to the next leader). */
+  async close(keep?: ReadonlySet<string>): Promise<void> {
     this.#closing = true
     const retried = [...this.#deleting.keys()]
     for (const timer of this.#deleting.values()) clearTimeout(timer)
     this.#deleting.clear()
-    const results = await Promise.allSettled([...[...this.#held.keys()].map((id) => this.stop(id)), ...retried.map((name) => this.#deletePod(name))])
+    const results = await Promise.allSettled([...[...this.#held.keys()].filter((id) => keep?.has(id) !== true).map((id) => this.stop(id)), ...retried.map((name) => this.#deletePod(name))])
     this.#watch.close()
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed !== undefined) throw failed.reason instanceof KdlError ? failed.reason : new KdlError('KDL_ERR_BACKEND', 'cannot stop every instance', { cause: failed.reason })

@@ -16,7 +16,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   backends: ['common', 'cgroups', 'protocol'],
   poolmgr: ['common', 'protocol'],
   loadguard: ['common', 'cgroups'],
-  executor: ['common', 'poolmgr'],
+  executor: ['common', 'protocol', 'poolmgr'],
   router: ['common', 'executor'],
   releases: ['common', 'codestore', 'executor'],
   // Issue 11: what several replicas share through Redis (redis-conn and its errors live in store/).

@@ -23,7 +23,7 @@ function handExecutor(spec: RouteSpec) {
     diagnose: async () => 'crashed',
     subscribe: (_l: (e: ExecutorEvent) => void) => () => {},
   }
-  const lease = (): Lease => ({ instanceId: `kdl-${String(++n).padStart(12, '0')}`, dispatcher, fn: spec.name, version: spec.version, kind: 'cold', startMs: 0, loadMs: 0, startedAt: Date.now() })
+  const lease = (): Lease => ({ instanceId: `kdl-${String(++n).padStart(12, '0')}`, address: { socketPath: '/nonexistent' }, dispatcher, fn: spec.name, version: spec.version, kind: 'cold', startMs: 0, loadMs: 0, startedAt: Date.now() })
   return { executor, asked, lease, close: () => dispatcher.close() }
 }
 
