@@ -41,6 +41,9 @@ interface Waiter {
   routeKey: string | undefined
 }
 
+/** How long a router whose controller is away waits before asking it for an instance again. */
+const CONTROLLER_RETRY_MS = 500
+
 /** The router's view of one function version: its slots, its bounded queue, its pending acquisitions. */
 export class RouteEntry {
   spec: RouteSpec
@@ -48,6 +51,8 @@ export class RouteEntry {
   readonly waiters: Waiter[] = []
   pending = 0
   stale = false
+  /** Issue 13: the controller was unreachable; no acquisition is tried before this (performance.now ms). */
+  acquireAfter = 0
   readonly #metrics: Metrics
   /** Metric children bound to this function once, so a call does no label hashing. */
   readonly #byStatus = new Map<number, { inc(): void }>()
@@ -354,7 +359,7 @@ export class InstanceTable {
    * already coming (pending acquisitions) covers, never beyond `maxInstances` (retiring slots do not count).
    */
   #scale(entry: RouteEntry): void {
-    if (entry.stale) return
+    if (entry.stale || entry.acquireAfter > performance.now()) return
     const { concurrency, maxInstances } = entry.spec
     let live = 0
     for (const s of entry.slots) if (!s.retiring) live++
@@ -382,9 +387,18 @@ export class InstanceTable {
 
   #onAcquireFailed(entry: RouteEntry, err: unknown): void {
     entry.pending--
+    const servable = entry.slots.length > 0 || entry.pending > 0
+    // A cluster router whose controller is away (a leader failover): the function's live instances keep serving its
+    // queue; new ones are asked for again after a pause, not on every call that ends meanwhile.
+    if ((err as { code?: string }).code === 'KDL_ERR_CONTROLLER_UNAVAILABLE' && servable) {
+      if (entry.acquireAfter <= performance.now()) this.#log.warn({ err, fn: entry.spec.name }, 'the controller is away: the function\'s instances serve its queue')
+      entry.acquireAfter = performance.now() + CONTROLLER_RETRY_MS
+      const timer = setTimeout(() => this.#scale(entry), CONTROLLER_RETRY_MS)
+      timer.unref()
+      return
+    }
     this.#log.warn({ err, fn: entry.spec.name }, 'no instance for a waiting call')
     // Waiters nothing else will serve get the error now instead of a 429 later.
-    const servable = entry.slots.length > 0 || entry.pending > 0
     const n = servable ? 1 : entry.waiters.length
     for (const w of entry.waiters.splice(0, n)) {
       clearTimeout(w.timer)
