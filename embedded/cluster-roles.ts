@@ -18,12 +18,17 @@ import { loadKubeConfig } from './kubernetes.js'
  * network) and the controller's leader election. `startEmbedded` calls these for KINDLING_ROLE router/controller.
  */
 
+/** This process's name in a cluster: its pod's (the kubelet sets HOSTNAME to it), else the host's. */
+function podName(): string {
+  return (process.env['HOSTNAME'] ?? hostname()).replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100)
+}
+
 /** A cluster router: the router's app alone, its instances from the controller at KINDLING_EXECUTOR_URL. */
 export async function startRouterRole(config: Config, log: Logger, shutdownGraceMs: number): Promise<{ url: string; port: number; close(): Promise<void> }> {
   if (config.KINDLING_EXECUTOR_URL === undefined) throw new KdlError('KDL_ERR_BAD_REQUEST', 'KINDLING_ROLE=router needs KINDLING_EXECUTOR_URL (the controller\'s executor, http://host:8081)')
   const executor = new RemoteExecutorClient({
     url: config.KINDLING_EXECUTOR_URL.replace(/\/$/, ''), token: config.KINDLING_EXECUTOR_TOKEN, log: log.child({ component: 'executor-client' }),
-    routerId: `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100)}-${randomBytes(3).toString('hex')}`,
+    routerId: `${podName()}-${randomBytes(3).toString('hex')}`,
   })
   const metrics = new Metrics(new Registry())
   const { app, table } = buildRouter({
@@ -72,7 +77,7 @@ export async function electLeader(config: Config, log: Logger): Promise<{ electo
   const lost = new Promise<string>((resolve) => { onLost = resolve })
   const elector = new LeaderElector({
     kubeConfig: loadKubeConfig(config), namespace: config.KINDLING_KUBE_NAMESPACE, name,
-    identity: `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100)}-${randomBytes(3).toString('hex')}`,
+    identity: `${podName()}-${randomBytes(3).toString('hex')}`,
     leaseMs: config.KINDLING_LEADER_LEASE_MS, log: log.child({ component: 'leader' }),
     onLost: () => onLost('leadership lost'),
   })

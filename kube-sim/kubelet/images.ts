@@ -1,7 +1,7 @@
 /**
  * What an image name means to the stand-in's kubelet (issue 10): nothing is pulled; an image maps to a local
  * command. `kindling/runtime-node` (any tag) runs the runtime server, `kindling/platform` runs `bin/kindling.mjs`
- * with the container's args. The map is the `images` option of startCluster; tests add small scripts.
+ * with the container's args, `redis` runs the host's redis-server. The map is the `images` option of startCluster; tests add small scripts.
  */
 import { join } from 'node:path'
 
@@ -27,6 +27,8 @@ export function defaultImages(repoRoot: string): ImageMap {
     // The runtime image runs as nobody (USER 65534:65534 in backends/docker's image), so `runAsNonRoot` holds.
     'kindling/runtime-node': { command: [process.execPath, join(repoRoot, 'runtimes/node/server.mjs')], user: { uid: 65534, gid: 65534 } },
     'kindling/platform': { command: [process.execPath, join(repoRoot, 'bin/kindling.mjs')] },
+    // The chart's bundled Redis (issue 13): Debian's redis-server, as the official image's entrypoint runs it.
+    'redis': { command: ['redis-server'], user: { uid: 999, gid: 999 } },
   }
 }
 
