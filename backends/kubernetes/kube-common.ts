@@ -22,6 +22,8 @@ export const LABEL = {
   fn: 'kindling.io/function',
   instance: 'kindling.io/instance',
   version: 'kindling.io/version',
+  /** `egress` on the pods of `network: egress` functions (issue 13: the chart's NetworkPolicy allows their egress). */
+  network: 'kindling.io/network',
   /** The pool's kind (`generic`, `fn`): a label value cannot hold the pool's name (`fn:<name>`); the annotation does. */
   pool: 'kindling.io/pool',
 } as const

@@ -355,12 +355,12 @@ export class KubernetesBackend implements ContainerBackend {
   async #startBare(req: InstanceRequest, held: Held): Promise<V1Pod> {
     const name = `kindling-${req.id}`
     const role = req.quarantine === true ? this.#o.quarantineNodes ?? DEFAULT_QUARANTINE_NODES : this.#o.runtimeNodes ?? DEFAULT_RUNTIME_NODES
-    // `network: egress` is not told apart here: pods reach what the cluster's network policy lets them reach (the
-    // stand-in has none); a deployment that needs `none` enforced adds a NetworkPolicy for `kindling.io/managed=false`.
+    // `network: egress` pods are labelled `kindling.io/network=egress`: the chart's NetworkPolicy gives only those
+    // egress (the stand-in stores NetworkPolicies but does not enforce them).
     const body = barePod(name, this.#ns, req.id, req.pool, req.version, {
       platformId: this.#o.platformId, runtime: req.runtime, image: this.#imageOf(req.runtime, req.image), memoryMb: req.memoryMb, cpu: req.cpu,
       role, env: req.env, tmpMb: this.#o.tmpMb ?? 64, codeMb: this.#o.codeMb ?? 256, codeOrigin: this.#o.codeOrigin,
-    })
+    }, req.network)
     held.podName = name
     this.#byPod.set(name, req.id)
     await this.#api(`create pod ${name}`, () => this.#core.createNamespacedPod({ namespace: this.#ns, body }))

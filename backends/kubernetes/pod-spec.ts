@@ -92,6 +92,9 @@ export function poolSelector(platformId: string, runtime: string): Record<string
   return { [LABEL.managed]: 'true', [LABEL.runtime]: runtime, [LABEL.platform]: platformId }
 }
 
+/** On every runtime pod (pool and bare): what the chart's NetworkPolicies select runtime pods by. */
+export const MANAGED_BY = 'app.kubernetes.io/managed-by'
+
 /** The Deployment of a runtime's generic pool: `kindling-<platformId>-<runtime>`, `size` replicas of the pool pod (KINDLING_WARMUP=1). */
 export function poolDeployment(name: string, namespace: string, size: number, shape: Omit<RuntimePodShape, 'restartPolicy' | 'env'>): V1Deployment {
   const selector = poolSelector(shape.platformId, shape.runtime)
@@ -107,7 +110,7 @@ export function poolDeployment(name: string, namespace: string, size: number, sh
       revisionHistoryLimit: 2,
       selector: { matchLabels: selector },
       template: {
-        metadata: { labels: { ...selector, [LABEL.pool]: 'generic' }, annotations: { [POOL_ANNOTATION]: `generic:${shape.runtime}` } },
+        metadata: { labels: { ...selector, [LABEL.pool]: 'generic', [MANAGED_BY]: 'kindling' }, annotations: { [POOL_ANNOTATION]: `generic:${shape.runtime}` } },
         // A pool pod waits for its claim: its runtime warms its request path meanwhile (PROTOCOL §4.5).
         spec: runtimePodSpec({ ...shape, restartPolicy: 'Always', env: { KINDLING_WARMUP: '1' } }),
       },
@@ -116,8 +119,10 @@ export function poolDeployment(name: string, namespace: string, size: number, sh
 }
 
 /** A pod of one instance, owned by nobody: a start that no pool pod fits (other limits, egress, quarantine), or an empty pool. */
-export function barePod(name: string, namespace: string, instance: string, pool: string, version: number | undefined, shape: Omit<RuntimePodShape, 'restartPolicy'>): V1Pod {
-  const labels: Record<string, string> = { [LABEL.runtime]: shape.runtime, [LABEL.platform]: shape.platformId, ...claimLabels(instance, pool, version) }
+export function barePod(name: string, namespace: string, instance: string, pool: string, version: number | undefined, shape: Omit<RuntimePodShape, 'restartPolicy'>, network: 'none' | 'egress' = 'none'): V1Pod {
+  const labels: Record<string, string> = { [LABEL.runtime]: shape.runtime, [LABEL.platform]: shape.platformId, [MANAGED_BY]: 'kindling', ...claimLabels(instance, pool, version) }
+  // Issue 13: the chart's NetworkPolicy lets only pods labelled so reach out (every other runtime pod has no egress).
+  if (network === 'egress') labels[LABEL.network] = 'egress'
   return {
     apiVersion: 'v1',
     kind: 'Pod',

@@ -192,6 +192,43 @@ t.test('other limits get a bare pod of their own, with those limits', async (t) 
   t.pass('stopping it again resolves')
 })
 
+t.test('runtime pods carry the labels the chart\'s NetworkPolicies select: managed-by on every one, network=egress on egress ones', async (t) => {
+  const plain = request({ memoryMb: 160 })
+  const egress = request({ memoryMb: 160, network: 'egress' })
+  await backend.start(plain)
+  await backend.start(egress)
+  const p = (await podOf(plain.id))!
+  const e = (await podOf(egress.id))!
+  t.equal(p.metadata!.labels!['app.kubernetes.io/managed-by'], 'kindling')
+  t.equal(p.metadata!.labels!['kindling.io/network'], undefined, 'no egress label without egress')
+  t.equal(e.metadata!.labels!['kindling.io/network'], 'egress')
+  await backend.stop(plain.id)
+  await backend.stop(egress.id)
+})
+
+t.test('close(keep) leaves those pods running; another backend of the platform adopts them (a leader failover)', async (t) => {
+  const first = backendFor()
+  await first.setGenericPool(POOL)
+  const kept = request()
+  const dropped = request({ memoryMb: 160 })
+  const h = await first.start(kept)
+  await first.start(dropped)
+  await first.close(new Set([kept.id]))
+  await waitFor(async () => { const p = await podOf(dropped.id); return p === undefined || p.metadata?.deletionTimestamp !== undefined }, 'the other pod to be deleted')
+  const pod = await podOf(kept.id)
+  t.ok(pod !== undefined && pod.metadata?.deletionTimestamp === undefined, 'the kept pod still runs')
+  const next = backendFor()
+  t.teardown(() => next.close())
+  const adopted = await next.adopt(kept.id)
+  t.ok(adopted, 'adopted')
+  t.same(adopted!.address, h.address, 'at the address the first backend handed out')
+  t.equal(await next.adopt(dropped.id), undefined, 'a deleted pod is not adopted')
+  t.equal(await next.adopt('kdl-000000000000'), undefined, 'nor an unknown instance')
+  t.same((await next.list()).map((x) => x.id).filter((id) => id === kept.id), [kept.id], 'listed as its instance')
+  await next.stop(kept.id)
+  await waitFor(async () => (await podOf(kept.id)) === undefined, 'the adopted pod is stopped like its own')
+})
+
 t.test('a pod no node can take fails its start with the scheduler\'s reason, and is removed', async (t) => {
   const b = new KubernetesBackend({ platformId, kubeConfig: kc, runtimeImage: 'kindling/runtime-node:test', codeServer, codeOrigin, startTimeoutMs: 3_000 })
   t.teardown(() => b.close())
