@@ -103,6 +103,13 @@ export class RemoteExecutorServer {
     return r
   }
 
+  /** Instances of one version the routers hold. */
+  #held(fn: string, version: number): number {
+    let n = 0
+    for (const r of this.#routers.values()) for (const l of r.leases.values()) if (l.fn === fn && l.version === version) n++
+    return n
+  }
+
   #broadcast(e: ExecutorEvent): void {
     if (e.type === 'instance-gone') for (const r of this.#routers.values()) r.leases.delete(e.instanceId)
     const line = `${JSON.stringify(e)}\n`
@@ -126,7 +133,14 @@ export class RemoteExecutorServer {
           answer = await ex.resolve(str(body, 'key'))
           break
         case `${EXECUTOR_PATH}/acquire`: {
-          const lease = await ex.acquire(str(body, 'name'), int(body, 'version'))
+          const name = str(body, 'name')
+          const version = int(body, 'version')
+          // Each router keeps its function under maxInstances; across N routers the controller keeps the sum under it.
+          const max = (await ex.resolve(`${name}@${version}`)).targets[0]?.spec.maxInstances ?? Infinity
+          if (this.#held(name, version) >= max) {
+            throw new KdlError('KDL_ERR_SATURATED', `function "${name}" has ${max} instances (maxInstances) across the routers`, { headers: { 'retry-after': '1' } })
+          }
+          const lease = await ex.acquire(name, version)
           router.leases.set(lease.instanceId, { instanceId: lease.instanceId, fn: lease.fn, version: lease.version })
           const { dispatcher: _local, ...wire } = lease
           answer = wire satisfies WireLease

@@ -105,3 +105,17 @@ t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABL
   t.equal(again.status, 200, again.text)
   t.equal(again.text, 'kept')
 })
+
+t.test('maxInstances holds across routers: a second router gets 429 while the first holds the only instance', async (t) => {
+  const c = await startPlatform(t, { KINDLING_ROLE: 'controller', KINDLING_EXECUTOR_PORT: 0, KINDLING_EXECUTOR_TOKEN: TOKEN })
+  const url = `http://127.0.0.1:${c.executorPort}`
+  const r1 = await startRouter(t, url)
+  const r2 = await startRouter(t, url)
+  for (const r of [r1, r2]) await waitFor(async () => (await get(`${r.url}/readyz`)).status === 200, 'router ready')
+  await c.deploy('one', { runtime: 'node', code: 'export default () => 1', mode: 'persistent', maxInstances: 1 })
+  t.equal((await get(`${r1.url}/fn/one`)).status, 200, 'the first router holds the one instance')
+  const other = await get(`${r2.url}/fn/one`)
+  t.equal(other.status, 429, other.text)
+  t.equal(JSON.parse(other.text).code, 'KDL_ERR_SATURATED')
+  t.match(JSON.parse(other.text).message, /across the routers/)
+})
