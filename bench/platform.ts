@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { Client } from 'undici'
 import type { Config } from '../common/config.js'
-import { startEmbedded, type Embedded } from '../embedded/main.js'
+import { startEmbedded, startPlatform as startRole, type Embedded } from '../embedded/main.js'
 
 export interface PoolRow {
   pool: string
@@ -50,6 +50,8 @@ export interface PlatformOptions {
   poolSize: number
   /** Further settings, e.g. the load guard's (`KINDLING_LOADGUARD_*`). */
   overrides?: Partial<Record<keyof Config, string | number>>
+  /** Issue 13: the platform as a controller, and calls through a cluster router (KINDLING_ROLE=router) in this process. */
+  viaRouter?: boolean
 }
 
 export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatform> {
@@ -63,11 +65,17 @@ export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatfor
       KINDLING_POOL_SIZE: opts.poolSize,
       // Pool sizes are what the bench sets: the reactive rule would turn the `cold` kind into `specialized`.
       KINDLING_POOL_ADAPTIVE: 'false',
+      ...(opts.viaRouter === true ? { KINDLING_ROLE: 'controller', KINDLING_EXECUTOR_PORT: 0 } : {}),
       ...opts.overrides,
     },
     log: pino({ level: 'error' }),
   })
+  const router = opts.viaRouter === true
+    ? await startRole({ env: {}, overrides: { KINDLING_ROLE: 'router', KINDLING_PORT: 0, KINDLING_EXECUTOR_URL: `http://127.0.0.1:${embedded.executorPort ?? 0}`, KINDLING_LOG_LEVEL: 'error' }, log: pino({ level: 'error' }) })
+    : undefined
   const client = new Client(embedded.url, { keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
+  const callUrl = router?.url ?? embedded.url
+  const callClient = router === undefined ? client : new Client(router.url, { keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
   const runDir = join(opts.dataDir, 'run')
 
   const api: BenchPlatform['api'] = async (method, path, body) => {
@@ -89,8 +97,8 @@ export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatfor
 
   return {
     embedded,
-    url: embedded.url,
-    port: embedded.port,
+    url: callUrl,
+    port: Number(new URL(callUrl).port),
     dataDir: opts.dataDir,
     backend: opts.backend,
     api,
@@ -100,7 +108,7 @@ export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatfor
     pools,
     call: async (name) => {
       const t0 = performance.now()
-      const res = await client.request({ method: 'GET', path: `/fn/${name}` })
+      const res = await callClient.request({ method: 'GET', path: `/fn/${name}` })
       const text = await res.body.text()
       const ms = performance.now() - t0
       const start = res.headers['x-kindling-start']
@@ -124,6 +132,10 @@ export async function startPlatform(opts: PlatformOptions): Promise<BenchPlatfor
       }
     },
     close: async () => {
+      if (router !== undefined) {
+        await callClient.close().catch(() => {})
+        await router.close()
+      }
       await client.close().catch(() => {})
       await embedded.close()
     },

@@ -13,7 +13,7 @@ import type { WorkflowsResult } from './workflows.js'
 import { fmt, ms, ratio, round, table, times, type Latency } from './stats.js'
 import type { ModeRow, WarmRow } from './warm.js'
 
-export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'kubernetes', 'chaos', 'starts', 'builds', 'async', 'workflows', 'scale'] as const
+export const SECTIONS = ['warm', 'floor', 'cold', 'ephemeral', 'modes', 'rss', 'noisy', 'docker', 'kubernetes', 'cluster', 'chaos', 'starts', 'builds', 'async', 'workflows', 'scale'] as const
 /** Sections a bench without --only runs: `scale` (minutes, a thousand functions) only when asked for. */
 export const DEFAULT_SECTIONS: readonly Section[] = SECTIONS.filter((s) => s !== 'scale')
 export type Section = typeof SECTIONS[number]
@@ -45,6 +45,8 @@ export interface Results {
   docker?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
   /** The kubernetes backend against `kindling kube-sim` on this host (issue 10). */
   kubernetes?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
+  /** Issue 13: a cluster router (role router) in front of a controller (role controller), process backend, one host. */
+  cluster?: { warm: Latency; load: LoadResult; kinds: ColdResult[] }
   chaos?: ChaosRow
   /** Start rate and latency by how many starts run at once, per backend (starts.ts). */
   starts?: StartsRow[]
@@ -154,6 +156,10 @@ export function render(r: Results): string {
     out.push('  specialized = a Ready pool pod claimed by relabelling + its code fetched (sha256-checked) + loaded; cold = a bare pod scheduled, started, Ready, then fetched and loaded.')
     out.push('  The stand-in starts a pod as a local process (no image pull, no container runtime, API and kubelet in one process): its cold starts are a floor, not a real cluster\'s; the claim, fetch and load are the real work')
   }
+  if (r.cluster !== undefined) {
+    backendTables('5c', 'process', ' through a cluster router (KINDLING_ROLE=router → controller over HTTP)', r.cluster)
+    out.push('  the router and the controller are two roles in this one process on the process backend: the warm path is the router\'s table → the instance; a miss is one HTTP round trip to the controller\'s executor')
+  }
   if (r.chaos !== undefined) out.push(chaosTable(r.chaos))
   if (r.starts !== undefined && r.starts.length > 0) {
     out.push(table('8. instance starts by how many run at once (the platform\'s start gate lifted: the engine itself)', ['backend', 'at once', 'wall', 'slowest start', 'starts/s'],
@@ -258,6 +264,7 @@ export function summarize(r: Results): Results['summary'] {
   for (const x of r.rss ?? []) row(`idle ${x.what} node instance ≤ 40 MB RSS`, `${fmt(x.nodeMb)} MB`, Number.isFinite(x.nodeMb) ? x.nodeMb <= 40 : null)
   if (r.docker !== undefined) coldRows('docker: ', r.docker.warm, r.docker.kinds)
   if (r.kubernetes !== undefined) coldRows('kubernetes: ', r.kubernetes.warm, r.kubernetes.kinds)
+  if (r.cluster !== undefined) coldRows('cluster router: ', r.cluster.warm, r.cluster.kinds)
   if (r.noisy !== undefined) {
     const p99 = (phase: string): number => r.noisy?.phases.find((x) => x.phase === phase)?.victim.latency.p99 ?? Number.NaN
     const on = ratio(p99('hog, guard on'), p99('alone'))

@@ -1,6 +1,6 @@
 // `npm run bench`: the whole benchmark in one process. Every figure is a ratio against a bare runtime
 // server measured in the same run. Load comes from autocannon in a child process (load-gen.ts); the
-// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,chaos,starts,builds,async,workflows,scale (scale only when named),
+// platform runs in this process, like `kindling up`. Flags: --quick, --only=warm,floor,cold,ephemeral,modes,rss,noisy,docker,kubernetes,cluster,chaos,starts,builds,async,workflows,scale (scale only when named),
 // --backend=process|docker|both, --profile (CPU profile of the router at 32 connections, to /tmp),
 // --prewarm=N[,N…] (the prewarm pool sizes the modes section sweeps ephemeral with; default 4).
 import { spawnSync } from 'node:child_process'
@@ -364,6 +364,21 @@ async function main(): Promise<number> {
           await section('stopping the platform (kubernetes)', () => p.close())
           cleanups.splice(cleanups.indexOf(stopSim), 1)
           await section('stopping kube-sim', stopSim)
+        }
+      })
+    }
+
+    if (flags.only.has('cluster') && runProcess) {
+      await section('cluster router', async () => {
+        progress('starting a controller and a cluster router (process backend)')
+        const p = await startPlatform({ dataDir: join(tmp, 'cluster'), backend: 'process', poolSize: POOL_SIZE, viaRouter: true })
+        const closeP = async (): Promise<void> => { await p.close() }
+        cleanups.push(closeP)
+        try {
+          results.cluster = await backendRows(p, 'cl')
+        } finally {
+          cleanups.splice(cleanups.indexOf(closeP), 1)
+          await section('stopping the controller and the router', () => p.close())
         }
       })
     }
