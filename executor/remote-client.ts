@@ -4,7 +4,7 @@ import { Pool, type Dispatcher } from 'undici'
 import { KdlError, isKdlError, type ErrorCode, ERROR_CODES } from '../common/errors.js'
 import { dispatcherFor } from '../protocol/runtime-client.js'
 import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, ResolvedRoute } from './client.js'
-import { EXECUTOR_PATH, HEARTBEAT_MS, type StreamHello, type WireLease } from './remote-server.js'
+import { EXECUTOR_PATH, HEARTBEAT_MS, type StreamHello, type StreamRoute, type WireLease } from './remote-server.js'
 
 /**
  * A cluster router's executor (issue 13): the same contract as the in-process Executor, over the network to the
@@ -45,6 +45,9 @@ export class RemoteExecutorClient implements ExecutorClient {
   readonly #held = new Map<string, Held>()
   /** Functions this router has asked about: the ones whose routes it may hold. */
   readonly #known = new Set<string>()
+  /** Bare names' routes the controller pushed after their last change, and the seq of that change. */
+  readonly #routes = new Map<string, ResolvedRoute>()
+  readonly #seqs = new Map<string, number>()
   #controller: string | undefined
   #connected = false
   #closed = false
@@ -89,6 +92,9 @@ export class RemoteExecutorClient implements ExecutorClient {
   }
 
   async resolve(key: string): Promise<ResolvedRoute> {
+    // Pushed after the function's last change (the stream is ordered: nothing changed it since).
+    const pushed = this.#routes.get(key)
+    if (pushed !== undefined) return pushed
     const route = await this.#call<ResolvedRoute>('resolve', { key })
     this.#known.add(route.name)
     return route
@@ -225,17 +231,28 @@ export class RemoteExecutorClient implements ExecutorClient {
   }
 
   async #line(line: string): Promise<void> {
-    let e: ExecutorEvent | StreamHello | { type: 'ping' }
+    let e: ExecutorEvent | StreamHello | StreamRoute | { type: 'ping' }
     try { e = JSON.parse(line) as typeof e } catch { return }
     if (e.type === 'ping') return
     if (e.type === 'hello') return this.#hello(e)
+    if (e.type === 'route') {
+      if (this.#seqs.get(e.name) === e.seq) this.#routes.set(e.name, e.route)
+      return
+    }
     if (e.type === 'instance-gone') this.#drop(e.instanceId)
+    if (e.type === 'function-changed') {
+      this.#routes.delete(e.name)
+      this.#seqs.set(e.name, (e as { seq?: number }).seq ?? -1)
+    }
     this.#emit(e)
   }
 
   async #hello(h: StreamHello): Promise<void> {
     const before = this.#controller
     this.#controller = h.controller
+    // Whatever was pushed before the gap may be stale now.
+    this.#routes.clear()
+    this.#seqs.clear()
     if (before !== undefined && before !== h.controller) {
       this.#o.log.warn({ from: before, to: h.controller }, 'the controller changed: handing over this router\'s instances')
     }
