@@ -80,12 +80,19 @@ t.test('a wrong token is refused: the router is not ready and says why', async (
 t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABLE; back, the router hands over and serves', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'kdl-remote-'))
   const overrides = { KINDLING_ROLE: 'controller', KINDLING_PORT: 0, KINDLING_EXECUTOR_PORT: 0, KINDLING_EXECUTOR_TOKEN: TOKEN, KINDLING_DATA_DIR: dir, KINDLING_POOL_SIZE: 1 }
+  const running: Array<{ close(): Promise<void> }> = []
+  t.teardown(async () => {
+    for (const p of running) await p.close()
+    await rm(dir, { recursive: true, force: true })
+  })
   const first = await startEmbedded({ env: {}, overrides, log: quiet })
+  running.push(first)
   const port = first.executorPort!
   const router = await startRouter(t, `http://127.0.0.1:${port}`)
   await waitFor(async () => (await get(`${router.url}/readyz`)).status === 200, 'router ready')
   await request(`${first.url}/v1/functions/keep`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ runtime: 'node', code: 'export default () => "kept"', mode: 'persistent' }) }).then((r) => r.body.text())
   t.equal((await get(`${router.url}/fn/keep`)).text, 'kept')
+  running.splice(running.indexOf(first), 1)
   await first.close()
   await waitFor(async () => (await get(`${router.url}/readyz`)).status === 503, 'the router notices the controller is gone')
   const cold = await get(`${router.url}/fn/other`)
@@ -96,10 +103,7 @@ t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABL
   // The same controller comes back on the same port (the process backend's instances died with the first one:
   // the hand-over finds them gone, the router drops them, and the next call gets a new instance).
   const second = await startEmbedded({ env: {}, overrides: { ...overrides, KINDLING_EXECUTOR_PORT: port }, log: quiet })
-  t.teardown(async () => {
-    await second.close()
-    await rm(dir, { recursive: true, force: true })
-  })
+  running.push(second)
   await waitFor(async () => (await get(`${router.url}/readyz`)).status === 200, 'the router reconnects')
   const again = await get(`${router.url}/fn/keep`)
   t.equal(again.status, 200, again.text)
