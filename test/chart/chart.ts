@@ -26,7 +26,7 @@ export function helm(...args: string[]): Promise<Run> {
 export type Obj = Record<string, any> & { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> } }
 
 /** `helm template <release> charts/kindling -n <ns> [-f file]... [--set ...]`, parsed; throws on a failed render. */
-export async function render(opts: { release?: string; namespace?: string; files?: string[]; set?: string[]; setString?: string[] } = {}): Promise<Obj[]> {
+export async function render(opts: { release?: string; namespace?: string; files?: readonly string[]; set?: readonly string[]; setString?: readonly string[] } = {}): Promise<Obj[]> {
   const args = ['template', opts.release ?? 'kindling', CHART, '-n', opts.namespace ?? 'kindling']
   for (const f of opts.files ?? []) args.push('-f', f)
   for (const s of opts.set ?? []) args.push('--set', s)
