@@ -1,0 +1,44 @@
+import { execFile } from 'node:child_process'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import t from 'tap'
+import { KUBECTL, startSim } from '../fixtures/kube.js'
+import { CHART, CUSTOM, helm } from './chart.js'
+
+// Issue 13: the real kubectl v1.34 accepts every rendered object — its own client-side checks, then the stand-in API
+// server's validation (kubernetes-models' schemas, names, selectors) — as a server-side dry run, so nothing runs.
+// (A client-side dry run needs a server too: kubectl reads discovery and OpenAPI even then.) The full install on
+// kube-sim, with pods running, is the end-to-end test's.
+
+function kubectl(kubeconfig: string, ...args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    execFile(KUBECTL, ['--kubeconfig', kubeconfig, ...args], { maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1, out: stdout + stderr })
+    })
+  })
+}
+
+t.test('kubectl apply --dry-run=server of the rendered chart on kube-sim: every object accepted, none stored', async (t) => {
+  const sim = await startSim(t, { management: 1, runtime: 1, quarantine: 1 })
+  t.equal((await kubectl(sim.kubeconfigPath, 'create', 'namespace', 'kindling')).code, 0)
+  for (const [what, extra] of [['the defaults', []], ['values-custom.yaml', ['-f', CUSTOM]]] as const) {
+    const r = await helm('template', 'kindling', CHART, '-n', 'kindling', ...extra)
+    t.equal(r.code, 0, r.stderr)
+    const objects = r.stdout.split(/^kind: /m).length - 1
+    const file = join(sim.dataDir, `rendered-${extra.length}.yaml`)
+    await writeFile(file, r.stdout)
+    const applied = await kubectl(sim.kubeconfigPath, '-n', 'kindling', 'apply', '--dry-run=server', '-f', file)
+    t.equal(applied.code, 0, `${what}: ${applied.out}`)
+    const created = applied.out.split('\n').filter((l) => / created \(server dry run\)$/.test(l))
+    t.equal(created.length, objects, `${what}: all ${objects} objects accepted`)
+  }
+  const stored = await kubectl(sim.kubeconfigPath, '-n', 'kindling', 'get', 'deployments,daemonsets,configmaps,secrets,services', '-o', 'name')
+  t.equal(stored.code, 0, stored.out)
+  t.notMatch(stored.out, /kindling-/, 'a dry run stores nothing')
+  // The check bites: a manifest kubectl or the server refuses fails the apply.
+  const bad = join(sim.dataDir, 'bad.yaml')
+  await writeFile(bad, (await helm('template', 'kindling', CHART, '-n', 'kindling', '--show-only', 'templates/router.yaml')).stdout.replace('containerPort: 8080', 'containerPort: 80800'))
+  const refused = await kubectl(sim.kubeconfigPath, '-n', 'kindling', 'apply', '--dry-run=server', '-f', bad)
+  t.not(refused.code, 0, 'a port out of range is refused')
+  t.match(refused.out, /containerPort/)
+})
