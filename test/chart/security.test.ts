@@ -173,6 +173,8 @@ t.test('the contract\'s workloads: args, ports, probes, Services, labels, replic
   t.same(c('router').args, ['up', '--role', 'router'])
   t.same(c('agent').args, ['agent'])
   t.equal(c('redis').image, 'redis:7')
+  t.same(c('redis').args, ['--bind', '0.0.0.0', '--port', '6379', '--protected-mode', 'no', '--appendonly', 'yes', '--dir', '/data'], 'Redis: every pod address, its AOF on the /data emptyDir')
+  t.same(w.get('redis')!.spec.template.spec.volumes, [{ name: 'data', emptyDir: {} }], 'an emptyDir, no PVC')
   const portsOf = (n: string): Record<string, number> => Object.fromEntries(c(n).ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]))
   t.same(portsOf('controller'), { http: 8080, executor: 8081, code: 8083 })
   t.same(portsOf('router'), { http: 8080 })
