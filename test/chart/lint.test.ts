@@ -19,7 +19,7 @@ t.test('helm lint passes with the defaults and with values-custom.yaml (external
   t.equal(strict.code, 0, `--strict too: ${strict.stdout}${strict.stderr}`)
 })
 
-t.test('Chart.yaml: apiVersion v2, appVersion = package.json\'s version; values.yaml comments every top-level value', async (t) => {
+t.test('Chart.yaml: apiVersion v2, appVersion = package.json\'s version; values.yaml comments every value', async (t) => {
   const chart = parse(await readFile(join(CHART, 'Chart.yaml'), 'utf8')) as { apiVersion: string; appVersion: string; name: string }
   const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { version: string }
   t.equal(chart.apiVersion, 'v2')
@@ -27,11 +27,14 @@ t.test('Chart.yaml: apiVersion v2, appVersion = package.json\'s version; values.
   t.equal(chart.appVersion, pkg.version, 'appVersion follows package.json')
   const lines = (await readFile(join(CHART, 'values.yaml'), 'utf8')).split('\n')
   const uncommented: string[] = []
+  // Every top-level value, and every map of the second level (controller.resources, nodes.runtime, ...).
+  const values = lines.filter((l) => /^[A-Za-z]\w*:/.test(l) || /^  [A-Za-z]\w*:\s*$/.test(l))
   lines.forEach((line, i) => {
-    if (/^[A-Za-z]\w*:/.test(line) && !(lines[i - 1] ?? '').startsWith('#')) uncommented.push(line)
+    if (values.includes(line) && !(lines[i - 1] ?? '').trimStart().startsWith('#')) uncommented.push(line)
   })
   t.ok(lines.filter((l) => /^[A-Za-z]\w*:/.test(l)).length >= 15, 'the top-level values were read')
-  t.same(uncommented, [], 'a comment above every top-level value')
+  t.ok(values.length >= 25, `${values.length} values and maps read`)
+  t.same(uncommented, [], 'a comment above every top-level value and every second-level map')
 })
 
 /** A bad values file fails both lint and template, each saying the same thing. */
