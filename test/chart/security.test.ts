@@ -118,7 +118,7 @@ t.test('NetworkPolicy: the functions\' pods take the controller and routers only
   t.same(selects(byPolicy('agent'), pods), ['agent'])
   t.same((byPolicy('agent').spec.ingress as PolicyRule[]).map((r) => [ports(r), admits(r, pods)]), [[['TCP/8082'], ['controller']]], 'agent: the controller only')
   t.same(selects(byPolicy('redis'), pods), ['redis'])
-  t.same((byPolicy('redis').spec.ingress as PolicyRule[]).map((r) => [ports(r), admits(r, pods)]), [[['TCP/6379'], ['controller', 'router']]], 'redis: the controller and routers only')
+  t.same((byPolicy('redis').spec.ingress as PolicyRule[]).map((r) => [ports(r), admits(r, pods)]), [[['TCP/6379'], ['controller']]], 'redis: the controller only (a cluster router uses no store)')
   for (const name of ['controller', 'router', 'agent', 'redis']) t.same(byPolicy(name).spec.policyTypes, ['Ingress'], `${name}: an ingress fence`)
   t.same(objs.filter((o) => o.kind === 'NetworkPolicy').length, 6, 'six policies')
   const off = await render({ set: ['networkPolicy.enabled=false'] })
@@ -188,7 +188,9 @@ t.test('the contract\'s workloads: args, ports, probes, Services, labels, replic
   for (const n of ['controller', 'router', 'agent', 'redis']) {
     t.ok(c(n).resources.requests.cpu && c(n).resources.requests.memory && c(n).resources.limits.cpu && c(n).resources.limits.memory, `${n}: requests and limits`)
   }
-  for (const n of ['controller', 'router']) t.same(c(n).envFrom, [{ configMapRef: { name: 'kindling-config' } }, { secretRef: { name: 'kindling-secret' } }], `${n}: the ConfigMap and the Secret`)
+  t.same(c('controller').envFrom, [{ configMapRef: { name: 'kindling-config' } }, { secretRef: { name: 'kindling-secret' } }], 'controller: the ConfigMap and the Secret')
+  t.same(c('router').envFrom, [{ configMapRef: { name: 'kindling-config' } }], 'router: the ConfigMap')
+  t.same(c('router').env, [{ name: 'KINDLING_EXECUTOR_TOKEN', valueFrom: { secretKeyRef: { name: 'kindling-secret', key: 'KINDLING_EXECUTOR_TOKEN' } } }], 'and the executor bearer only: no API token, no Redis URL')
 
   const svc = (name: string): Obj => one(objs, 'Service', name)
   const svcPorts = (name: string): unknown => svc(name).spec.ports.map((p: { name: string; port: number; targetPort: string }) => `${p.name} ${p.port}→${p.targetPort}`)
