@@ -1,10 +1,9 @@
-import { execFile } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { KUBECTL, startSim } from '../fixtures/kube.js'
 import { parseAllDocuments } from 'yaml'
-import { CHART, CUSTOM, helm } from './chart.js'
+import { CHART, CUSTOM, exec, helm } from './chart.js'
 
 // Issue 13: the real kubectl v1.34 accepts every rendered object — its own client-side checks, then the stand-in API
 // server's validation (kubernetes-models' schemas, names, selectors) — as a server-side dry run, so nothing runs.
@@ -12,12 +11,9 @@ import { CHART, CUSTOM, helm } from './chart.js'
 // kube-sim, with pods running, is the end-to-end test's. And the Secret's generated tokens survive an upgrade: the
 // chart looks the installed Secret up (helm's --dry-run=server renders with lookup, as install and upgrade do).
 
-function kubectl(kubeconfig: string, ...args: string[]): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile(KUBECTL, ['--kubeconfig', kubeconfig, ...args], { maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1, out: stdout + stderr })
-    })
-  })
+async function kubectl(kubeconfig: string, ...args: string[]): Promise<{ code: number; out: string }> {
+  const r = await exec(KUBECTL, ['--kubeconfig', kubeconfig, ...args])
+  return { code: r.code, out: r.stdout + r.stderr }
 }
 
 t.test('kubectl apply --dry-run=server of the rendered chart on kube-sim: every object accepted, none stored', async (t) => {

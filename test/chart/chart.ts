@@ -12,15 +12,18 @@ export const valuesFile = (name: string): string => join(process.cwd(), 'test', 
 
 export interface Run { code: number; stdout: string; stderr: string }
 
-/** helm with these args; never throws (the exit code is the answer). */
-export function helm(...args: string[]): Promise<Run> {
+/** A program with these args; never throws (the exit code is the answer). */
+export function exec(bin: string, args: readonly string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(HELM, args, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(bin, args, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1
       resolve({ code, stdout, stderr })
     })
   })
 }
+
+/** helm with these args; never throws. */
+export const helm = (...args: string[]): Promise<Run> => exec(HELM, args)
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Obj = Record<string, any> & { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> } }
