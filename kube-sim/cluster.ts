@@ -4,7 +4,9 @@
  * `kindling-<role>-<i>` and labelled `kindling.io/node-role=<role>`, `node-role.kubernetes.io/<role>=""` and
  * `kubernetes.io/hostname`; runtime and quarantine nodes carry the taint `kindling.io/node-role=<role>:NoSchedule`.
  * Containers run as local processes in cgroups under `kube-sim/<clusterId>/<node>/<pod uid>/<container>` (when
- * the host lets us create groups; without, they run unlimited and OOMKilled is never reported).
+ * the host lets us create groups; without, they run unlimited and OOMKilled is never reported). Services (issue 13)
+ * get cluster IPs in a loopback subnet of their own, Endpoints (controllers/endpoints.ts), a kube-proxy stand-in
+ * (proxy.ts) and names in every pod's hosts file (kubelet/services.ts).
  */
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
@@ -15,6 +17,7 @@ import { detectCgroups, type CgroupDriver } from '../cgroups/index.js'
 import { startApiServer, type ApiServer } from './api-server.js'
 import { DaemonSetController } from './controllers/daemonset.js'
 import { DeploymentController } from './controllers/deployment.js'
+import { EndpointsController } from './controllers/endpoints.js'
 import { EventTtl } from './controllers/event-ttl.js'
 import { PodGarbageCollector } from './controllers/podgc.js'
 import { ReplicaSetController } from './controllers/replicaset.js'
@@ -23,10 +26,11 @@ import { defaultImages, type ImageMap } from './kubelet/images.js'
 import { Kubelet } from './kubelet/kubelet.js'
 import { reserveNodeSubnet, type NodeSubnet } from './kubelet/subnet.js'
 import { kubeconfigYaml } from './kubeconfig.js'
+import { ServiceProxy } from './proxy.js'
 import { Scheduler } from './scheduler.js'
 import type { Taint } from './scheduling/node-fit.js'
 import { MemoryStore } from './store.js'
-import type { ObjectStore } from './types.js'
+import { ApiError, type ObjectStore } from './types.js'
 
 export const NODE_ROLES = ['management', 'runtime', 'quarantine'] as const
 export type NodeRole = (typeof NODE_ROLES)[number]
@@ -85,7 +89,17 @@ export interface Cluster {
 const CGROUP_ROOT = 'kube-sim'
 
 export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
-  const store = new MemoryStore()
+  // The Services' cluster IPs: a loopback subnet of their own, held host-wide like a node's (kubelet/subnet.ts).
+  const serviceSubnet = await reserveNodeSubnet()
+  let nextServiceIP = 1
+  const store = new MemoryStore({
+    allocateServiceIP: () => {
+      // 127.S.0.1 is the reservation itself; .0.y and x.255 are skipped as a network's edges would be.
+      const k = nextServiceIP++
+      if (k >= 254 * 254) throw new ApiError(500, 'InternalError', 'the service subnet is exhausted')
+      return `127.${serviceSubnet.octet}.${1 + Math.floor(k / 254)}.${1 + (k % 254)}`
+    },
+  })
   const kinds = kindsOf(store)
   const id = randomBytes(4).toString('hex')
   const token = opts.token ?? randomBytes(24).toString('hex')
@@ -103,9 +117,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const loops = [
     new ReplicaSetController({ store, kinds, log }), new DeploymentController({ store, kinds, log }),
     new DaemonSetController({ store, kinds, log }), new PodGarbageCollector({ store, kinds, log }), new Scheduler({ store, kinds, log }),
-    new EventTtl({ store, kinds, log }),
+    new EventTtl({ store, kinds, log }), new EndpointsController({ store, kinds, log }),
   ]
   for (const l of loops) l.start()
+  const proxy = new ServiceProxy({ store, kinds, log: log?.child({ component: 'kube-proxy' }) })
+  proxy.start()
 
   const kubelets = new Map<string, Kubelet>()
   const api = await startApiServer({
@@ -157,10 +173,12 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     kubelet: (name) => kubelets.get(name),
     stop: () => (stopped ??= (async () => {
       for (const l of loops) l.stop()
+      await proxy.stop()
       await Promise.all([...kubelets.values()].map((k) => k.stop()))
       kubelets.clear()
       await Promise.all([...subnets.values()].map((s) => s.release()))
       subnets.clear()
+      await serviceSubnet.release()
       await api.close()
       if (cgroups !== undefined) await cgroups.destroy(cgroups.refFor(CGROUP_ROOT, id)).catch((err: unknown) => log?.warn({ err }, 'cannot remove the stand-in\'s cgroup'))
     })()),

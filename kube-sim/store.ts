@@ -25,6 +25,8 @@ export interface MemoryStoreOptions {
   historySize?: number
   /** Validate written objects against the published schemas (422 Invalid). @default true */
   validate?: boolean
+  /** The next free cluster IP of a new Service (the cluster's service subnet). @default 10.96.x.y, counting */
+  allocateServiceIP?: () => string
   /** Interval of BOOKMARK events for watches that allow them. @default 3000 */
   bookmarkIntervalMs?: number
   /** Called with an exception thrown by a watch callback. @default rethrown on a microtask (loud). */
@@ -82,10 +84,15 @@ export class MemoryStore implements ObjectStore {
   #rv = 0
   #dispatching = false
   #serviceIps = 10
+  readonly #allocateServiceIP: () => string
 
   constructor(opts: MemoryStoreOptions = {}) {
     this.#history = new Array<Change | undefined>(Math.max(1, opts.historySize ?? 1000))
     this.#validate = opts.validate ?? true
+    this.#allocateServiceIP = opts.allocateServiceIP ?? (() => {
+      const n = this.#serviceIps++
+      return `10.96.${n >> 8}.${n & 255}`
+    })
     this.#bookmarkMs = opts.bookmarkIntervalMs ?? 3000
     this.#onCallbackError = opts.onCallbackError ?? ((err) => queueMicrotask(() => { throw err }))
     this.#types = resourceTypes()
@@ -151,8 +158,7 @@ export class MemoryStore implements ObjectStore {
     if (type.subresources.includes('status') && !(type.group === '' && type.resource === 'nodes')) delete obj.status
     applyDefaults(type, obj, true)
     if (type.group === '' && type.resource === 'services' && obj.spec?.type !== 'ExternalName' && obj.spec && obj.spec.clusterIP === undefined) {
-      const n = this.#serviceIps++
-      obj.spec.clusterIP = `10.96.${n >> 8}.${n & 255}`
+      obj.spec.clusterIP = this.#allocateServiceIP()
       obj.spec.clusterIPs = [obj.spec.clusterIP]
     }
     if (this.#validate) validateObject(type, obj)

@@ -16,6 +16,8 @@ export interface Kinds {
   replicaSet: ResourceType
   deployment: ResourceType
   daemonSet: ResourceType
+  service: ResourceType
+  endpoints: ResourceType
 }
 
 /** The kinds the controllers, scheduler and kubelets use, looked up once; throws when the store lacks one. */
@@ -36,6 +38,8 @@ export function kindsOf(store: ObjectStore): Kinds {
     replicaSet: need('apps', 'v1', 'replicasets'),
     deployment: need('apps', 'v1', 'deployments'),
     daemonSet: need('apps', 'v1', 'daemonsets'),
+    service: need('', 'v1', 'services'),
+    endpoints: need('', 'v1', 'endpoints'),
   }
 }
 

@@ -43,6 +43,10 @@ export interface ContainerContext {
   cgroupParent: string
   sources: EnvSources
   baseEnv: Record<string, string>
+  /** The pod's hosts file, bound over /etc/hosts where the container gets a mount namespace (root). */
+  hostsFile?: string | undefined
+  /** Service-link variables, read at each start (below the image's and the container's env). */
+  serviceEnv?: (() => Record<string, string>) | undefined
   backoffBaseMs: number
   /** Tasks each container's cgroup allows (the kubelet's podPidsLimit); 0: unlimited. */
   pidsLimit: number
@@ -76,11 +80,12 @@ const UNSHARE = '/usr/bin/unshare'
 const SETPRIV = '/usr/bin/setpriv'
 const HAVE_NS_TOOLS = existsSync(UNSHARE) && existsSync(SETPRIV)
 /**
- * `sh -c BIND_SCRIPT name N (host path k top1…topk)×N cmd args…`: for each volume, the host's `path/top` entries the
- * container needs are bound into the volume's host directory first, then the volume (with them) over `path`; then execs.
+ * `sh -c BIND_SCRIPT name HOSTS N (host path k top1…topk)×N cmd args…`: for each volume, the host's `path/top` entries the
+ * container needs are bound into the volume's host directory first, then the volume (with them) over `path`; then the
+ * pod's hosts file over /etc/hosts (HOSTS `-`: none); then execs.
  */
 const BIND_SCRIPT = [
-  'n=$1; shift',
+  'h=$1; n=$2; shift 2',
   'while [ "$n" -gt 0 ]; do',
   '  src=$1; dst=$2; k=$3; shift 3',
   '  while [ "$k" -gt 0 ]; do',
@@ -89,6 +94,7 @@ const BIND_SCRIPT = [
   '  done',
   '  mount --rbind "$src" "$dst" || exit 126; n=$((n - 1))',
   'done',
+  'if [ "$h" != - ]; then mount --bind "$h" /etc/hosts || exit 126; fi',
   'exec "$@"',
 ].join('\n')
 
@@ -293,7 +299,7 @@ export class ContainerRunner {
   #buildEnv(image: ImageSpec): Record<string, string> {
     return buildEnv({
       pod: this.#ctx.pod, container: this.#ctx.spec, podIP: this.#ctx.podIP, hostIP: this.#ctx.hostIP, mounts: this.#ctx.mounts,
-      sources: this.#ctx.sources, base: { ...this.#ctx.baseEnv, ...(image.env ?? {}) },
+      sources: this.#ctx.sources, base: { ...this.#ctx.baseEnv, ...(this.#ctx.serviceEnv?.() ?? {}), ...(image.env ?? {}) },
     })
   }
 
@@ -319,12 +325,13 @@ export class ContainerRunner {
       // directory is bound into the volume first, then the volume with it (rbind) over the mount path.
       const needed = [this.#ctx.dir, ...this.#ctx.mounts.map((m) => m.hostPath), command, ...args.filter((a) => a.startsWith('/'))]
       const binds = this.#ctx.mounts.filter((m) => m.mountPath !== '/' && isHostDir(m.mountPath))
-      if (binds.length > 0) {
+      const hosts = this.#ctx.hostsFile
+      if (binds.length > 0 || hosts !== undefined) {
         const triples = binds.flatMap((m) => {
           const tops = [...new Set(needed.filter((n) => under(n, m.mountPath) && n !== m.mountPath).map((n) => n.slice(m.mountPath.replace(/\/$/, '').length + 1).split('/')[0]!))]
           return [m.hostPath, m.mountPath, String(tops.length), ...tops]
         })
-        argv = [UNSHARE, '--mount', '--propagation', 'private', '--', SH, '-c', BIND_SCRIPT, 'kube-sim-mounts', String(binds.length), ...triples, ...argv]
+        argv = [UNSHARE, '--mount', '--propagation', 'private', '--', SH, '-c', BIND_SCRIPT, 'kube-sim-mounts', hosts ?? '-', String(binds.length), ...triples, ...argv]
       }
     }
     const [cmd, ...rest] = argv as [string, ...string[]]

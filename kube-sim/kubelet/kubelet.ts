@@ -59,6 +59,7 @@ export class Kubelet {
   readonly #usedIPs = new Set<string>()
   #cursor: number
   #stopWatch: (() => void) | undefined
+  #stopServiceWatch: (() => void) | undefined
   #leaseTimer: NodeJS.Timeout | undefined
   #gone = false
 
@@ -90,6 +91,11 @@ export class Kubelet {
       if (worker !== undefined) { worker.update(pod); return }
       if (isFinished(pod)) return
       this.#admit(pod)
+    })
+    // The pods' hosts files follow the Services (kubelet/services.ts); ADDED replays are the initial state, already written.
+    this.#stopServiceWatch = this.#opts.store.watch(this.#opts.kinds.service, { resourceVersion: this.#opts.store.currentVersion() }, () => {
+      if (this.#gone) return
+      for (const w of this.#workers.values()) void w.refreshHosts()
     })
   }
 
@@ -123,6 +129,8 @@ export class Kubelet {
   #halt(): void {
     this.#stopWatch?.()
     this.#stopWatch = undefined
+    this.#stopServiceWatch?.()
+    this.#stopServiceWatch = undefined
     if (this.#leaseTimer !== undefined) clearInterval(this.#leaseTimer)
   }
 
@@ -163,6 +171,7 @@ export class Kubelet {
       podDir: join(this.#root(), 'pods', uid), images: o.images, cgroups: o.cgroups,
       cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000, pidsLimit: o.podPidsLimit ?? 0,
       baseEnv: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', ...(o.baseEnv?.() ?? {}) },
+      services: () => o.store.list(o.kinds.service).items,
       log: o.log?.child({ pod: keyOf(pod) }),
       event: (p, type, reason, message) => recordEvent(o.store, o.kinds, p, type, reason, message, 'kubelet', this.nodeName),
     }, pod)

@@ -16,6 +16,7 @@ import type { EnvSources, HostMount } from './env.js'
 import type { ImageMap } from './images.js'
 import { type LogRing } from './log-ring.js'
 import { podStatus } from './pod-status.js'
+import { hostsFile, serviceLinkEnv, writeInPlace } from './services.js'
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Any = any
@@ -35,6 +36,8 @@ export interface PodWorkerContext {
   backoffBaseMs: number
   pidsLimit: number
   baseEnv: Record<string, string>
+  /** The cluster's Services now (the pod's hosts file and service-link variables; kubelet/services.ts). */
+  services(): KubeObject[]
   log: Logger | undefined
   event(pod: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): void
 }
@@ -55,6 +58,7 @@ export class PodWorker {
   #mounts = new Map<string, HostMount[]>()
   #run: Promise<void> | undefined
   #podIP: string | undefined
+  #hostsWrite: Promise<void> = Promise.resolve()
 
   constructor(ctx: PodWorkerContext, pod: KubeObject) {
     this.#ctx = ctx
@@ -133,6 +137,22 @@ export class PodWorker {
     await rm(this.#ctx.podDir, { recursive: true, force: true }).catch(() => undefined)
   }
 
+  /** The pod's hosts file (bound over its containers' /etc/hosts). */
+  get #hostsPath(): string {
+    return join(this.#ctx.podDir, 'etc-hosts')
+  }
+
+  /** Rewrites the pod's hosts file from the cluster's Services (the kubelet calls it when they change). */
+  refreshHosts(): Promise<void> {
+    // One write at a time: two interleaved in-place writes could mix their texts.
+    this.#hostsWrite = this.#hostsWrite.then(async () => {
+      if (this.#podIP === undefined || this.#halted) return
+      await writeInPlace(this.#hostsPath, hostsFile(this.#pod, this.#podIP, this.#ctx.services()))
+        .catch((err: unknown) => this.#ctx.log?.warn({ err }, 'cannot write a pod\'s hosts file'))
+    })
+    return this.#hostsWrite
+  }
+
   /** Being stopped (gracefully or not): no container starts any more. */
   get #halted(): boolean {
     return this.#terminating !== undefined || this.#silent
@@ -150,6 +170,7 @@ export class PodWorker {
       .flatMap((c: Any) => (c.ports ?? []).map((p: Any) => Number(p.containerPort))).filter((p: number) => Number.isInteger(p) && p > 0)
     this.#podIP = await this.#ctx.allocateIP(ports)
     if (this.#halted) return
+    await this.refreshHosts()
     this.#sandboxReady = true
     this.#changed()
     const restartPolicy: 'Always' | 'OnFailure' | 'Never' = spec.restartPolicy ?? 'Always'
@@ -183,6 +204,9 @@ export class PodWorker {
       pod: this.#pod, spec, restartPolicy, podIP: this.#podIP as string, hostIP: this.#ctx.hostIP,
       mounts: this.#mountsOf(spec), dir, images: this.#ctx.images, cgroups: this.#ctx.cgroups, cgroupParent: this.#ctx.cgroupParent,
       sources, baseEnv: { ...this.#ctx.baseEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
+      hostsFile: this.#hostsPath,
+      serviceEnv: () => (this.#pod.spec?.enableServiceLinks === false ? {}
+        : serviceLinkEnv(this.#ctx.services().filter((s) => s.metadata.namespace === this.#pod.metadata.namespace))),
       backoffBaseMs: this.#ctx.backoffBaseMs, pidsLimit: this.#ctx.pidsLimit, graceSeconds: Number(this.#pod.spec?.terminationGracePeriodSeconds ?? 30),
       onChange: () => this.#changed(),
       event: (type, reason, message) => this.#ctx.event(this.#pod, type, reason, message),
