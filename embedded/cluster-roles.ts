@@ -33,7 +33,8 @@ export async function startRouterRole(config: Config, log: Logger, shutdownGrace
   const metrics = new Metrics(new Registry())
   const { app, table } = buildRouter({
     executor, metrics, log, callStats: new CallStats(), samples: new VersionSamples(),
-    notReady: () => (executor.connected ? undefined : `not connected to the controller at ${config.KINDLING_EXECUTOR_URL}`),
+    // Ready once it has reached a controller, and still while it is away: the warm path needs none (issue 13).
+    notReady: () => (executor.reachedController ? undefined : `not connected to the controller at ${config.KINDLING_EXECUTOR_URL} yet`),
   }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   // Not awaited: the router listens (and answers /healthz) while the controller is still coming up.
   void executor.start(false)

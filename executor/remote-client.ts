@@ -50,6 +50,7 @@ export class RemoteExecutorClient implements ExecutorClient {
   readonly #seqs = new Map<string, number>()
   #controller: string | undefined
   #connected = false
+  #reached = false
   #closed = false
   #stream: AbortController | undefined
   #loop: Promise<void> | undefined
@@ -65,9 +66,17 @@ export class RemoteExecutorClient implements ExecutorClient {
     this.#firstHello.resolve = resolve
   }
 
-  /** True while the event stream to a controller is open (the router's readiness). */
+  /** True while the event stream to a controller is open. */
   get connected(): boolean {
     return this.#connected
+  }
+
+  /**
+   * True once the stream has opened (the router's readiness): a router that has reached a controller once keeps
+   * serving its warm calls while the controller is away (a leader hand-over), so it stays Ready.
+   */
+  get reachedController(): boolean {
+    return this.#reached
   }
 
   /** The controller that answers now (the leader's identity). */
@@ -285,6 +294,7 @@ export class RemoteExecutorClient implements ExecutorClient {
       for (const name of this.#known) this.#emit({ type: 'function-changed', name, live: h.routed[name] ?? [] })
     }
     this.#connected = true
+    this.#reached = true
     this.#firstHello.resolve()
   }
 }

@@ -148,7 +148,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       store, kinds, nodeName: name, subnet: subnet.octet, labels: nodeLabels(name, role), taints: nodeTaints(role),
       dataDir: opts.dataDir, images, cgroups, cgroupParent, cpu: opts.nodeCpu ?? 4, memoryMi: opts.nodeMemoryMi ?? 8192,
       backoffBaseMs: opts.backoffBaseMs ?? 1000, podPidsLimit: opts.podPidsLimit ?? 64, log: log?.child({ node: name }),
-      baseEnv: () => ({ KUBECONFIG: kubeconfigPath, KUBERNETES_SERVICE_HOST: new URL(api.url).hostname, KUBERNETES_SERVICE_PORT: String(api.port) }),
+      baseEnv: () => ({ KUBERNETES_SERVICE_HOST: new URL(api.url).hostname, KUBERNETES_SERVICE_PORT: String(api.port) }),
+      kubeconfig,
     })
     kubelets.set(name, kubelet)
     await kubelet.start()

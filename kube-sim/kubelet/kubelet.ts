@@ -45,6 +45,11 @@ export interface KubeletOptions {
   firstPodAddress?: number
   /** Environment every container starts from (PATH, the API server's KUBERNETES_SERVICE_* variables). */
   baseEnv?: () => Record<string, string>
+  /**
+   * The API's kubeconfig, given to pods that mount a service-account token (the stand-in's stand-in for the token
+   * volume: in a file of the pod's own, named by KUBECONFIG, since `/var/run/secrets/…` is the host's path here).
+   */
+  kubeconfig?: () => string
   log?: Logger | undefined
 }
 
@@ -172,6 +177,7 @@ export class Kubelet {
       cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000, pidsLimit: o.podPidsLimit ?? 0,
       baseEnv: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', ...(o.baseEnv?.() ?? {}) },
       services: () => o.store.list(o.kinds.service).items,
+      kubeconfig: o.kubeconfig,
       log: o.log?.child({ pod: keyOf(pod) }),
       event: (p, type, reason, message) => recordEvent(o.store, o.kinds, p, type, reason, message, 'kubelet', this.nodeName),
     }, pod)

@@ -38,6 +38,8 @@ export interface PodWorkerContext {
   baseEnv: Record<string, string>
   /** The cluster's Services now (the pod's hosts file and service-link variables; kubelet/services.ts). */
   services(): KubeObject[]
+  /** The API's kubeconfig for pods that mount a service-account token (see KubeletOptions.kubeconfig). */
+  kubeconfig?: (() => string) | undefined
   log: Logger | undefined
   event(pod: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): void
 }
@@ -59,6 +61,7 @@ export class PodWorker {
   #run: Promise<void> | undefined
   #podIP: string | undefined
   #hostsWrite: Promise<void> = Promise.resolve()
+  #tokenEnv: Record<string, string> = {}
 
   constructor(ctx: PodWorkerContext, pod: KubeObject) {
     this.#ctx = ctx
@@ -137,6 +140,26 @@ export class PodWorker {
     await rm(this.#ctx.podDir, { recursive: true, force: true }).catch(() => undefined)
   }
 
+  /**
+   * The service-account token, unless the pod or its ServiceAccount turns it off (`automountServiceAccountToken`):
+   * a kubeconfig with the API's address, CA and token in the pod's directory, named by KUBECONFIG. Readable by the
+   * pod's users (0644 under the pod's 0755 directory), as the projected token volume is.
+   */
+  async #mountToken(): Promise<void> {
+    const make = this.#ctx.kubeconfig
+    if (make === undefined) return
+    const spec = this.#pod.spec ?? {}
+    const sa = this.#ctx.store.get(this.#ctx.store.type('', 'v1', 'serviceaccounts')!, String(this.#pod.metadata.namespace), String(spec.serviceAccountName ?? 'default'))
+    const automount = spec.automountServiceAccountToken ?? sa?.automountServiceAccountToken ?? true
+    if (automount === false) return
+    const dir = join(this.#ctx.podDir, 'serviceaccount')
+    await mkdir(dir, { recursive: true, mode: 0o755 })
+    const file = join(dir, 'kubeconfig')
+    await writeFile(file, make(), { mode: 0o644 })
+    await chmod(file, 0o644)
+    this.#tokenEnv = { KUBECONFIG: file }
+  }
+
   /** The pod's hosts file (bound over its containers' /etc/hosts). */
   get #hostsPath(): string {
     return join(this.#ctx.podDir, 'etc-hosts')
@@ -171,6 +194,7 @@ export class PodWorker {
     this.#podIP = await this.#ctx.allocateIP(ports)
     if (this.#halted) return
     await this.refreshHosts()
+    await this.#mountToken()
     this.#sandboxReady = true
     this.#changed()
     const restartPolicy: 'Always' | 'OnFailure' | 'Never' = spec.restartPolicy ?? 'Always'
@@ -203,7 +227,7 @@ export class PodWorker {
     return new ContainerRunner({
       pod: this.#pod, spec, restartPolicy, podIP: this.#podIP as string, hostIP: this.#ctx.hostIP,
       mounts: this.#mountsOf(spec), dir, images: this.#ctx.images, cgroups: this.#ctx.cgroups, cgroupParent: this.#ctx.cgroupParent,
-      sources, baseEnv: { ...this.#ctx.baseEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
+      sources, baseEnv: { ...this.#ctx.baseEnv, ...this.#tokenEnv, HOSTNAME: String(this.#pod.metadata.name), HOME: dir },
       hostsFile: this.#hostsPath,
       serviceEnv: () => (this.#pod.spec?.enableServiceLinks === false ? {}
         : serviceLinkEnv(this.#ctx.services().filter((s) => s.metadata.namespace === this.#pod.metadata.namespace))),

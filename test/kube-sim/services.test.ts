@@ -118,6 +118,7 @@ t.test('a Service: cluster IP, Endpoints, the proxy over the Ready pods, names a
   }
   t.equal((await get(`http://${podIP}:8080/env?name=WEB_SERVICE_HOST`)).body, ip, 'WEB_SERVICE_HOST is set in the pod')
   t.equal((await get(`http://${podIP}:8080/env?name=WEB_SERVICE_PORT_HTTP`)).body, '80', 'WEB_SERVICE_PORT_HTTP is set')
+  t.match((await get(`http://${podIP}:8080/env?name=KUBECONFIG`)).body, /\/serviceaccount\/kubeconfig$/, 'a pod with a service-account token gets its own kubeconfig (KUBECONFIG)')
 
   // A Service made after the pod started: its name resolves there too (the hosts file follows), no restart.
   await apply(service('later', 'web'))
