@@ -153,9 +153,10 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
     return metrics.registry.metrics()
   })
 
-  // Probes (issue 13): alive while the process answers; ready once calls can be routed.
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_request, reply) => {
+  // Probes (issue 13): alive while the process answers; ready once calls can be routed. A kubelet asks every second:
+  // their requests are not logged at info.
+  app.get('/healthz', { logLevel: 'warn' }, async () => ({ status: 'ok' }))
+  app.get('/readyz', { logLevel: 'warn' }, async (_request, reply) => {
     const why = deps.notReady?.()
     if (why === undefined) return { status: 'ready' }
     return reply.code(503).send({ status: 'not ready', reason: why })

@@ -17,6 +17,9 @@ import { CHART, helm } from './chart.js'
 //   - the leader killed (force delete: SIGKILL, no hand-over) under warm calls: the standby leads, no warm call lost,
 //     and the API answers again through the same Service.
 
+// Seven workloads start as processes on two cores, beside the suite's other files: more than the default file timeout.
+t.setTimeout(480_000)
+
 const NS = 'kindling'
 const HELLO = "export default async () => ({ status: 200, headers: { 'content-type': 'text/plain' }, body: 'hello from the cluster' })\n"
 
