@@ -181,6 +181,13 @@ export class LoadGuard {
     const t0 = performance.now()
     let sampled = 0
     const seen = new Set<string>()
+    const reader = this.#o.reader
+    if (reader.prefetch !== undefined) {
+      const refs: CgroupRef[] = []
+      for (const inst of this.#o.pools.instances()) if (inst.state !== 'dead' && inst.fn !== undefined && inst.handle.cgroup !== undefined) refs.push(inst.handle.cgroup)
+      // A remote reader that fails here fails each read of this pass: those samples are skipped, the pass goes on.
+      if (refs.length > 0) await reader.prefetch(refs).catch((err: unknown) => this.#o.log.warn({ err }, 'load guard prefetch failed'))
+    }
     for (const inst of this.#o.pools.instances()) {
       const ref = inst.handle.cgroup
       // Generic instances run no user code; only instances serving a function are judged.
