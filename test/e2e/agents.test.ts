@@ -1,0 +1,125 @@
+import { execFile, spawn } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { KUBECTL, startSim, type TestCluster } from '../fixtures/kube.js'
+import { startPlatform } from '../fixtures/platform.js'
+import { waitFor } from '../fixtures/wait.js'
+
+// Issue 13, the node agent on a cluster stand-in: `kindling agent` as a DaemonSet on the runtime and quarantine nodes
+// (the built CLI, image kindling/platform), a platform on the kubernetes backend with KINDLING_AGENT_SELECTOR set, and a
+// CPU hog: the guard samples the hog's pod through the agent of its node, throttles it there (its container's CFS quota
+// file on the host shows it), then quarantines the function onto the quarantine node.
+
+const run = promisify(execFile)
+const TOKEN = 'e2e-agent-token-0123456789abcdef'
+const SELECTOR = 'app.kubernetes.io/component=agent'
+// Spins in the background after answering (yielding, so the runtime still answers its health checks).
+const HOG = `export default () => {
+  if (!globalThis.spinning) {
+    globalThis.spinning = true
+    const spin = () => { const end = Date.now() + 50; while (Date.now() < end) {} setImmediate(spin) }
+    spin()
+  }
+  return { pid: process.pid }
+}`
+
+function agentDaemonSet(): string {
+  return JSON.stringify(
+      {
+        apiVersion: 'apps/v1', kind: 'DaemonSet',
+        metadata: { name: 'kindling-agent', namespace: 'kindling', labels: { 'app.kubernetes.io/component': 'agent' } },
+        spec: {
+          selector: { matchLabels: { 'app.kubernetes.io/component': 'agent' } },
+          template: {
+            metadata: { labels: { 'app.kubernetes.io/component': 'agent' } },
+            spec: {
+              affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kindling.io/node-role', operator: 'In', values: ['runtime', 'quarantine'] }] }] } } },
+              tolerations: [{ key: 'kindling.io/node-role', operator: 'Exists', effect: 'NoSchedule' }],
+              securityContext: { runAsUser: 0 },
+              containers: [{
+                name: 'agent', image: 'kindling/platform:test', args: ['agent'],
+                ports: [{ containerPort: 8082, name: 'agent' }],
+                env: [
+                  { name: 'KINDLING_HOST', value: '0.0.0.0' }, { name: 'KINDLING_AGENT_PORT', value: '8082' },
+                  { name: 'KINDLING_AGENT_TOKEN', value: TOKEN }, { name: 'KINDLING_LOG_LEVEL', value: 'warn' },
+                  { name: 'KINDLING_NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+                  { name: 'KINDLING_POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+                ],
+                readinessProbe: { httpGet: { path: '/healthz', port: 8082 }, periodSeconds: 1 },
+              }],
+            },
+          },
+        },
+      })
+}
+
+async function kubectl(sim: TestCluster, args: string[], input?: string): Promise<string> {
+  if (input === undefined) return (await run(KUBECTL, ['--kubeconfig', sim.kubeconfigPath, ...args])).stdout
+  return await new Promise((resolve, reject) => {
+    const child = spawn(KUBECTL, ['--kubeconfig', sim.kubeconfigPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d: Buffer) => { out += String(d) })
+    child.stderr.on('data', (d: Buffer) => { err += String(d) })
+    child.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`kubectl ${args.join(' ')}: ${err}`))))
+    child.stdin.end(input)
+  })
+}
+
+interface Pod {
+  metadata: { name: string; uid: string; deletionTimestamp?: string }
+  spec: { nodeName?: string }
+  status: { qosClass?: string; containerStatuses?: Array<{ containerID?: string }> }
+}
+
+async function podsOf(sim: TestCluster, fn: string): Promise<Pod[]> {
+  const list = JSON.parse(await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-o', 'json', '-l', `kindling.io/function=${fn}`])) as { items: Pod[] }
+  return list.items.filter((p) => p.metadata.deletionTimestamp === undefined)
+}
+
+t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), then quarantined onto the quarantine node', async (t) => {
+  const sim = await startSim(t)
+  await kubectl(sim, ['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kindling' } }))
+  await kubectl(sim, ['apply', '-f', '-'], agentDaemonSet())
+  await kubectl(sim, ['rollout', 'status', '-n', 'kindling', 'daemonset/kindling-agent', '--timeout=60s'])
+  const agents = JSON.parse(await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-l', SELECTOR, '-o', 'json'])) as { items: Pod[] }
+  t.same(agents.items.map((p) => p.spec.nodeName).sort(), ['kindling-quarantine-0', 'kindling-runtime-0', 'kindling-runtime-1'], 'an agent on each runtime and quarantine node')
+
+  const p = await startPlatform(t, {
+    KINDLING_BACKEND: 'kubernetes', KINDLING_KUBECONFIG: sim.kubeconfigPath, KINDLING_POOL_SIZE: 1,
+    KINDLING_AGENT_SELECTOR: SELECTOR, KINDLING_AGENT_TOKEN: TOKEN, KINDLING_AGENT_PORT: 8082,
+    KINDLING_LOADGUARD_INTERVAL_MS: 500, KINDLING_LOADGUARD_IDLE_EVERY: 1, KINDLING_LOADGUARD_SUSTAIN_SAMPLES: 3,
+    KINDLING_LOADGUARD_QUARANTINE_SAMPLES: 4, KINDLING_LOADGUARD_KILL_SAMPLES: 1000, KINDLING_LOADGUARD_COOLDOWN_MS: 600_000,
+  })
+  t.equal((await p.deploy('hog', { runtime: 'node', code: HOG, mode: 'persistent', cpu: 0.5, maxInstances: 1 })).status, 201)
+  t.equal((await p.invoke('hog')).status, 200, 'the hog answers, then spins')
+  const [pod] = await waitFor(async () => { const x = await podsOf(sim, 'hog'); return x.length === 1 && x }, 'the hog\'s one pod')
+  if (pod === undefined) throw new Error('no pod')
+  t.match(pod.spec.nodeName, /^kindling-runtime-\d$/, 'it runs on a runtime node')
+  const cid = String(pod.status.containerStatuses?.[0]?.containerID).replace('containerd://', '')
+  const qos = pod.status.qosClass === 'Guaranteed' ? 'kubepods' : `kubepods/${String(pod.status.qosClass).toLowerCase()}`
+  const quotaFile = join('/sys/fs/cgroup/cpu', 'kube-sim', sim.id, String(pod.spec.nodeName), qos, `pod${pod.metadata.uid}`, cid, 'cpu.cfs_quota_us')
+  t.equal((await readFile(quotaFile, 'utf8')).trim(), '50000', 'the container starts with its 0.5-core quota')
+
+  const events = async (type: string): Promise<Array<Record<string, any>>> =>
+    ((await p.api('GET', '/v1/events?limit=500')).json['events'] as Array<Record<string, any>>).filter((e) => e['type'] === type && e['function'] === 'hog')
+  const [throttle] = await waitFor(async () => { const e = await events('loadguard-throttle'); return e.length > 0 && e }, 'loadguard-throttle', 30_000, 100)
+  t.ok(throttle, `throttled: ${JSON.stringify(throttle?.['data'])}`)
+  t.equal(throttle?.['data']['reason'], 'cpu')
+  const lowered = Math.round(Number(throttle?.['data']['throttledToCores']) * 100_000)
+  t.ok(lowered > 0 && lowered < 50_000, `a lowered quota (${lowered} µs)`)
+  t.equal((await readFile(quotaFile, 'utf8')).trim(), String(lowered), 'the pod container\'s cfs quota file on the host shows the lowered quota')
+
+  await waitFor(async () => (await events('loadguard-quarantine')).length > 0, 'loadguard-quarantine', 30_000, 100)
+  t.pass('quarantined after the throttle')
+  // A quarantined function's serving pod is replaced once a call on it ends; its new pods start on the quarantine node.
+  await waitFor(async () => {
+    const res = await p.invoke('hog')
+    const pods = await podsOf(sim, 'hog')
+    return res.status === 200 && pods.length > 0 && pods.every((x) => x.spec.nodeName === 'kindling-quarantine-0')
+  }, 'the hog\'s pods on the quarantine node', 60_000, 200)
+  const wide = await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-o', 'wide', '-l', 'kindling.io/function=hog', '--no-headers'])
+  for (const line of wide.trim().split('\n').filter((l) => !/Terminating/.test(l))) t.match(line, /kindling-quarantine-0/, `kubectl -o wide: ${line.split(/\s+/)[0]} on the quarantine node`)
+})
