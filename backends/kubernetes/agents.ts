@@ -18,8 +18,9 @@ import { isReady, silent, type KubeLog } from './kube-common.js'
 import { PodWatch } from './pod-watch.js'
 
 export interface AgentClientOptions {
-  kubeConfig: KubeConfig
-  core: CoreV1Api
+  /** The cluster the agent pods are listed from (not needed with `addressOf`). */
+  kubeConfig?: KubeConfig | undefined
+  core?: CoreV1Api | undefined
   namespace: string
   /** Label selector of the agent pods (KINDLING_AGENT_SELECTOR). */
   selector: string
@@ -93,7 +94,7 @@ export function agentTarget(ref: CgroupRef): { node: string; uid: string; contai
 export class AgentClient {
   readonly #o: AgentClientOptions
   readonly #log: KubeLog
-  readonly #watch: PodWatch
+  readonly #watch: PodWatch | undefined
   readonly #http = new Agent({ keepAliveTimeout: 30_000, connections: 4 })
   readonly #timeoutMs: number
   /** Nodes whose agent failed last time (logged once per outage). */
@@ -105,7 +106,8 @@ export class AgentClient {
     this.#o = opts
     this.#log = opts.log ?? silent
     this.#timeoutMs = opts.timeoutMs ?? 2000
-    this.#watch = new PodWatch({
+    if (opts.addressOf === undefined && (opts.kubeConfig === undefined || opts.core === undefined)) throw new KdlError('KDL_ERR_INTERNAL', 'AgentClient needs a kubeConfig and core, or addressOf')
+    this.#watch = opts.addressOf !== undefined || opts.kubeConfig === undefined || opts.core === undefined ? undefined : new PodWatch({
       kubeConfig: opts.kubeConfig, core: opts.core, namespace: opts.namespace, labelSelector: opts.selector,
       server: opts.kubeConfig.getCurrentCluster()?.server ?? '(no current cluster)', timeoutMs: opts.apiTimeoutMs ?? 10_000, log: this.#log,
       onEvent: () => undefined,
@@ -113,13 +115,13 @@ export class AgentClient {
   }
 
   /** The first list of the agent pods (the watch keeps the copy from then on). */
-  start(): Promise<void> {
-    return this.#watch.ensure()
+  async start(): Promise<void> {
+    await this.#watch?.ensure()
   }
 
   /** `http://podIP:port` of the Ready agent pod on `node`, if any. */
   addressOf(node: string): string | undefined {
-    if (this.#o.addressOf !== undefined) return this.#o.addressOf(node)
+    if (this.#o.addressOf !== undefined || this.#watch === undefined) return this.#o.addressOf?.(node)
     void this.#watch.ensure().catch(() => undefined)
     for (const pod of this.#watch.pods.values()) {
       const ip = pod.status?.podIP ?? ''
@@ -159,7 +161,7 @@ export class AgentClient {
   }
 
   async close(): Promise<void> {
-    this.#watch.close()
+    this.#watch?.close()
     await this.#http.close().catch(() => undefined)
   }
 
