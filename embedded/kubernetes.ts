@@ -68,7 +68,8 @@ export async function createKubernetesBackend(config: Config, platformId: string
     kubeConfig, core: kubeConfig.makeApiClient(CoreV1Api), namespace: config.KINDLING_KUBE_NAMESPACE, selector: config.KINDLING_AGENT_SELECTOR,
     port: config.KINDLING_AGENT_PORT, token: config.KINDLING_AGENT_TOKEN, log: log.child({ component: 'agents' }),
   })
-  await agents?.start()
+  // The first list of the agent pods; one that fails is retried at the first sample (the guard skips until then).
+  await agents?.start().catch((err: unknown) => log.warn({ err }, 'cannot list the node agent pods yet'))
   const backend = new KubernetesBackend({
     platformId,
     kubeConfig,

@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { render } from '../chart/chart.js'
 import { KUBECTL, startSim, type TestCluster } from '../fixtures/kube.js'
 import { startPlatform } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
@@ -122,4 +123,37 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
   }, 'the hog\'s pods on the quarantine node', 60_000, 200)
   const wide = await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-o', 'wide', '-l', 'kindling.io/function=hog', '--no-headers'])
   for (const line of wide.trim().split('\n').filter((l) => !/Terminating/.test(l))) t.match(line, /kindling-quarantine-0/, `kubectl -o wide: ${line.split(/\s+/)[0]} on the quarantine node`)
+})
+
+t.test('the chart\'s agent DaemonSet runs `kindling agent` on the runtime and quarantine nodes: Ready, /healthz, samples with the Secret\'s token', async (t) => {
+  const sim = await startSim(t)
+  const objs = await render({ release: 'kdl', namespace: 'kindling' })
+  const wanted = objs.filter((o) => (o.kind === 'ConfigMap' && o.metadata.name === 'kdl-kindling-config') || (o.kind === 'Secret' && o.metadata.name === 'kdl-kindling-secret') ||
+    (o.metadata.labels?.['app.kubernetes.io/component'] === 'agent' && (o.kind === 'DaemonSet' || o.kind === 'ServiceAccount')))
+  t.same(wanted.map((o) => o.kind).sort(), ['ConfigMap', 'DaemonSet', 'Secret', 'ServiceAccount'], 'the agent\'s objects of the chart')
+  await kubectl(sim, ['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kindling' } }))
+  for (const o of wanted) await kubectl(sim, ['apply', '-f', '-'], JSON.stringify(o))
+  const ds = wanted.find((o) => o.kind === 'DaemonSet')?.metadata.name as string
+  await kubectl(sim, ['rollout', 'status', '-n', 'kindling', `daemonset/${ds}`, '--timeout=90s'])
+  const selector = (objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'kdl-kindling-config')?.['data'] as Record<string, string>)['KINDLING_AGENT_SELECTOR'] as string
+  const pods = (JSON.parse(await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-l', selector, '-o', 'json'])) as { items: Array<Pod & { status: { podIP: string } }> }).items
+  t.same(pods.map((p) => p.spec.nodeName).sort(), ['kindling-quarantine-0', 'kindling-runtime-0', 'kindling-runtime-1'], 'KINDLING_AGENT_SELECTOR finds one agent per runtime and quarantine node')
+  const token = Buffer.from(String((wanted.find((o) => o.kind === 'Secret')?.['data'] as Record<string, string>)['KINDLING_AGENT_TOKEN']), 'base64').toString()
+  for (const pod of pods) {
+    const health = await fetch(`http://${pod.status.podIP}:8082/healthz`)
+    t.match(await health.json(), { ok: true, node: pod.spec.nodeName, podIP: pod.status.podIP, cgroup: { root: '/sys/fs/cgroup' } }, `${pod.spec.nodeName}: /healthz`)
+    const unauth = await fetch(`http://${pod.status.podIP}:8082/v1/sample`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"pods":[]}' })
+    t.equal(unauth.status, 401, `${pod.spec.nodeName}: no token, 401`)
+  }
+  // The agent samples a pod of the stand-in (here, another agent's own pod) by its UID.
+  const [a, b] = pods as [Pod & { status: { podIP: string } }, Pod]
+  const res = await fetch(`http://${a.status.podIP}:8082/v1/sample`, {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ pods: [{ uid: b.metadata.uid, containerId: b.status.containerStatuses?.[0]?.containerID }] }),
+  })
+  const body = await res.json() as { pods: Array<{ uid: string; stats?: { cpuUsageNs: number; pids: number }; limits?: { cpuCores: number } }> }
+  t.equal(res.status, 200)
+  t.equal(body.pods[0]?.uid, b.metadata.uid)
+  t.ok((body.pods[0]?.stats?.cpuUsageNs ?? 0) > 0 && (body.pods[0]?.stats?.pids ?? 0) > 0, 'counters of a running agent container')
+  t.equal(body.pods[0]?.limits?.cpuCores, 0.5, 'its 500m limit, as the chart sets it')
 })
