@@ -170,6 +170,8 @@ export class CgroupLocator {
   /** Breadth-first from the root, remembering every pod group seen; stops early once all `wanted` are found. */
   async #walk(layout: Layout, wanted: Set<string>): Promise<void> {
     this.walks++
+    // Pods remembered by earlier walks but never asked for may have gone meanwhile: the cache holds this node's pods only.
+    await this.prune()
     let level = ['']
     let read = 0
     const missing = new Set([...wanted].filter((u) => !this.#known.has(u)))

@@ -1,4 +1,5 @@
 import { execFile, spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -101,8 +102,11 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
   t.match(pod.spec.nodeName, /^kindling-runtime-\d$/, 'it runs on a runtime node')
   const cid = String(pod.status.containerStatuses?.[0]?.containerID).replace('containerd://', '')
   const qos = pod.status.qosClass === 'Guaranteed' ? 'kubepods' : `kubepods/${String(pod.status.qosClass).toLowerCase()}`
-  const quotaFile = join('/sys/fs/cgroup/cpu', 'kube-sim', sim.id, String(pod.spec.nodeName), qos, `pod${pod.metadata.uid}`, cid, 'cpu.cfs_quota_us')
-  t.equal((await readFile(quotaFile, 'utf8')).trim(), '50000', 'the container starts with its 0.5-core quota')
+  const v2 = existsSync('/sys/fs/cgroup/cgroup.controllers')
+  const groupDir = join(v2 ? '/sys/fs/cgroup' : '/sys/fs/cgroup/cpu', 'kube-sim', sim.id, String(pod.spec.nodeName), qos, `pod${pod.metadata.uid}`, cid)
+  const quotaFile = join(groupDir, v2 ? 'cpu.max' : 'cpu.cfs_quota_us')
+  const quota = async (): Promise<string> => (await readFile(quotaFile, 'utf8')).trim().split(' ')[0] as string
+  t.equal(await quota(), '50000', 'the container starts with its 0.5-core quota')
 
   const events = async (type: string): Promise<Array<Record<string, any>>> =>
     ((await p.api('GET', '/v1/events?limit=500')).json['events'] as Array<Record<string, any>>).filter((e) => e['type'] === type && e['function'] === 'hog')
@@ -111,7 +115,7 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
   t.equal(throttle?.['data']['reason'], 'cpu')
   const lowered = Math.round(Number(throttle?.['data']['throttledToCores']) * 100_000)
   t.ok(lowered > 0 && lowered < 50_000, `a lowered quota (${lowered} µs)`)
-  t.equal((await readFile(quotaFile, 'utf8')).trim(), String(lowered), 'the pod container\'s cfs quota file on the host shows the lowered quota')
+  t.equal(await quota(), String(lowered), `the pod container's cfs quota file on the host shows the lowered quota (${quotaFile})`)
 
   await waitFor(async () => (await events('loadguard-quarantine')).length > 0, 'loadguard-quarantine', 30_000, 100)
   t.pass('quarantined after the throttle')
