@@ -12,18 +12,21 @@ import { waitFor } from '../fixtures/wait.js'
 // Issue 13, the node agent on a cluster stand-in: `kindling agent` as a DaemonSet on the runtime and quarantine nodes
 // (the built CLI, image kindling/platform), a platform on the kubernetes backend with KINDLING_AGENT_SELECTOR set, and a
 // CPU hog: the guard samples the hog's pod through the agent of its node, throttles it there (its container's CFS quota
-// file on the host shows it), then quarantines the function onto the quarantine node.
+// file on the host shows it), quarantines the function onto the quarantine node, and kills the pod that stays outside.
 
 const run = promisify(execFile)
 const TOKEN = 'e2e-agent-token-0123456789abcdef'
 const SELECTOR = 'app.kubernetes.io/component=agent'
-// Spins in the background after answering (yielding, so the runtime still answers its health checks).
-const HOG = `export default () => {
+// Spins in the background from its first call on (yielding, so the runtime still answers its health checks); a call
+// with \`x-hold: ms\` stays in flight that long, so its instance is busy (a quarantine does not replace a busy instance).
+const HOG = `export default async (event) => {
   if (!globalThis.spinning) {
     globalThis.spinning = true
     const spin = () => { const end = Date.now() + 50; while (Date.now() < end) {} setImmediate(spin) }
     spin()
   }
+  const hold = Number(event.headers['x-hold'] ?? 0)
+  if (hold > 0) await new Promise((resolve) => setTimeout(resolve, hold))
   return { pid: process.pid }
 }`
 
@@ -81,7 +84,7 @@ async function podsOf(sim: TestCluster, fn: string): Promise<Pod[]> {
   return list.items.filter((p) => p.metadata.deletionTimestamp === undefined)
 }
 
-t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), then quarantined onto the quarantine node', async (t) => {
+t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), quarantined onto the quarantine node, then killed', async (t) => {
   const sim = await startSim(t)
   await kubectl(sim, ['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kindling' } }))
   await kubectl(sim, ['apply', '-f', '-'], agentDaemonSet())
@@ -93,10 +96,12 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
     KINDLING_BACKEND: 'kubernetes', KINDLING_KUBECONFIG: sim.kubeconfigPath, KINDLING_POOL_SIZE: 1,
     KINDLING_AGENT_SELECTOR: SELECTOR, KINDLING_AGENT_TOKEN: TOKEN, KINDLING_AGENT_PORT: 8082,
     KINDLING_LOADGUARD_INTERVAL_MS: 500, KINDLING_LOADGUARD_IDLE_EVERY: 1, KINDLING_LOADGUARD_SUSTAIN_SAMPLES: 3,
-    KINDLING_LOADGUARD_QUARANTINE_SAMPLES: 4, KINDLING_LOADGUARD_KILL_SAMPLES: 1000, KINDLING_LOADGUARD_COOLDOWN_MS: 600_000,
+    KINDLING_LOADGUARD_QUARANTINE_SAMPLES: 4, KINDLING_LOADGUARD_KILL_SAMPLES: 4, KINDLING_LOADGUARD_COOLDOWN_MS: 600_000,
   })
-  t.equal((await p.deploy('hog', { runtime: 'node', code: HOG, mode: 'persistent', cpu: 0.5, maxInstances: 1 })).status, 201)
+  t.equal((await p.deploy('hog', { runtime: 'node', code: HOG, mode: 'persistent', cpu: 0.5, maxInstances: 1, timeoutMs: 120_000 })).status, 201)
   t.equal((await p.invoke('hog')).status, 200, 'the hog answers, then spins')
+  // A call held in flight while the guard steps: the instance serves it throughout, so only the kill ends it.
+  const held = p.invoke('hog', { headers: { 'x-hold': '90000' } })
   const [pod] = await waitFor(async () => { const x = await podsOf(sim, 'hog'); return x.length === 1 && x }, 'the hog\'s one pod')
   if (pod === undefined) throw new Error('no pod')
   t.match(pod.spec.nodeName, /^kindling-runtime-\d$/, 'it runs on a runtime node')
@@ -119,6 +124,13 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
 
   await waitFor(async () => (await events('loadguard-quarantine')).length > 0, 'loadguard-quarantine', 30_000, 100)
   t.pass('quarantined after the throttle')
+  // Still spinning against its lowered quota: the last step, the pod is killed (deleted).
+  const [kill] = await waitFor(async () => { const e = await events('loadguard-kill'); return e.length > 0 && e }, 'loadguard-kill', 30_000, 100)
+  t.equal(kill?.['instance'], throttle?.['instance'], 'the throttled instance is the one killed')
+  await waitFor(async () => !(await podsOf(sim, 'hog')).some((x) => x.metadata.uid === pod.metadata.uid), 'the killed pod gone', 30_000, 100)
+  const ended = await held
+  t.equal(ended.status, 502, 'the call held on the killed instance fails')
+  t.match(ended.text, /KDL_ERR_FN_CRASHED/)
   // A quarantined function's serving pod is replaced once a call on it ends; its new pods start on the quarantine node.
   await waitFor(async () => {
     const res = await p.invoke('hog')
