@@ -30,6 +30,9 @@ const HOG = `export default async (event) => {
   return { pid: process.pid }
 }`
 
+// The agents are the built CLI (bin/kindling.mjs → dist/): `npm test` builds it first; alone, run `npm run build`.
+if (!existsSync(join(process.cwd(), 'dist', 'cli', 'agent.js'))) throw new Error('test/e2e/agents.test.ts runs the built CLI: npm run build first (npm test does)')
+
 function agentDaemonSet(): string {
   return JSON.stringify(
       {
