@@ -17,10 +17,11 @@ import { waitFor } from '../fixtures/wait.js'
 const run = promisify(execFile)
 const TOKEN = 'e2e-agent-token-0123456789abcdef'
 const SELECTOR = 'app.kubernetes.io/component=agent'
-// Spins in the background from its first call on (yielding, so the runtime still answers its health checks); a call
-// with \`x-hold: ms\` stays in flight that long, so its instance is busy (a quarantine does not replace a busy instance).
+// Spins in the background from its first call with \`x-spin: 1\` on (yielding, so the runtime still answers its health
+// checks); a call with \`x-hold: ms\` stays in flight that long, so its instance is busy (a quarantine does not replace
+// a busy instance).
 const HOG = `export default async (event) => {
-  if (!globalThis.spinning) {
+  if (!globalThis.spinning && event.headers['x-spin'] === '1') {
     globalThis.spinning = true
     const spin = () => { const end = Date.now() + 50; while (Date.now() < end) {} setImmediate(spin) }
     spin()
@@ -102,9 +103,7 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
     KINDLING_LOADGUARD_QUARANTINE_SAMPLES: 4, KINDLING_LOADGUARD_KILL_SAMPLES: 4, KINDLING_LOADGUARD_COOLDOWN_MS: 600_000,
   })
   t.equal((await p.deploy('hog', { runtime: 'node', code: HOG, mode: 'persistent', cpu: 0.5, maxInstances: 1, timeoutMs: 120_000 })).status, 201)
-  t.equal((await p.invoke('hog')).status, 200, 'the hog answers, then spins')
-  // A call held in flight while the guard steps: the instance serves it throughout, so only the kill ends it.
-  const held = p.invoke('hog', { headers: { 'x-hold': '90000' } })
+  t.equal((await p.invoke('hog')).status, 200, 'the hog answers (calm so far)')
   const [pod] = await waitFor(async () => { const x = await podsOf(sim, 'hog'); return x.length === 1 && x }, 'the hog\'s one pod')
   if (pod === undefined) throw new Error('no pod')
   t.match(pod.spec.nodeName, /^kindling-runtime-\d$/, 'it runs on a runtime node')
@@ -115,6 +114,8 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
   const quotaFile = join(groupDir, v2 ? 'cpu.max' : 'cpu.cfs_quota_us')
   const quota = async (): Promise<string> => (await readFile(quotaFile, 'utf8')).trim().split(' ')[0] as string
   t.equal(await quota(), '50000', 'the container starts with its 0.5-core quota')
+  // Now it spins, and a call is held in flight while the guard steps: the instance serves it throughout, so only the kill ends it.
+  const held = p.invoke('hog', { headers: { 'x-spin': '1', 'x-hold': '90000' } })
 
   const events = async (type: string): Promise<Array<Record<string, any>>> =>
     ((await p.api('GET', '/v1/events?limit=500')).json['events'] as Array<Record<string, any>>).filter((e) => e['type'] === type && e['function'] === 'hog')
@@ -138,6 +139,7 @@ t.test('a CPU hog is throttled by the node agent (its cfs quota file shows it), 
   await waitFor(async () => {
     const res = await p.invoke('hog')
     const pods = await podsOf(sim, 'hog')
+    // (the replacement is calm: it was not asked to spin)
     return res.status === 200 && pods.length > 0 && pods.every((x) => x.spec.nodeName === 'kindling-quarantine-0')
   }, 'the hog\'s pods on the quarantine node', 60_000, 200)
   const wide = await kubectl(sim, ['get', 'pods', '-n', 'kindling', '-o', 'wide', '-l', 'kindling.io/function=hog', '--no-headers'])
