@@ -26,7 +26,7 @@ export interface CgroupReader {
    */
   demand(ref: CgroupRef): Map<number, number>
   /**
-   * Called once per pass, before the reads, with the refs of every instance the pass may read: a reader whose reads
+   * Called once per pass, before the reads, with the refs of every instance the pass reads: a reader whose reads
    * are remote (the kubernetes node agents, backends/kubernetes/agents.ts) fetches them all in one batch here.
    */
   prefetch?(refs: readonly CgroupRef[]): Promise<void>
