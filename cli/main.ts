@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander'
 import { Agent } from 'undici'
+import { registerAgentCommand } from './agent.js'
 import { registerApplyCommands } from './apply.js'
 import { registerAsyncCommands } from './async.js'
 import type { Action, Runner } from './args.js'
@@ -79,6 +80,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   registerAsyncCommands(program, run)
   registerWorkflowCommands(program, run)
   registerKubeSimCommand(program, run)
+  registerAgentCommand(program, run)
 
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -111,6 +111,18 @@ export const ConfigSchema = Type.Object({
   KINDLING_LEADER_LEASE: Type.Optional(Type.String({ pattern: '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$' })),
   /** Lease duration of the leader election: a leader that has not renewed this long is replaced. @default 15000 */
   KINDLING_LEADER_LEASE_MS: Type.Integer({ minimum: 2000, maximum: 600_000, default: 15_000 }),
+  /** Port of `kindling agent` (the node agent), on KINDLING_HOST; also the port the controller reaches agents on. @default 8082 */
+  KINDLING_AGENT_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8082 }),
+  /** Bearer token between the controller and the node agents (everything but GET /healthz); unset: none. */
+  KINDLING_AGENT_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  /** Label selector of the agent pods in KINDLING_KUBE_NAMESPACE (backend kubernetes): set, the load guard samples and throttles pods through them. */
+  KINDLING_AGENT_SELECTOR: Type.Optional(Type.String({ minLength: 1 })),
+  /** The node an agent runs on (the chart: spec.nodeName); reported by its /healthz and samples. */
+  KINDLING_NODE_NAME: Type.Optional(Type.String({ minLength: 1 })),
+  /** The agent pod's address (the chart: status.podIP); reported by its /healthz. */
+  KINDLING_POD_IP: Type.Optional(Type.String({ minLength: 1 })),
+  /** Where the agent finds the node's cgroup filesystems (tests: a fabricated tree). @default /sys/fs/cgroup */
+  KINDLING_AGENT_CGROUP_ROOT: Type.String({ minLength: 1, default: '/sys/fs/cgroup' }),
   /** Grow generic pools when they see cold starts, shrink them when calm (OpenWhisk's reactive rule). @default true */
   KINDLING_POOL_ADAPTIVE: Type.Boolean({ default: true }),
   /** Upper bound of an adaptive generic pool. @default 8 */

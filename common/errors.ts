@@ -59,6 +59,8 @@ export const ERROR_CODES = Object.freeze({
   KDL_ERR_WF_EXPRESSION_FAILED: { status: 422, description: 'A JSONata expression failed while a run evaluated it (a type error, `$error()`); a run error, which `catch` can route.' },
   KDL_ERR_WF_NO_CHOICE: { status: 422, description: 'No rule of a `choice` state matched and it has no `default` (a run error).' },
   KDL_ERR_WF_STEP_LIMIT: { status: 422, description: 'A run took more steps than KINDLING_WORKFLOW_MAX_STEPS (a loop that does not end).' },
+  KDL_ERR_AGENT_POD_NOT_FOUND: { status: 404, description: "A node agent finds no cgroup of that pod UID (or no container group of that container id) on its node: the pod is gone, not started yet, or on another node." },
+  KDL_ERR_AGENT_UNAVAILABLE: { status: 503, description: "A node agent does not answer (no Ready agent pod on the instance's node, a refused or timed-out request, a bad answer): the load guard skips that sample, a throttle is not applied." },
   KDL_ERR_SANDBOX_UNAVAILABLE: { status: 503, description: 'The host lacks a tool the sandbox needs (slirp4netns for network: egress on the process backend); scripts/ensure-sandbox.sh installs it.' },
 } as const satisfies Record<string, ErrorCodeInfo>)
 

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { KubeConfig, VersionApi } from '@kubernetes/client-node'
+import { CoreV1Api, KubeConfig, VersionApi } from '@kubernetes/client-node'
+import { AgentClient } from '../backends/kubernetes/agents.js'
 import type { Logger } from 'pino'
 import { CodeServer } from '../backends/kubernetes/code-server.js'
 import { KubernetesBackend } from '../backends/kubernetes/kubernetes.js'
@@ -12,6 +13,8 @@ export interface KubernetesPart {
   backend: KubernetesBackend
   /** Closed after the backend (the pool manager closes that): grants die with the platform. */
   codeServer: CodeServer
+  /** The node agents (KINDLING_AGENT_SELECTOR set): the load guard's reader on this backend. Closed with the backend. */
+  agents: AgentClient | undefined
 }
 
 /** `key=value` of a node role (KINDLING_KUBE_RUNTIME_NODES, KINDLING_KUBE_QUARANTINE_NODES). */
@@ -60,6 +63,13 @@ export async function createKubernetesBackend(config: Config, platformId: string
   const host = config.KINDLING_KUBE_CODE_LISTEN.slice(0, colon)
   const port = Number(config.KINDLING_KUBE_CODE_LISTEN.slice(colon + 1))
   const codeUrl = await codeServer.start({ host, port, ...(config.KINDLING_KUBE_CODE_HOST === undefined ? {} : { advertiseHost: config.KINDLING_KUBE_CODE_HOST }) })
+  // Issue 13: the node agents sample and throttle the pods' cgroups for the load guard (the chart sets the selector).
+  const agents = config.KINDLING_AGENT_SELECTOR === undefined ? undefined : new AgentClient({
+    kubeConfig, core: kubeConfig.makeApiClient(CoreV1Api), namespace: config.KINDLING_KUBE_NAMESPACE, selector: config.KINDLING_AGENT_SELECTOR,
+    port: config.KINDLING_AGENT_PORT, token: config.KINDLING_AGENT_TOKEN, log: log.child({ component: 'agents' }),
+  })
+  // The first list of the agent pods; one that fails is retried at the first sample (the guard skips until then).
+  await agents?.start().catch((err: unknown) => log.warn({ err }, 'cannot list the node agent pods yet'))
   const backend = new KubernetesBackend({
     platformId,
     kubeConfig,
@@ -72,7 +82,8 @@ export async function createKubernetesBackend(config: Config, platformId: string
     codeOrigin: codeUrl,
     startTimeoutMs: config.KINDLING_START_TIMEOUT_MS,
     log: log.child({ component: 'backend', backend: 'kubernetes' }),
+    agents,
   })
-  log.info({ cluster: server, version: gitVersion, namespace: config.KINDLING_KUBE_NAMESPACE, codeUrl }, 'kubernetes backend')
-  return { backend, codeServer }
+  log.info({ cluster: server, version: gitVersion, namespace: config.KINDLING_KUBE_NAMESPACE, codeUrl, agents: config.KINDLING_AGENT_SELECTOR ?? null }, 'kubernetes backend')
+  return { backend, codeServer, agents }
 }

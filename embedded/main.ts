@@ -212,9 +212,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<Embedded> {
   await executor.restore()
 
   // ── Load guard (issue 5): samples instance cgroups; started after the executor, stopped first in close(). ──
-  const guardCgroups = config.KINDLING_LOADGUARD_ENABLED ? await detectCgroups() : undefined
-  const loadGuard = guardCgroups === undefined ? undefined : new LoadGuard({
-    pools, backend, reader: createCgroupReader(guardCgroups), events, registry, log: log.child({ component: 'loadguard' }), policy: policyFromConfig(config),
+  // On kubernetes with node agents (issue 13) the guard reads pods through the agent of their node, not local cgroups.
+  const agentReader = config.KINDLING_LOADGUARD_ENABLED ? kube?.agents?.reader() : undefined
+  const guardCgroups = config.KINDLING_LOADGUARD_ENABLED && agentReader === undefined ? await detectCgroups() : undefined
+  const guardReader = agentReader ?? (guardCgroups === undefined ? undefined : createCgroupReader(guardCgroups))
+  const loadGuard = guardReader === undefined ? undefined : new LoadGuard({
+    pools, backend, reader: guardReader, events, registry, log: log.child({ component: 'loadguard' }), policy: policyFromConfig(config),
   })
   // Docker puts quarantined containers under the cgroupfs parent /kindling-quarantine (the process backend's
   // quarantine root, same directory): it gets the same small CPU share the process backend gives it.

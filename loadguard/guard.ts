@@ -181,6 +181,8 @@ export class LoadGuard {
     const t0 = performance.now()
     let sampled = 0
     const seen = new Set<string>()
+    // Which instances this pass reads, then (a remote reader) all of them fetched at once, then each judged.
+    const due: Watch[] = []
     for (const inst of this.#o.pools.instances()) {
       const ref = inst.handle.cgroup
       // Generic instances run no user code; only instances serving a function are judged.
@@ -197,9 +199,16 @@ export class LoadGuard {
         if (++w.idlePasses < this.policy.idleEvery) continue
         w.idlePasses = 0
       }
-      if (await this.#sample(w)) sampled++
+      due.push(w)
+    }
+    const reader = this.#o.reader
+    // A remote reader (the kubernetes node agents) reads the pass in one batch; one that fails here fails each read of
+    // this pass: those samples are skipped, the pass goes on.
+    if (reader.prefetch !== undefined && due.length > 0) await reader.prefetch(due.map((w) => w.ref)).catch((err: unknown) => this.#o.log.warn({ err }, 'load guard prefetch failed'))
+    for (let i = 0; i < due.length; i++) {
+      if (await this.#sample(due[i] as Watch)) sampled++
       // The reads are synchronous (~0.1 ms an instance): let calls through between batches of a large pass.
-      if (seen.size % YIELD_EVERY === 0) await yieldToLoop()
+      if ((i + 1) % YIELD_EVERY === 0) await yieldToLoop()
     }
     for (const [id, w] of this.#watches) {
       if (seen.has(id)) continue

@@ -25,6 +25,11 @@ export interface CgroupReader {
    * CFS quota (a throttled task keeps accruing wait time).
    */
   demand(ref: CgroupRef): Map<number, number>
+  /**
+   * Called once per pass, before the reads, with the refs of every instance the pass reads: a reader whose reads
+   * are remote (the kubernetes node agents, backends/kubernetes/agents.ts) fetches them all in one batch here.
+   */
+  prefetch?(refs: readonly CgroupRef[]): Promise<void>
 }
 
 /** Processes whose schedstat a sample reads; a fork bomb's first few already show its demand. */

@@ -4,6 +4,7 @@ import { KILLED_DETAILS, type ContainerBackend, type ExitReason, type GenericPoo
 import { KdlError } from '../../common/errors.js'
 import type { InstanceAddress } from '../../common/types.js'
 import { dispatcherFor, fetchCode, health, type HealthAnswer } from '../../protocol/runtime-client.js'
+import { agentRef, agentTarget, type AgentClient } from './agents.js'
 import { LABEL, POOL_ANNOTATION, apiError, sameQuantity, checkId, describePod, isReady, noop, podEnd, silent, statusOf, type KubeLog, type PodEnd } from './kube-common.js'
 import { RUNTIME_PORT, barePod, claimLabels, poolDeployment, resourcesOf, type NodeRole } from './pod-spec.js'
 import { PodWatch, withTimeout, type PodEventType } from './pod-watch.js'
@@ -50,6 +51,11 @@ export interface KubernetesBackendOptions {
   tmpMb?: number | undefined
   codeMb?: number | undefined
   log?: KubeLog | undefined
+  /**
+   * The node agents (issue 13, KINDLING_AGENT_SELECTOR): set, each instance's handle carries a ref the load guard reads
+   * through the agent of the pod's node, and setCpu() lowers the pod's CFS quota there. Closed with the backend.
+   */
+  agents?: AgentClient | undefined
 }
 
 /** A pod this backend holds for an instance: claimed from a pool, or created bare. */
@@ -229,7 +235,8 @@ export class KubernetesBackend implements ContainerBackend {
       held.startFailed.signal.throwIfAborted()
       held.started = true
       this.#log.debug({ instance: req.id, pool: req.pool, backend: this.name, pod: held.podName, node: pod.spec?.nodeName, pooled, ms: Math.round(performance.now() - t0) }, 'instance started')
-      return { id: req.id, runtime: req.runtime, pool: req.pool, address, startedAt: Date.now(), pooled }
+      const cgroup = this.#cgroupOf(held.podName === undefined ? pod : this.#watch.pods.get(held.podName) ?? pod)
+      return { id: req.id, runtime: req.runtime, pool: req.pool, address, startedAt: Date.now(), pooled, ...(cgroup === undefined ? {} : { cgroup }) }
     } catch (err) {
       await this.stop(req.id).catch((e: unknown) => this.#log.warn({ instance: req.id, err: e }, 'cannot remove a failed instance'))
       if (err instanceof KdlError) throw err
@@ -250,7 +257,7 @@ export class KubernetesBackend implements ContainerBackend {
     const known = this.#held.get(id)
     if (known !== undefined) {
       return known.started && !known.stopping && !known.ended && known.address !== undefined
-        ? { id, runtime: known.runtime, pool: known.pool, address: known.address, startedAt: Date.now(), pooled: true }
+        ? { id, runtime: known.runtime, pool: known.pool, address: known.address, startedAt: Date.now(), pooled: true, ...this.#cgroupField(known.podName) }
         : undefined
     }
     for (const [name, pod] of this.#watch.pods) {
@@ -270,9 +277,35 @@ export class KubernetesBackend implements ContainerBackend {
       this.#reasons.delete(id)
       this.#log.info({ instance: id, pod: name, node: pod.spec?.nodeName }, 'instance adopted from an earlier controller')
       const created = Date.parse(pod.metadata?.creationTimestamp === undefined ? '' : String(pod.metadata.creationTimestamp))
-      return { id, runtime: held.runtime, pool: held.pool, address, startedAt: Number.isFinite(created) ? created : Date.now(), pooled: true }
+      return { id, runtime: held.runtime, pool: held.pool, address, startedAt: Number.isFinite(created) ? created : Date.now(), pooled: true, ...this.#cgroupField(name) }
     }
     return undefined
+  }
+
+  /** The ref the load guard reads a pod through its node's agent with (only with agents). */
+  #cgroupOf(pod: V1Pod | undefined): InstanceHandle['cgroup'] {
+    return this.#o.agents === undefined || pod === undefined ? undefined : agentRef(pod)
+  }
+
+  #cgroupField(podName: string | undefined): { cgroup?: NonNullable<InstanceHandle['cgroup']> } {
+    const cgroup = this.#cgroupOf(podName === undefined ? undefined : this.#watch.pods.get(podName))
+    return cgroup === undefined ? {} : { cgroup }
+  }
+
+  /**
+   * The load guard's throttle (issue 13): the CFS quota of the instance pod's container, set by the node agent of its
+   * node (`PUT /v1/pods/:uid/cpu`); `0` removes it. KDL_ERR_AGENT_UNAVAILABLE when that agent does not answer.
+   */
+  async setCpu(id: string, cores: number): Promise<void> {
+    const agents = this.#o.agents
+    if (agents === undefined) throw new KdlError('KDL_ERR_BACKEND', 'no node agents (KINDLING_AGENT_SELECTOR is unset): a pod\'s CPU quota cannot be changed')
+    const held = this.#held.get(id)
+    const pod = held?.podName === undefined ? undefined : this.#watch.pods.get(held.podName)
+    const ref = pod === undefined ? undefined : agentRef(pod)
+    if (ref === undefined) throw new KdlError('KDL_ERR_BACKEND', `instance ${id} has no running pod of this backend`)
+    const t = agentTarget(ref)
+    await agents.setCpu(t.node, t.uid, cores, t.containerId)
+    this.#log.info({ instance: id, pod: held?.podName, node: t.node, cores }, 'pod CPU quota set by its node agent')
   }
 
   /** A request the runtime's pool pods serve: same limits and image, no network, not quarantined. */
@@ -598,6 +631,7 @@ export class KubernetesBackend implements ContainerBackend {
     this.#deleting.clear()
     const results = await Promise.allSettled([...[...this.#held.keys()].filter((id) => keep?.has(id) !== true).map((id) => this.stop(id)), ...retried.map((name) => this.#deletePod(name))])
     this.#watch.close()
+    await this.#o.agents?.close()
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed !== undefined) throw failed.reason instanceof KdlError ? failed.reason : new KdlError('KDL_ERR_BACKEND', 'cannot stop every instance', { cause: failed.reason })
   }

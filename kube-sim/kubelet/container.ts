@@ -1,6 +1,6 @@
 /**
  * One container of a pod on the stand-in's kubelet (issue 10): its image mapped to a local command, run as a
- * process in its own cgroup (`<pod cgroup>/<container>`, the container's cpu and memory limits, memory+swap pinned
+ * process in its own cgroup (`<pod cgroup>/<container id>`, 64 hex digits, new at each start, status `containerd://<id>`; the container's cpu and memory limits, memory+swap pinned
  * so a process over the limit is OOM-killed by the kernel), as the pod's runAsUser/runAsGroup when the kubelet
  * is root, in its own process group. Exits follow the restart policy with the kubelet's back-off (immediately,
  * then base, 2×base… capped at 10×base; CrashLoopBackOff while waiting); an unknown image waits in
@@ -16,6 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, statSync } from 'node:fs'
 import { chown, mkdir } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { constants } from 'node:os'
 import type { Logger } from 'pino'
 import { wrapCommand, type CgroupDriver, type CgroupRef } from '../../cgroups/index.js'
@@ -153,6 +154,11 @@ export class ContainerRunner {
 
   logs(previous = false): LogRing | undefined {
     return previous ? this.#previousLogs : this.#logs
+  }
+
+  /** The status's `containerID` of the current (or last) run. */
+  get containerID(): string | undefined {
+    return this.#containerID
   }
 
   /** The pid of the running main process (tests, `stop()`'s bookkeeping). */
@@ -362,9 +368,11 @@ export class ContainerRunner {
     const cwd = spec.workingDir !== undefined ? fix(String(spec.workingDir)) : image.workingDir ?? this.#ctx.dir
     await mkdir(cwd, { recursive: true })
     const cg = this.#ctx.cgroups
+    // A container id as containerd's: 64 hex digits, a new one at each start; the container's cgroup is named by it.
+    const id = randomBytes(32).toString('hex')
     if (cg !== undefined) {
       const limits = spec.resources?.limits ?? {}
-      this.#cgroup = await cg.create(this.#ctx.cgroupParent, this.name, {
+      this.#cgroup = await cg.create(this.#ctx.cgroupParent, id, {
         cpu: limits.cpu === undefined ? 0 : cpuMilli(limits.cpu) / 1000,
         memoryBytes: limits.memory === undefined ? 0 : bytesOf(limits.memory),
         pidsLimit: this.#ctx.pidsLimit,
@@ -389,7 +397,7 @@ export class ContainerRunner {
     if (this.#stopping) void this.#terminate(0)
     child.stdout?.on('data', (d: Buffer) => this.#logs.write(d))
     child.stderr?.on('data', (d: Buffer) => this.#logs.write(d))
-    this.#containerID = `kindling-sim://${String(child.pid)}`
+    this.#containerID = `containerd://${id}`
     this.#started = false
     this.#ready = false
     this.#ctx.event('Normal', 'Started', `Started container ${this.name}`)

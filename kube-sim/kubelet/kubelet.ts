@@ -2,7 +2,7 @@
  * The stand-in's kubelet, one per node (issue 10): registers its Node (labels, taints, capacity and allocatable
  * from `cpu`/`memoryMi`, the Ready condition, InternalIP 127.(100+index).0.1, node info), renews its Lease in
  * `kube-node-lease` every 10 s (the heartbeat; the Node itself is written only when something changes), watches
- * the pods bound to it and runs each in a PodWorker with its own loopback address 127.(100+index).x.y — Linux
+ * the pods bound to it and runs each in a PodWorker (its cgroup `<cluster>/<node>/kubepods/[<qos>/]pod<uid>`) with its own loopback address 127.(100+index).x.y — Linux
  * answers on all of 127/8 through `lo`, so pods can all listen on 8888. `vanish()` is a machine that disappears:
  * every container SIGKILLed at once, nothing more written.
  */
@@ -18,6 +18,7 @@ import type { Taint } from '../scheduling/node-fit.js'
 import type { ImageMap } from './images.js'
 import type { LogRing } from './log-ring.js'
 import { PodWorker } from './pod-worker.js'
+import { qosOf } from './pod-status.js'
 
 export interface KubeletOptions {
   store: ObjectStore
@@ -112,6 +113,15 @@ export class Kubelet {
     return undefined
   }
 
+  /** The main-process pid of a running container by its status's `containerID` (`containerd://<id>`; tests). */
+  containerPid(containerID: string): number | undefined {
+    for (const w of this.#workers.values()) {
+      const pid = w.containerPid(containerID)
+      if (pid !== undefined) return pid
+    }
+    return undefined
+  }
+
   /** Main-process pids of the node's running containers. */
   pids(): number[] {
     return [...this.#workers.values()].flatMap((w) => w.pids())
@@ -174,7 +184,7 @@ export class Kubelet {
       // A hostNetwork pod shares the node's address, as on a real node.
       allocateIP: (ports) => (pod.spec?.hostNetwork === true ? Promise.resolve(this.hostIP) : this.#allocateIP(ports)),
       podDir: join(this.#root(), 'pods', uid), images: o.images, cgroups: o.cgroups,
-      cgroupParent: `${o.cgroupParent}/${this.nodeName}/${uid}`, backoffBaseMs: o.backoffBaseMs ?? 1000, pidsLimit: o.podPidsLimit ?? 0,
+      cgroupParent: `${o.cgroupParent}/${this.nodeName}/${podCgroup(pod)}`, backoffBaseMs: o.backoffBaseMs ?? 1000, pidsLimit: o.podPidsLimit ?? 0,
       baseEnv: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', ...(o.baseEnv?.() ?? {}) },
       services: () => o.store.list(o.kinds.service).items,
       kubeconfig: o.kubeconfig,
@@ -274,6 +284,17 @@ export class Kubelet {
       if (!isApiError(err, 409) && !isApiError(err, 404)) this.#opts.log?.warn({ err }, 'node lease renewal failed')
     }
   }
+}
+
+/**
+ * A pod's cgroup below the node's, as the kubelet's cgroupfs driver names it: `kubepods/pod<uid>` for a Guaranteed
+ * pod, `kubepods/burstable/pod<uid>` and `kubepods/besteffort/pod<uid>` for the others (its QoS class); each
+ * container's group under it is named by its container id. A node agent finds pods there as on a real node.
+ */
+export function podCgroup(pod: KubeObject): string {
+  const uid = String(pod.metadata.uid)
+  const qos = String(pod.status?.qosClass ?? qosOf(pod))
+  return qos === 'Guaranteed' ? `kubepods/pod${uid}` : `kubepods/${qos === 'BestEffort' ? 'besteffort' : 'burstable'}/pod${uid}`
 }
 
 function isFinished(pod: KubeObject): boolean {

@@ -94,7 +94,7 @@ function rank(order: string[], type: string): number {
 }
 
 /** Guaranteed (every container limits = requests for cpu and memory), BestEffort (none), else Burstable. */
-function qosOf(pod: KubeObject): string {
+export function qosOf(pod: KubeObject): string {
   const cs: Any[] = pod.spec?.containers ?? []
   let any = false
   let guaranteed = cs.length > 0

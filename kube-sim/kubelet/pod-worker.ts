@@ -31,7 +31,7 @@ export interface PodWorkerContext {
   podDir: string
   images: ImageMap
   cgroups: CgroupDriver | undefined
-  /** The pod's cgroup parent (relative): `kube-sim/<cluster>/<node>/<pod uid>`. */
+  /** The pod's cgroup (relative): `kube-sim/<cluster>/<node>/kubepods/[burstable|besteffort/]pod<uid>`. */
   cgroupParent: string
   backoffBaseMs: number
   pidsLimit: number
@@ -96,6 +96,11 @@ export class PodWorker {
 
   containerNames(): string[] {
     return [...this.#containers, ...this.#inits].map((c) => c.name)
+  }
+
+  /** The pid of the running main process of the container with that status `containerID`. */
+  containerPid(containerID: string): number | undefined {
+    return [...this.#inits, ...this.#containers].find((c) => c.containerID === containerID)?.pid
   }
 
   /** Pids of the running main processes. */

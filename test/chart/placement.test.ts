@@ -123,18 +123,13 @@ t.test('a management taint is tolerated by the control plane only; a router node
   t.same(placed(moved.get('controller')!.spec.template.spec, nodesOf(await valuesOf())), ['management'], 'the controller stays')
 })
 
-// Added by issue 13's node agent (branch i13-agent, not merged yet): KINDLING_* keys the chart sets for the agents that
-// common/config.ts does not read yet. Once a key is in ConfigSchema it is checked like any other; when all are, delete this list.
-const ADDED_BY_ISSUE_13 = ['KINDLING_AGENT_PORT', 'KINDLING_AGENT_SELECTOR', 'KINDLING_AGENT_TOKEN', 'KINDLING_NODE_NAME', 'KINDLING_POD_IP']
-
 t.test('every ConfigMap and Secret key (and env var) is a variable of common/config.ts, and their values load', async (t) => {
   const known = new Set(Object.keys(ConfigSchema.properties))
-  const pending = ADDED_BY_ISSUE_13.filter((k) => !known.has(k))
   for (const [what, opts] of [['the defaults', {}], ['values-custom.yaml', { files: [CUSTOM] }]] as const) {
     const objs = await render(opts)
     const cfg = config(objs)
     const envNames = [...workloads(objs).values()].flatMap((w) => (w.spec.template.spec.containers as Array<{ env?: Array<{ name: string }> }>).flatMap((c) => (c.env ?? []).map((e) => e.name)))
-    const unknown = [...Object.keys(cfg), ...envNames].filter((k) => !known.has(k) && !pending.includes(k))
+    const unknown = [...Object.keys(cfg), ...envNames].filter((k) => !known.has(k))
     t.same(unknown, [], `${what}: no key common/config.ts does not know`)
     t.ok(Object.keys(cfg).length >= 20, `${what}: ${Object.keys(cfg).length} keys read`)
     // The values pass the same schema `kindling up` checks its environment with.

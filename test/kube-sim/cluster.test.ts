@@ -101,7 +101,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
 
   // A claim relabels a pool pod: the ReplicaSet orphans it (it keeps running) and starts a replacement.
   const claimed = pods[0] as KubeObject
-  const claimedPid = Number(String(claimed.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  const claimedPid = cluster.kubelet(String(claimed.spec.nodeName))?.containerPid(String(claimed.status.containerStatuses[0].containerID)) as number
   await kubectl('label', 'pod', String(claimed.metadata.name), 'kindling.io/managed=false', 'kindling.io/function=hello', '--overwrite')
   await waitFor(() => {
     const pool = cluster.store.list(kinds.pod, { labelSelector: 'kindling.io/managed=true' }).items
@@ -120,7 +120,7 @@ t.test('the stand-in through kubectl: pool on runtime nodes, node removal, a Dae
   // A node vanishes: its containers die at once, the pod GC deletes its pods, the pool refills on the other runtime node.
   const victims = pods.filter((p) => p.spec.nodeName === 'kindling-runtime-0')
   t.ok(victims.length > 0, 'some pods were on runtime-0')
-  const victimPids = victims.map((p) => Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length)))
+  const victimPids = victims.map((p) => cluster.kubelet('kindling-runtime-0')?.containerPid(String(p.status.containerStatuses[0].containerID)) as number)
   await cluster.removeNode('kindling-runtime-0')
   for (const pid of victimPids) t.notOk(alive(pid), `container ${pid} of the removed node is dead`)
   await waitFor(() => {

@@ -128,12 +128,12 @@ t.test('runs the runtime image as nobody on its own loopback IP; readiness (GET 
   t.same(p.status.podIPs, [{ ip: p.status.podIP }])
   const cs = p.status.containerStatuses[0]
   t.match(cs, { name: 'runtime', ready: true, started: true, restartCount: 0, state: { running: {} } })
-  t.match(cs.containerID, /^kindling-sim:\/\/\d+$/)
+  t.match(cs.containerID, /^containerd:\/\/[0-9a-f]{64}$/, 'a container id as containerd\'s')
   t.match(p.status.conditions.map((c: { type: string }) => c.type), ['PodReadyToStartContainers', 'Initialized', 'Ready', 'ContainersReady'])
   const health = await httpGet(`http://${String(p.status.podIP)}:8888/_/health`)
   t.equal(health.status, 200)
   t.equal(JSON.parse(health.body).state, 'generic')
-  const pid = Number(String(cs.containerID).slice('kindling-sim://'.length))
+  const pid = s.kubelet.containerPid(String(cs.containerID)) as number
   const st = await stat(`/proc/${pid}`)
   t.equal(st.uid, 65534, 'the runtime image runs as nobody (its USER)')
 })
@@ -239,7 +239,7 @@ t.test('deletion sends SIGTERM, waits the grace period, then SIGKILLs and remove
     containers: [{ name: 'c', image: 'test/term', env: [{ name: 'MARK', value: `${mark}-polite` }] }],
   }))
   await waitFor(() => ['stubborn', 'polite'].every((n) => s.kubelet.logs('default', n, 'c')?.read() === 'up\n'), 'both up')
-  const pidOf = (n: string): number => Number(String(get(s, n)?.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  const pidOf = (n: string): number => s.kubelet.containerPid(String(get(s, n)?.status.containerStatuses[0].containerID)) as number
   const stubbornPid = pidOf('stubborn')
   const politePid = pidOf('polite')
   const t0 = Date.now()
@@ -325,10 +325,12 @@ t.test('each container runs in its own cgroup under the pod\'s, with its cpu and
     containers: [{ name: 'c', image: 'test/env', resources: { requests: { cpu: '100m' }, limits: { cpu: '500m', memory: '128Mi' } } }],
   }))
   const p = await waitFor(() => { const x = get(s, 'limited'); return x?.status?.containerStatuses?.[0]?.state?.running && x }, 'running')
-  const pid = Number(String(p.status.containerStatuses[0].containerID).slice('kindling-sim://'.length))
+  const cid = String(p.status.containerStatuses[0].containerID)
+  const pid = s.kubelet.containerPid(cid) as number
   // Output means the command runs: the wrapper joined the group before it exec'd the command.
   await waitFor(() => s.kubelet.logs('default', 'limited', 'c')?.read(), 'the command\'s output')
-  const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${String(p.metadata.uid)}`, 'c')
+  // As a real kubelet's cgroupfs driver lays it out: kubepods/<qos>/pod<uid>/<container id>.
+  const ref = cg.refFor(`${s.parent}/kindling-runtime-0/kubepods/burstable/pod${String(p.metadata.uid)}`, cid.slice('containerd://'.length))
   t.ok((await cg.pids(ref)).includes(pid), 'the container\'s process is in its group')
   if (cg.version === 1) {
     t.equal((await readFile(join(ref.paths.memory as string, 'memory.limit_in_bytes'), 'utf8')).trim(), String(128 * 2 ** 20))
@@ -343,6 +345,24 @@ t.test('each container runs in its own cgroup under the pod\'s, with its cpu and
   await waitFor(() => get(s, 'limited') === undefined, 'removed')
   t.same(await cg.pids(ref), [], 'the group is gone with the pod')
   await t.rejects(stat(Object.values(ref.paths)[0] as string), 'its directory removed')
+})
+
+t.test('pod cgroups by QoS class: Guaranteed directly under kubepods, BestEffort under kubepods/besteffort', async (t) => {
+  const s = await setup(t)
+  const cg = s.cgroups
+  if (cg === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
+  s.store.create(s.kinds.pod, pod('gold', 'kindling-runtime-0', {
+    containers: [{ name: 'c', image: 'test/env', resources: { limits: { cpu: '250m', memory: '64Mi' } } }],
+  }))
+  s.store.create(s.kinds.pod, pod('free', 'kindling-runtime-0', { containers: [{ name: 'c', image: 'test/env' }] }))
+  for (const [name, qos, dir] of [['gold', 'Guaranteed', 'kubepods'], ['free', 'BestEffort', 'kubepods/besteffort']] as const) {
+    const p = await waitFor(() => { const x = get(s, name); return x?.status?.containerStatuses?.[0]?.state?.running && x }, `${name} running`)
+    t.equal(p.status.qosClass, qos)
+    const cid = String(p.status.containerStatuses[0].containerID).slice('containerd://'.length)
+    const ref = cg.refFor(`${s.parent}/kindling-runtime-0/${dir}/pod${String(p.metadata.uid)}`, cid)
+    await waitFor(async () => (await cg.pids(ref)).length > 0 || undefined, `${name}'s process in ${dir}/pod<uid>/<container id>`)
+    t.pass(`${name}: ${dir}/pod<uid>/<container id>`)
+  }
 })
 
 t.test('an address whose declared port a process outside the stand-in already holds is skipped', async (t) => {

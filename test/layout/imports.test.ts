@@ -28,8 +28,9 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   // Issue 10: the cluster stand-in (API server, controllers, scheduler, kubelets) is a program of its own beside the
   // platform: it sees the platform's leaf and its cgroup drivers only (the kubelet's containers run in cgroups).
   'kube-sim': ['common', 'cgroups'],
+  agent: ['common', 'cgroups', 'loadguard'],
   api: ['common', 'codestore', 'builder', 'executor', 'poolmgr', 'releases', 'async', 'triggers', 'workflows'],
-  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api', 'cluster', 'async', 'triggers', 'workflows', 'kube-sim'],
+  embedded: ['common', 'protocol', 'cgroups', 'codestore', 'builder', 'store', 'backends', 'poolmgr', 'loadguard', 'executor', 'releases', 'router', 'api', 'cluster', 'async', 'triggers', 'workflows', 'kube-sim', 'agent'],
   cli: ['common', 'embedded'],
   runtimes: [],
   // The dashboard (issue 14) runs in the browser and reads the platform over /v1 only.
