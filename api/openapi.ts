@@ -252,7 +252,7 @@ function invocationPaths(): Record<string, unknown> {
       get: {
         tags: ['platform'], summary: 'Readiness: calls can be routed (a cluster router has reached its controller; a standby controller is not ready)', operationId: 'readyz', security: [],
         responses: {
-          '200': { description: 'Ready.', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string', const: 'ready' } } } } } },
+          '200': { description: 'Ready (a cluster router stays ready while its controller is away: its warm calls need none).', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string', const: 'ready' }, controller: { type: 'string', enum: ['connected', 'away'], description: 'A cluster router: whether its controller answers now.' } } } } } },
           '503': { description: 'Not ready, and why.', content: { 'application/json': { schema: { type: 'object', properties: { status: { type: 'string' }, reason: { type: 'string' } } } } } },
         },
       },

@@ -35,6 +35,7 @@ export async function startRouterRole(config: Config, log: Logger, shutdownGrace
     executor, metrics, log, callStats: new CallStats(), samples: new VersionSamples(),
     // Ready once it has reached a controller, and still while it is away: the warm path needs none (issue 13).
     notReady: () => (executor.reachedController ? undefined : `not connected to the controller at ${config.KINDLING_EXECUTOR_URL} yet`),
+    readiness: () => ({ controller: executor.connected ? 'connected' : 'away' }),
   }, { maxBodyBytes: config.KINDLING_MAX_BODY_BYTES, maxApiBodyBytes: config.KINDLING_MAX_DEPLOY_BYTES })
   // Not awaited: the router listens (and answers /healthz) while the controller is still coming up.
   void executor.start(false)

@@ -33,6 +33,8 @@ export interface RouterDeps {
    * reached its controller yet). Absent: always ready.
    */
   notReady?: (() => string | undefined) | undefined
+  /** More of the router's state in the `/readyz` body (a cluster router: whether its controller answers now). */
+  readiness?: (() => Record<string, unknown>) | undefined
 }
 
 export interface RouterConfig {
@@ -158,8 +160,9 @@ export function buildRouter(deps: RouterDeps, cfg: RouterConfig): Router {
   app.get('/healthz', { logLevel: 'warn' }, async () => ({ status: 'ok' }))
   app.get('/readyz', { logLevel: 'warn' }, async (_request, reply) => {
     const why = deps.notReady?.()
-    if (why === undefined) return { status: 'ready' }
-    return reply.code(503).send({ status: 'not ready', reason: why })
+    const more = deps.readiness?.() ?? {}
+    if (why === undefined) return { status: 'ready', ...more }
+    return reply.code(503).send({ status: 'not ready', reason: why, ...more })
   })
 
   app.addHook('onClose', async () => table.close())

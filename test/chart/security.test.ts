@@ -37,6 +37,8 @@ t.test('RBAC: the Roles grant exactly the contract\'s verbs, bound to their own 
   const w = workloads(objs)
   for (const c of ['controller', 'router', 'agent', 'redis']) {
     t.equal(w.get(c)!.spec.template.spec.serviceAccountName, `kindling-${c}`, `${c} runs as its own ServiceAccount`)
+    // The service-link variables of Services named kindling-* would be KINDLING_* names in every pod.
+    t.equal(w.get(c)!.spec.template.spec.enableServiceLinks, false, `${c} gets no service-link variables`)
   }
   for (const c of ['router', 'redis']) {
     t.equal(one(objs, 'ServiceAccount', `kindling-${c}`).automountServiceAccountToken, false, `${c}'s ServiceAccount mounts no token`)

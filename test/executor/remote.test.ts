@@ -94,7 +94,8 @@ t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABL
   t.equal((await get(`${router.url}/fn/keep`)).text, 'kept')
   running.splice(running.indexOf(first), 1)
   await first.close()
-  await waitFor(async () => (await get(`${router.url}/readyz`)).status === 503, 'the router notices the controller is gone')
+  await waitFor(async () => JSON.parse((await get(`${router.url}/readyz`)).text).controller === 'away', 'the router notices the controller is gone')
+  t.equal((await get(`${router.url}/readyz`)).status, 200, 'the router stays Ready: its warm calls need no controller')
   const cold = await get(`${router.url}/fn/other`)
   t.equal(cold.status, 503)
   t.equal(JSON.parse(cold.text).code, 'KDL_ERR_CONTROLLER_UNAVAILABLE')
@@ -104,7 +105,7 @@ t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABL
   // the hand-over finds them gone, the router drops them, and the next call gets a new instance).
   const second = await startEmbedded({ env: {}, overrides: { ...overrides, KINDLING_EXECUTOR_PORT: port }, log: quiet })
   running.push(second)
-  await waitFor(async () => (await get(`${router.url}/readyz`)).status === 200, 'the router reconnects')
+  await waitFor(async () => JSON.parse((await get(`${router.url}/readyz`)).text).controller === 'connected', 'the router reconnects')
   const again = await get(`${router.url}/fn/keep`)
   t.equal(again.status, 200, again.text)
   t.equal(again.text, 'kept')
