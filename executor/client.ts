@@ -66,8 +66,10 @@ export interface Lease {
  * - `idle`: unused for `idleTimeoutMs`: destroy.
  * - `max-invocations` / `max-age`: a recycle instance reached its limits: destroy.
  * - `exhausted`: a recycle instance can no longer load a fresh copy of its function: destroy.
+ * - `handover` (issue 13, cluster routers): an idle instance another router needs (`instance-reclaim`): kept loaded,
+ *   unleased, for the next acquire of its version — destroyed if none comes within its `idleTimeoutMs`.
  */
-export type ReleaseOutcome = 'ok' | 'ephemeral' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted'
+export type ReleaseOutcome = 'ok' | 'ephemeral' | 'timeout' | 'crashed' | 'retire' | 'idle' | 'max-invocations' | 'max-age' | 'exhausted' | 'handover'
 
 export type ExecutorEvent =
   /**
@@ -81,6 +83,11 @@ export type ExecutorEvent =
    * into the quarantine group — a pod stays on its node): the router takes no new call on it and releases it.
    */
   | { type: 'instance-retire'; name: string; instanceId: string }
+  /**
+   * Issue 13: another router needs an instance of this function and `maxInstances` are all held: the holder gives
+   * this one back (`handover`) if it carries no call and none waits for it; otherwise it keeps it.
+   */
+  | { type: 'instance-reclaim'; name: string; instanceId: string }
 
 export interface ExecutorClient {
   /**

@@ -42,6 +42,8 @@ export class Executor implements ExecutorClient {
   /** Versions read so far, by function (immutable once stored: cached until pruned or deleted). */
   readonly #versions = new Map<string, Map<number, FunctionRecord>>()
   readonly #leased = new Map<string, Instance>()
+  /** Instances a router handed over (`handover`), loaded and unleased, by `fn@version`: the next acquire takes one. */
+  readonly #handedOver = new Map<string, Array<{ inst: Instance; timer: NodeJS.Timeout }>>()
   readonly #listeners = new Set<(e: ExecutorEvent) => void>()
   readonly #reported = new Set<string>()
   /**
@@ -138,6 +140,12 @@ export class Executor implements ExecutorClient {
     let kind: Lease['kind'] = 'prewarmed'
     let startMs = 0
     let loadMs = 0
+    const handed = this.#takeHandedOver(name, version)
+    if (handed !== undefined) {
+      handed.state = 'leased'
+      this.#leased.set(handed.id, handed)
+      return { instanceId: handed.id, address: handed.handle.address, dispatcher: handed.dispatcher, fn: name, version, kind: 'prewarmed', startMs: 0, loadMs: 0, startedAt: handed.startedAt }
+    }
     let inst = pools.takePrewarmed(name, version)
     if (inst === undefined) {
       const got = await pools.takeOrStart(name, record.runtime, pools.resourcesOf(record), true, record.version)
@@ -175,9 +183,41 @@ export class Executor implements ExecutorClient {
       await this.#o.pools.destroy(inst)
       return false
     }
+    if (outcome === 'handover' && record !== undefined && this.#versions.get(lease.fn)?.has(lease.version) === true) {
+      this.#leased.delete(inst.id)
+      const key = `${lease.fn}@${lease.version}`
+      const idleMs = this.#versions.get(lease.fn)?.get(lease.version)?.idleTimeoutMs ?? 60_000
+      const held = { inst, timer: setTimeout(() => {
+        const list = this.#handedOver.get(key)
+        const i = list?.indexOf(held) ?? -1
+        if (i < 0) return
+        list!.splice(i, 1)
+        if (list!.length === 0) this.#handedOver.delete(key)
+        this.#o.metrics.recycles.inc({ reason: 'idle' })
+        void this.#o.pools.destroy(inst).catch((err: unknown) => this.#o.log.warn({ err, instance: inst.id }, 'cannot stop a handed-over instance'))
+      }, idleMs) }
+      held.timer.unref()
+      const list = this.#handedOver.get(key) ?? []
+      list.push(held)
+      this.#handedOver.set(key, list)
+      return false
+    }
     if (outcome !== 'ok') return retire(outcome)
     if (record === undefined || this.#versions.get(lease.fn)?.has(lease.version) !== true) return retire('retire')
     return true
+  }
+
+  /** A live instance of this version a router handed over, if one waits. */
+  #takeHandedOver(fn: string, version: number): Instance | undefined {
+    const key = `${fn}@${version}`
+    const list = this.#handedOver.get(key)
+    while (list !== undefined && list.length > 0) {
+      const { inst, timer } = list.shift()!
+      clearTimeout(timer)
+      if (list.length === 0) this.#handedOver.delete(key)
+      if (inst.state !== 'dead') return inst
+    }
+    return undefined
   }
 
   /**

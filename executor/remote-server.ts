@@ -15,7 +15,7 @@ import type { ExecutorClient, ExecutorEvent, Lease, ReleaseOutcome, ResolvedRout
 /** A lease as it crosses the network: everything but the router side's connection pool. */
 export type WireLease = Omit<Lease, 'dispatcher'>
 
-export const RELEASE_OUTCOMES: readonly ReleaseOutcome[] = ['ok', 'ephemeral', 'timeout', 'crashed', 'retire', 'idle', 'max-invocations', 'max-age', 'exhausted']
+export const RELEASE_OUTCOMES: readonly ReleaseOutcome[] = ['ok', 'ephemeral', 'timeout', 'crashed', 'retire', 'idle', 'max-invocations', 'max-age', 'exhausted', 'handover']
 
 /** What the server needs of the executor: the router's contract, plus taking over leases of an earlier leader. */
 export interface RemoteExecutorTarget extends ExecutorClient {
@@ -44,6 +44,10 @@ export const HEARTBEAT_MS = 5_000
 /** A router whose event stream is gone this long is gone: the instances it held are destroyed. */
 export const ROUTER_GONE_MS = 20_000
 const MAX_BODY = 4 * 1024 * 1024
+/** Longest an acquisition waits for other routers to hand an idle instance over (and at most its queue timeout). */
+const RECLAIM_WAIT_MS = 2_000
+/** How long one holder is given to answer a reclaim before the next one is asked. */
+const RECLAIM_STEP_MS = 250
 
 export interface RemoteExecutorServerOptions {
   executor: RemoteExecutorTarget
@@ -68,6 +72,8 @@ export class RemoteExecutorServer {
   readonly #streams = new Set<ServerResponse>()
   /** Changes per function so far: the `seq` of its function-changed and route lines. */
   readonly #changes = new Map<string, number>()
+  /** Acquisitions waiting for a router to give an instance back (#reclaim). */
+  readonly #onFreed = new Set<() => void>()
   #unsubscribe: (() => void) | undefined
   #heartbeat: NodeJS.Timeout | undefined
 
@@ -120,8 +126,47 @@ export class RemoteExecutorServer {
     return n
   }
 
+  /**
+   * All `max` instances of the version are held by routers: asks the other routers holding them, one instance at a
+   * time, to hand an idle one over (`instance-reclaim`); true once one is given back within `waitMs`. A holder
+   * whose instance carries a call, or has calls waiting, keeps it: the next one is asked.
+   */
+  async #reclaim(fn: string, version: number, asker: string, max: number, waitMs: number): Promise<boolean> {
+    const deadline = performance.now() + waitMs
+    const candidates: string[] = []
+    for (const [id, r] of this.#routers) {
+      if (id === asker) continue
+      for (const l of r.leases.values()) if (l.fn === fn && l.version === version) candidates.push(l.instanceId)
+    }
+    for (const instanceId of candidates) {
+      if (this.#held(fn, version) < max) return true
+      const left = deadline - performance.now()
+      if (left <= 0) break
+      this.#write({ type: 'instance-reclaim', name: fn, instanceId } satisfies ExecutorEvent)
+      if (await this.#freedWithin(Math.min(left, RECLAIM_STEP_MS))) continue
+    }
+    return this.#held(fn, version) < max
+  }
+
+  /** Resolves true when a router gives a lease back within `ms`, false otherwise. */
+  #freedWithin(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const done = (v: boolean): void => { clearTimeout(timer); this.#onFreed.delete(wake); resolve(v) }
+      const wake = (): void => done(true)
+      const timer = setTimeout(() => done(false), ms)
+      this.#onFreed.add(wake)
+    })
+  }
+
+  #freed(): void {
+    for (const wake of [...this.#onFreed]) wake()
+  }
+
   #broadcast(e: ExecutorEvent): void {
-    if (e.type === 'instance-gone') for (const r of this.#routers.values()) r.leases.delete(e.instanceId)
+    if (e.type === 'instance-gone') {
+      for (const r of this.#routers.values()) r.leases.delete(e.instanceId)
+      this.#freed()
+    }
     if (e.type !== 'function-changed') {
       this.#write(e)
       return
@@ -163,9 +208,10 @@ export class RemoteExecutorServer {
           const name = str(body, 'name')
           const version = int(body, 'version')
           // Each router keeps its function under maxInstances; across N routers the controller keeps the sum under it.
-          const max = (await ex.resolve(`${name}@${version}`)).targets[0]?.spec.maxInstances ?? Infinity
-          if (this.#held(name, version) >= max) {
-            throw new KdlError('KDL_ERR_SATURATED', `function "${name}" has ${max} instances (maxInstances) across the routers`, { headers: { 'retry-after': '1' } })
+          const spec = (await ex.resolve(`${name}@${version}`)).targets[0]?.spec
+          const max = spec?.maxInstances ?? Infinity
+          if (this.#held(name, version) >= max && !await this.#reclaim(name, version, routerId, max, Math.min(spec?.queueTimeoutMs ?? 0, RECLAIM_WAIT_MS))) {
+            throw new KdlError('KDL_ERR_SATURATED', `function "${name}" has ${max} instances (maxInstances) across the routers, none of them idle`, { headers: { 'retry-after': '1' } })
           }
           const lease = await ex.acquire(name, version)
           router.leases.set(lease.instanceId, { instanceId: lease.instanceId, fn: lease.fn, version: lease.version })
@@ -178,7 +224,7 @@ export class RemoteExecutorServer {
           const outcome = body['outcome'] as ReleaseOutcome
           if (!RELEASE_OUTCOMES.includes(outcome)) throw new KdlError('KDL_ERR_BAD_REQUEST', `outcome must be one of ${RELEASE_OUTCOMES.join(', ')}`)
           const ready = await ex.release(lease as Lease, outcome)
-          if (!ready) router.leases.delete(lease.instanceId)
+          if (!ready && router.leases.delete(lease.instanceId)) this.#freed()
           answer = { ready }
           break
         }
@@ -244,6 +290,7 @@ export class RemoteExecutorServer {
     const router = this.#routers.get(id)
     if (router === undefined || router.streams > 0) return
     this.#routers.delete(id)
+    if (router.leases.size > 0) this.#freed()
     if (router.leases.size > 0) this.#o.log.warn({ router: id, instances: router.leases.size }, 'a router is gone: destroying the instances it held')
     for (const lease of router.leases.values()) {
       await this.#o.executor.release(lease as Lease, 'retire').catch((err: unknown) => this.#o.log.warn({ err, instance: lease.instanceId }, 'cannot release an instance of a gone router'))

@@ -451,6 +451,13 @@ export class InstanceTable {
       if (hit !== undefined && !hit.slot.removed) this.retire(hit.entry, hit.slot, 'retire')
       return
     }
+    if (e.type === 'instance-reclaim') {
+      // Another router needs it (issue 13): given back if it is idle here and no call waits for it, else kept.
+      const hit = this.#byInstance.get(e.instanceId)
+      if (hit === undefined || hit.slot.removed || hit.slot.inflight > 0 || hit.slot.retiring || hit.entry.waiters.length > 0) return
+      this.#remove(hit.entry, hit.slot, 'handover')
+      return
+    }
     // The function's routes changed: every key of it is looked up again at its next call. Versions still
     // routed keep their entries (a canary's weight step or a rollback moves calls, not instances).
     this.#generation.set(e.name, (this.#generation.get(e.name) ?? 0) + 1)

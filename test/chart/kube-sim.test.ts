@@ -144,7 +144,8 @@ t.test('the chart on kube-sim: Ready components, a function through the Services
   }
   t.equal((await api2('PUT', '/v1/functions/hog', { runtime: 'node', code: HOG, mode: 'persistent', cpu: 0.5, maxInstances: 1 })).status, 201, 'the hog is deployed')
   const hogPods = async (): Promise<Pod[]> => (JSON.parse(await kubectl(['get', 'pods', '-n', NS, '-l', 'kindling.io/function=hog', '-o', 'json'])) as { items: Pod[] }).items.filter((p) => p.metadata.deletionTimestamp === undefined)
-  // One keep-alive connection, so one router: the hog's one instance (maxInstances 1) is held by the router that asked first.
+  // One keep-alive connection, so one router: the hog's one instance (maxInstances 1) stays with it while the guard
+  // watches (another router would have it handed over when idle).
   const hogClient = new Pool(router, { connections: 1 })
   t.teardown(() => hogClient.close())
   const hogCall = async (path: string): Promise<{ status: number; text: string }> => {

@@ -111,16 +111,35 @@ t.test('the controller away: cold calls answer 503 KDL_ERR_CONTROLLER_UNAVAILABL
   t.equal(again.text, 'kept')
 })
 
-t.test('maxInstances holds across routers: a second router gets 429 while the first holds the only instance', async (t) => {
+t.test('maxInstances across routers: an idle instance is handed over to the router that needs it, state and all; a busy one is not (429)', async (t) => {
   const c = await startPlatform(t, { KINDLING_ROLE: 'controller', KINDLING_EXECUTOR_PORT: 0, KINDLING_EXECUTOR_TOKEN: TOKEN })
   const url = `http://127.0.0.1:${c.executorPort}`
   const r1 = await startRouter(t, url)
   const r2 = await startRouter(t, url)
   for (const r of [r1, r2]) await waitFor(async () => (await get(`${r.url}/readyz`)).status === 200, 'router ready')
-  await c.deploy('one', { runtime: 'node', code: 'export default () => 1', mode: 'persistent', maxInstances: 1 })
-  t.equal((await get(`${r1.url}/fn/one`)).status, 200, 'the first router holds the one instance')
-  const other = await get(`${r2.url}/fn/one`)
-  t.equal(other.status, 429, other.text)
-  t.equal(JSON.parse(other.text).code, 'KDL_ERR_SATURATED')
-  t.match(JSON.parse(other.text).message, /across the routers/)
+  const code = `let n = 0
+export default async (e) => {
+  n++
+  const hold = Number(e.query.hold ?? 0)
+  if (hold > 0) await new Promise((r) => setTimeout(r, hold))
+  return { pid: process.pid, n }
+}`
+  await c.deploy('one', { runtime: 'node', code, mode: 'persistent', maxInstances: 1 })
+  const call = async (r: { url: string }, q = ''): Promise<{ status: number; json: { pid?: number; n?: number; code?: string; message?: string } }> => {
+    const res = await get(`${r.url}/fn/one${q}`)
+    return { status: res.status, json: JSON.parse(res.text) }
+  }
+  const a = await call(r1)
+  t.equal(a.status, 200, 'the first router gets the one instance')
+  const b = await call(r2)
+  t.equal(b.status, 200, 'the second router gets it too: the first had it idle and handed it over')
+  t.same(b.json, { pid: a.json.pid, n: 2 }, 'the same process, its state kept (a persistent function\'s counter)')
+  t.same((await call(r1)).json, { pid: a.json.pid, n: 3 }, 'and back to the first router')
+
+  // Busy on the first router: the second cannot have it and is told so.
+  const held = call(r1, '?hold=4000')
+  const refused = await waitFor(async () => { const x = await call(r2); return x.status === 429 && x }, 'the second router refused while the first router\'s call runs', 10_000)
+  t.equal(refused.json.code, 'KDL_ERR_SATURATED')
+  t.match(refused.json.message, /across the routers, none of them idle/)
+  t.equal((await held).status, 200, 'the held call ends on its instance')
 })
