@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
-import { startPlatform, startUp, type TestPlatform } from '../fixtures/platform.js'
+import { processTreesMentioning, startPlatform, startUp, type TestPlatform } from '../fixtures/platform.js'
 import { startRedis } from '../fixtures/redis.js'
 import { waitFor } from '../fixtures/wait.js'
 import { attemptRecorder, finished, runOf } from '../fixtures/workflows.js'
@@ -72,7 +72,13 @@ t.test('a replica killed mid-step: another takes the run over when its claim lap
   const env = { KINDLING_STORE: 'redis', KINDLING_REDIS_URL: redis.url }
   // A is a `kindling up` process (it can be SIGKILLed); B runs in this process.
   const { child, url } = await startUp(dataDir, env)
-  t.teardown(async () => { if (child.exitCode === null && child.signalCode === null) { child.kill('SIGKILL'); await once(child, 'exit') } })
+  t.teardown(async () => {
+    // A SIGKILLed platform cannot stop its instances (a later platform on its data directory would reap them): their
+    // wrappers name the data directory; they and what they run are stopped by PID.
+    const leftovers = await processTreesMentioning(dataDir)
+    if (child.exitCode === null && child.signalCode === null) { child.kill('SIGKILL'); await once(child, 'exit') }
+    for (const pid of leftovers) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } }
+  })
   const b = await startPlatform(t, { ...env, KINDLING_POOL_ADAPTIVE: 'false' })
   await setUp(b)
   // No wait in this flow: the run never parks, so it is A's (A started it) until A is gone.
