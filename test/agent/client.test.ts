@@ -1,15 +1,14 @@
-import { spawn } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
-import { readFile, rmdir } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import { Registry } from 'prom-client'
 import t from 'tap'
 import { buildAgentServer } from '../../agent/server.js'
 import { AgentClient, agentRef } from '../../backends/kubernetes/agents.js'
-import { detectCgroups, wrapCommand } from '../../cgroups/index.js'
 import { EventLog } from '../../common/events.js'
 import { LoadGuard, type GuardedInstance } from '../../loadguard/guard.js'
+import { busyPod } from '../fixtures/busy-pod.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // The controller's side of the node agents against a real agent server over a real cgroup (root): the guard's reader
@@ -19,21 +18,7 @@ import { waitFor } from '../fixtures/wait.js'
 const TOKEN = 'client-test-token-0123456789'
 
 t.test('the agent-backed reader, setCpu through the agent, and an agent that does not answer', async (t) => {
-  const driver = await detectCgroups()
-  if (driver === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
-  const top = `kindling-agent-client-test-${process.pid}`
-  const uid = randomUUID()
-  const cid = randomBytes(32).toString('hex')
-  const ref = await driver.create(`${top}/kubepods/pod${uid}`, cid, { cpu: 0.5, memoryBytes: 128 * 2 ** 20, pidsLimit: 64 })
-  t.teardown(async () => {
-    const under = driver.refFor(top, 'kubepods')
-    await driver.destroy(under).catch(() => undefined)
-    for (const dir of new Set(Object.values(under.paths).map((p) => dirname(p)))) await rmdir(dir).catch(() => undefined)
-  })
-  const argv = wrapCommand(driver.procsFiles(ref), process.execPath, ['-e', 'for (;;) {}'])
-  const child = spawn(argv.command, argv.args, { stdio: 'ignore' })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  await waitFor(async () => (await driver.pids(ref)).includes(child.pid as number), 'the busy child in its group')
+  const { driver, uid, cid, ref, child } = await busyPod(t, 'kindling-agent-client-test', '', { cpu: 0.5, memoryBytes: 128 * 2 ** 20, pidsLimit: 64 })
 
   const agent = buildAgentServer({ token: TOKEN, node: 'node-a', log: pino({ level: 'silent' }) })
   let url = await agent.listen('127.0.0.1', 0)

@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process'
-import { randomBytes, randomUUID } from 'node:crypto'
-import { readFile, rmdir } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import t from 'tap'
 import { buildAgentServer } from '../../agent/server.js'
-import { detectCgroups, wrapCommand } from '../../cgroups/index.js'
+import { busyPod } from '../fixtures/busy-pod.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // The node agent's server over a real cgroup, laid out as a kubelet's cgroupfs driver does
@@ -14,23 +13,7 @@ import { waitFor } from '../fixtures/wait.js'
 const TOKEN = 'agent-test-token-0123456789'
 
 t.test('sample, throttle, auth and unknown pods over a real cgroup', async (t) => {
-  const driver = await detectCgroups()
-  if (driver === undefined) throw new Error('this test needs a writable cgroup hierarchy (run as root)')
-  const top = `kindling-agent-test-${process.pid}`
-  const uid = randomUUID()
-  const cid = randomBytes(32).toString('hex')
-  const parent = `${top}/kubepods/burstable/pod${uid}`
-  const ref = await driver.create(parent, cid, { cpu: 1, memoryBytes: 256 * 2 ** 20, pidsLimit: 64 })
-  t.teardown(async () => {
-    const under = driver.refFor(top, 'kubepods')
-    await driver.destroy(under).catch(() => undefined)
-    for (const dir of new Set(Object.values(under.paths).map((p) => dirname(p)))) await rmdir(dir).catch(() => undefined)
-  })
-  // A busy child in the container's group, stopped by its PID.
-  const argv = wrapCommand(driver.procsFiles(ref), process.execPath, ['-e', 'for (;;) {}'])
-  const child = spawn(argv.command, argv.args, { stdio: 'ignore' })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  await waitFor(async () => (await driver.pids(ref)).includes(child.pid as number), 'the busy child in its group')
+  const { driver, top, uid, cid, ref, child } = await busyPod(t, 'kindling-agent-test', 'burstable', { cpu: 1, memoryBytes: 256 * 2 ** 20, pidsLimit: 64 })
 
   const agent = buildAgentServer({ token: TOKEN, node: 'node-a', log: pino({ level: 'silent' }) })
   const url = await agent.listen('127.0.0.1', 0)
