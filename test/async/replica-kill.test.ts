@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
-import { processesMentioning, startUp } from '../fixtures/platform.js'
+import { processTreesMentioning, startUp } from '../fixtures/platform.js'
 import { startRedis } from '../fixtures/redis.js'
 import { waitFor } from '../fixtures/wait.js'
 
@@ -37,7 +37,7 @@ t.test('a replica killed mid-job: the other finishes it, settled exactly once', 
       }
     }
     // The killed replica's instances outlive it: stop them by PID.
-    for (const d of dirs) for (const pid of await processesMentioning(d)) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } }
+    for (const d of dirs) for (const pid of await processTreesMentioning(d)) { try { process.kill(pid, 'SIGKILL') } catch { /* gone */ } }
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })))
   })
   const [a] = replicas as [{ child: ChildProcess; url: string }, { child: ChildProcess; url: string }]
