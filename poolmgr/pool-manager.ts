@@ -710,11 +710,15 @@ export class PoolManager {
       const record = pool.record
       this.#prepareLoaded(record, pool.codeDir).then((inst) => {
         pool.filling--
-        if (this.#prewarm.get(key) === pool && pool.idle.length < pool.target) {
+        // Started before a quarantine changed (setQuarantined swept the pool meanwhile), on a backend that cannot move
+        // it: it is in the wrong place (a pod on a runtime node) — replaced, not kept.
+        const misplaced = this.backend.setQuarantine === undefined && inst.quarantined !== this.#quarantined.has(record.name)
+        if (this.#prewarm.get(key) === pool && pool.idle.length < pool.target && !misplaced) {
           pool.idle.push(inst)
           if (pool.idle.length >= pool.target) this.#met(pool, `fn:${key}`, 'filled')
         } else {
           void this.destroy(inst)
+          if (misplaced) this.#fillPrewarm(key)
         }
       }, (err: unknown) => {
         pool.filling--
