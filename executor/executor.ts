@@ -183,28 +183,35 @@ export class Executor implements ExecutorClient {
       await this.#o.pools.destroy(inst)
       return false
     }
-    if (outcome === 'handover' && record !== undefined && this.#versions.get(lease.fn)?.has(lease.version) === true) {
+    const routed = record !== undefined && this.#versions.get(lease.fn)?.has(lease.version) === true
+    if (outcome === 'handover' && routed) {
       this.#leased.delete(inst.id)
-      const key = `${lease.fn}@${lease.version}`
-      const idleMs = this.#versions.get(lease.fn)?.get(lease.version)?.idleTimeoutMs ?? 60_000
-      const held = { inst, timer: setTimeout(() => {
-        const list = this.#handedOver.get(key)
-        const i = list?.indexOf(held) ?? -1
-        if (i < 0) return
-        list!.splice(i, 1)
-        if (list!.length === 0) this.#handedOver.delete(key)
-        this.#o.metrics.recycles.inc({ reason: 'idle' })
-        void this.#o.pools.destroy(inst).catch((err: unknown) => this.#o.log.warn({ err, instance: inst.id }, 'cannot stop a handed-over instance'))
-      }, idleMs) }
-      held.timer.unref()
-      const list = this.#handedOver.get(key) ?? []
-      list.push(held)
-      this.#handedOver.set(key, list)
+      this.#keepHandedOver(inst, lease.fn, lease.version)
       return false
     }
     if (outcome !== 'ok') return retire(outcome)
-    if (record === undefined || this.#versions.get(lease.fn)?.has(lease.version) !== true) return retire('retire')
+    if (!routed) return retire('retire')
     return true
+  }
+
+  /** Keeps a handed-over instance loaded for the next acquire of its version, for at most its `idleTimeoutMs`. */
+  #keepHandedOver(inst: Instance, fn: string, version: number): void {
+    const key = `${fn}@${version}`
+    const list = this.#handedOver.get(key) ?? []
+    const held = {
+      inst,
+      timer: setTimeout(() => {
+        const i = list.indexOf(held)
+        if (i < 0) return
+        list.splice(i, 1)
+        if (list.length === 0 && this.#handedOver.get(key) === list) this.#handedOver.delete(key)
+        this.#o.metrics.recycles.inc({ reason: 'idle' })
+        void this.#o.pools.destroy(inst).catch((err: unknown) => this.#o.log.warn({ err, instance: inst.id }, 'cannot stop a handed-over instance'))
+      }, this.#versions.get(fn)?.get(version)?.idleTimeoutMs ?? 60_000),
+    }
+    held.timer.unref()
+    list.push(held)
+    this.#handedOver.set(key, list)
   }
 
   /** A live instance of this version a router handed over, if one waits. */

@@ -11,7 +11,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Kinds } from './controllers/shared.js'
-import { keyOf } from './controllers/shared.js'
+import { clusterIPOf, keyOf } from './controllers/shared.js'
 import type { KubeObject, ObjectStore } from './types.js'
 
 interface Backend { ip: string; port: number }
@@ -173,13 +173,6 @@ export class ServiceProxy {
       this.#dial(client, order)
     })
   }
-}
-
-/** The cluster IP a Service is reached on, when it has one (not headless, not ExternalName). */
-export function clusterIPOf(svc: KubeObject): string | undefined {
-  const ip = svc.spec?.clusterIP
-  if (typeof ip !== 'string' || ip === '' || ip === 'None' || svc.spec?.type === 'ExternalName') return undefined
-  return ip
 }
 
 /** Ready backends by endpoint port name. */

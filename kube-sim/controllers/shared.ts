@@ -73,6 +73,13 @@ export function isPodReady(pod: KubeObject): boolean {
   return pod.status?.phase === 'Running' && hasCondition(pod, 'Ready')
 }
 
+/** The cluster IP a Service is reached on, when it has one (not headless, not ExternalName). */
+export function clusterIPOf(svc: KubeObject): string | undefined {
+  const ip = svc.spec?.clusterIP
+  if (typeof ip !== 'string' || ip === '' || ip === 'None' || svc.spec?.type === 'ExternalName') return undefined
+  return ip
+}
+
 /** Not finished and not being deleted: what a ReplicaSet counts. */
 export function isPodActive(pod: KubeObject): boolean {
   const phase = pod.status?.phase

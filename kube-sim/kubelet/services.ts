@@ -11,6 +11,7 @@
  * Headless Services (clusterIP None) get no name here: the stand-in has no per-pod DNS records.
  */
 import { open } from 'node:fs/promises'
+import { clusterIPOf } from '../controllers/shared.js'
 import type { KubeObject } from '../types.js'
 
 export const CLUSTER_DOMAIN = 'cluster.local'
@@ -29,8 +30,8 @@ export function hostsFile(pod: KubeObject, podIP: string, services: readonly Kub
   // Oldest first: a new Service appends lines, so the file grows at its end (see writeInPlace).
   const sorted = [...services].sort((a, b) => String(a.metadata.creationTimestamp).localeCompare(String(b.metadata.creationTimestamp)) || String(a.metadata.uid).localeCompare(String(b.metadata.uid)))
   for (const svc of sorted) {
-    const ip = svc.spec?.clusterIP
-    if (typeof ip !== 'string' || ip === '' || ip === 'None' || svc.spec?.type === 'ExternalName') continue
+    const ip = clusterIPOf(svc)
+    if (ip === undefined) continue
     const s = String(svc.metadata.name)
     const sns = String(svc.metadata.namespace)
     const names = [`${s}.${sns}.svc.${CLUSTER_DOMAIN}`, `${s}.${sns}.svc`, `${s}.${sns}`, ...(sns === ns ? [s] : [])]
@@ -59,8 +60,8 @@ export async function writeInPlace(path: string, content: string): Promise<void>
 export function serviceLinkEnv(services: readonly KubeObject[]): Record<string, string> {
   const env: Record<string, string> = {}
   for (const svc of services) {
-    const ip = svc.spec?.clusterIP
-    if (typeof ip !== 'string' || ip === '' || ip === 'None' || svc.spec?.type === 'ExternalName') continue
+    const ip = clusterIPOf(svc)
+    if (ip === undefined) continue
     const prefix = String(svc.metadata.name).toUpperCase().replace(/-/g, '_')
     const ports = (svc.spec?.ports ?? []) as Array<{ name?: string; port: number; protocol?: string }>
     if (ports.length === 0) continue

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -6,19 +6,13 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import t from 'tap'
 import { request } from 'undici'
+import { stopChild } from '../fixtures/platform.js'
 
 // `kindling agent` as the chart's DaemonSet runs it (the built CLI, bin/kindling.mjs), over a fabricated cgroup v2 tree
 // (KINDLING_AGENT_CGROUP_ROOT): it prints where it listens, answers /healthz without and /v1 only with the token,
 // finds a pod, stops on SIGTERM with 0, and refuses a root without a cgroup hierarchy.
 
 const UID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = once(child, 'exit')
-  child.kill('SIGTERM')
-  await exited
-}
 
 t.test('kindling agent serves from KINDLING_* and stops on SIGTERM', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'kdl-cli-agent-'))
@@ -29,7 +23,7 @@ t.test('kindling agent serves from KINDLING_* and stops on SIGTERM', async (t) =
     env: { PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn', KINDLING_AGENT_TOKEN: 'cli-agent-token-0123456789', KINDLING_AGENT_CGROUP_ROOT: root, KINDLING_NODE_NAME: 'n1' },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
-  t.teardown(() => stop(agent))
+  t.teardown(() => stopChild(agent))
   let url: string | undefined
   for await (const line of createInterface({ input: agent.stdout! })) {
     const m = /^kindling agent on (http:\/\/\S+)/.exec(line)
@@ -45,7 +39,7 @@ t.test('kindling agent serves from KINDLING_* and stops on SIGTERM', async (t) =
   })
   // The fabricated pod has no container groups: the quota goes on the pod's group (a plain file here).
   t.equal(put.statusCode, 200, await put.body.text())
-  await stop(agent)
+  await stopChild(agent)
   t.equal(agent.exitCode, 0, 'exits 0 on SIGTERM')
 })
 
@@ -55,7 +49,7 @@ t.test('kindling agent refuses a root without a cgroup hierarchy, saying so', as
   const agent = spawn(process.execPath, ['bin/kindling.mjs', 'agent', '--port', '0', '--cgroup-root', root], {
     env: { PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   })
-  t.teardown(() => stop(agent))
+  t.teardown(() => stopChild(agent))
   let stderr = ''
   agent.stderr!.on('data', (d: Buffer) => { stderr += String(d) })
   const [code] = await once(agent, 'exit') as [number]

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { chmod, mkdtemp, readdir, readlink, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -7,7 +7,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { nodesOption } from '../../cli/kube-sim.js'
 import { SIM_ROOT } from '../fixtures/kube.js'
-import { startUp } from '../fixtures/platform.js'
+import { startUp, stopChild } from '../fixtures/platform.js'
 import { waitFor } from '../fixtures/wait.js'
 
 // Issue 10's "done when", as a newcomer runs it: `kindling kube-sim` in one process, `kindling up --backend
@@ -22,13 +22,6 @@ async function processesIn(dir: string): Promise<number[]> {
     if (cwd.startsWith(`${dir}/`)) out.push(Number(name))
   }
   return out
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = once(child, 'exit')
-  child.kill('SIGTERM')
-  await exited
 }
 
 t.test('--nodes takes ROLE=N pairs and needs a runtime node', async (t) => {
@@ -46,7 +39,7 @@ t.test('kindling kube-sim writes a kubeconfig that kindling up --backend kuberne
   const sim = spawn(process.execPath, ['bin/kindling.mjs', 'kube-sim', '--nodes', 'management=1,runtime=1,quarantine=1', '--data-dir', join(dir, 'sim')], {
     env: { PATH: process.env['PATH'] ?? '', KINDLING_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'inherit'],
   })
-  t.teardown(() => stop(sim))
+  t.teardown(() => stopChild(sim))
   let kubeconfig: string | undefined
   const printed: string[] = []
   for await (const line of createInterface({ input: sim.stdout! })) {
@@ -58,7 +51,7 @@ t.test('kindling kube-sim writes a kubeconfig that kindling up --backend kuberne
   t.match(printed[0], /^kube-sim API server on https:\/\/127\.0\.0\.1:\d+ \(nodes: kindling-management-0, kindling-quarantine-0, kindling-runtime-0\)/)
 
   const up = await startUp(join(dir, 'platform'), { KINDLING_BACKEND: 'kubernetes', KINDLING_KUBECONFIG: kubeconfig! })
-  t.teardown(() => stop(up.child))
+  t.teardown(() => stopChild(up.child))
   const put = await request(`${up.url}/v1/functions/hello`, {
     method: 'PUT', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ runtime: 'node', code: 'export default () => "hi from a pod"' }),
@@ -72,9 +65,9 @@ t.test('kindling kube-sim writes a kubeconfig that kindling up --backend kuberne
   t.ok(pods.length >= 2, `the pods run as processes in the stand-in's directory (${pods.length})`)
 
   // Both stop cleanly on SIGTERM, and the stand-in takes every pod's process with it.
-  await stop(up.child)
+  await stopChild(up.child)
   t.equal(up.child.exitCode, 0, 'kindling up exits 0')
-  await stop(sim)
+  await stopChild(sim)
   t.equal(sim.exitCode, 0, 'kindling kube-sim exits 0')
   t.same(await processesIn(join(dir, 'sim')), [], 'no process of the stand-in\'s pods is left')
 })
